@@ -1,0 +1,1 @@
+"""onnxcam exporters: split ONNX models and build gradient heads."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny ONNX models built with onnx.helper."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def make_tiny_cnn(num_classes: int = 5, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
+    """input[N,3,16,16] -> Conv/Relu -> Conv/Relu ("act") -> Conv/Relu -> GAP -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("w1", rng.normal(0, 0.4, (8, 3, 3, 3))),
+        _init("b1", rng.normal(0, 0.1, (8,))),
+        _init("w2", rng.normal(0, 0.3, (8, 8, 3, 3))),
+        _init("b2", rng.normal(0, 0.1, (8,))),
+        _init("w3", rng.normal(0, 0.3, (6, 8, 3, 3))),
+        _init("w4", rng.normal(0, 0.5, (num_classes, 6))),
+        _init("b4", rng.normal(0, 0.1, (num_classes,))),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["act"], name="relu2"),
+        helper.make_node("Conv", ["act", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "w4", "b4"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.fixture
+def tiny_cnn() -> onnx.ModelProto:
+    return make_tiny_cnn()

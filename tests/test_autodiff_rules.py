@@ -1,0 +1,350 @@
+"""Finite-difference checks of every gradient rule, driven by one table.
+
+Each row is a single-op (or tiny) ONNX graph.  For every differentiable input the test
+builds the gradient graph with :func:`build_gradient_graph`, runs it with ONNX Runtime
+and compares it with central finite differences of the forward graph, also run by ONNX
+Runtime (element by element for small inputs, along random directions otherwise).
+Adding a rule = adding a row here.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters.autodiff import RULES, build_gradient_graph
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One input of a test graph.
+
+    ``kind`` is ``"diff"`` (a float graph input we differentiate), ``"const"`` (a random
+    float initializer) or ``"value"`` (an initializer with the given ``value``).  String
+    dims are symbolic (``dim_param``) and take the row's ``batch`` value at run time.
+    """
+
+    shape: tuple[int | str, ...] = ()
+    kind: str = "diff"
+    value: Any = None
+    low: float = -1.0
+    high: float = 1.0
+    distinct: bool = False  # well separated values: no ties for max-like ops under FD
+    avoid: tuple[float, ...] = ()  # kinks the values keep away from
+
+
+def F(*shape: int | str, **kw: Any) -> Spec:  # noqa: N802
+    """A differentiable float input."""
+    return Spec(tuple(shape), "diff", **kw)
+
+
+def C(*shape: int | str, **kw: Any) -> Spec:  # noqa: N802
+    """A random float constant (initializer)."""
+    return Spec(tuple(shape), "const", **kw)
+
+
+def V(value: Any, dtype: Any = np.int64) -> Spec:  # noqa: N802
+    """A constant with a fixed value (axes, shapes, indices, bounds...)."""
+    return Spec(kind="value", value=np.asarray(value, dtype=dtype))
+
+
+@dataclass
+class Row:
+    """A test graph: nodes, named inputs, the output to differentiate, opset."""
+
+    id: str
+    nodes: list[onnx.NodeProto]
+    inputs: dict[str, Spec]
+    output: str = "y"
+    opset: int = 20
+    batch: int = 2
+    eps: float = 1e-3
+    rtol: float = 1e-2
+    ops: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.ops = self.ops or {n.op_type for n in self.nodes}
+
+
+def op(
+    id: str, op_type: str, *inputs: Spec | None, opset: int = 20, batch: int = 2,
+    outputs: int = 1, out: int = 0, eps: float = 1e-3, **attrs: Any,
+) -> Row:
+    """A single-op row; ``None`` inputs are omitted optional inputs."""
+    names = [f"x{i}" if s is not None else "" for i, s in enumerate(inputs)]
+    while names and not names[-1]:
+        names.pop()  # ORT may crash on trailing empty optional inputs
+    outs = ["y" if k == out else f"y_{k}" for k in range(outputs)]
+    node = helper.make_node(op_type, names, outs, name=f"{op_type.lower()}_node", **attrs)
+    specs = {n: s for n, s in zip(names, inputs, strict=False) if s is not None}
+    return Row(id, [node], specs, opset=opset, batch=batch, eps=eps)
+
+
+def node(op_type: str, inputs: list[str], outputs: list[str], **attrs: Any) -> onnx.NodeProto:
+    return helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{outputs[0]}", **attrs)
+
+
+f32 = np.float32
+ROWS: list[Row] = [
+    # ---- identity-like
+    op("identity", "Identity", F(2, 3)),
+    op("dropout", "Dropout", F(2, 3)),
+    op("dropout-mask", "Dropout", F(2, 3), V(0.5, f32), outputs=2, opset=13),
+    op("cast-double", "Cast", F(2, 3), to=TensorProto.DOUBLE),
+    op("neg", "Neg", F(3, 4)),
+    # ---- arithmetic, broadcasting
+    op("add", "Add", F(2, 3, 4), F(2, 3, 4)),
+    op("add-bcast-c11", "Add", F(2, 3, 4, 5), F(3, 1, 1)),
+    op("add-bcast-batch", "Add", F("batch", 3, 2, 2), F(1, 3, 1, 1), batch=3, opset=13),
+    op("add-scalar-const", "Add", F(2, 3), C()),
+    op("sum", "Sum", F(2, 3), F(3), F(2, 1)),
+    op("mean", "Mean", F(2, 3), F(3)),
+    op("sub", "Sub", F(2, 3), F(3)),
+    op("sub-bcast-left", "Sub", F(1, 3), F(4, 1)),
+    op("mul", "Mul", F(2, 3, 4), F(2, 3, 4)),
+    op("mul-scalar", "Mul", F(2, 3, 4), F()),
+    op("mul-const-batch", "Mul", F("batch", 4, 3, 3), C(1, 4, 1, 1), batch=3),
+    op("div", "Div", F(2, 3, 4), F(3, 4, low=0.5, high=2.0)),
+    op("pow", "Pow", F(2, 3, low=0.5, high=2.0), F(2, 3, low=-1.0, high=2.0)),
+    op("pow-int-exponent", "Pow", F(2, 3), V(3)),
+    op("pow-float-const", "Pow", F(2, 3, low=0.5, high=2.0), V(2.5, f32)),
+    op("sqrt", "Sqrt", F(3, 4, low=0.5, high=2.0)),
+    op("exp", "Exp", F(3, 4)),
+    op("log", "Log", F(3, 4, low=0.5, high=2.0)),
+    op("reciprocal", "Reciprocal", F(3, 4, low=0.5, high=2.0)),
+    op("abs", "Abs", F(3, 4, avoid=(0.0,))),
+    op("max", "Max", F(2, 3, 4), F(3, 4)),
+    op("min", "Min", F(2, 3, 4), F(2, 3, 4), C(4)),
+    op("where", "Where", V(np.arange(12).reshape(3, 4) % 3 == 0, bool), F(2, 3, 4), F(4)),
+    op("expand", "Expand", F(3, 1), V([2, 3, 4])),
+    op("expand-batch", "Expand", F("batch", 1, 4), V([1, 3, 1]), batch=3),
+    # ---- activations
+    op("relu", "Relu", F(2, 3, 4, avoid=(0.0,))),
+    op("leaky-relu", "LeakyRelu", F(2, 3, 4, avoid=(0.0,)), alpha=0.1),
+    op("prelu", "PRelu", F(2, 3, 2, 2, avoid=(0.0,)), C(3, 1, 1)),
+    op("clip", "Clip", F(2, 3, 4, avoid=(-0.5, 0.5)), V(-0.5, f32), V(0.5, f32)),
+    op("clip-min-only", "Clip", F(2, 3, 4, avoid=(-0.5,)), V(-0.5, f32), None),
+    op("relu6", "Clip", F(2, 3, 4, low=-2, high=8, avoid=(0.0, 6.0)), V(0, f32), V(6, f32)),
+    op("clip-none", "Clip", F(2, 3)),
+    op("sigmoid", "Sigmoid", F(2, 3, 4, low=-3, high=3)),
+    op("tanh", "Tanh", F(2, 3, 4, low=-2, high=2)),
+    op("hard-sigmoid", "HardSigmoid", F(2, 3, 4, low=-4, high=4, avoid=(-2.5, 2.5))),
+    op("hard-sigmoid-torch", "HardSigmoid", F(2, 3, 4, low=-4, high=4, avoid=(-3, 3)),
+       alpha=1 / 6, beta=0.5),
+    op("hard-swish", "HardSwish", F(2, 3, 4, low=-5, high=5, avoid=(-3.0, 3.0))),
+    op("erf", "Erf", F(2, 3, 4, low=-2, high=2)),
+    op("gelu", "Gelu", F(2, 3, 4, low=-3, high=3)),
+    op("gelu-tanh", "Gelu", F(2, 3, 4, low=-3, high=3), approximate="tanh"),
+    op("softmax", "Softmax", F(2, 5, 3), axis=1),
+    op("softmax-default-13", "Softmax", F(2, 3, 4), opset=13),
+    op("log-softmax", "LogSoftmax", F(2, 5), axis=-1),
+    op("log-softmax-13", "LogSoftmax", F(2, 4, 3), axis=1, opset=13),
+    # ---- shapes
+    op("reshape", "Reshape", F(2, 3, 4), V([4, -1])),
+    op("reshape-allowzero", "Reshape", F("batch", 3, 4), V([-1, 12]), allowzero=1),
+    op("flatten", "Flatten", F("batch", 3, 2, 2), axis=1, batch=3),
+    op("transpose", "Transpose", F(2, 3, 4, 5), perm=[0, 2, 3, 1]),
+    op("transpose-default", "Transpose", F(2, 3, 4)),
+    op("squeeze", "Squeeze", F(2, 1, 3, 1), V([1, -1]), opset=13),
+    op("squeeze-all", "Squeeze", F(2, 1, 3, 1)),
+    op("unsqueeze", "Unsqueeze", F(2, 3), V([0, -1])),
+    op("concat", "Concat", F(2, 3, 4), F(2, 2, 4), C(2, 1, 4), axis=1),
+    op("concat-batch-axis", "Concat", F("batch", 3), F("batch", 3), axis=0, opset=13),
+    op("concat-batch-axis-18", "Concat", F("batch", 3), F(1, 3), axis=-2, opset=18),
+    op("split-13", "Split", F(2, 6), V([2, 3, 1]), axis=1, outputs=3, out=1, opset=13),
+    op("split-num-outputs", "Split", F(6, 2), axis=0, num_outputs=3, outputs=3, out=2,
+       opset=18),
+    op("slice", "Slice", F(6, 7, 5), V([1, -2]), V([5, 0]), V([0, 1]), V([1, -2])),
+    op("slice-step2", "Slice", F(2, 9), V([1]), V([1 << 40]), V([-1]), V([2]), opset=13),
+    op("slice-default-axes", "Slice", F(5, 6), V([1, 2]), V([4, -1])),
+    op("slice-batch", "Slice", F("batch", 6), V([-5]), V([-1]), V([1]), V([1]), batch=3),
+    op("pad", "Pad", F(2, 3, 4), V([0, 1, 2, 0, 0, 1]), V(0.5, f32)),
+    op("pad-negative", "Pad", F(2, 3, 4), V([0, -1, 1, 0, 1, -1]), opset=13),
+    op("pad-axes", "Pad", F("batch", 3, 4), V([1, 2, 0, 1]), V(0, f32), V([1, 2]), opset=18),
+    op("gather-repeated", "Gather", F(5, 4), V([[0, 2], [2, 4]]), axis=0),
+    op("gather-negative", "Gather", F(2, 5, 3), V([-1, 0, -1]), axis=1),
+    op("gather-scalar-batch", "Gather", F("batch", 3, 4), V(1), axis=1, opset=16),
+    # ---- reductions
+    op("reduce-mean-13", "ReduceMean", F(2, 3, 4, 5), axes=[2, 3], opset=13),
+    op("reduce-mean-18", "ReduceMean", F("batch", 3, 4), V([-1]), keepdims=0, opset=18),
+    op("reduce-mean-all", "ReduceMean", F(2, 3, 4), keepdims=0),
+    op("reduce-sum", "ReduceSum", F(2, 3, 4), V([1]), keepdims=0, opset=13),
+    op("reduce-sum-noop", "ReduceSum", F(2, 3), noop_with_empty_axes=1),
+    op("reduce-max-13", "ReduceMax", F(2, 5, 3, distinct=True), axes=[1], opset=13),
+    op("reduce-max-18", "ReduceMax", F(2, 5, 3, distinct=True), V([0, 2]), keepdims=0,
+       opset=18),
+    op("reduce-min", "ReduceMin", F(2, 5, 3, distinct=True), V([-1])),
+    op("global-average-pool", "GlobalAveragePool", F("batch", 3, 5, 4), batch=3),
+    op("global-max-pool", "GlobalMaxPool", F("batch", 3, 4, 5, distinct=True)),
+    # ---- pooling
+    op("max-pool", "MaxPool", F(1, 2, 7, 7, distinct=True), kernel_shape=[3, 3],
+       strides=[2, 2], pads=[1, 1, 1, 1]),
+    op("max-pool-ceil", "MaxPool", F("batch", 2, 8, 8, distinct=True), kernel_shape=[3, 3],
+       strides=[2, 2], ceil_mode=1),
+    op("max-pool-dilated-16", "MaxPool", F(1, 2, 9, 8, distinct=True), kernel_shape=[2, 3],
+       dilations=[2, 1], pads=[1, 0, 0, 1], opset=16),
+    op("max-pool-indices", "MaxPool", F(2, 2, 6, 6, distinct=True), kernel_shape=[2, 2],
+       strides=[2, 2], outputs=2),
+    op("max-pool-same", "MaxPool", F(1, 2, 8, 8, distinct=True), kernel_shape=[3, 3],
+       strides=[2, 2], auto_pad="SAME_UPPER"),
+    op("max-pool-1d", "MaxPool", F(2, 3, 9, distinct=True), kernel_shape=[3], strides=[2]),
+    op("avg-pool", "AveragePool", F("batch", 3, 6, 6), kernel_shape=[2, 2], strides=[2, 2]),
+    op("avg-pool-pad-exclude", "AveragePool", F(1, 2, 7, 7), kernel_shape=[3, 3],
+       strides=[2, 2], pads=[1, 1, 1, 1]),
+    op("avg-pool-pad-include", "AveragePool", F(1, 2, 7, 6), kernel_shape=[3, 3],
+       strides=[2, 2], pads=[1, 0, 1, 2], count_include_pad=1, opset=13),
+    op("avg-pool-ceil", "AveragePool", F(1, 2, 8, 8), kernel_shape=[3, 3], strides=[2, 2],
+       ceil_mode=1),
+    op("avg-pool-ceil-include", "AveragePool", F(1, 2, 8, 7), kernel_shape=[3, 3],
+       strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+    op("avg-pool-same", "AveragePool", F(1, 2, 8, 7), kernel_shape=[3, 3], strides=[2, 2],
+       auto_pad="SAME_UPPER"),
+    op("avg-pool-dilated", "AveragePool", F(1, 2, 8, 8), kernel_shape=[2, 2],
+       dilations=[2, 2], strides=[1, 2]),
+    op("avg-pool-1x1", "AveragePool", F(1, 2, 3, 3), kernel_shape=[1, 1]),
+    # ---- convolution (gradient w.r.t. X; weights and bias are constants)
+    op("conv", "Conv", F(1, 3, 6, 6), C(4, 3, 3, 3), C(4), pads=[1, 1, 1, 1]),
+    op("conv-s2-odd", "Conv", F(1, 3, 7, 7), C(4, 3, 3, 3), strides=[2, 2],
+       pads=[1, 1, 1, 1]),
+    op("conv-s2-even", "Conv", F(1, 2, 8, 8), C(3, 2, 3, 3), strides=[2, 2],
+       pads=[1, 1, 1, 1], opset=13),
+    op("conv-dilated", "Conv", F(1, 2, 9, 9), C(3, 2, 3, 3), dilations=[2, 2], pads=[2, 2, 2, 2]),
+    op("conv-groups", "Conv", F(1, 4, 6, 6), C(6, 2, 3, 3), group=2),
+    op("conv-depthwise-batch", "Conv", F("batch", 4, 5, 5), C(4, 1, 3, 3), group=4,
+       pads=[1, 1, 1, 1], batch=3),
+    op("conv-asym-pads", "Conv", F(1, 2, 7, 6), C(3, 2, 3, 2), strides=[2, 2],
+       pads=[0, 1, 2, 1]),
+    op("conv-same-upper", "Conv", F(1, 2, 8, 7), C(3, 2, 3, 3), strides=[2, 2],
+       auto_pad="SAME_UPPER"),
+    op("conv-same-lower", "Conv", F(1, 2, 7, 8), C(3, 2, 4, 4), strides=[2, 2],
+       auto_pad="SAME_LOWER"),
+    op("conv-valid-s3", "Conv", F(1, 2, 8, 8), C(3, 2, 2, 2), strides=[3, 3], auto_pad="VALID"),
+    op("conv-1x1-s2", "Conv", F(1, 3, 7, 7), C(2, 3, 1, 1), strides=[2, 2]),
+    op("conv-1d", "Conv", F(2, 2, 9), C(3, 2, 3), strides=[2]),
+    op("conv-k7-s2-p3", "Conv", F(1, 2, 11, 11), C(2, 2, 7, 7), strides=[2, 2],
+       pads=[3, 3, 3, 3]),
+    # ---- normalization
+    op("batch-norm", "BatchNormalization", F("batch", 3, 4, 4), C(3), C(3), C(3),
+       C(3, low=0.5, high=2.0), epsilon=1e-3, batch=3, opset=13),
+    op("batch-norm-training-mode-0", "BatchNormalization", F(2, 3, 5), C(3), C(3), C(3),
+       C(3, low=0.5, high=2.0), training_mode=0, opset=15),
+    op("layer-norm", "LayerNormalization", F(2, 3, 8), C(8), C(8), epsilon=1e-5, opset=17),
+    op("layer-norm-axis1", "LayerNormalization", F("batch", 3, 4), C(3, 4), None, axis=1,
+       outputs=3),
+    # ---- linear algebra
+    op("gemm", "Gemm", F(2, 3), F(4, 3), C(4), transB=1),
+    op("gemm-trans-a", "Gemm", F(3, 2), F(3, 4), F(1, 4), alpha=0.5, beta=2.0, transA=1),
+    op("gemm-trans-ab", "Gemm", F(3, 2), F(4, 3), F(2, 1), transA=1, transB=1, beta=0.5),
+    op("matmul", "MatMul", F(2, 3, 4), F(4, 5)),
+    op("matmul-bcast", "MatMul", F(2, 1, 3, 4), F(3, 4, 2)),
+    op("matmul-vec-left", "MatMul", F(4), F(2, 4, 3)),
+    op("matmul-vec-right", "MatMul", F(2, 3, 4), F(4)),
+    op("matmul-batch", "MatMul", F("batch", 5, 4), C(4, 3), batch=3),
+    # ---- tiny graphs
+    Row("split-both-used", [node("Split", ["x"], ["a", "b"], axis=0, num_outputs=2),
+                            node("Mul", ["a", "b"], ["y"])], {"x": F(4, 3)}, opset=18),
+    Row("silu", [node("Sigmoid", ["x"], ["s"]), node("Mul", ["x", "s"], ["y"])],
+        {"x": F(2, 3, 4, low=-3, high=3)}),
+]
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def _model(row: Row) -> onnx.ModelProto:
+    inputs, inits = [], []
+    for name, spec in row.inputs.items():
+        if spec.kind == "diff":
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, spec.shape))
+        else:
+            inits.append(numpy_helper.from_array(_value(row, name, spec), name))
+    graph = helper.make_graph(
+        row.nodes, row.id, inputs, [helper.make_value_info(row.output, onnx.TypeProto())], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", row.opset)])
+    model.ir_version = 10
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])  # typed, as exporters write it
+    return model
+
+
+def _value(row: Row, name: str, spec: Spec) -> np.ndarray:
+    if spec.kind == "value":
+        return spec.value
+    rng = np.random.default_rng(zlib.crc32(f"{row.id}/{name}".encode()))
+    shape = tuple(row.batch if isinstance(d, str) else d for d in spec.shape)
+    if spec.distinct:
+        n = int(np.prod(shape))
+        x = np.linspace(spec.low, spec.high, n)[rng.permutation(n)].reshape(shape)
+    else:
+        x = rng.uniform(spec.low, spec.high, shape)
+    for point in spec.avoid:
+        near = np.abs(x - point) < 0.05
+        x = np.where(near, point + np.where(x >= point, 0.05, -0.05) + 0.1 * (x - point), x)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _check_row(row: Row) -> None:
+    model = _model(row)
+    feeds = {n: _value(row, n, s) for n, s in row.inputs.items() if s.kind == "diff"}
+    forward = _session(model)
+    (y,) = forward.run([row.output], feeds)
+    seed = np.random.default_rng(zlib.crc32(row.id.encode())).standard_normal(y.shape)
+    seed = seed.astype(y.dtype)
+
+    def objective(name: str, value: np.ndarray) -> float:
+        (out,) = forward.run([row.output], {**feeds, name: value})
+        return float(np.sum(seed.astype(np.float64) * out.astype(np.float64)))
+
+    for wrt in feeds:
+        grad_model = build_gradient_graph(model, wrt, row.output)
+        onnx.checker.check_model(grad_model, full_check=True)
+        (grad,) = _session(grad_model).run(["gradient"], {**feeds, "seed": seed})
+        x = feeds[wrt]
+        assert grad.shape == x.shape and grad.dtype == x.dtype, (wrt, grad.shape, x.shape)
+        if x.size <= 400:  # element by element
+            directions = np.eye(x.size, dtype=np.float64).reshape(x.size, *x.shape)
+        else:
+            rng = np.random.default_rng(1)
+            directions = rng.standard_normal((8, *x.shape))
+        fd = np.array([
+            (objective(wrt, np.asarray(x + row.eps * d, np.float32))
+             - objective(wrt, np.asarray(x - row.eps * d, np.float32))) / (2 * row.eps)
+            for d in directions
+        ])
+        analytic = directions.reshape(len(directions), -1) @ grad.reshape(-1).astype(np.float64)
+        scale = max(np.abs(fd).max(), 1e-3)
+        np.testing.assert_allclose(
+            analytic, fd, rtol=row.rtol, atol=row.rtol * scale, err_msg=f"d/d{wrt}"
+        )
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_rule_matches_finite_differences(row: Row) -> None:
+    _check_row(row)
+
+
+def test_every_rule_has_a_row() -> None:
+    covered = set().union(*(r.ops for r in ROWS))
+    assert set(RULES) - covered == set()
+
+
+def test_row_ids_are_unique() -> None:
+    ids = [r.id for r in ROWS]
+    assert len(ids) == len(set(ids))
