@@ -1,1 +1,34 @@
-"""onnxcam exporters: split ONNX models and build gradient heads."""
+"""onnxcam exporters: split ONNX models, build gradient heads, and the PyTorch front end.
+
+The ONNX parts need onnx and numpy only; :func:`export_torch`, :func:`validate` and
+:func:`reference_gradcam` import torch on first use (the ``torch`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .build import build_bundle
+from .split import SplitError, SplitModel, split_model
+
+__all__ = [
+    "SplitError",
+    "SplitModel",
+    "build_bundle",
+    "export_torch",
+    "reference_gradcam",
+    "split_model",
+    "validate",
+]
+
+_TORCH_NAMES = {
+    "export_torch", "export_tapped", "reference_gradcam", "validate", "ValidationReport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from . import torch as torch_frontend
+
+        return getattr(torch_frontend, name)
+    raise AttributeError(f"module 'exporters' has no attribute {name!r}")

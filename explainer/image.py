@@ -1,0 +1,209 @@
+"""Image loading, preprocessing (torchvision-style) and heatmap upsampling. numpy + Pillow only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "ImageError",
+    "Preprocessing",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "load_image",
+    "prepare_image",
+    "preprocess",
+    "upsample_bilinear",
+    "normalize_maps",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+
+class ImageError(ValueError):
+    """An image cannot be read or does not fit the model input."""
+
+
+def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    h, w = value
+    return (int(h), int(w))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB image becomes a model input, like torchvision's Resize/CenterCrop/ToTensor/
+    Normalize.
+
+    Attributes:
+        resize: an int resizes the shorter side to that length keeping the aspect ratio
+            (torchvision ``Resize(int)``); a pair ``(h, w)`` resizes to exactly that size;
+            None keeps the size.
+        crop: center crop ``(h, w)`` (or an int for a square) after resizing; None for none.
+        scale: pixels (0..255) are multiplied by this before normalizing (1/255 = ToTensor).
+        mean: per-channel mean subtracted after scaling.
+        std: per-channel standard deviation divided by after subtracting the mean.
+        layout: ``"NCHW"`` or ``"NHWC"`` for the produced batch.
+        dtype: ``"float32"`` (scaled and normalized as above) or ``"uint8"``: raw 0..255
+            pixels, ``scale``/``mean``/``std`` ignored, for models that normalize inside the
+            graph (Cast from uint8, Div by 255, Sub mean).
+    """
+
+    resize: int | tuple[int, int] | None = 256
+    crop: int | tuple[int, int] | None = 224
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "uint8"):
+            raise ImageError(
+                f"preprocessing dtype must be 'float32' or 'uint8', got {self.dtype!r}"
+            )
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ImageError(f"preprocessing layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
+        if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
+            raise ImageError(f"mean {self.mean} and std {self.std} must have equal length and "
+                             "non-zero std")
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """The (height, width) of a preprocessed image when it is fixed."""
+        if self.crop is not None:
+            return _pair(self.crop)
+        if self.resize is not None and not isinstance(self.resize, int):
+            return _pair(self.resize)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in the bundle manifest)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        for key in ("resize", "crop"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        for key in ("mean", "std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def load_image(source: ImageLike) -> Image.Image:
+    """Open an image file (or pass a PIL image / HxWx3 uint8 array through) as RGB."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[2] not in (3, 4) or source.dtype != np.uint8:
+            raise ImageError(
+                f"an image array must be HxWx3 (or 4) uint8, got shape {source.shape} "
+                f"dtype {source.dtype}"
+            )
+        return Image.fromarray(source).convert("RGB")
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ImageError(f"{path}: cannot be read as an image ({err})") from err
+
+
+def prepare_image(image: ImageLike, preprocessing: Preprocessing) -> Image.Image:
+    """Resize and center-crop an image (the geometric part of preprocessing)."""
+    img = load_image(image)
+    if preprocessing.resize is not None:
+        if isinstance(preprocessing.resize, int):
+            w, h = img.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = preprocessing.resize, int(preprocessing.resize * long / short)
+            size = (new_short, new_long) if w <= h else (new_long, new_short)
+        else:
+            rh, rw = _pair(preprocessing.resize)
+            size = (rw, rh)
+        if size != img.size:
+            img = img.resize(size, Image.BILINEAR)
+    if preprocessing.crop is not None:
+        ch, cw = _pair(preprocessing.crop)
+        w, h = img.size
+        if ch > h or cw > w:
+            raise ImageError(f"center crop {ch}x{cw} is larger than the resized image {h}x{w}")
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        img = img.crop((left, top, left + cw, top + ch))
+    return img
+
+
+def preprocess(images: ImageLike | Sequence[ImageLike], preprocessing: Preprocessing) -> np.ndarray:
+    """Turn one image or a sequence of images into a float32 (or uint8) batch (NCHW or NHWC)."""
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (
+        isinstance(images, np.ndarray) and images.ndim == 3
+    ):
+        images = [images]
+    arrays = [np.asarray(prepare_image(img, preprocessing), dtype=np.float32) for img in images]
+    if not arrays:
+        raise ImageError("no images given")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ImageError(f"images have different sizes after preprocessing {sorted(shapes)}; "
+                         "set Preprocessing.crop or a (h, w) resize")
+    if preprocessing.dtype == "uint8":
+        batch = np.stack(arrays).astype(np.uint8)
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if preprocessing.layout == "NCHW"
+                                    else batch)
+    batch = np.stack(arrays) * np.float32(preprocessing.scale)
+    batch = (batch - np.asarray(preprocessing.mean, np.float32)) / np.asarray(
+        preprocessing.std, np.float32
+    )
+    if preprocessing.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _interpolation_matrix(src: int, dst: int) -> np.ndarray:
+    """[dst, src] weights of 1-D linear interpolation with half-pixel centers
+    (align_corners=False, as torch.nn.functional.interpolate and cv2.resize)."""
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+    pos = np.clip(pos, 0, src - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, src - 1)
+    frac = pos - lo
+    matrix = np.zeros((dst, src), dtype=np.float64)
+    matrix[np.arange(dst), lo] += 1 - frac
+    matrix[np.arange(dst), hi] += frac
+    return matrix.astype(np.float32)
+
+
+def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize ``maps`` [..., h, w] to [..., H, W] (half-pixel centers)."""
+    h, w = maps.shape[-2:]
+    rows, cols = _interpolation_matrix(h, size[0]), _interpolation_matrix(w, size[1])
+    return np.einsum("Hh,...hw,Ww->...HW", rows, maps.astype(np.float32), cols, optimize=True)
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max scaling of [..., H, W] to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(*maps.shape[:-2], -1)
+    low = flat.min(axis=-1, keepdims=True)
+    span = flat.max(axis=-1, keepdims=True) - low
+    out = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0.0)
+    return out.reshape(maps.shape).astype(np.float32)

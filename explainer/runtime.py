@@ -1,0 +1,434 @@
+"""The Explainer: runs a bundle's two graphs on ONNX Runtime and turns them into CAMs.
+
+The data path, in one place (:meth:`Explainer.explain`)::
+
+    image -> preprocess -> features graph -> activation A
+          -> (logits pass, only when targets depend on the prediction)
+          -> head graph, once per target column (one-hot seeds) -> logits, dA
+          -> CAM weights (methods.py) -> ReLU(sum_k w_k A^k) -> upsample, min-max -> heatmaps
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .bundle import Bundle, BundleError
+from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
+from .methods import compute_cams
+from .targets import one_hot_seeds, plan_targets
+
+__all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
+
+log = logging.getLogger(__name__)
+
+
+class ExplainerError(RuntimeError):
+    """Base class of runtime errors."""
+
+
+class ProviderError(ExplainerError):
+    """An execution provider was asked for that this ONNX Runtime build does not have."""
+
+
+class InputError(ExplainerError, ValueError):
+    """The input batch does not match the model input."""
+
+
+@dataclass
+class Explanation:
+    """CAMs for a batch of B images and K target classes each.
+
+    Attributes:
+        heatmaps: [B, K, H, W] float32 in [0, 1] at input resolution (bilinear upsampling,
+            per-map min-max).
+        cams: [B, K, h, w] raw CAMs at activation resolution, before upsampling/normalizing.
+        class_ids: [B, K] int64 explained classes.
+        scores: [B, K] logits of those classes.
+        probabilities: [B, K] softmax probabilities of those classes.
+        labels: [B][K] class names when the bundle knows them, else None.
+        logits: [B, C] all logits.
+        method: the CAM method used.
+    """
+
+    heatmaps: np.ndarray
+    cams: np.ndarray
+    class_ids: np.ndarray
+    scores: np.ndarray
+    probabilities: np.ndarray
+    labels: list[list[str]] | None
+    logits: np.ndarray
+    method: str = "gradcam"
+
+    def titles(self, index: int) -> list[str]:
+        """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
+        names = self.labels[index] if self.labels else [str(c) for c in self.class_ids[index]]
+        return [f"{n} {p:.3g}" for n, p in zip(names, self.probabilities[index])]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
+    available = ort.get_available_providers()
+    if providers is None or providers == "cpu":
+        return ["CPUExecutionProvider"]
+    if providers == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if isinstance(providers, str):
+        raise ProviderError(f"unknown provider shorthand {providers!r}; use 'cpu', 'cuda' or a "
+                            "list of ONNX Runtime provider names")
+    providers = list(providers)
+    for entry in providers:
+        name = entry[0] if isinstance(entry, tuple) else entry
+        if name not in available:
+            hint = (
+                " Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu replaces "
+                "onnxruntime; never install both) and check that CUDA 12/13 and cuDNN 9 are found."
+                if name == "CUDAExecutionProvider"
+                else ""
+            )
+            raise ProviderError(
+                f"execution provider {name!r} is not available in this ONNX Runtime build "
+                f"(available: {available}).{hint}"
+            )
+    return providers
+
+
+def _prune(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """Keep only the nodes, inputs and initializers that ``outputs`` need."""
+    graph = model.graph
+    needed, keep = set(outputs), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    g = pruned.graph
+    del g.node[:]
+    g.node.extend(reversed(keep))
+    kept_inputs = [i for i in graph.input if i.name in needed]
+    del g.input[:]
+    g.input.extend(kept_inputs)
+    kept_outputs = [o for o in graph.output if o.name in outputs]
+    del g.output[:]
+    g.output.extend(kept_outputs)
+    kept_init = [t for t in graph.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(kept_init)
+    return pruned
+
+
+class Explainer:
+    """Explain images with a bundle on ONNX Runtime (CPU or CUDA).
+
+    Static batch: when the bundle's input has a fixed batch size S (``manifest["input"]
+    ["shape"][0]`` is an int, common in TensorFlow/Keras conversions), every graph run is split
+    into chunks of S rows, the last one padded by repeating its last row and the padding dropped
+    from the results. The model is left as it is (relaxing the batch dimension would break the
+    Reshapes such models hard-code with it), so any batch size and any number of targets work.
+
+    Input dtype: the batch must have the manifest's ``input.dtype``: float (cast to float32)
+    for most models, uint8 for models that normalize inside the graph.
+
+    Args:
+        bundle: a :class:`Bundle` or the path of a bundle directory.
+        providers: None or ``"cpu"`` for the CPU; ``"cuda"`` or an ONNX Runtime provider list
+            for CUDA (the activation stays on the device between the two graphs).
+        threads: intra-op threads of each session (None: ONNX Runtime's default). Spinning is
+            off so the two sessions, run one after the other, do not fight for the cores.
+        optimization: ONNX Runtime graph optimization level: "all", "extended", "basic", "none".
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle | str | os.PathLike[str],
+        providers: str | Sequence[Any] | None = None,
+        threads: int | None = None,
+        optimization: str = "all",
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(Path(bundle))
+        manifest = self.bundle.manifest
+        self.providers = _resolve_providers(providers)
+        self.on_cuda = any(
+            (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in self.providers
+        )
+        levels = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }
+        if optimization not in levels:
+            raise ExplainerError(
+                f"optimization must be one of {sorted(levels)}, got {optimization!r}"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[optimization]
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        head = manifest["head"]
+        self.num_classes: int = manifest["num_classes"]
+        self.head_inputs: list[str] = list(head["inputs"])
+        self.seed_name: str = head["seed"]
+        self.logits_name: str = head["logits"]
+        self.gradient_name: str = head["gradient"]
+        self.target_layout: str = manifest["target"]["layout"]
+        self.input_name: str = manifest["input"]["name"]
+        self.input_layout: str = manifest["input"]["layout"]
+        self.input_shape: list[Any] = manifest["input"]["shape"]
+        self.input_dtype = np.dtype(manifest["input"].get("dtype") or "float32")
+        batch = self.input_shape[0] if self.input_shape else None
+        self.static_batch: int | None = batch if isinstance(batch, int) else None
+        pre = manifest.get("preprocessing")
+        self.preprocessing = Preprocessing.from_dict(pre) if pre else None
+        self.labels = self.bundle.labels
+
+        def session(model: onnx.ModelProto) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                model.SerializeToString(), options, providers=self.providers
+            )
+
+        self.features_session = session(self.bundle.features)
+        self.head_session = session(self.bundle.head)
+        self.logits_session = session(_prune(self.bundle.head, [self.logits_name]))
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        target: str = "auto",
+        providers: str | Sequence[Any] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        **export_kwargs: Any,
+    ) -> Explainer:
+        """Explain a deployed ONNX classifier directly (no torch needed)::
+
+            explainer = Explainer.from_onnx("model.onnx")
+            explanation = explainer.explain_images(["cat.jpg"], top_k=3)
+
+        The bundle is built in memory by :func:`exporters.export_onnx`. With ``cache_dir`` it is
+        saved there under a key made of the file's SHA-256 (external data included), the target
+        and the export options, and loaded from there next time.
+
+        Args:
+            path: the ONNX file.
+            target: ``"auto"``, a tensor name or a node name (see :func:`exporters.export_onnx`).
+            providers: as for :class:`Explainer`.
+            cache_dir: a directory for cached bundles, or None for no cache.
+            threads: intra-op threads, as for :class:`Explainer`.
+            **export_kwargs: more arguments of :func:`exporters.export_onnx` (``layout``,
+                ``output``, ``labels``, ``preprocessing``...).
+        """
+        import hashlib
+        import json
+
+        from exporters.onnx import export_onnx, file_digest
+
+        if cache_dir is None:
+            bundle = export_onnx(path, target=target, **export_kwargs)
+            return cls(bundle, providers=providers, threads=threads)
+        options = json.dumps({"target": target, **export_kwargs}, sort_keys=True, default=str)
+        key = hashlib.sha256((file_digest(path) + options).encode()).hexdigest()[:20]
+        cached = Path(cache_dir) / f"{Path(path).stem}-{key}"
+        if (cached / "manifest.json").is_file():
+            try:
+                log.info("loading cached bundle %s", cached)
+                return cls(Bundle.load(cached), providers=providers, threads=threads)
+            except BundleError as err:
+                log.warning("cached bundle %s is unreadable (%s); rebuilding it", cached, err)
+        bundle = export_onnx(path, target=target, **export_kwargs)
+        bundle.save(cached)
+        log.info("cached bundle in %s", cached)
+        return cls(bundle, providers=providers, threads=threads)
+
+    # --- input ----------------------------------------------------------------------------------
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """Load and preprocess images with the bundle's preprocessing into a model batch."""
+        if self.preprocessing is None:
+            raise InputError(
+                "this bundle records no preprocessing; pass preprocessing= when exporting, or "
+                "preprocess the images yourself and call explain() with the array"
+            )
+        return preprocess(images, self.preprocessing)
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.ndim != len(self.input_shape):
+            raise InputError(
+                f"input {self.input_name!r} expects rank {len(self.input_shape)} "
+                f"{self.input_shape} ({self.input_layout}), got shape {x.shape}"
+            )
+        for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
+            if isinstance(want, int) and axis > 0 and want != got:
+                raise InputError(
+                    f"input {self.input_name!r} expects shape {self.input_shape} "
+                    f"({self.input_layout}), got {list(x.shape)} (axis {axis})"
+                )
+        if x.shape[0] == 0:
+            raise InputError("input batch is empty")
+        if self.input_dtype == np.uint8:
+            if x.dtype != np.uint8:
+                raise InputError(
+                    f"input {self.input_name!r} is uint8 (the model normalizes inside the graph); "
+                    f"pass 0..255 pixels as uint8, got {x.dtype} (Explainer.preprocess does this)"
+                )
+            return np.ascontiguousarray(x)
+        if x.dtype != np.float32:
+            if x.dtype.kind != "f":
+                raise InputError(f"input must be float32, got {x.dtype}")
+            x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    # --- graph runs -----------------------------------------------------------------------------
+    def _run_features(self, x: np.ndarray) -> dict[str, Any]:
+        if self.static_batch is not None:
+            values = self._run(self.features_session, {self.input_name: x}, self.head_inputs)
+            return dict(zip(self.head_inputs, values, strict=True))
+        if not self.on_cuda:
+            values = self.features_session.run(self.head_inputs, {self.input_name: x})
+            return dict(zip(self.head_inputs, values))
+        binding = self.features_session.io_binding()
+        binding.bind_cpu_input(self.input_name, x)
+        for name in self.head_inputs:
+            binding.bind_output(name, "cuda")
+        self.features_session.run_with_iobinding(binding)
+        return dict(zip(self.head_inputs, binding.get_outputs()))
+
+    def _run(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
+        if self.static_batch is not None:
+            return self._run_chunked(session, feeds, outputs)
+        return self._run_once(session, feeds, outputs)
+
+    def _run_once(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
+        if not self.on_cuda:
+            return session.run(outputs, feeds)
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _run_chunked(
+        self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]
+    ) -> list[np.ndarray]:
+        """Run a static-batch graph on any number of rows, in chunks of the static size."""
+        size = self.static_batch
+        feeds = {k: self._to_numpy(v) for k, v in feeds.items()}
+        rows = next(iter(feeds.values())).shape[0]
+        results: list[list[np.ndarray]] = [[] for _ in outputs]
+        for start in range(0, rows, size):
+            chunk = {}
+            for name, value in feeds.items():
+                part = value[start : start + size]
+                if part.shape[0] < size:  # pad the last chunk with copies of its last row
+                    pad = np.repeat(part[-1:], size - part.shape[0], axis=0)
+                    part = np.concatenate([part, pad])
+                chunk[name] = np.ascontiguousarray(part)
+            values = self._run_once(session, chunk, outputs)
+            for result, value in zip(results, values, strict=True):
+                result.append(self._to_numpy(value))
+        return [np.concatenate(parts)[:rows] for parts in results]
+
+    @staticmethod
+    def _to_numpy(value: Any) -> np.ndarray:
+        return value.numpy() if isinstance(value, ort.OrtValue) else value
+
+    # --- the data path --------------------------------------------------------------------------
+    def explain(
+        self,
+        x: np.ndarray,
+        targets: Any = None,
+        top_k: int | None = None,
+        method: str = "gradcam",
+    ) -> Explanation:
+        """Explain a batch.
+
+        Args:
+            x: batch in the model's input layout and dtype (float32, or uint8 for models that
+                normalize inside the graph; see :meth:`preprocess`).
+            targets: None (top-1), an int, a length-B sequence, a [B, K] array, or a string
+                such as ``"top3+least"`` (see :mod:`explainer.targets`).
+            top_k: explain the K most probable classes (same as ``targets="topK"``).
+            method: CAM method name (see :data:`explainer.methods.METHODS`).
+
+        Returns:
+            An :class:`Explanation`.
+        """
+        x = self._check_input(x)
+        batch = x.shape[0]
+        plan = plan_targets(targets, top_k, batch, self.num_classes)
+        features = self._run_features(x)  # once per batch, however many targets
+
+        logits = None
+        if plan.needs_logits:
+            (logits,) = self._run(self.logits_session, features, [self.logits_name])
+            class_ids = plan.resolve(logits)
+        else:
+            class_ids = plan.class_ids
+        k = class_ids.shape[1]
+
+        # One head run per target column. Every cut tensor keeps the batch the features graph
+        # gave it (some are index tensors computed from the batch size, which repeating per
+        # target would break), and on CUDA they stay on the device.
+        activation = self._to_numpy(features[self.head_inputs[0]])
+        if self.target_layout == "NHWC":
+            activation = activation.transpose(0, 3, 1, 2)
+        cams = []
+        for column in range(k):
+            seed = one_hot_seeds(class_ids[:, column], self.num_classes)
+            feeds = {**features, self.seed_name: seed}
+            head_logits, gradient = self._run(
+                self.head_session, feeds, [self.logits_name, self.gradient_name]
+            )
+            if self.target_layout == "NHWC":
+                gradient = gradient.transpose(0, 3, 1, 2)
+            cams.append(compute_cams(activation, gradient, method))
+        cams = np.stack(cams, axis=1)  # [B, K, h, w]
+        if logits is None:
+            logits = head_logits
+
+        size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
+        heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)))
+        probabilities = _softmax(logits.astype(np.float64)).astype(np.float32)
+        labels = None
+        if self.labels is not None:
+            labels = [[self.labels[c] for c in row] for row in class_ids]
+        return Explanation(
+            heatmaps=heatmaps,
+            cams=cams,
+            class_ids=class_ids,
+            scores=np.take_along_axis(logits, class_ids, axis=1),
+            probabilities=np.take_along_axis(probabilities, class_ids, axis=1),
+            labels=labels,
+            logits=logits,
+            method=method,
+        )
+
+    def explain_images(
+        self, images: ImageLike | Sequence[ImageLike], targets: Any = None, top_k: int | None = None
+    ) -> Explanation:
+        """Preprocess image files / PIL images with the bundle's preprocessing and explain them."""
+        return self.explain(self.preprocess(images), targets=targets, top_k=top_k)

@@ -1,0 +1,127 @@
+"""Which classes to explain: turn a user's target spec into class ids and seed rows.
+
+Accepted specs (``B`` images in the batch):
+
+* ``None``: the top-1 class of each image.
+* an ``int``: that class for every image.
+* a length-``B`` sequence of ints: one class per image.
+* a ``[B, K]`` int array (or nested list): ``K`` classes per image.
+* a string of ``+``-joined terms, ranked on each image's logits: ``"topK"`` (the K most
+  probable classes), ``"least"`` / ``"leastK"`` (the least probable one(s)) or a class id;
+  e.g. ``"top3+least"`` is the top-3 plus the least probable class.
+* ``top_k=K`` (keyword of :meth:`Explainer.explain`) is the same as ``"topK"``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TargetError", "TargetPlan", "plan_targets", "one_hot_seeds"]
+
+_TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
+
+
+class TargetError(ValueError):
+    """A target spec is malformed or names a class the model does not have."""
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """Either fixed class ids, or ranking terms that need the logits first."""
+
+    class_ids: np.ndarray | None  # [B, K] when fixed
+    terms: tuple[tuple[str, int], ...] = ()  # ("top", k) / ("least", k) / ("id", c)
+
+    @property
+    def needs_logits(self) -> bool:
+        """True when the classes depend on the model's prediction."""
+        return self.class_ids is None
+
+    def resolve(self, logits: np.ndarray) -> np.ndarray:
+        """Class ids [B, K] for these logits [B, C] (descending score inside top/least)."""
+        if self.class_ids is not None:
+            return self.class_ids
+        order = np.argsort(-logits, axis=1, kind="stable")
+        columns = []
+        for kind, k in self.terms:
+            if kind == "top":
+                columns.append(order[:, :k])
+            elif kind == "least":
+                columns.append(order[:, ::-1][:, :k])
+            else:
+                columns.append(np.full((logits.shape[0], 1), k, dtype=np.int64))
+        return np.concatenate(columns, axis=1).astype(np.int64)
+
+
+def _check_range(ids: np.ndarray, num_classes: int) -> np.ndarray:
+    bad = ids[(ids < 0) | (ids >= num_classes)]
+    if bad.size:
+        raise TargetError(
+            f"class id {int(bad.flat[0])} is out of range: the model has {num_classes} classes "
+            f"(valid ids 0..{num_classes - 1})"
+        )
+    return ids
+
+
+def _parse_string(spec: str, num_classes: int) -> tuple[tuple[str, int], ...]:
+    terms = []
+    for raw in spec.replace(" ", "").lower().split("+"):
+        match = _TERM.match(raw)
+        if not match:
+            raise TargetError(
+                f"cannot read target term {raw!r} in {spec!r}; use e.g. 'top3', 'least', "
+                "'top3+least' or a class id"
+            )
+        if match.group(3) is not None:
+            terms.append(("id", int(_check_range(np.array([int(raw)]), num_classes)[0])))
+            continue
+        k = int(match.group(2) or 1)
+        if not 1 <= k <= num_classes:
+            raise TargetError(f"{raw!r}: k must be between 1 and {num_classes}")
+        terms.append((match.group(1), k))
+    return tuple(terms)
+
+
+def plan_targets(targets: Any, top_k: int | None, batch: int, num_classes: int) -> TargetPlan:
+    """Validate a target spec (see module docstring) for a batch of ``batch`` images."""
+    if top_k is not None:
+        if targets is not None:
+            raise TargetError("give either targets or top_k, not both")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise TargetError(f"top_k must be an int, got {top_k!r}")
+        targets = f"top{int(top_k)}"
+    if targets is None:
+        return TargetPlan(None, (("top", 1),))
+    if isinstance(targets, str):
+        return TargetPlan(None, _parse_string(targets, num_classes))
+    if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
+        ids = np.full((batch, 1), int(targets), dtype=np.int64)
+        return TargetPlan(_check_range(ids, num_classes))
+    try:
+        ids = np.asarray(targets)
+    except ValueError as err:  # ragged nested lists
+        raise TargetError(f"targets must be rectangular, got {targets!r}") from err
+    if ids.dtype.kind not in "iu" or ids.size == 0:
+        raise TargetError(f"targets must be class ids (integers), got {targets!r}")
+    if ids.ndim == 1:
+        ids = ids[:, None]
+    if ids.ndim != 2 or ids.shape[0] != batch:
+        raise TargetError(
+            f"targets of shape {tuple(np.shape(targets))} do not match a batch of {batch} images; "
+            "give an int, a length-B sequence or a [B, K] array"
+        )
+    return TargetPlan(_check_range(ids.astype(np.int64), num_classes))
+
+
+def one_hot_seeds(class_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """One-hot seed rows [N, C] selecting logit ``class_ids[n]`` (flattened row-major)."""
+    flat = class_ids.reshape(-1)
+    seeds = np.zeros((flat.size, num_classes), dtype=np.float32)
+    seeds[np.arange(flat.size), flat] = 1.0
+    return seeds
+
+

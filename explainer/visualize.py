@@ -1,0 +1,358 @@
+"""Render class-activation heatmaps as colour images (numpy + Pillow only).
+
+Heatmap conventions used throughout this module:
+
+* A heatmap is a 2-D ``(H, W)`` array of real numbers meant to lie in ``[0, 1]``
+  (as produced by :class:`explainer.Explainer`). Values outside ``[0, 1]`` are
+  **clipped** (so tiny round-off overshoots are harmless); NaN or infinite values raise
+  :class:`ValueError`, as does any array that is not 2-D.
+* When a heatmap's size differs from the image's, it is resized bilinearly to the image
+  size before colouring.
+
+Colormaps are piecewise-linear tables interpolated with :func:`numpy.interp`: ``"jet"``
+uses matplotlib's exact segment data; ``"viridis"``, ``"inferno"`` and ``"turbo"`` are
+approximations from 17 evenly spaced anchors of matplotlib's tables (within about 7/255
+of the originals); ``"gray"`` is the identity ramp.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["COLORMAPS", "colormap", "figure", "overlay", "save_figure"]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Image.Image | np.ndarray
+
+# Anchor tables: each is (positions, rgb) with positions ascending in [0, 1] and rgb in
+# [0, 1]; a channel is np.interp(value, positions, rgb[:, channel]).
+_EVEN17 = np.linspace(0.0, 1.0, 17)
+
+# matplotlib's "jet" segment data, per channel (x, y) pairs.
+_JET_SEGMENTS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+)
+
+_VIRIDIS = (
+    (0.2670, 0.0049, 0.3294), (0.2823, 0.0950, 0.4173), (0.2788, 0.1755, 0.4834),
+    (0.2590, 0.2515, 0.5247), (0.2297, 0.3224, 0.5457), (0.1994, 0.3876, 0.5546),
+    (0.1727, 0.4488, 0.5579), (0.1490, 0.5081, 0.5573), (0.1276, 0.5669, 0.5506),
+    (0.1206, 0.6258, 0.5335), (0.1579, 0.6838, 0.5017), (0.2461, 0.7389, 0.4520),
+    (0.3692, 0.7889, 0.3829), (0.5160, 0.8312, 0.2943), (0.6785, 0.8637, 0.1895),
+    (0.8456, 0.8873, 0.0997), (0.9932, 0.9062, 0.1439),
+)  # fmt: skip
+
+_INFERNO = (
+    (0.0015, 0.0005, 0.0139), (0.0423, 0.0281, 0.1411), (0.1293, 0.0473, 0.2908),
+    (0.2383, 0.0366, 0.3964), (0.3415, 0.0623, 0.4294), (0.4412, 0.0993, 0.4316),
+    (0.5409, 0.1347, 0.4151), (0.6401, 0.1714, 0.3811), (0.7357, 0.2159, 0.3302),
+    (0.8224, 0.2752, 0.2661), (0.8943, 0.3534, 0.1936), (0.9470, 0.4492, 0.1153),
+    (0.9784, 0.5579, 0.0349), (0.9879, 0.6753, 0.0653), (0.9746, 0.7977, 0.2063),
+    (0.9476, 0.9174, 0.4107), (0.9884, 0.9984, 0.6449),
+)  # fmt: skip
+
+_TURBO = (
+    (0.1900, 0.0718, 0.2322), (0.2511, 0.2524, 0.6337), (0.2763, 0.4212, 0.8912),
+    (0.2586, 0.5796, 0.9988), (0.1584, 0.7355, 0.9231), (0.0927, 0.8655, 0.7623),
+    (0.1966, 0.9490, 0.5947), (0.4278, 0.9942, 0.3857), (0.6436, 0.9900, 0.2336),
+    (0.8047, 0.9245, 0.2046), (0.9330, 0.8124, 0.2267), (0.9931, 0.6741, 0.2035),
+    (0.9836, 0.4929, 0.1285), (0.9211, 0.3149, 0.0548), (0.8161, 0.1846, 0.0181),
+    (0.6645, 0.0844, 0.0042), (0.4796, 0.0158, 0.0106),
+)  # fmt: skip
+
+
+def _channels_from_table(table: Sequence[Sequence[float]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    rgb = np.asarray(table, dtype=np.float64)
+    return [(_EVEN17, rgb[:, c]) for c in range(3)]
+
+
+def _channels_from_segments(
+    segments: Sequence[Sequence[tuple[float, float]]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for seg in segments:
+        arr = np.asarray(seg, dtype=np.float64)
+        out.append((arr[:, 0], arr[:, 1]))
+    return out
+
+
+_TABLES: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+    "jet": _channels_from_segments(_JET_SEGMENTS),
+    "viridis": _channels_from_table(_VIRIDIS),
+    "inferno": _channels_from_table(_INFERNO),
+    "turbo": _channels_from_table(_TURBO),
+    "gray": [(np.array([0.0, 1.0]), np.array([0.0, 1.0]))] * 3,
+}
+
+#: Names accepted by :func:`colormap` (and the ``colormap`` argument elsewhere).
+COLORMAPS: tuple[str, ...] = tuple(_TABLES)
+
+
+def _check_heatmap(heatmap: np.ndarray, what: str = "heatmap") -> np.ndarray:
+    """Validate a heatmap and return it as a clipped float64 array."""
+    arr = np.asarray(heatmap)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (H, W) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{what} must be non-empty, got shape {arr.shape}")
+    if not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _to_rgb_array(image: ImageLike) -> np.ndarray:
+    """Return an image as an (H, W, 3) uint8 array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"image must be a PIL.Image.Image or a numpy array, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(f"image array must have dtype uint8 (0..255), got {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        image = image[:, :, :3]
+    else:
+        raise ValueError(
+            f"image array must have shape (H, W, 3), (H, W, 4) or (H, W), got {image.shape}"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must be non-empty, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _resize_heatmap(heatmap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize a 2-D float heatmap to ``size_hw`` = (H, W)."""
+    if heatmap.shape == size_hw:
+        return heatmap
+    img = Image.fromarray(heatmap.astype(np.float32))
+    img = img.resize((size_hw[1], size_hw[0]), resample=Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
+
+
+def _apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
+    """Colour an already validated, clipped 2-D heatmap."""
+    table = _TABLES.get(name)
+    if table is None:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    rgb = np.stack([np.interp(values, xs, ys) for xs, ys in table], axis=-1)
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def colormap(heatmap: np.ndarray, name: str = "jet") -> np.ndarray:
+    """Map a heatmap to RGB colours.
+
+    Args:
+        heatmap: 2-D ``(H, W)`` array of values in ``[0, 1]``; values outside are clipped.
+        name: Colormap name, one of :data:`COLORMAPS` (``"jet"``, ``"viridis"``,
+            ``"inferno"``, ``"turbo"``, ``"gray"``).
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB array.
+
+    Raises:
+        ValueError: ``heatmap`` is not 2-D, is empty, or holds NaN/inf or non-numeric
+            values; or ``name`` is not a known colormap.
+    """
+    return _apply_colormap(_check_heatmap(heatmap), name)
+
+
+def overlay(
+    image: ImageLike,
+    heatmap: np.ndarray,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+) -> Image.Image:
+    """Blend a colour-mapped heatmap over an image.
+
+    ``out = (1 - alpha) * image + alpha * colormap(heatmap)``, per pixel.
+
+    Args:
+        image: A PIL image (any mode; converted to RGB) or a uint8 array of shape
+            ``(H, W, 3)``, ``(H, W, 4)`` (alpha dropped) or ``(H, W)`` (grey).
+        heatmap: 2-D array of values in ``[0, 1]`` (clipped otherwise). Resized bilinearly
+            to the image size when the sizes differ.
+        alpha: Weight of the heatmap colour, in ``[0, 1]``.
+        colormap: Colormap name, see :data:`COLORMAPS`.
+
+    Returns:
+        An RGB ``PIL.Image.Image`` with the image's size.
+
+    Raises:
+        ValueError: Bad image type/dtype/shape, bad heatmap, ``alpha`` outside ``[0, 1]``,
+            or unknown colormap name.
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = _to_rgb_array(image)
+    values = _check_heatmap(heatmap)
+    values = _resize_heatmap(values, rgb.shape[:2])
+    colours = _apply_colormap(values, colormap)
+    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours.astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
+        return ImageFont.load_default()
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: int) -> str:
+    """Shorten ``text`` with an ellipsis until it fits ``max_width`` pixels."""
+    if draw.textlength(text, font=font) <= max_width:
+        return text
+    ellipsis = "..."
+    while text and draw.textlength(text + ellipsis, font=font) > max_width:
+        text = text[:-1]
+    return text + ellipsis if text else ""
+
+
+def _fit_into_tile(img: Image.Image, tile: int, background: tuple[int, int, int]) -> Image.Image:
+    """Scale ``img`` (keeping aspect ratio) into a ``tile`` x ``tile`` square, centred."""
+    w, h = img.size
+    scale = tile / max(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample=Image.Resampling.BILINEAR)
+    if (new_w, new_h) == (tile, tile):
+        return img
+    canvas = Image.new("RGB", (tile, tile), background)
+    canvas.paste(img, ((tile - new_w) // 2, (tile - new_h) // 2))
+    return canvas
+
+
+def figure(
+    image: ImageLike,
+    heatmaps: Sequence[np.ndarray] | np.ndarray,
+    titles: Sequence[str] | None = None,
+    image_title: str = "input",
+    tile: int = 224,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    padding: int = 4,
+    font_size: int | None = None,
+) -> Image.Image:
+    """Lay out the input image and one heatmap overlay per heatmap in a single row.
+
+    Each cell is ``tile`` x ``tile`` pixels (images are scaled to fit, keeping their aspect
+    ratio, on a white background) with its title drawn above it in Pillow's default font.
+    Titles too wide for a tile are shortened with ``"..."``.
+
+    Args:
+        image: The input image (PIL image or uint8 array, see :func:`overlay`).
+        heatmaps: A sequence of 2-D heatmaps, or a 3-D ``(K, H, W)`` array; each is
+            overlaid on ``image`` at the image's resolution, then scaled into its tile.
+        titles: One title per heatmap, or ``None`` for empty titles.
+        image_title: Title of the first (plain image) tile.
+        tile: Side length of each square cell in pixels (>= 16).
+        alpha: Heatmap weight, see :func:`overlay`.
+        colormap: Colormap name, see :data:`COLORMAPS`.
+        padding: Pixels of white space between and around tiles (>= 0).
+        font_size: Title font size in pixels; default ``max(10, tile // 16)``.
+
+    Returns:
+        An RGB ``PIL.Image.Image`` of width ``(K + 1) * tile + (K + 2) * padding``.
+
+    Raises:
+        ValueError: No heatmaps, heatmap count differs from title count, a bad heatmap
+            or image, or an invalid ``tile``/``padding``/``font_size``.
+    """
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
+        raise ValueError(f"tile must be an int >= 16, got {tile!r}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if isinstance(heatmaps, np.ndarray):
+        if heatmaps.ndim == 2:
+            raise ValueError(
+                f"heatmaps must be a sequence of 2-D arrays or a 3-D (K, H, W) array, "
+                f"got a single 2-D array of shape {heatmaps.shape}; wrap it in a list"
+            )
+        if heatmaps.ndim != 3:
+            raise ValueError(f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}")
+    maps = list(heatmaps)
+    if not maps:
+        raise ValueError("heatmaps must contain at least one heatmap")
+    if titles is None:
+        titles = [""] * len(maps)
+    elif isinstance(titles, str):
+        raise ValueError("titles must be a sequence of str, not a single str")
+    titles = list(titles)
+    if len(titles) != len(maps):
+        raise ValueError(f"got {len(maps)} heatmaps but {len(titles)} titles")
+    size = max(10, tile // 16) if font_size is None else font_size
+    if size < 1:
+        raise ValueError(f"font_size must be >= 1, got {font_size}")
+
+    rgb = _to_rgb_array(image)
+    white = (255, 255, 255)
+    cells = [_fit_into_tile(Image.fromarray(rgb), tile, white)]
+    for i, hm in enumerate(maps):
+        _check_heatmap(hm, what=f"heatmaps[{i}]")
+        cells.append(_fit_into_tile(overlay(rgb, hm, alpha=alpha, colormap=colormap), tile, white))
+
+    font = _load_font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    all_titles = [image_title, *titles]
+    boxes = [probe.textbbox((0, 0), t or "Ag", font=font) for t in all_titles]
+    text_h = max(b[3] for b in boxes)
+    strip = text_h + 2 * max(2, padding)
+
+    k = len(cells)
+    width = k * tile + (k + 1) * padding
+    height = strip + tile + padding
+    canvas = Image.new("RGB", (width, height), white)
+    draw = ImageDraw.Draw(canvas)
+    for j, (cell, title) in enumerate(zip(cells, all_titles, strict=True)):
+        x0 = padding + j * (tile + padding)
+        canvas.paste(cell, (x0, strip))
+        text = _fit_text(draw, str(title), font, tile)
+        if text:
+            tw = draw.textlength(text, font=font)
+            draw.text((x0 + (tile - tw) / 2, max(2, padding)), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def save_figure(
+    path: str | PathLike[str],
+    image: ImageLike,
+    heatmaps: Sequence[np.ndarray] | np.ndarray,
+    titles: Sequence[str] | None = None,
+    **kwargs,
+) -> Path:
+    """Build a :func:`figure` and save it, creating parent directories as needed.
+
+    Args:
+        path: Output file; the format follows the suffix (e.g. ``.png``).
+        image: The input image, see :func:`figure`.
+        heatmaps: Heatmaps, see :func:`figure`.
+        titles: Titles, see :func:`figure`.
+        **kwargs: Further keyword arguments for :func:`figure`.
+
+    Returns:
+        The output path.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure(image, heatmaps, titles, **kwargs).save(out)
+    logger.info("saved figure to %s", out)
+    return out

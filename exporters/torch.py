@@ -1,0 +1,338 @@
+"""PyTorch front end: export a model tapped at a layer, and the autograd reference Grad-CAM.
+
+Needs the ``torch`` extra (torch, torchvision, onnxscript).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from explainer.bundle import Bundle
+from explainer.image import Preprocessing
+
+from .build import build_bundle, producer_versions
+
+__all__ = [
+    "ExportError",
+    "ValidationReport",
+    "export_torch",
+    "export_tapped",
+    "reference_gradcam",
+    "recalibrate_batchnorm",
+    "resolve_layer",
+    "validate",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported or tapped at the requested layer."""
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
+    """Return ``(dotted path, module)`` for a module or a dotted path such as ``"layer4"``."""
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name, module
+        raise ExportError("target_layer is not a submodule of the model")
+    try:
+        return layer, model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_children()]
+        raise ExportError(
+            f"model has no submodule {layer!r}; its top-level children are {names}"
+        ) from None
+
+
+class _Tapped(nn.Module):
+    """Returns (logits, activation of each tapped layer) so the export names those tensors."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = list(layers)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        store: dict[int, torch.Tensor] = {}
+        hooks = [
+            layer.register_forward_hook(lambda m, i, o, k=k: store.__setitem__(k, o))
+            for k, layer in enumerate(self.layers)
+        ]
+        try:
+            logits = self.model(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for k, layer in enumerate(self.layers):
+            if not isinstance(store.get(k), torch.Tensor):
+                raise ExportError(f"layer {layer.__class__.__name__} did not output one tensor")
+        return (logits, *(store[k] for k in range(len(self.layers))))
+
+
+def _example(model: nn.Module, example_input: torch.Tensor | None, shape: Sequence[int]):
+    if example_input is not None:
+        return example_input.detach()
+    generator = torch.Generator().manual_seed(0)
+    # batch 2: torch.export specializes a batch of 1, which would freeze the batch dimension
+    shape = (max(2, int(shape[0])), *shape[1:])
+    param = next(model.parameters(), None)
+    return torch.randn(shape, generator=generator, dtype=param.dtype if param is not None else None)
+
+
+def export_tapped(
+    model: nn.Module,
+    layers: Sequence[nn.Module | str],
+    example_input: torch.Tensor | None = None,
+    input_shape: Sequence[int] = (1, 3, 224, 224),
+    dynamo: bool = True,
+) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """Export ``model`` with the outputs of ``layers`` as extra graph outputs.
+
+    Returns:
+        (model with outputs [logits, *activations], activation tensor names, layer paths).
+    """
+    model = model.eval()
+    resolved = [resolve_layer(model, layer) for layer in layers]
+    tapped = _Tapped(model, [m for _, m in resolved]).eval()
+    x = _example(model, example_input, input_shape)
+    names = ["logits"] + [f"activation_{i}" for i in range(len(resolved))]
+    try:
+        if dynamo:
+            program = torch.onnx.export(
+                tapped,
+                (x,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=names,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                optimize=True,
+                verbose=False,
+            )
+            proto = program.model_proto
+        else:
+            import io
+
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                tapped,
+                (x,),
+                buffer,
+                dynamo=False,
+                input_names=["input"],
+                output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
+                opset_version=17,
+            )
+            proto = onnx.load_from_string(buffer.getvalue())
+    except ExportError:
+        raise
+    except Exception as err:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {err}") from err
+    proto = _resolve_identities(proto)
+    outputs = [o.name for o in proto.graph.output]
+    return proto, outputs[1:], [name for name, _ in resolved]
+
+
+def _resolve_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Point tap outputs that are Identity copies at the tensor the rest of the graph reads."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for output in model.graph.output[1:]:
+        name = output.name
+        node = producers.get(name)
+        while node is not None and node.op_type == "Identity":
+            consumers = [n for n in model.graph.node if node.input[0] in n.input]
+            if len(consumers) <= 1:
+                break
+            name = node.input[0]
+            node = producers.get(name)
+        if name != output.name:
+            output.name = name
+    return model
+
+
+def export_torch(
+    model: nn.Module,
+    target_layer: nn.Module | str,
+    example_input: torch.Tensor | None = None,
+    input_shape: Sequence[int] = (1, 3, 224, 224),
+    labels: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
+    dynamo: bool = True,
+) -> Bundle:
+    """Export a PyTorch classifier as a bundle explained at ``target_layer``.
+
+    Args:
+        model: an image classifier returning logits [N, C].
+        target_layer: a submodule or its dotted path (``"layer4"``, ``"features.denseblock4"``).
+        example_input: an input to trace with; random of ``input_shape`` when None.
+        input_shape: NCHW shape of the example input when none is given (the batch stays
+            dynamic either way).
+        labels: class names, or a named label set such as ``"imagenet"``.
+        preprocessing: how images become inputs, recorded in the manifest.
+        dynamo: use torch.onnx's dynamo exporter (default) or the legacy TorchScript one.
+
+    Returns:
+        A :class:`explainer.Bundle`.
+    """
+    proto, tensors, paths = export_tapped(model, [target_layer], example_input, input_shape, dynamo)
+    return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing)
+
+
+def bundle_from_tapped(
+    proto: onnx.ModelProto,
+    tensor: str,
+    layer_path: str,
+    labels: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
+) -> Bundle:
+    """Build the bundle for one tapped tensor of a model exported by :func:`export_tapped`."""
+    logits = proto.graph.output[0].name
+    return build_bundle(
+        proto,
+        tensor,
+        output=logits,
+        target_layer=layer_path,
+        labels=labels,
+        preprocessing=preprocessing,
+        producer=producer_versions(("torch", "torchvision", "onnxscript")),
+    )
+
+
+def reference_gradcam(
+    model: nn.Module,
+    target_layer: nn.Module | str,
+    inputs: np.ndarray | torch.Tensor,
+    class_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM by PyTorch autograd: ReLU(sum_k mean_ij(dy_c/dA^k) A^k), unnormalized.
+
+    The hooked tensor is used as it is: when a later in-place op (DenseNet's
+    ``F.relu(features, inplace=True)``) modifies it, the gradient is taken w.r.t. the modified
+    tensor, which is also what the exported graph outputs.
+
+    Runs in the model's dtype: a float64 copy of the model gives a float64 reference.
+
+    Returns:
+        (cams [B, K, h, w], logits [B, C]) as numpy arrays.
+    """
+    model = model.eval()
+    _, layer = resolve_layer(model, target_layer)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    x = torch.as_tensor(np.asarray(inputs)).to(dtype)
+    store: dict[str, torch.Tensor] = {}
+    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+    finally:
+        hook.remove()
+    activation = store["a"]
+    class_ids = torch.as_tensor(np.asarray(class_ids, dtype=np.int64))
+    cams = []
+    for k in range(class_ids.shape[1]):
+        score = logits.gather(1, class_ids[:, k : k + 1]).sum()
+        (grad,) = torch.autograd.grad(score, activation, retain_graph=True)
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+        cams.append(torch.relu((weights * activation).sum(dim=1)).detach())
+    return torch.stack(cams, dim=1).numpy(), logits.detach().numpy()
+
+
+@dataclass
+class ValidationReport:
+    """Per-map relative L2 error between a bundle's raw CAMs and the PyTorch reference.
+
+    Attributes:
+        errors: [B, K] relative L2 errors ||cam - ref|| / ||ref||.
+        class_ids: [B, K] classes compared.
+        logits_error: max abs difference of the logits.
+        cams: [B, K, h, w] the bundle's raw CAMs (ONNX Runtime).
+        reference: [B, K, h, w] the PyTorch autograd CAMs.
+    """
+
+    errors: np.ndarray
+    class_ids: np.ndarray
+    logits_error: float
+    cams: np.ndarray
+    reference: np.ndarray
+
+    @property
+    def max_error(self) -> float:
+        """Largest per-map error."""
+        return float(self.errors.max())
+
+    def fraction_below(self, tolerance: float) -> float:
+        """Fraction of maps with error at most ``tolerance``."""
+        return float((self.errors <= tolerance).mean())
+
+
+def relative_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||a - b|| / ||b|| per map over the last two axes (0 when both maps are zero)."""
+    diff = np.sqrt(((a.astype(np.float64) - b) ** 2).sum(axis=(-2, -1)))
+    norm = np.sqrt((b.astype(np.float64) ** 2).sum(axis=(-2, -1)))
+    scale = np.maximum(norm, 1e-12)
+    return np.where((norm == 0) & (diff == 0), 0.0, diff / scale)
+
+
+def validate(
+    bundle: Bundle,
+    model: nn.Module,
+    target_layer: nn.Module | str,
+    inputs: np.ndarray | torch.Tensor,
+    targets: Any = None,
+    explainer: Any = None,
+) -> ValidationReport:
+    """Compare the bundle's raw CAMs (ONNX Runtime) with the PyTorch autograd reference.
+
+    Args:
+        bundle: a bundle exported from ``model``.
+        model: the PyTorch model.
+        target_layer: the layer the bundle explains.
+        inputs: a float32 NCHW batch.
+        targets: any target spec :meth:`explainer.Explainer.explain` accepts.
+        explainer: an existing :class:`explainer.Explainer` for ``bundle`` (built if None).
+    """
+    from explainer import Explainer
+
+    x = np.ascontiguousarray(np.asarray(inputs, dtype=np.float32))
+    explainer = explainer or Explainer(bundle)
+    explanation = explainer.explain(x, targets=targets)
+    ref_cams, ref_logits = reference_gradcam(model, target_layer, x, explanation.class_ids)
+    return ValidationReport(
+        errors=relative_l2(explanation.cams, ref_cams),
+        class_ids=explanation.class_ids,
+        logits_error=float(np.abs(explanation.logits - ref_logits).max()),
+        cams=explanation.cams,
+        reference=ref_cams,
+    )
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, input_shape: Sequence[int] = (8, 3, 224, 224), batches: int = 3, seed: int = 0
+) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on random inputs (for random-init models).
+
+    Randomly initialised networks can have vanishing activations (logits ~1e-9), which makes any
+    numerical comparison meaningless; cumulative statistics from a few random batches restore
+    unit-scale activations. Returns the model in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches if norms else 0):
+            model(torch.randn(tuple(input_shape), generator=generator))
+    return model.eval()
