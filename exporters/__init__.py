@@ -1,6 +1,7 @@
 """onnxcam exporters: split ONNX models, build gradient heads, and the PyTorch front end.
 
-The ONNX parts need onnx and numpy only; :func:`export_torch`, :func:`validate` and
+The ONNX parts need onnx and numpy only (:func:`export_onnx`, :func:`candidate_layers`,
+:func:`check_gradients` included); :func:`export_torch`, :func:`validate` and
 :func:`reference_gradcam` import torch on first use (the ``torch`` extra).
 """
 
@@ -9,12 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from .build import build_bundle
+from .check import GradientCheckError, GradientCheckReport, check_gradients
+from .onnx import Candidate, OnnxExportError, candidate_layers, export_onnx
 from .split import SplitError, SplitModel, split_model
 
 __all__ = [
+    "Candidate",
+    "GradientCheckError",
+    "GradientCheckReport",
+    "OnnxExportError",
     "SplitError",
     "SplitModel",
     "build_bundle",
+    "candidate_layers",
+    "check_gradients",
+    "export_onnx",
     "export_torch",
     "reference_gradcam",
     "split_model",

@@ -1,0 +1,170 @@
+"""The onnxcam command: explain / export / inspect / check on the ONNX corpus (no torch)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx_corpus import CORPUS, SIZE, make_cnn
+from PIL import Image
+
+from explainer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the CLI with torch made unimportable, then asserts it was never imported.
+NO_TORCH = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ImportError('torch is blocked in this test')
+sys.meta_path.insert(0, _Block())
+from explainer.cli import main
+code = main(sys.argv[1:])
+assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(48, 64), (40, 40)]):
+        path = folder / f"image{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _save(model: onnx.ModelProto, folder: Path, name: str = "model") -> str:
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_explain_onnx_file_writes_overlays_and_summary(name, tmp_path, images, capsys):
+    model = _save(CORPUS[name][0](), tmp_path)
+    out = tmp_path / "out"
+    code = main(["explain", model, *images, "--target", "auto", "--top-k", "3", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "explaining 'features'" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["image"] for row in summary] == images
+    for row in summary:
+        assert row["target"] == "features" and len(row["class_ids"]) == 3
+        assert np.all(np.diff(row["scores"]) <= 0)
+        with Image.open(row["overlay"]) as overlay:
+            assert overlay.size[0] > SIZE
+
+
+def test_export_then_explain_and_check_the_bundle(tmp_path, images, capsys):
+    model = _save(make_cnn("NHWC", softmax=True), tmp_path)
+    bundle = tmp_path / "bundle"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n")
+    assert main(["export", model, "--labels", str(labels), "-o", str(bundle)]) == 0
+    printed = capsys.readouterr().out
+    assert "'features'" in printed and "pre-softmax logits 'logits'" in printed
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["labels"][3] == "class 3" and manifest["target"]["layout"] == "NHWC"
+
+    assert main(["explain", str(bundle), images[0], "--targets", "top2+least",
+                 "--out", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary[0]["labels"]) == 3 and summary[0]["labels"][0].startswith("class ")
+
+    capsys.readouterr()
+    assert main(["check", str(bundle), "--images", *images]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_export_with_target_and_layout(tmp_path, capsys):
+    model = _save(make_cnn("NCHW"), tmp_path)
+    bundle = tmp_path / "b"
+    assert main(["export", model, "--target", "maxpool_18", "--layout", "NCHW",
+                 "-o", str(bundle)]) == 0
+    assert json.loads((bundle / "manifest.json").read_text())["target"]["tensor"] == "maxpool_18"
+
+
+def test_inspect_prints_the_candidate_table(tmp_path, capsys):
+    model = _save(make_cnn("NHWC"), tmp_path)
+    assert main(["inspect", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["tensor", "shape", "node"]
+    picked = [line for line in lines if line.startswith("*")]
+    assert len(picked) == 1 and "features" in picked[0] and "NHWC" in picked[0]
+    assert lines[-1] == "auto target: 'features' (Relu node features_node)"
+    assert any(" no " in line for line in lines[1:])  # the residual branch is not a clean cut
+
+    assert main(["inspect", model, "--last", "3"]) == 0
+    assert "showing the last 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["static_batch", "uint8_nhwc", "multi_output"])
+def test_check_onnx_file(name, tmp_path, capsys):
+    model = _save(CORPUS[name][0](), tmp_path)
+    assert main(["check", model, "--directions", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "gradient check of 'features'" in out
+
+
+def test_check_fails_with_exit_code_1(tmp_path, capsys):
+    model = _save(make_cnn("NCHW"), tmp_path)
+    # a tolerance nothing meets
+    assert main(["check", model, "--tolerance", "0", "--target", "relu_8"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_errors_are_reported_with_exit_code_2(tmp_path, images, capsys):
+    model = _save(make_cnn("NCHW"), tmp_path)
+    assert main(["explain", model, images[0], "--target", "nope"]) == 2
+    assert "neither a tensor nor a node" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "missing.onnx")]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err
+    assert main(["export", model, "--output", "scores", "-o", str(tmp_path / "b")]) == 2
+    assert "not an output" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["explain"], ["export"], ["inspect"], ["check"]])
+def test_help_shows_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "onnxcam " in text
+
+
+def test_cli_runs_with_torch_unimportable(tmp_path, images):
+    model = _save(make_cnn("NHWC", uint8=True, softmax=True), tmp_path)
+    out = tmp_path / "out"
+    for args in (
+        ["inspect", model],
+        ["explain", model, *images, "--top-k", "2", "--out", str(out)],
+        ["export", model, "-o", str(tmp_path / "bundle")],
+        ["check", str(tmp_path / "bundle"), "--directions", "1"],
+    ):
+        result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert (out / "summary.json").is_file()
+
+
+def test_module_entry_point(tmp_path, images):
+    model = _save(make_cnn("NCHW"), tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "explainer.cli", "explain", model, images[1], "--out",
+         str(tmp_path / "o")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "image1_cam.png").is_file()
