@@ -98,7 +98,7 @@ def main() -> None:
                 "onnxcam_1": partial(explainer.explain, x),
                 "onnxcam_top5": partial(explainer.explain, x, top_k=5),
                 "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
-                "pytorch_grad_cam": partial(grad_cam, input_tensor=xt),
+                "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
             }
             times = {key: median_ms(fn, args.repeats) for key, fn in runs.items()}
             row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,

@@ -179,25 +179,27 @@ def preprocess(images: ImageLike | Sequence[ImageLike], preprocessing: Preproces
 
 
 @lru_cache(maxsize=64)
-def _interpolation_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] weights of 1-D linear interpolation with half-pixel centers
-    (align_corners=False, as torch.nn.functional.interpolate and cv2.resize)."""
-    pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
-    pos = np.clip(pos, 0, src - 1)
-    lo = np.floor(pos).astype(np.int64)
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi) and weight of hi for 1-D linear interpolation with half-pixel
+    centers (align_corners=False, as torch.nn.functional.interpolate and cv2.resize)."""
+    pos = np.clip((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0, src - 1)
+    lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, src - 1)
-    frac = pos - lo
-    matrix = np.zeros((dst, src), dtype=np.float64)
-    matrix[np.arange(dst), lo] += 1 - frac
-    matrix[np.arange(dst), hi] += frac
-    return matrix.astype(np.float32)
+    return lo, hi, (pos - lo).astype(np.float32)
 
 
 def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly resize ``maps`` [..., h, w] to [..., H, W] (half-pixel centers)."""
-    h, w = maps.shape[-2:]
-    rows, cols = _interpolation_matrix(h, size[0]), _interpolation_matrix(w, size[1])
-    return np.einsum("Hh,...hw,Ww->...HW", rows, maps.astype(np.float32), cols, optimize=True)
+    """Bilinearly resize ``maps`` [..., h, w] to [..., H, W] (half-pixel centers).
+
+    Gathers and lerps rather than multiplying by interpolation matrices: BLAS threads left
+    spinning after a matmul would steal the cores from the next ONNX Runtime run.
+    """
+    maps = maps.astype(np.float32, copy=False)
+    lo, hi, frac = _linear_taps(maps.shape[-2], size[0])
+    frac = frac[:, None]
+    rows = maps[..., lo, :] * (1 - frac) + maps[..., hi, :] * frac
+    lo, hi, frac = _linear_taps(maps.shape[-1], size[1])
+    return rows[..., lo] * (1 - frac) + rows[..., hi] * frac
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:

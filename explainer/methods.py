@@ -45,5 +45,7 @@ def compute_cams(
     except KeyError:
         raise MethodError(f"unknown CAM method {method!r}; available: {sorted(METHODS)}") from None
     weights = weight_fn(activation, gradient)
-    cams = np.einsum("nc,nchw->nhw", weights, activation, optimize=True)
+    # plain einsum loop, not BLAS: BLAS threads spinning after the call would slow the next
+    # ONNX Runtime run on the same cores
+    cams = np.einsum("nc,nchw->nhw", weights, activation)
     return np.maximum(cams, 0).astype(np.float32)

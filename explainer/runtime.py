@@ -4,7 +4,7 @@ The data path, in one place (:meth:`Explainer.explain`)::
 
     image -> preprocess -> features graph -> activation A
           -> (logits pass, only when targets depend on the prediction)
-          -> head graph, once per target column (one-hot seeds) -> logits, dA
+          -> head graph for every (image, target) pair (one-hot seeds) -> logits, dA
           -> CAM weights (methods.py) -> ReLU(sum_k w_k A^k) -> upsample, min-max -> heatmaps
 """
 
@@ -356,6 +356,27 @@ class Explainer:
     def _to_numpy(value: Any) -> np.ndarray:
         return value.numpy() if isinstance(value, ort.OrtValue) else value
 
+    def _gradients(self, features: dict[str, Any], class_ids: np.ndarray):
+        """Head runs for class_ids [B, K]: returns (logits [B, C], gradients [B, K, ...])."""
+        batch, k = class_ids.shape
+        outputs = [self.logits_name, self.gradient_name]
+        if k > 1 and len(features) == 1 and not self.on_cuda:
+            # Only the activation crosses the cut: one run for all B*K (image, class) pairs.
+            feeds = {name: np.repeat(value, k, axis=0) for name, value in features.items()}
+            feeds[self.seed_name] = one_hot_seeds(class_ids, self.num_classes)  # image-major
+            logits, gradient = self._run(self.head_session, feeds, outputs)
+            return logits[::k], gradient.reshape(batch, k, *gradient.shape[1:])
+        # Otherwise one run per target column: other cut tensors (e.g. indices computed from
+        # the batch size) keep their batch, and on CUDA everything stays on the device.
+        gradients = []
+        for column in range(k):
+            seed = one_hot_seeds(class_ids[:, column], self.num_classes)
+            logits, gradient = self._run(
+                self.head_session, {**features, self.seed_name: seed}, outputs
+            )
+            gradients.append(gradient)
+        return logits, np.stack(gradients, axis=1)
+
     # --- the data path --------------------------------------------------------------------------
     def explain(
         self,
@@ -390,25 +411,14 @@ class Explainer:
             class_ids = plan.class_ids
         k = class_ids.shape[1]
 
-        # One head run per target column. Every cut tensor keeps the batch the features graph
-        # gave it (some are index tensors computed from the batch size, which repeating per
-        # target would break), and on CUDA they stay on the device.
+        head_logits, gradient = self._gradients(features, class_ids)
+        if logits is None:
+            logits = head_logits
         activation = self._to_numpy(features[self.head_inputs[0]])
         if self.target_layout == "NHWC":
             activation = activation.transpose(0, 3, 1, 2)
-        cams = []
-        for column in range(k):
-            seed = one_hot_seeds(class_ids[:, column], self.num_classes)
-            feeds = {**features, self.seed_name: seed}
-            head_logits, gradient = self._run(
-                self.head_session, feeds, [self.logits_name, self.gradient_name]
-            )
-            if self.target_layout == "NHWC":
-                gradient = gradient.transpose(0, 3, 1, 2)
-            cams.append(compute_cams(activation, gradient, method))
-        cams = np.stack(cams, axis=1)  # [B, K, h, w]
-        if logits is None:
-            logits = head_logits
+            gradient = gradient.transpose(0, 1, 4, 2, 3)
+        cams = np.stack([compute_cams(activation, gradient[:, j], method) for j in range(k)], 1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
         heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)))

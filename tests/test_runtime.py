@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from onnx import helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
@@ -22,11 +24,19 @@ def _inputs(batch: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(batch, 3, 16, 16)).astype(np.float32)
 
 
-def _finite_difference_cams(tiny_cnn, x, class_ids, eps=1e-2):
-    """Grad-CAM from a central-difference gradient of the head (independent of our autodiff)."""
-    split = split_model(infer_shapes(tiny_cnn), "act", ["logits"])
-    (act,) = ort.InferenceSession(split.features.SerializeToString()).run(None, {"input": x})
+def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2):
+    """Grad-CAM from a central-difference gradient of the head (independent of our autodiff);
+    other tensors crossing the cut are held fixed."""
+    split = split_model(infer_shapes(model), target, ["logits"])
+    features = ort.InferenceSession(split.features.SerializeToString())
+    cut = dict(zip(split.cut_tensors, features.run(None, {"input": x})))
+    act = cut[target]
     head = ort.InferenceSession(split.head.SerializeToString())
+
+    def logit(b, c, a):
+        feeds = {n: v[b : b + 1] for n, v in cut.items()}
+        return head.run(None, {**feeds, target: a})[0][0, c]
+
     cams = np.zeros((x.shape[0], class_ids.shape[1], *act.shape[2:]))
     for b in range(x.shape[0]):
         for k, c in enumerate(class_ids[b]):
@@ -35,8 +45,7 @@ def _finite_difference_cams(tiny_cnn, x, class_ids, eps=1e-2):
                 up, down = act[b : b + 1].copy(), act[b : b + 1].copy()
                 up[idx] += eps
                 down[idx] -= eps
-                diff = head.run(None, {"act": up})[0][0, c] - head.run(None, {"act": down})[0][0, c]
-                grad[idx] = diff / (2 * eps)
+                grad[idx] = (logit(b, c, up) - logit(b, c, down)) / (2 * eps)
             weights = grad.mean(axis=(2, 3))[0]
             cams[b, k] = np.maximum(np.einsum("c,chw->hw", weights, act[b]), 0)
     return cams
@@ -160,3 +169,26 @@ def test_bundle_load_errors(bundle, tmp_path):
     (path / "head.onnx").unlink()
     with pytest.raises(BundleError, match="head.onnx is missing"):
         Bundle.load(path)
+
+
+def test_head_with_a_skip_tensor_across_the_cut(tiny_cnn):
+    """A residual edge crossing the cut makes the head read two tensors: the runtime then runs
+    the head once per target column and must still give finite-difference Grad-CAM."""
+    model = copy.deepcopy(tiny_cnn)
+    graph = model.graph
+    conv2 = next(n for n in graph.node if n.name == "conv2")
+    del conv2.attribute[:]
+    conv2.attribute.extend([helper.make_attribute("pads", [1, 1, 1, 1])])  # keep 16x16
+    conv3 = next(n for n in graph.node if n.name == "conv3")
+    conv3.input[0] = "skip"
+    index = [n.name for n in graph.node].index("conv3")
+    graph.node.insert(index, helper.make_node("Add", ["act", "r1"], ["skip"], name="skip_add"))
+    bundle = build_bundle(model, "act")
+    assert bundle.manifest["head"]["inputs"] == ["act", "r1"]
+    x = _inputs(2)
+    e = Explainer(bundle, optimization="none").explain(x, targets=[[0, 3, 1], [4, 1, 2]])
+    ref = _finite_difference_cams(model, x, e.class_ids)
+    error = np.linalg.norm((e.cams - ref).reshape(6, -1), axis=1) / np.linalg.norm(
+        ref.reshape(6, -1), axis=1
+    )
+    assert error.max() < 2e-3, error
