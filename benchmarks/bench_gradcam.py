@@ -1,13 +1,15 @@
 """Grad-CAM speed on CPU: onnxcam vs plain ONNX Runtime inference vs PyTorch peers.
 
-For each model and batch size, in one run on one machine (median of ``--repeats`` timed runs
-after warm-up, milliseconds):
+For each model and batch size, in one run on one machine (median of ``--repeats`` timed
+runs after warm-up, milliseconds):
 
 * ``ort_infer``      plain ONNX Runtime inference of the whole exported model;
 * ``onnxcam_1``      onnxcam Grad-CAM, top-1 target (features graph + logits pass + gradient head);
 * ``onnxcam_top5``   onnxcam Grad-CAM, top-5 targets in one call;
 * ``torch_autograd`` PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
 * ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target.
+
+The five are run interleaved, round by round, after two warm-up calls each.
 
 Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--repeats 10] [--json out.json]``.
 Models use seeded random weights with recalibrated BatchNorm (speed does not depend on the
@@ -39,15 +41,19 @@ MODELS = {
 }
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2):
+    """Median milliseconds of each callable. Runs are interleaved round by round, so a slow
+    drift of the machine affects every column alike and the ratios stay fair."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def torch_autograd_gradcam(model, layer, x):
@@ -64,7 +70,7 @@ def torch_autograd_gradcam(model, layer, x):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--json", default=None, help="also write the rows to this file")
@@ -100,7 +106,7 @@ def main() -> None:
                 "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
                 "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
             }
-            times = {key: median_ms(fn, args.repeats) for key, fn in runs.items()}
+            times = median_ms(runs, args.repeats)
             row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,
                    **{k: round(v, 1) for k, v in times.items()}}
             row["cam_vs_infer"] = round(times["onnxcam_1"] / times["ort_infer"], 2)

@@ -195,17 +195,27 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     spinning after a matmul would steal the cores from the next ONNX Runtime run.
     """
     maps = maps.astype(np.float32, copy=False)
+    lo, hi, frac = _linear_taps(maps.shape[-1], size[1])
+    columns = maps[..., lo] * (1 - frac) + maps[..., hi] * frac  # [..., h, W], small
     lo, hi, frac = _linear_taps(maps.shape[-2], size[0])
     frac = frac[:, None]
-    rows = maps[..., lo, :] * (1 - frac) + maps[..., hi, :] * frac
-    lo, hi, frac = _linear_taps(maps.shape[-1], size[1])
-    return rows[..., lo] * (1 - frac) + rows[..., hi] * frac
+    out = columns[..., lo, :]
+    out *= 1 - frac
+    upper = columns[..., hi, :]
+    upper *= frac
+    out += upper
+    return out
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max scaling of [..., H, W] to [0, 1]; a constant map becomes all zeros."""
-    flat = maps.reshape(*maps.shape[:-2], -1)
-    low = flat.min(axis=-1, keepdims=True)
-    span = flat.max(axis=-1, keepdims=True) - low
-    out = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0.0)
-    return out.reshape(maps.shape).astype(np.float32)
+    """Per-map min-max scaling of [..., H, W] to [0, 1]; a constant map becomes all zeros.
+
+    Returns a new float32 array (the input is not modified).
+    """
+    out = np.array(maps, dtype=np.float32)
+    flat = out.reshape(-1, out.shape[-2] * out.shape[-1])
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    flat -= low
+    flat *= np.divide(1, span, out=np.zeros_like(span), where=span > 0)
+    return out
