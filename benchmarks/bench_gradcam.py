@@ -11,7 +11,7 @@ runs after warm-up, milliseconds):
 
 The five are run interleaved, round by round, after two warm-up calls each.
 
-Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--repeats 10] [--json out.json]``.
+Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--repeats 15] [--json out.json]``.
 Models use seeded random weights with recalibrated BatchNorm (speed does not depend on the
 weights' values once activations are not denormal).
 """
