@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # Torch-free environment: `pip install .` with no extras (plus the test runner and onnx-ad).
 $(NOTORCH)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(NOTORCH)
-	$(NOTORCH)/bin/python -m pip install -q pytest onnx-ad==0.3.0
+	$(NOTORCH)/bin/python -m pip install -q . pytest onnx-ad==0.3.0
 	touch $@
 
 demo: $(VENV)/.installed

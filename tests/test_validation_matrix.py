@@ -128,6 +128,8 @@ def test_bundle_cams_match_pytorch_autograd(name):
     failures = []
     for depth, (layer, tensor) in enumerate(zip(stages, tensors)):
         bundle = bundle_from_tapped(proto, tensor, layer)
+        if depth == 0:
+            bundle.check()  # both graphs pass onnx.checker (full check)
         explainer = Explainer(bundle)
         report = validate(bundle, model, layer, inputs, targets, explainer=explainer)
         # top-1 too: the logits pass must pick the same class PyTorch does
