@@ -6,6 +6,7 @@ Needs the ``torch`` extra (torch, torchvision, onnxscript).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,16 +124,18 @@ def export_tapped(
             import io
 
             buffer = io.BytesIO()
-            torch.onnx.export(
-                tapped,
-                (x,),
-                buffer,
-                dynamo=False,
-                input_names=["input"],
-                output_names=names,
-                dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
-                opset_version=17,
-            )
+            with warnings.catch_warnings():  # the TorchScript exporter is deprecated, not gone
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(
+                    tapped,
+                    (x,),
+                    buffer,
+                    dynamo=False,
+                    input_names=["input"],
+                    output_names=names,
+                    dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
+                    opset_version=17,
+                )
             proto = onnx.load_from_string(buffer.getvalue())
     except ExportError:
         raise

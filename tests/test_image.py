@@ -71,3 +71,17 @@ def test_normalize_maps_per_map_and_constant_maps():
     out = normalize_maps(maps)
     np.testing.assert_allclose(out[0], [[0, 1 / 3], [2 / 3, 1]], rtol=1e-6)
     np.testing.assert_array_equal(out[1], 0)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (240, 320), (500, 375)])
+def test_preprocess_equals_torchvision_transforms(size):
+    transforms = pytest.importorskip("torchvision.transforms")
+    img = _photo(*size)
+    pipeline = transforms.Compose([
+        transforms.Resize(256),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    expected = pipeline(img).numpy()
+    np.testing.assert_allclose(preprocess(img, Preprocessing())[0], expected, atol=1e-5)

@@ -101,7 +101,7 @@ def test_lite0_explained_by_the_library_without_torch(lite0_dir):
     assert facts["target"]["shape"] == ["batch", 1280, 7, 7]
     assert facts["top1"] == [EGYPTIAN_CAT, ESPRESSO]
     assert facts["input_error"] < 1e-5  # our preprocessing = the example's
-    assert max(facts["cam_errors"]) < 1e-3, facts  # the auto target is _head_act
+    assert max(facts["cam_errors"]) < 1e-4, facts  # the auto target is _head_act
     assert facts["check_passed"], facts
 
 

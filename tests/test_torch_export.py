@@ -1,0 +1,78 @@
+"""The PyTorch front end on small models (fast; the 12-model matrix is test_validation_matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from explainer import Bundle, Explainer  # noqa: E402
+from exporters import export_torch, validate  # noqa: E402
+from exporters.torch import ExportError  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+class Net(nn.Module):
+    """Conv-BN-ReLU stem, a residual block, then an in-place ReLU on the block's output (the
+    DenseNet pattern that aliases a hooked tensor), global pooling and a linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8))
+        self.skip = nn.Conv2d(8, 8, 1, stride=2)
+        self.merge = nn.Identity()
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.merge(self.block(x) + self.skip(x))
+        x = F.relu(x, inplace=True)  # modifies the tensor a hook on `merge` captured
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def net() -> Net:
+    torch.manual_seed(0)
+    model = Net()
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model(torch.randn(8, 3, 32, 32))
+    return model.eval()
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+@pytest.mark.parametrize("layer", ["stem", "block", "merge"])
+def test_export_matches_autograd(net, layer, dynamo):
+    bundle = export_torch(net, layer, input_shape=(1, 3, 32, 32), dynamo=dynamo,
+                          labels=[f"class{i}" for i in range(5)])
+    assert bundle.manifest["target"]["layer"] == layer
+    assert bundle.manifest["num_classes"] == 5
+    assert bundle.manifest["input"]["shape"][0] not in (1, 2)  # the batch stays symbolic
+    bundle.check()
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    report = validate(bundle, net, layer, x, "top2+least")
+    assert report.max_error < 1e-4, report.errors
+    assert report.logits_error < 1e-4
+    assert Explainer(bundle).explain(x[:1]).labels[0][0].startswith("class")
+
+
+def test_target_given_as_module_and_round_trip(net, tmp_path):
+    bundle = export_torch(net, net.block, input_shape=(1, 3, 32, 32))
+    assert bundle.manifest["target"]["layer"] == "block"
+    loaded = Bundle.load(bundle.save(tmp_path / "net.onnxcam"))
+    x = np.ones((2, 3, 32, 32), np.float32)
+    np.testing.assert_array_equal(Explainer(loaded).explain(x, targets=[1, 3]).cams,
+                                  Explainer(bundle).explain(x, targets=[1, 3]).cams)
+
+
+def test_unknown_layer_is_named(net):
+    with pytest.raises(ExportError, match="layer9"):
+        export_torch(net, "layer9", input_shape=(1, 3, 32, 32))
+    with pytest.raises(ExportError, match="not a submodule"):
+        export_torch(net, nn.ReLU(), input_shape=(1, 3, 32, 32))
