@@ -199,7 +199,7 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     columns = maps[..., lo] * (1 - frac) + maps[..., hi] * frac  # [..., h, W], small
     lo, hi, frac = _linear_taps(maps.shape[-2], size[0])
     frac = frac[:, None]
-    out = columns[..., lo, :]
+    out = np.ascontiguousarray(columns[..., lo, :])  # fancy indexing may leave odd strides
     out *= 1 - frac
     upper = columns[..., hi, :]
     upper *= frac
@@ -207,13 +207,13 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def normalize_maps(maps: np.ndarray) -> np.ndarray:
+def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
     """Per-map min-max scaling of [..., H, W] to [0, 1]; a constant map becomes all zeros.
 
-    Returns a new float32 array (the input is not modified).
+    With ``copy=False`` a C-contiguous float32 input is scaled in place (and returned).
     """
-    out = np.array(maps, dtype=np.float32)
-    flat = out.reshape(-1, out.shape[-2] * out.shape[-1])
+    out = np.array(maps, dtype=np.float32, order="C", copy=True if copy else None)
+    flat = out.reshape(-1, out.shape[-2] * out.shape[-1])  # a view: `out` is C-contiguous
     low = flat.min(axis=1, keepdims=True)
     span = flat.max(axis=1, keepdims=True) - low
     flat -= low

@@ -421,7 +421,7 @@ class Explainer:
         cams = np.stack([compute_cams(activation, gradient[:, j], method) for j in range(k)], 1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
-        heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)))
+        heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)), copy=False)
         probabilities = _softmax(logits.astype(np.float64)).astype(np.float32)
         labels = None
         if self.labels is not None:

@@ -66,6 +66,16 @@ def test_upsample_bilinear_matches_half_pixel_reference():
     np.testing.assert_allclose(upsample_bilinear(maps, (3, 4)), maps, atol=1e-6)
 
 
+def test_normalize_maps_on_strided_input_leaves_it_alone():
+    maps = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32).transpose(2, 0, 1)
+    before = maps.copy()
+    out = normalize_maps(maps)
+    np.testing.assert_array_equal(maps, before)
+    flat = out.reshape(6, -1)
+    np.testing.assert_allclose(flat.min(1), 0, atol=1e-7)
+    np.testing.assert_allclose(flat.max(1), 1, atol=1e-6)
+
+
 def test_normalize_maps_per_map_and_constant_maps():
     maps = np.stack([np.arange(4, dtype=np.float32).reshape(2, 2), np.full((2, 2), 7.0)])
     out = normalize_maps(maps)
@@ -85,3 +95,10 @@ def test_preprocess_equals_torchvision_transforms(size):
     ])
     expected = pipeline(img).numpy()
     np.testing.assert_allclose(preprocess(img, Preprocessing())[0], expected, atol=1e-5)
+
+
+def test_normalize_maps_in_place():
+    maps = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    out = normalize_maps(maps, copy=False)
+    assert out is maps or np.shares_memory(out, maps)
+    np.testing.assert_allclose(maps[0], [[0, 1 / 3], [2 / 3, 1]], rtol=1e-6)
