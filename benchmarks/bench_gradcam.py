@@ -9,7 +9,8 @@ runs after warm-up, milliseconds):
 * ``torch_autograd`` PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
 * ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target.
 
-The five are run interleaved, round by round, after two warm-up calls each.
+The ONNX Runtime measurements run interleaved round by round, then the PyTorch ones, after two
+warm-up calls each.
 
 Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--repeats 15] [--json out.json]``.
 Models use seeded random weights with recalibrated BatchNorm (speed does not depend on the
@@ -99,14 +100,17 @@ def main() -> None:
         for batch in args.batches:
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
             xt = torch.from_numpy(x)
-            runs = {
+            # Two groups, each interleaved: PyTorch's OpenMP threads keep spinning after a call
+            # and would slow whichever ONNX Runtime run came next.
+            times = median_ms({
                 "ort_infer": partial(infer.run, None, {"input": x}),
                 "onnxcam_1": partial(explainer.explain, x),
                 "onnxcam_top5": partial(explainer.explain, x, top_k=5),
+            }, args.repeats)
+            times.update(median_ms({
                 "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
                 "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
-            }
-            times = median_ms(runs, args.repeats)
+            }, args.repeats))
             row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,
                    **{k: round(v, 1) for k, v in times.items()}}
             row["cam_vs_infer"] = round(times["onnxcam_1"] / times["ort_infer"], 2)
