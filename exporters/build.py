@@ -19,7 +19,7 @@ from explainer.image import Preprocessing
 from .autodiff import build_gradient_graph
 from .split import SplitError, split_model
 
-__all__ = ["build_bundle", "infer_shapes", "tensor_shape", "producer_versions"]
+__all__ = ["build_bundle", "infer_shapes", "producer_versions", "tensor_shape", "value_shape"]
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,26 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
 
 
+def value_shape(info: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    """Dims of a typed value: ints when static, names when symbolic (None when unnamed);
+    None when the value has no shape at all."""
+    tensor_type = info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+        for d in tensor_type.shape.dim
+    ]
+
+
 def tensor_shape(model: onnx.ModelProto, name: str) -> list[int | str | None]:
-    """Static dims as ints, symbolic dims as their names (None when unnamed)."""
+    """Shape of tensor ``name`` of an inferred model (see :func:`value_shape`)."""
     for info in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         if info.name == name:
-            dims = info.type.tensor_type.shape.dim
-            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-    raise SplitError(f"no shape known for tensor {name!r}")
+            shape = value_shape(info)
+            if shape is not None:
+                return shape
+    raise SplitError(f"no shape known for tensor {name!r}; run shape inference on the model")
 
 
 def producer_versions(extra: Sequence[str] = ()) -> dict[str, str]:

@@ -53,7 +53,7 @@ from explainer.bundle import Bundle
 from explainer.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .autodiff import GradientError, has_rule
-from .build import build_bundle, infer_shapes
+from .build import build_bundle, infer_shapes, value_shape
 from .split import SplitError
 
 __all__ = [
@@ -245,13 +245,8 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def _shape_of(info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
-    tensor_type = info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in tensor_type.shape.dim
-    )
+    shape = value_shape(info)
+    return None if shape is None else tuple(shape)
 
 
 class _Graph:

@@ -12,22 +12,17 @@ import onnx
 import pytest
 from onnx_corpus import CORPUS, SIZE, make_cnn
 from PIL import Image
+from torchless import ASSERT_NO_TORCH, BLOCK_TORCH
 
 from explainer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs the CLI with torch made unimportable, then asserts it was never imported.
-NO_TORCH = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ImportError('torch is blocked in this test')
-sys.meta_path.insert(0, _Block())
+NO_TORCH = BLOCK_TORCH + """
 from explainer.cli import main
 code = main(sys.argv[1:])
-assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]
+""" + ASSERT_NO_TORCH + """
 sys.exit(code)
 """
 

@@ -16,23 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from torchless import ASSERT_NO_TORCH, BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("efficientnet_lite0.onnx", "preprocessing.json", "chelsea.png", "coffee.png",
          "reference.npz")
 EGYPTIAN_CAT, ESPRESSO = 285, 967
-
-BLOCK_TORCH = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision'):
-            raise ImportError('torch is blocked in this test')
-sys.meta_path.insert(0, _Block())
-"""
-ASSERT_NO_TORCH = """
-assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]
-"""
 
 LIBRARY = BLOCK_TORCH + """
 import json
