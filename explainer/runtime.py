@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +203,17 @@ class Explainer:
                 model.SerializeToString(), options, providers=self.providers
             )
 
+        self._session = session
         self.features_session = session(self.bundle.features)
         self.head_session = session(self.bundle.head)
-        self.logits_session = session(_prune(self.bundle.head, [self.logits_name]))
+
+    @cached_property
+    def logits_session(self) -> ort.InferenceSession:
+        """The head pruned to its logits: the prediction pass for targets that depend on it.
+
+        Built on first use, so explaining fixed classes never holds a second copy of the
+        head's weights."""
+        return self._session(_prune(self.bundle.head, [self.logits_name]))
 
     @classmethod
     def from_onnx(
@@ -299,12 +308,10 @@ class Explainer:
 
     # --- graph runs -----------------------------------------------------------------------------
     def _run_features(self, x: np.ndarray) -> dict[str, Any]:
-        if self.static_batch is not None:
+        if not self.on_cuda or self.static_batch is not None:
             values = self._run(self.features_session, {self.input_name: x}, self.head_inputs)
             return dict(zip(self.head_inputs, values, strict=True))
-        if not self.on_cuda:
-            values = self.features_session.run(self.head_inputs, {self.input_name: x})
-            return dict(zip(self.head_inputs, values))
+        # CUDA: the outputs stay on the device for the head runs
         binding = self.features_session.io_binding()
         binding.bind_cpu_input(self.input_name, x)
         for name in self.head_inputs:

@@ -160,7 +160,8 @@ def split_model(
         SplitError: ``target`` is not a tensor of the model, or no output depends on it.
     """
     graph = model.graph
-    known = {i.name for i in graph.input} | _producers(graph).keys()
+    producers = _producers(graph)
+    known = {i.name for i in graph.input} | producers.keys()
     if target not in known:
         raise SplitError(
             f"tensor {target!r} is neither a graph input nor produced by any node of "
@@ -181,9 +182,7 @@ def split_model(
     head_idx = sorted(downstream)
     head_reads = {t for i in head_idx for t in _node_inputs(graph.node[i])}
     # Constant-valued nodes the head reads are copied into the head rather than cut across.
-    const_nodes = ancestors(
-        graph, [t for t in head_reads if t in constants and t in _producers(graph)]
-    )
+    const_nodes = ancestors(graph, [t for t in head_reads if t in constants and t in producers])
     head_idx = sorted(set(head_idx) | const_nodes)
     head_nodes = [graph.node[i] for i in head_idx]
     produced_in_head = {o for n in head_nodes for o in n.output}
@@ -196,11 +195,11 @@ def split_model(
 
     features_idx = ancestors(graph, cut)
     features_nodes = [graph.node[i] for i in sorted(features_idx)]
+    features_reads = {t for n in features_nodes for t in _node_inputs(n)}
     features_inputs = [
         i.name
         for i in graph.input
-        if i.name not in initializer_names
-        and (i.name in cut or any(i.name in _node_inputs(n) for n in features_nodes))
+        if i.name not in initializer_names and (i.name in cut or i.name in features_reads)
     ]
     features = _make_model(model, features_nodes, features_inputs, cut, f"{graph.name}_features")
     head = _make_model(model, head_nodes, cut, outputs, f"{graph.name}_head")
