@@ -1,29 +1,81 @@
-"""onnxcam runtime: Grad-CAM computed by ONNX Runtime from a bundle. Never imports torch."""
+"""onnxcam runtime: Grad-CAM and its family computed by ONNX Runtime from a bundle.
+
+Needs numpy, onnx, onnxruntime and Pillow; never imports torch. Names load on first use, so
+``import explainer.bundle`` (what the exporters need) does not load ONNX Runtime or Pillow.
+"""
 
 from __future__ import annotations
 
-from .bundle import Bundle, BundleError
-from .image import ImageError, Preprocessing, load_image, preprocess
-from .methods import METHODS, MethodError, compute_cams
-from .runtime import Explainer, ExplainerError, Explanation, InputError, ProviderError
-from .targets import TargetError
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BundleError,
+    ExplainerError,
+    ImageError,
+    InputError,
+    LabelError,
+    MethodError,
+    OnnxcamError,
+    ProviderError,
+    TargetError,
+    UsageError,
+    VisualizeError,
+)
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "Bundle": "bundle",
+    "Preprocessing": "preprocessing",
+    "load_image": "image",
+    "preprocess": "image",
+    "METHODS": "methods",
+    "compute_cams": "methods",
+    "Explainer": "runtime",
+    "Explanation": "runtime",
+    "GradientCheckReport": "gradcheck",
+    "check_gradients": "gradcheck",
+}
+
 __all__ = [
-    "Bundle",
     "BundleError",
-    "Explainer",
     "ExplainerError",
-    "Explanation",
     "ImageError",
     "InputError",
-    "METHODS",
+    "LabelError",
     "MethodError",
-    "Preprocessing",
+    "OnnxcamError",
     "ProviderError",
     "TargetError",
-    "compute_cams",
+    "UsageError",
+    "VisualizeError",
+    "Bundle",
+    "Preprocessing",
     "load_image",
     "preprocess",
+    "METHODS",
+    "compute_cams",
+    "Explainer",
+    "Explanation",
+    "GradientCheckReport",
+    "check_gradients",
 ]
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .gradcheck import GradientCheckReport, check_gradients
+    from .image import load_image, preprocess
+    from .methods import METHODS, compute_cams
+    from .preprocessing import Preprocessing
+    from .runtime import Explainer, Explanation
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explainer' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

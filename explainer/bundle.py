@@ -20,6 +20,9 @@ from typing import Any
 
 import onnx
 
+from .errors import BundleError
+from .labels import check_labels, resolve_labels
+
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD"]
 
 SCHEMA_VERSION = 1
@@ -38,10 +41,6 @@ _REQUIRED_SUB = {
     "target": ("tensor", "layout"),
     "head": ("inputs", "seed", "logits", "gradient"),
 }
-
-
-class BundleError(ValueError):
-    """A bundle is missing a file, or its manifest does not match its graphs."""
 
 
 def _check_manifest(manifest: dict[str, Any], where: str) -> None:
@@ -80,6 +79,7 @@ class Bundle:
     def __post_init__(self) -> None:
         _check_manifest(self.manifest, "bundle")
         self._check_graphs()
+        check_labels(self.manifest.get("labels"), self.manifest["num_classes"])
 
     def _check_graphs(self) -> None:
         head = self.manifest["head"]
@@ -112,8 +112,6 @@ class Bundle:
     @property
     def labels(self) -> list[str] | None:
         """Class names, resolving a named label set such as ``"imagenet"``."""
-        from .labels import resolve_labels
-
         return resolve_labels(self.manifest.get("labels"))
 
     # --- persistence ---------------------------------------------------------------------------

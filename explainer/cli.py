@@ -1,4 +1,8 @@
-"""The ``onnxcam`` command: explain, export, inspect and check ONNX models. Never imports torch."""
+"""The ``onnxcam`` command: explain, export, inspect and check ONNX models. Never imports torch.
+
+Every error the project raises is an :class:`explainer.OnnxcamError`; the command prints it as
+one line on stderr and exits with its ``exit_code`` (listed in ``onnxcam --help``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError, OnnxcamError
+from .methods import METHODS
+
 __all__ = ["main", "build_parser"]
 
 EXAMPLES = """examples:
@@ -19,6 +26,11 @@ EXAMPLES = """examples:
   onnxcam export model.onnx --target auto --labels imagenet -o model.onnxcam
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
   onnxcam check model.onnx                        # gradient vs finite differences
+
+exit codes:
+  0  success
+  1  a failure while explaining (a gradient that cannot be built, a failed self-check)
+  2  a usage or input error (bad argument, unreadable model, image or bundle, bad labels)
 """
 EXPLAIN_EXAMPLES = """examples:
   onnxcam explain model.onnx cat.jpg dog.jpg --top-k 3 --out cams/
@@ -64,7 +76,8 @@ def _export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _preprocessing(spec: str) -> Any:
     """Preprocessing from inline JSON or a JSON file (keys of explainer.Preprocessing)."""
-    from .image import ImageError, Preprocessing
+    from .errors import ImageError
+    from .preprocessing import Preprocessing
 
     try:
         data = json.loads(spec) if spec.lstrip().startswith("{") else json.loads(
@@ -113,7 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     explainer = _explainer(args)
     if explainer.preprocessing is None:
-        raise SystemExit("error: this model records no preprocessing; export it with one")
+        raise InputError(f"{args.model} records no preprocessing; export it with --preprocessing")
     target = explainer.bundle.manifest["target"]
     print(f"explaining {target['tensor']!r} ({target['layer']}, {target['layout']}, shape "
           f"{target.get('shape')})")
@@ -123,7 +136,7 @@ def _explain(args: argparse.Namespace) -> int:
     if targets is not None and targets.lstrip("-").isdigit():
         targets = int(targets)
     explanation = explainer.explain(
-        explainer.preprocess(args.images), targets=targets, top_k=args.top_k
+        explainer.preprocess(args.images), targets=targets, top_k=args.top_k, method=args.method
     )
     summary = []
     for i, image in enumerate(args.images):
@@ -146,7 +159,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from exporters.onnx import export_onnx
+    from .bridge import export_onnx
 
     bundle = export_onnx(args.model, target=args.target, **_export_kwargs(args))
     path = bundle.save(args.out_dir)
@@ -161,11 +174,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from exporters.onnx import candidate_layers
+    from .bridge import auto_targets, candidate_layers
 
     candidates = candidate_layers(args.model, output=args.output,
                                   pre_softmax=not args.keep_softmax)
-    auto = next((c for c in reversed(candidates) if c.explainable), None)
+    auto = next(iter(auto_targets(candidates)), None)
     shown = candidates[-args.last:] if args.last else candidates
     rows = [("", "tensor", "shape", "node", "op", "layout", "cut", "grad", "unsupported ops")]
     for c in shown:
@@ -191,7 +204,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from exporters.check import check_gradients, random_inputs
+    from .gradcheck import check_gradients, random_inputs
 
     explainer = _explainer(args)
     if args.images:
@@ -252,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classes: a class id, or terms like top3, least, top3+least "
                               "(default: top1)")
     explain.add_argument("--top-k", type=int, default=None, help="explain the K top classes")
+    explain.add_argument("--method", default="gradcam", choices=sorted(METHODS),
+                         help="CAM method (default: gradcam)")
     explain.add_argument("--out", default="onnxcam_out", help="output directory")
     _runtime_options(explain)
     explain.set_defaults(run=_explain)
@@ -292,21 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``onnxcam`` console script."""
+    """Entry point of the ``onnxcam`` console script; returns the exit code (see ``--help``)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    from exporters import GradientCheckError, OnnxExportError, SplitError
-    from exporters.autodiff import GradientError
-
-    from . import BundleError, ExplainerError, ImageError, TargetError
-    from .labels import LabelError
-
     try:
         return args.run(args)
-    except (BundleError, ExplainerError, ImageError, TargetError, LabelError, OnnxExportError,
-            SplitError, GradientError, GradientCheckError) as err:
+    except OnnxcamError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

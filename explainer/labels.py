@@ -13,16 +13,14 @@ import logging
 from collections.abc import Sequence
 from importlib import resources
 
-__all__ = ["LABEL_SETS", "LabelError", "imagenet_labels", "resolve_labels"]
+from .errors import LabelError
+
+__all__ = ["LABEL_SETS", "LabelError", "check_labels", "imagenet_labels", "resolve_labels"]
 
 logger = logging.getLogger(__name__)
 
 _IMAGENET_FILE = "imagenet_classes.txt"
 _IMAGENET_SIZE = 1000
-
-
-class LabelError(ValueError):
-    """Raised for an unknown label-set name or a malformed label list."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,3 +93,29 @@ def resolve_labels(spec: str | Sequence[str] | None) -> list[str] | None:
         i, tname = bad[0]
         raise LabelError(f"labels must all be str; item {i} is {tname}")
     return labels
+
+
+def check_labels(
+    spec: str | Sequence[str] | None, num_classes: int
+) -> str | list[str] | None:
+    """Validate a label specification against a model's number of classes.
+
+    Args:
+        spec: as for :func:`resolve_labels`.
+        num_classes: the number of logits of the model.
+
+    Returns:
+        The form a manifest stores: the label-set name, a list of str, or None.
+
+    Raises:
+        LabelError: an unknown label set, a non-str name, or a count other than
+            ``num_classes``.
+    """
+    names = resolve_labels(spec)
+    if names is not None and len(names) != num_classes:
+        what = f"label set {spec!r}" if isinstance(spec, str) else "the label list"
+        raise LabelError(
+            f"{what} has {len(names)} names but the model has {num_classes} classes; give "
+            "one name per class, in class-index order"
+        )
+    return spec if isinstance(spec, str) or spec is None else names

@@ -10,13 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import MethodError
+
 __all__ = ["METHODS", "MethodError", "compute_cams", "gradcam_weights"]
 
 WeightFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class MethodError(ValueError):
-    """An unknown CAM method was asked for."""
 
 
 def gradcam_weights(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:

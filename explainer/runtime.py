@@ -15,14 +15,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.utils
 import onnxruntime as ort
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle
+from .errors import ExplainerError, InputError, ProviderError, UsageError
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
 from .targets import one_hot_seeds, plan_targets
@@ -30,18 +33,6 @@ from .targets import one_hot_seeds, plan_targets
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
 log = logging.getLogger(__name__)
-
-
-class ExplainerError(RuntimeError):
-    """Base class of runtime errors."""
-
-
-class ProviderError(ExplainerError):
-    """An execution provider was asked for that this ONNX Runtime build does not have."""
-
-
-class InputError(ExplainerError, ValueError):
-    """The input batch does not match the model input."""
 
 
 @dataclass
@@ -107,31 +98,6 @@ def _resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
     return providers
 
 
-def _prune(model: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
-    """Keep only the nodes, inputs and initializers that ``outputs`` need."""
-    graph = model.graph
-    needed, keep = set(outputs), []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
-    g = pruned.graph
-    del g.node[:]
-    g.node.extend(reversed(keep))
-    kept_inputs = [i for i in graph.input if i.name in needed]
-    del g.input[:]
-    g.input.extend(kept_inputs)
-    kept_outputs = [o for o in graph.output if o.name in outputs]
-    del g.output[:]
-    g.output.extend(kept_outputs)
-    kept_init = [t for t in graph.initializer if t.name in needed]
-    del g.initializer[:]
-    g.initializer.extend(kept_init)
-    return pruned
-
-
 class Explainer:
     """Explain images with a bundle on ONNX Runtime (CPU or CUDA).
 
@@ -173,7 +139,7 @@ class Explainer:
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }
         if optimization not in levels:
-            raise ExplainerError(
+            raise UsageError(
                 f"optimization must be one of {sorted(levels)}, got {optimization!r}"
             )
         options = ort.SessionOptions()
@@ -213,7 +179,8 @@ class Explainer:
 
         Built on first use, so explaining fixed classes never holds a second copy of the
         head's weights."""
-        return self._session(_prune(self.bundle.head, [self.logits_name]))
+        head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
+        return self._session(head.extract_model(self.head_inputs, [self.logits_name]))
 
     @classmethod
     def from_onnx(
@@ -230,9 +197,11 @@ class Explainer:
             explainer = Explainer.from_onnx("model.onnx")
             explanation = explainer.explain_images(["cat.jpg"], top_k=3)
 
-        The bundle is built in memory by :func:`exporters.export_onnx`. With ``cache_dir`` it is
-        saved there under a key made of the file's SHA-256 (external data included), the target
-        and the export options, and loaded from there next time.
+        The bundle is built in memory by :func:`exporters.export_onnx`, through
+        :func:`explainer.bridge.bundle_from_onnx` (the one place where the runtime meets the
+        exporters). With ``cache_dir`` it is saved there under a key made of the file's SHA-256
+        (external data included), the target and the export options, and loaded from there
+        next time.
 
         Args:
             path: the ONNX file.
@@ -243,26 +212,8 @@ class Explainer:
             **export_kwargs: more arguments of :func:`exporters.export_onnx` (``layout``,
                 ``output``, ``labels``, ``preprocessing``...).
         """
-        import hashlib
-        import json
-
-        from exporters.onnx import export_onnx, file_digest
-
-        if cache_dir is None:
-            bundle = export_onnx(path, target=target, **export_kwargs)
-            return cls(bundle, providers=providers, threads=threads)
-        options = json.dumps({"target": target, **export_kwargs}, sort_keys=True, default=str)
-        key = hashlib.sha256((file_digest(path) + options).encode()).hexdigest()[:20]
-        cached = Path(cache_dir) / f"{Path(path).stem}-{key}"
-        if (cached / "manifest.json").is_file():
-            try:
-                log.info("loading cached bundle %s", cached)
-                return cls(Bundle.load(cached), providers=providers, threads=threads)
-            except BundleError as err:
-                log.warning("cached bundle %s is unreadable (%s); rebuilding it", cached, err)
-        bundle = export_onnx(path, target=target, **export_kwargs)
-        bundle.save(cached)
-        log.info("cached bundle in %s", cached)
+        bridge = import_module("explainer.bridge")  # needs the exporters: loaded on demand
+        bundle = bridge.bundle_from_onnx(path, target=target, cache_dir=cache_dir, **export_kwargs)
         return cls(bundle, providers=providers, threads=threads)
 
     # --- input ----------------------------------------------------------------------------------
@@ -275,7 +226,13 @@ class Explainer:
             )
         return preprocess(images, self.preprocessing)
 
-    def _check_input(self, x: Any) -> np.ndarray:
+    def check_input(self, x: Any) -> np.ndarray:
+        """Validate a model input batch (rank, shape, dtype, finiteness) and return it
+        contiguous, cast to float32 where the model takes floats.
+
+        Raises:
+            InputError: naming the input, the expected shape and what was given.
+        """
         if not isinstance(x, np.ndarray):
             raise InputError(f"input must be a numpy array, got {type(x).__name__}")
         if x.ndim != len(self.input_shape):
@@ -384,6 +341,27 @@ class Explainer:
             gradients.append(gradient)
         return logits, np.stack(gradients, axis=1)
 
+    # --- the two graphs, one at a time (the self-check and other tools build on these) ------------
+    def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the features graph: the cut tensors (activation first) for an input batch."""
+        features = self._run_features(self.check_input(x))
+        return {name: self._to_numpy(value) for name, value in features.items()}
+
+    def run_logits(self, features: dict[str, Any]) -> np.ndarray:
+        """Logits [B, C] of the head for cut tensors as :meth:`run_features` returns them."""
+        return self._run(self.logits_session, features, [self.logits_name])[0]
+
+    def run_head(
+        self, features: dict[str, Any], seeds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the gradient head: (logits [B, C], gradient of ``sum(seeds * logits)`` with
+        respect to the activation) for cut tensors and seed rows [B, C]."""
+        logits, gradient = self._run(
+            self.head_session, {**features, self.seed_name: np.asarray(seeds, np.float32)},
+            [self.logits_name, self.gradient_name],
+        )
+        return self._to_numpy(logits), self._to_numpy(gradient)
+
     # --- the data path --------------------------------------------------------------------------
     def explain(
         self,
@@ -405,7 +383,7 @@ class Explainer:
         Returns:
             An :class:`Explanation`.
         """
-        x = self._check_input(x)
+        x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes)
         features = self._run_features(x)  # once per batch, however many targets
@@ -445,7 +423,12 @@ class Explainer:
         )
 
     def explain_images(
-        self, images: ImageLike | Sequence[ImageLike], targets: Any = None, top_k: int | None = None
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        targets: Any = None,
+        top_k: int | None = None,
+        method: str = "gradcam",
     ) -> Explanation:
-        """Preprocess image files / PIL images with the bundle's preprocessing and explain them."""
-        return self.explain(self.preprocess(images), targets=targets, top_k=top_k)
+        """Preprocess image files / PIL images with the bundle's preprocessing and explain them
+        (arguments as for :meth:`explain`)."""
+        return self.explain(self.preprocess(images), targets=targets, top_k=top_k, method=method)

@@ -20,13 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import TargetError
+
 __all__ = ["TargetError", "TargetPlan", "plan_targets", "one_hot_seeds"]
 
 _TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
-
-
-class TargetError(ValueError):
-    """A target spec is malformed or names a class the model does not have."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Heatmap conventions used throughout this module:
 * A heatmap is a 2-D ``(H, W)`` array of real numbers meant to lie in ``[0, 1]``
   (as produced by :class:`explainer.Explainer`). Values outside ``[0, 1]`` are
   **clipped** (so tiny round-off overshoots are harmless); NaN or infinite values raise
-  :class:`ValueError`, as does any array that is not 2-D.
+  :class:`VisualizeError` (a ``ValueError``), as does any array that is not 2-D.
 * When a heatmap's size differs from the image's, it is resized bilinearly to the image
   size before colouring.
 
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .errors import VisualizeError
 
 __all__ = ["COLORMAPS", "colormap", "figure", "overlay", "save_figure"]
 
@@ -101,18 +103,18 @@ def _check_heatmap(heatmap: np.ndarray, what: str = "heatmap") -> np.ndarray:
     """Validate a heatmap and return it as a clipped float64 array."""
     arr = np.asarray(heatmap)
     if arr.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (H, W) array, got shape {arr.shape}")
+        raise VisualizeError(f"{what} must be a 2-D (H, W) array, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{what} must be non-empty, got shape {arr.shape}")
+        raise VisualizeError(f"{what} must be non-empty, got shape {arr.shape}")
     if not (
         np.issubdtype(arr.dtype, np.floating)
         or np.issubdtype(arr.dtype, np.integer)
         or arr.dtype == np.bool_
     ):
-        raise ValueError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+        raise VisualizeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise VisualizeError(f"{what} contains NaN or infinite values")
     return np.clip(arr, 0.0, 1.0)
 
 
@@ -121,21 +123,21 @@ def _to_rgb_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     if not isinstance(image, np.ndarray):
-        raise ValueError(
+        raise VisualizeError(
             f"image must be a PIL.Image.Image or a numpy array, got {type(image).__name__}"
         )
     if image.dtype != np.uint8:
-        raise ValueError(f"image array must have dtype uint8 (0..255), got {image.dtype}")
+        raise VisualizeError(f"image array must have dtype uint8 (0..255), got {image.dtype}")
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] in (3, 4):
         image = image[:, :, :3]
     else:
-        raise ValueError(
+        raise VisualizeError(
             f"image array must have shape (H, W, 3), (H, W, 4) or (H, W), got {image.shape}"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image must be non-empty, got shape {image.shape}")
+        raise VisualizeError(f"image must be non-empty, got shape {image.shape}")
     return np.ascontiguousarray(image)
 
 
@@ -152,7 +154,7 @@ def _apply_colormap(values: np.ndarray, name: str) -> np.ndarray:
     """Colour an already validated, clipped 2-D heatmap."""
     table = _TABLES.get(name)
     if table is None:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+        raise VisualizeError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
     rgb = np.stack([np.interp(values, xs, ys) for xs, ys in table], axis=-1)
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
@@ -169,7 +171,7 @@ def colormap(heatmap: np.ndarray, name: str = "jet") -> np.ndarray:
         ``(H, W, 3)`` uint8 RGB array.
 
     Raises:
-        ValueError: ``heatmap`` is not 2-D, is empty, or holds NaN/inf or non-numeric
+        VisualizeError: ``heatmap`` is not 2-D, is empty, or holds NaN/inf or non-numeric
             values; or ``name`` is not a known colormap.
     """
     return _apply_colormap(_check_heatmap(heatmap), name)
@@ -197,11 +199,11 @@ def overlay(
         An RGB ``PIL.Image.Image`` with the image's size.
 
     Raises:
-        ValueError: Bad image type/dtype/shape, bad heatmap, ``alpha`` outside ``[0, 1]``,
+        VisualizeError: Bad image type/dtype/shape, bad heatmap, ``alpha`` outside ``[0, 1]``,
             or unknown colormap name.
     """
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise VisualizeError(f"alpha must be in [0, 1], got {alpha}")
     rgb = _to_rgb_array(image)
     values = _check_heatmap(heatmap)
     values = _resize_heatmap(values, rgb.shape[:2])
@@ -274,34 +276,36 @@ def figure(
         An RGB ``PIL.Image.Image`` of width ``(K + 1) * tile + (K + 2) * padding``.
 
     Raises:
-        ValueError: No heatmaps, heatmap count differs from title count, a bad heatmap
+        VisualizeError: No heatmaps, heatmap count differs from title count, a bad heatmap
             or image, or an invalid ``tile``/``padding``/``font_size``.
     """
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
-        raise ValueError(f"tile must be an int >= 16, got {tile!r}")
+        raise VisualizeError(f"tile must be an int >= 16, got {tile!r}")
     if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+        raise VisualizeError(f"padding must be >= 0, got {padding}")
     if isinstance(heatmaps, np.ndarray):
         if heatmaps.ndim == 2:
-            raise ValueError(
+            raise VisualizeError(
                 f"heatmaps must be a sequence of 2-D arrays or a 3-D (K, H, W) array, "
                 f"got a single 2-D array of shape {heatmaps.shape}; wrap it in a list"
             )
         if heatmaps.ndim != 3:
-            raise ValueError(f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}")
+            raise VisualizeError(
+                f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}"
+            )
     maps = list(heatmaps)
     if not maps:
-        raise ValueError("heatmaps must contain at least one heatmap")
+        raise VisualizeError("heatmaps must contain at least one heatmap")
     if titles is None:
         titles = [""] * len(maps)
     elif isinstance(titles, str):
-        raise ValueError("titles must be a sequence of str, not a single str")
+        raise VisualizeError("titles must be a sequence of str, not a single str")
     titles = list(titles)
     if len(titles) != len(maps):
-        raise ValueError(f"got {len(maps)} heatmaps but {len(titles)} titles")
+        raise VisualizeError(f"got {len(maps)} heatmaps but {len(titles)} titles")
     size = max(10, tile // 16) if font_size is None else font_size
     if size < 1:
-        raise ValueError(f"font_size must be >= 1, got {font_size}")
+        raise VisualizeError(f"font_size must be >= 1, got {font_size}")
 
     rgb = _to_rgb_array(image)
     white = (255, 255, 255)

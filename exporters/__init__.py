@@ -1,29 +1,41 @@
-"""onnxcam exporters: split ONNX models, build gradient heads, and the PyTorch front end.
+"""onnxcam exporters: split ONNX models, build gradient heads, and the front ends.
 
-The ONNX parts need onnx and numpy only (:func:`export_onnx`, :func:`candidate_layers`,
-:func:`check_gradients` included); :func:`export_torch`, :func:`validate` and
-:func:`reference_gradcam` import torch on first use (the ``torch`` extra).
+What each part needs installed:
+
+* the ONNX parts (:func:`export_onnx`, :func:`candidate_layers`, :func:`split_model`,
+  :func:`build_bundle`, :mod:`exporters.graph`, :mod:`exporters.autodiff`): onnx and numpy,
+  plus ``explainer``'s data modules (bundle, preprocessing, labels), which load neither ONNX
+  Runtime nor Pillow;
+* the PyTorch front end (:func:`export_torch`, :func:`validate`, :func:`reference_gradcam`):
+  the ``torch`` extra, imported on first use.
+
+The runtime (``explainer``) never imports this package, except through
+:mod:`explainer.bridge`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from explainer.errors import OnnxcamError
+
 from .build import build_bundle
-from .check import GradientCheckError, GradientCheckReport, check_gradients
-from .onnx import Candidate, OnnxExportError, candidate_layers, export_onnx
-from .split import SplitError, SplitModel, split_model
+from .errors import ExportError, GradientError, MissingGradientRule, OnnxExportError, SplitError
+from .onnx_frontend import Candidate, auto_targets, candidate_layers, export_onnx
+from .split import SplitModel, split_model
 
 __all__ = [
     "Candidate",
-    "GradientCheckError",
-    "GradientCheckReport",
+    "ExportError",
+    "GradientError",
+    "MissingGradientRule",
     "OnnxExportError",
+    "OnnxcamError",
     "SplitError",
     "SplitModel",
+    "auto_targets",
     "build_bundle",
     "candidate_layers",
-    "check_gradients",
     "export_onnx",
     "export_torch",
     "reference_gradcam",

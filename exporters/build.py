@@ -1,7 +1,7 @@
 """Build a :class:`explainer.Bundle` from an ONNX model and a target tensor.
 
-ONNX model -> shape inference -> split at the target -> gradient head (our autodiff) -> manifest.
-Needs onnx and numpy only.
+ONNX model (shapes inferred once) -> split at the target -> gradient head (our autodiff) ->
+manifest. Needs onnx and numpy only.
 """
 
 from __future__ import annotations
@@ -14,41 +14,17 @@ from typing import Any
 import onnx
 
 from explainer.bundle import SCHEMA_VERSION, Bundle
-from explainer.image import Preprocessing
+from explainer.labels import check_labels
+from explainer.preprocessing import Preprocessing
 
 from .autodiff import build_gradient_graph
-from .split import SplitError, split_model
+from .errors import OnnxExportError, SplitError
+from .graph import Graph, unique_name
+from .split import split_model
 
-__all__ = ["build_bundle", "infer_shapes", "producer_versions", "tensor_shape", "value_shape"]
+__all__ = ["build_bundle", "producer_versions"]
 
 log = logging.getLogger(__name__)
-
-
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference with data propagation (keeps symbolic dims such as the batch)."""
-    return onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
-
-
-def value_shape(info: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    """Dims of a typed value: ints when static, names when symbolic (None when unnamed);
-    None when the value has no shape at all."""
-    tensor_type = info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-        for d in tensor_type.shape.dim
-    ]
-
-
-def tensor_shape(model: onnx.ModelProto, name: str) -> list[int | str | None]:
-    """Shape of tensor ``name`` of an inferred model (see :func:`value_shape`)."""
-    for info in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        if info.name == name:
-            shape = value_shape(info)
-            if shape is not None:
-                return shape
-    raise SplitError(f"no shape known for tensor {name!r}; run shape inference on the model")
 
 
 def producer_versions(extra: Sequence[str] = ()) -> dict[str, str]:
@@ -62,16 +38,26 @@ def producer_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, i = name, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    return candidate
+def _num_classes(g: Graph, output: str) -> int:
+    shape = g.shape(output)
+    if shape is None or len(shape) != 2 or not isinstance(shape[-1], int):
+        raise OnnxExportError(
+            f"output {output!r} has shape {None if shape is None else list(shape)}; expected "
+            "[batch, num_classes] with a static number of classes"
+        )
+    return shape[-1]
+
+
+def _value_entry(g: Graph, name: str, layout: str, key: str = "name") -> dict[str, Any]:
+    """Manifest entry of a tensor: name, shape, layout (and dtype for the model input)."""
+    entry: dict[str, Any] = {key: name, "shape": list(g.shape(name) or []), "layout": layout}
+    if key == "name":
+        entry["dtype"] = onnx.helper.tensor_dtype_to_np_dtype(g.elem_type(name)).name
+    return entry
 
 
 def build_bundle(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Graph,
     target: str,
     *,
     output: str | None = None,
@@ -85,7 +71,8 @@ def build_bundle(
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
     Args:
-        model: the whole classifier (one image input).
+        model: the whole classifier (one image input), or its shape-inferred
+            :class:`~exporters.graph.Graph` (a ModelProto is inferred once here).
         target: name of the activation tensor to explain.
         output: the logits output (the first graph output other than ``target`` by default).
         target_layer: a human name of the layer (module path, node name) for the manifest.
@@ -97,62 +84,43 @@ def build_bundle(
 
     Returns:
         The bundle (features graph, gradient head, manifest).
+
+    Raises:
+        OnnxExportError: the output is not [batch, classes].
+        explainer.LabelError: ``labels`` does not name one class per output.
+        SplitError: the model cannot be cut at ``target``.
+        exporters.autodiff.GradientError: the head cannot be differentiated.
     """
-    model = infer_shapes(model)
-    outputs = [o.name for o in model.graph.output if o.name != target]
+    g = model if isinstance(model, Graph) else Graph(model, infer=True)
+    outputs = [o.name for o in g.model.graph.output if o.name != target]
     output = output or (outputs[0] if outputs else None)
     if output is None or output not in outputs:
-        raise SplitError(f"output {output!r} is not among the model outputs {outputs}")
-    split = split_model(model, target, [output])
-
-    taken = {t for n in split.head.graph.node for t in [*n.input, *n.output]}
-    taken |= {i.name for i in split.head.graph.input}
-    seed_name, gradient_name = _unique("seed", taken), _unique("gradient", taken)
+        raise OnnxExportError(f"output {output!r} is not among the model outputs {outputs}")
+    num_classes = _num_classes(g, output)
+    labels = check_labels(labels, num_classes)  # before any graph is built
+    split = split_model(g, target, [output])
+    if len(split.features.graph.input) != 1:
+        names = [i.name for i in split.features.graph.input]
+        raise SplitError(
+            f"the features graph needs {len(names)} inputs {names}; onnxcam explains "
+            "single-input image models"
+        )
+    taken = set(g.names)
+    seed_name, gradient_name = unique_name("seed", taken), unique_name("gradient", taken)
+    # the head keeps the inferred value infos of the whole model: no second shape inference
     head = build_gradient_graph(
-        split.head, target, output, seed_name=seed_name, gradient_name=gradient_name
+        Graph(split.head), target, output, seed_name=seed_name, gradient_name=gradient_name
     )
 
-    input_info = split.features.graph.input
-    if len(input_info) != 1:
-        raise SplitError(
-            f"the features graph needs {len(input_info)} inputs {[i.name for i in input_info]}; "
-            "onnxcam explains single-input image models"
-        )
-    logits_shape = tensor_shape(model, output)
-    num_classes = logits_shape[-1]
-    if not isinstance(num_classes, int) or len(logits_shape) != 2:
-        raise SplitError(
-            f"output {output!r} has shape {logits_shape}; expected [batch, num_classes] with a "
-            "static number of classes"
-        )
     if isinstance(preprocessing, Preprocessing):
         preprocessing = preprocessing.to_dict()
-    if isinstance(labels, (list, tuple)):
-        labels = [str(label) for label in labels]
-        if len(labels) != num_classes:
-            raise ValueError(f"{len(labels)} labels given for {num_classes} classes")
     manifest = {
         "schema_version": SCHEMA_VERSION,
-        "input": {
-            "name": input_info[0].name,
-            "shape": tensor_shape(model, input_info[0].name),
-            "layout": input_layout,
-            "dtype": onnx.helper.tensor_dtype_to_np_dtype(
-                input_info[0].type.tensor_type.elem_type
-            ).name,
-        },
-        "target": {
-            "layer": target_layer or target,
-            "tensor": target,
-            "layout": target_layout,
-            "shape": tensor_shape(model, target),
-        },
-        "head": {
-            "inputs": split.cut_tensors,
-            "seed": seed_name,
-            "logits": output,
-            "gradient": gradient_name,
-        },
+        "input": _value_entry(g, split.features.graph.input[0].name, input_layout),
+        "target": {"layer": target_layer or target,
+                   **_value_entry(g, target, target_layout, key="tensor")},
+        "head": {"inputs": split.cut_tensors, "seed": seed_name, "logits": output,
+                 "gradient": gradient_name},
         "num_classes": num_classes,
         "labels": labels,
         "preprocessing": preprocessing,

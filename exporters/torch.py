@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from explainer.bundle import Bundle
-from explainer.image import Preprocessing
+from explainer.preprocessing import Preprocessing
 
 from .build import build_bundle, producer_versions
+from .errors import ExportError
 
 __all__ = [
     "ExportError",
@@ -33,10 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported or tapped at the requested layer."""
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:

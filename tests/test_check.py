@@ -10,8 +10,8 @@ from onnx import helper, numpy_helper
 from onnx_corpus import make_cnn
 
 from explainer import Bundle
-from exporters import GradientCheckError, build_bundle, check_gradients, export_onnx
-from exporters.check import random_inputs
+from explainer.gradcheck import GradientCheckError, check_gradients, random_inputs
+from exporters import build_bundle, export_onnx
 
 
 def _corrupt(bundle: Bundle, factor: np.ndarray) -> Bundle:

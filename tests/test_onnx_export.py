@@ -10,11 +10,11 @@ from onnx import helper
 from onnx_corpus import CORPUS, NUM_CLASSES, SIZE, make_cnn, to_layout
 from PIL import Image
 
-from explainer import Explainer, InputError
-from exporters import OnnxExportError, candidate_layers, check_gradients, export_onnx
+from explainer import Explainer, InputError, check_gradients
+from explainer.gradcheck import random_inputs
+from exporters import OnnxExportError, candidate_layers, export_onnx
 from exporters.autodiff import MissingGradientRule
-from exporters.build import infer_shapes
-from exporters.check import random_inputs
+from exporters.graph import infer_shapes
 from exporters.split import split_model
 
 
@@ -173,7 +173,7 @@ def test_uint8_model_takes_uint8_pixels_and_images():
 
 
 def test_default_preprocessing_is_recorded_and_logged(caplog):
-    with caplog.at_level("INFO", logger="exporters.onnx"):
+    with caplog.at_level("INFO", logger="exporters.onnx_frontend"):
         bundle = export_onnx(make_cnn("NCHW"))
     assert "assuming" in caplog.text and "auto target: features" in caplog.text
     pre = bundle.manifest["preprocessing"]
@@ -183,7 +183,7 @@ def test_default_preprocessing_is_recorded_and_logged(caplog):
 
 def test_softmax_output_is_explained_by_its_logits_and_said(caplog):
     model = make_cnn("NHWC", softmax=True)
-    with caplog.at_level("INFO", logger="exporters.onnx"):
+    with caplog.at_level("INFO", logger="exporters.onnx_frontend"):
         bundle = export_onnx(model)
     assert "pre-softmax logits" in caplog.text
     assert bundle.manifest["head"]["logits"] == "logits"
@@ -206,7 +206,7 @@ def test_several_outputs_output_picks_one():
 
 def test_batch_size_read_upstream_is_read_from_the_target(caplog):
     model = make_cnn("NCHW", shape_batch=True)
-    with caplog.at_level("INFO", logger="exporters.onnx"):
+    with caplog.at_level("INFO", logger="exporters.onnx_frontend"):
         bundle = export_onnx(model)
     assert "batch size read from 'features'" in caplog.text
     assert bundle.manifest["head"]["inputs"] == ["features"]  # no index tensor crosses the cut
@@ -239,12 +239,12 @@ def test_from_onnx_caches_bundles(tmp_path, monkeypatch):
     first = Explainer.from_onnx(path, cache_dir=cache)
     (entry,) = list(cache.iterdir())
     assert (entry / "manifest.json").is_file() and entry.name.startswith("m-")
-    import exporters.onnx
+    import explainer.bridge
 
     def fail(*args, **kwargs):
         raise AssertionError("the cached bundle should be used")
 
-    monkeypatch.setattr(exporters.onnx, "export_onnx", fail)
+    monkeypatch.setattr(explainer.bridge, "export_onnx", fail)
     second = Explainer.from_onnx(path, cache_dir=cache)
     assert second.bundle.path == entry
     assert second.bundle.manifest["target"] == first.bundle.manifest["target"]

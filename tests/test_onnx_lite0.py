@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 import numpy as np
 from explainer import Explainer, Preprocessing
-from exporters import check_gradients
+from explainer import check_gradients
 folder = Path(sys.argv[1])
 pre = Preprocessing.from_dict(json.loads((folder / "preprocessing.json").read_text()))
 explainer = Explainer.from_onnx(folder / "efficientnet_lite0.onnx", preprocessing=pre,

@@ -25,8 +25,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
-from explainer import Explainer  # noqa: E402
-from exporters import check_gradients, export_onnx  # noqa: E402
+from explainer import Explainer, check_gradients  # noqa: E402
+from exporters import export_onnx  # noqa: E402
 from exporters.torch import recalibrate_batchnorm  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.torch]

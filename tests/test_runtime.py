@@ -11,7 +11,7 @@ from onnx import helper
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
 from exporters import build_bundle
-from exporters.build import infer_shapes
+from exporters.graph import infer_shapes
 from exporters.split import split_model
 
 

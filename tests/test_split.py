@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporters.build import infer_shapes
+from exporters.graph import infer_shapes
 from exporters.split import SplitError, split_model
 
 

@@ -3,24 +3,23 @@
 Example:
     >>> grad_model = build_gradient_graph(head, wrt="A", output="logits")  # doctest: +SKIP
 
-The registry :data:`RULES` maps op types to gradient rules; the rules live in
-:mod:`exporters.autodiff.rules`.
+:mod:`~exporters.autodiff.engine` holds the registry :data:`RULES` and the reverse walk,
+:mod:`~exporters.autodiff.emitter` what a rule sees and writes, and
+:mod:`exporters.autodiff.rules` one rule per op, grouped by family.
 """
 
 from __future__ import annotations
 
+from ..errors import GradientError, MissingGradientRule
 from . import rules as _rules  # noqa: F401  (fills RULES)
+from .emitter import GradContext
 from .engine import (
     RULES,
-    GradContext,
-    GradientError,
     GradientRule,
-    MissingGradientRule,
     build_gradient_graph,
-    has_rule,
-    path_ops,
+    differentiable,
+    gradient_path,
     register,
-    unsupported_nodes,
 )
 
 __all__ = [
@@ -30,8 +29,7 @@ __all__ = [
     "GradientRule",
     "MissingGradientRule",
     "build_gradient_graph",
-    "has_rule",
-    "path_ops",
+    "differentiable",
+    "gradient_path",
     "register",
-    "unsupported_nodes",
 ]

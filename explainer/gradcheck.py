@@ -3,7 +3,8 @@
 For each image ``b`` the head computes ``f_b(A) = logits_b(A)[c_b]`` (``c_b`` the explained
 class) and its gradient ``g_b = df_b/dA``. Along a direction ``V`` the directional derivative
 ``<g_b, V_b>`` must match the central difference ``(f_b(A + hV) - f_b(A - hV)) / 2h`` computed
-by running the head forward on ONNX Runtime. Needs onnx, numpy and onnxruntime (no torch).
+by running the head forward on ONNX Runtime, through the public :class:`Explainer` graph runs.
+Needs onnx, numpy and onnxruntime (no torch).
 
 Directions: the first is the gradient itself (the best-conditioned check: it catches scaling,
 sign and permutation mistakes); the others are random Gaussian directions, which also see
@@ -32,19 +33,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from explainer.bundle import Bundle
-from explainer.targets import one_hot_seeds
+from .bundle import Bundle
+from .errors import UsageError
+from .runtime import Explainer
+from .targets import one_hot_seeds
 
 __all__ = ["GradientCheckError", "GradientCheckReport", "check_gradients", "random_inputs"]
 
 log = logging.getLogger(__name__)
 
 
-class GradientCheckError(ValueError):
+class GradientCheckError(UsageError):
     """The gradient check cannot run on these inputs (wrong shape, bad options)."""
 
 
@@ -148,7 +150,7 @@ def check_gradients(
     class_ids: Sequence[int] | np.ndarray | None = None,
     tolerance: float = 5e-2,
     jitter: float = 1e-2,
-    explainer: Any = None,
+    explainer: Explainer | None = None,
 ) -> GradientCheckReport:
     """Compare the head's gradient with central directional finite differences.
 
@@ -171,16 +173,13 @@ def check_gradients(
     Returns:
         A :class:`GradientCheckReport`.
     """
-    from explainer.runtime import Explainer
-
     steps = (float(eps),) if np.isscalar(eps) else tuple(float(e) for e in eps)  # type: ignore[arg-type]
     if directions < 0 or not steps or min(steps) <= 0:
         raise GradientCheckError(f"need directions >= 0 and steps > 0, got {directions}, {eps}")
     explainer = explainer or Explainer(bundle)
     if inputs is None:
         inputs = random_inputs(bundle, seed=seed)
-    x = explainer._check_input(inputs)
-    features = {k: explainer._to_numpy(v) for k, v in explainer._run_features(x).items()}
+    features = explainer.run_features(inputs)
     target = explainer.head_inputs[0]
     activation = features[target].astype(np.float32)
     batch = activation.shape[0]
@@ -191,19 +190,14 @@ def check_gradients(
         noise = rng.standard_normal(activation.shape) * rms
         activation = np.where(activation == 0, jitter * noise, activation).astype(np.float32)
         features[target] = activation
-    logits_name, gradient_name = explainer.logits_name, explainer.gradient_name
     if class_ids is None:
-        (logits,) = explainer._run(explainer.logits_session, features, [logits_name])
-        ids = np.argmax(logits, axis=1)
+        ids = np.argmax(explainer.run_logits(features), axis=1)
     else:
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
         if ids.shape[0] != batch:
             raise GradientCheckError(f"{ids.shape[0]} class ids for a batch of {batch}")
     seeds = one_hot_seeds(ids[:, None], explainer.num_classes)
-    _, gradient = explainer._run(
-        explainer.head_session, {**features, explainer.seed_name: seeds},
-        [logits_name, gradient_name],
-    )
+    _, gradient = explainer.run_head(features, seeds)
     gradient = gradient.astype(np.float64)
 
     # directions [B, D, ...]: the gradient, then random Gaussians, RMS-matched to the activation
@@ -233,8 +227,7 @@ def check_gradients(
             for s, sign in enumerate((1.0, -1.0)):
                 shifted = (flat_a + sign * h * v[:, k]).reshape(activation.shape)
                 feeds = {**features, target: shifted.astype(np.float32)}
-                (out,) = explainer._run(explainer.logits_session, feeds, [logits_name])
-                scores[s, k] = out.astype(np.float64)[rows, ids]
+                scores[s, k] = explainer.run_logits(feeds).astype(np.float64)[rows, ids]
         fd = ((scores[0] - scores[1]) / (2 * h)).T  # [B, D]
         scale = np.maximum(np.maximum(np.abs(analytic), np.abs(fd)), typical)
         error = np.where(scale > 0, np.abs(fd - analytic) / np.where(scale > 0, scale, 1.0), 0.0)

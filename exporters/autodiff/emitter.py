@@ -1,0 +1,317 @@
+"""The node emitter of the autodiff: what a gradient rule sees and how it writes ONNX nodes.
+
+A rule receives a :class:`GradContext` for one forward node. It reads the node (inputs,
+outputs, attributes, shapes and constants of the forward graph, the gradients flowing into its
+outputs) and emits nodes through typed helpers (``op``, ``const``, ``reduce``, ``unbroadcast``...)
+into the :class:`Emitter`, which names them uniquely (``grad/<node>/<op>``) and deduplicates
+constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import GradientError
+from ..graph import Dim, Graph, unique_name
+
+__all__ = ["Dim", "Emitter", "GradContext"]
+
+_INT64_OPS = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
+_BOOL_OPS = frozenset(
+    {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Not", "Xor"}
+)
+
+
+class Emitter:
+    """Accumulates the gradient graph's nodes and initializers, with unique, readable names.
+
+    Attributes:
+        graph: facts of the forward model (shapes, types, constants, opset).
+        nodes: the emitted nodes, in emission order (a valid topological order).
+        initializers: the emitted constants (deduplicated).
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.used: set[str] = set(graph.names)
+        self.const_cache: dict[tuple[Any, ...], str] = {}
+        # element types / shapes of generated values (only where cheaply known)
+        self.elem_types: dict[str, int] = {}
+
+    def unique(self, name: str) -> str:
+        """A name not used yet in the model or the gradient graph (then reserved)."""
+        return unique_name(name, self.used)
+
+    def const(self, value: np.ndarray, prefix: str) -> str:
+        """An initializer holding ``value`` (one per distinct value), named after ``prefix``."""
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self.const_cache:
+            name = self.unique(f"{prefix}/const")
+            self.initializers.append(numpy_helper.from_array(value, name))
+            self.const_cache[key] = name
+            self.elem_types[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+        return self.const_cache[key]
+
+
+class GradContext:
+    """What a rule sees of the node it differentiates, and how it emits nodes.
+
+    Attributes:
+        node: the forward node.
+        inputs: the node's input names (``""`` for omitted optional inputs).
+        outputs: the node's output names.
+        dys: gradient names of the node's outputs (``None``: no gradient flows back).
+        opset: default-domain opset of the model; emitted ops must be valid there.
+    """
+
+    def __init__(
+        self,
+        emitter: Emitter,
+        node: onnx.NodeProto,
+        node_name: str,
+        dys: list[str | None],
+        active: set[str],
+    ) -> None:
+        self._b = emitter
+        self.node = node
+        self.inputs: list[str] = list(node.input)
+        self.outputs: list[str] = list(node.output)
+        self.dys = dys
+        self.opset = emitter.graph.opset
+        self._prefix = f"grad/{node_name}"
+        self._active = active
+        self._attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    # ---- what the rule reads
+
+    @property
+    def dy(self) -> str:
+        """Gradient of output 0 (zeros if no gradient flows into it)."""
+        return self.dy_or_zeros(0)
+
+    def dy_or_zeros(self, i: int) -> str:
+        """Gradient of output ``i``, or zeros of its shape when none flows back."""
+        dy = self.dys[i] if i < len(self.dys) else None
+        return dy if dy is not None else self.zeros_like(self.outputs[i])
+
+    def needs(self, i: int) -> bool:
+        """Whether input ``i`` depends on ``wrt`` and so needs a gradient."""
+        return i < len(self.inputs) and self.inputs[i] in self._active
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """Attribute value of the node (strings decoded), or ``default``."""
+        value = self._attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def shape(self, name: str) -> tuple[Dim, ...] | None:
+        """Shape of a forward value: ints, symbols (str) or None; None if rank unknown."""
+        return self._b.graph.shape(name)
+
+    def static_shape(self, name: str, from_axis: int = 0) -> tuple[Dim, ...]:
+        """Shape of a forward value whose dims from ``from_axis`` on must be static."""
+        shape = self.shape(name)
+        if shape is None or not all(isinstance(d, int) for d in shape[from_axis:]):
+            raise self.error(f"the gradient needs the static shape of '{name}', got {shape}")
+        return shape
+
+    def rank(self, name: str) -> int:
+        """Rank of a forward value (it must be known)."""
+        shape = self.shape(name)
+        if shape is None:
+            raise GradientError(
+                f"gradient of node '{self.node.name}' ({self.node.op_type}) needs the rank "
+                f"of '{name}'"
+            )
+        return len(shape)
+
+    def dtype(self, name: str) -> int:
+        """ONNX element type (``TensorProto.FLOAT`` ...) of a value."""
+        elem_type = self._b.elem_types.get(name) or self._b.graph.elem_type(name)
+        return elem_type or TensorProto.FLOAT
+
+    def np_dtype(self, name: str) -> np.dtype:
+        """NumPy dtype of a value."""
+        return helper.tensor_dtype_to_np_dtype(self.dtype(name))
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        """Value of an initializer or ``Constant`` output, else ``None``."""
+        return self._b.graph.constant_value(name)
+
+    def axis(self, default: int) -> int:
+        """The node's ``axis`` attribute (``default`` when absent), made non-negative."""
+        axis = self.attr("axis", default)
+        return axis + self.rank(self.inputs[0]) if axis < 0 else axis
+
+    def error(self, message: str) -> GradientError:
+        """A :class:`GradientError` naming the node."""
+        return GradientError(f"node '{self.node.name}' ({self.node.op_type}): {message}")
+
+    # ---- what the rule writes
+
+    def op(
+        self,
+        op_type: str,
+        *inputs: str | None,
+        name_hint: str | None = None,
+        num_outputs: int = 1,
+        **attrs: Any,
+    ) -> Any:
+        """Emit a node; return its output name (a list when ``num_outputs > 1``).
+
+        ``None`` inputs become omitted optional inputs (``""``).
+        """
+        base = f"{self._prefix}/{name_hint or op_type}"
+        outputs = [self._b.unique(base if k == 0 else f"{base}:{k}") for k in range(num_outputs)]
+        names = [i or "" for i in inputs]
+        while names and not names[-1]:
+            names.pop()  # trailing omitted inputs are left out
+        node = helper.make_node(
+            op_type,
+            names,
+            outputs,
+            name=self._b.unique(f"{base}/node"),
+            **{k: v for k, v in attrs.items() if v is not None},
+        )
+        self._b.nodes.append(node)
+        self._b.elem_types[outputs[0]] = self._elem_type(op_type, inputs, attrs)
+        if op_type == "MaxPool" and num_outputs > 1:
+            self._b.elem_types[outputs[1]] = TensorProto.INT64
+        return outputs[0] if num_outputs == 1 else outputs
+
+    def _elem_type(self, op_type: str, inputs: Sequence[str | None], attrs: dict) -> int:
+        """Element type of output 0 of an emitted node (for ``dtype``/``cast_like``)."""
+        if op_type == "Cast":
+            return attrs["to"]
+        if op_type == "ConstantOfShape":
+            return attrs["value"].data_type
+        if op_type in _INT64_OPS:
+            return TensorProto.INT64
+        if op_type in _BOOL_OPS:
+            return TensorProto.BOOL
+        source = inputs[1] if op_type == "Where" else inputs[0]
+        return self.dtype(source) if source else TensorProto.UNDEFINED
+
+    def const(self, value: Any, dtype: Any = None) -> str:
+        """Add an initializer (deduplicated) and return its name."""
+        return self._b.const(np.asarray(value, dtype=dtype), self._prefix)
+
+    def scalar(self, value: float, like: str) -> str:
+        """A 0-d constant with the element type of ``like``."""
+        return self.const(np.array(value, dtype=self.np_dtype(like)))
+
+    def ints(self, values: Iterable[int]) -> str:
+        """A 1-d int64 constant."""
+        return self.const(np.array(list(values), dtype=np.int64))
+
+    def shape_of(self, name: str) -> str:
+        """Shape of ``name`` as an int64 tensor (a constant when static)."""
+        shape = self.shape(name)
+        if shape is not None and all(isinstance(d, int) for d in shape):
+            return self.ints(shape)  # type: ignore[arg-type]
+        return self.op("Shape", name)
+
+    def zeros_like(self, name: str) -> str:
+        """Zeros with the shape and element type of ``name``."""
+        zero = helper.make_tensor("value", self.dtype(name), [1], [0])
+        return self.op("ConstantOfShape", self.shape_of(name), name_hint="zeros", value=zero)
+
+    def reshape_like(self, x: str, like: str) -> str:
+        """Reshape ``x`` to the shape of the forward value ``like``.
+
+        The target is a constant when at most one dim of ``like`` is not static (that dim
+        becomes ``-1``), else a ``Shape`` node.
+        """
+        shape = self.shape(like)
+        if shape is not None and sum(not isinstance(d, int) for d in shape) <= 1:
+            return self.op("Reshape", x, self.ints(d if isinstance(d, int) else -1 for d in shape))
+        return self.op("Reshape", x, self.op("Shape", like))
+
+    def expand_like(self, x: str, like: str, axes: Sequence[int] = ()) -> str:
+        """Broadcast ``x`` to the shape of the forward value ``like``.
+
+        ``x`` must have ``like``'s sizes except along ``axes``, where it has size 1: the
+        target is a constant (1 for the symbolic dims ``x`` already has) when the dims
+        along ``axes`` are static, else a ``Shape`` node.
+        """
+        shape = self.shape(like)
+        if shape is not None and all(isinstance(shape[a], int) for a in axes):
+            return self.op("Expand", x, self.ints(d if isinstance(d, int) else 1 for d in shape))
+        return self.op("Expand", x, self.op("Shape", like))
+
+    def cast_like(self, x: str, like: str) -> str:
+        """Cast ``x`` to the element type of ``like`` if the types differ."""
+        if self.dtype(x) == self.dtype(like):
+            return x
+        return self.op("Cast", x, to=self.dtype(like))
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+        """``Reduce*`` over ``axes`` in the form the model's opset wants."""
+        keep = int(keepdims)
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.op(op_type, x, self.ints(axes), keepdims=keep)
+        return self.op(op_type, x, axes=list(axes), keepdims=keep)
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        """``Unsqueeze`` (axes as input, opset 13+)."""
+        return self.op("Unsqueeze", x, self.ints(axes))
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        """``Squeeze`` (axes as input, opset 13+)."""
+        return self.op("Squeeze", x, self.ints(axes))
+
+    def unbroadcast(self, grad: str, grad_shape: Sequence[Dim] | None, target: str) -> str:
+        """Sum ``grad`` (of shape ``grad_shape``) down to the shape of value ``target``.
+
+        Leading extra axes are summed away; an axis where ``target`` has size 1 and the
+        gradient a size other than 1 is summed with ``keepdims``.  Equal sizes or equal
+        symbols are left alone.  When this cannot be decided statically the reduction
+        axes are computed in the graph.
+        """
+        target_shape = self.shape(target)
+        if grad_shape is None or target_shape is None:
+            raise self.error(f"cannot unbroadcast to '{target}': rank unknown")
+        lead = len(grad_shape) - len(target_shape)
+        if lead < 0:
+            raise self.error(f"gradient rank {len(grad_shape)} < rank of '{target}'")
+        axes = list(range(lead))
+        dynamic = False
+        for k, (d_in, d_out) in enumerate(zip(target_shape, grad_shape[lead:], strict=True)):
+            if d_in == d_out and d_in is not None:
+                continue
+            if d_in == 1:
+                if d_out != 1:
+                    axes.append(lead + k)
+            elif isinstance(d_in, int) or d_out == 1:
+                continue  # the output dim must equal the input's
+            else:
+                dynamic = True
+        if dynamic:
+            return self._unbroadcast_dynamic(grad, len(grad_shape), target)
+        if not axes:
+            return grad
+        out = self.reduce("ReduceSum", grad, axes, keepdims=True)
+        if lead:
+            out = self.squeeze(out, range(lead))
+        return out
+
+    def _unbroadcast_dynamic(self, grad: str, grad_rank: int, target: str) -> str:
+        lead = grad_rank - self.rank(target)
+        target_shape = self.op("Shape", target)
+        if lead:
+            target_shape = self.op("Concat", self.ints([1] * lead), target_shape, axis=0)
+        one = self.ints([1])
+        mask = self.op(
+            "And",
+            self.op("Equal", target_shape, one),
+            self.op("Not", self.op("Equal", self.op("Shape", grad), one)),
+        )
+        axes = self.op("Reshape", self.op("NonZero", mask), self.ints([-1]))
+        out = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", out, self.op("Shape", target))

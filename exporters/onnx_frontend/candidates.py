@@ -1,0 +1,171 @@
+"""Candidate layers of a deployed model and the one rule that picks the automatic target.
+
+* **Path.** Only tensors on the float data path from the image input to the explained output
+  count (:meth:`exporters.graph.Graph.path`, the rule the gradient engine uses too).
+* **Clean cut.** A candidate is a *clean cut* when every path from the input to the output
+  goes through it (the head then depends on the image through that tensor alone, which is what
+  Grad-CAM assumes). With the tensors numbered in topological order, ``T`` is a clean cut
+  exactly when no edge ``u -> v`` of the path jumps over it (``pos(u) < pos(T) < pos(v)``).
+* **Automatic target** (:func:`auto_targets`): the *last spatial activation that is a clean
+  cut, has a known NCHW/NHWC layout and a differentiable head*: typically the tensor right
+  before global pooling (ResNet ``layer4``, the ReLU after DenseNet's ``features``). For VGG
+  and AlexNet this is the output of the last MaxPool (the adaptive average pool that follows
+  is an identity at the native resolution); for SqueezeNet the ReLU after the classifier's
+  final 1x1 convolution. A tensor is *spatial* when it has rank 4 and its height and width
+  are not both 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..autodiff import differentiable
+from ..errors import OnnxExportError
+from ..graph import Dim, Graph
+from .layouts import SUPPORTED_LAYOUTS, detect_layouts, shape_layout
+
+__all__ = ["Candidate", "analyse", "auto_targets", "image_input"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A tensor a model can be explained from.
+
+    Attributes:
+        tensor: the tensor name.
+        shape: its inferred shape (ints for static dims, names for symbolic ones, None unknown).
+        node: name of the node that produces it.
+        op_type: op type of that node.
+        layout: ``"NCHW"``, ``"NHWC"``, another axis string, or None when unknown.
+        differentiable: every op on the head's path past it has a gradient rule.
+        unsupported_ops: ``"OpType (node name)"`` of the head ops without a gradient rule.
+        clean_cut: every path from the input to the output goes through this tensor.
+    """
+
+    tensor: str
+    shape: tuple[Dim, ...]
+    node: str
+    op_type: str
+    layout: str | None
+    differentiable: bool
+    unsupported_ops: tuple[str, ...] = field(default=())
+    clean_cut: bool = True
+
+    @property
+    def explainable(self) -> bool:
+        """Whether ``target="auto"`` may pick it (clean cut, differentiable, known layout)."""
+        return self.clean_cut and self.differentiable and self.layout in SUPPORTED_LAYOUTS
+
+
+def auto_targets(candidates: list[Candidate], layout: str = "auto") -> list[Candidate]:
+    """The candidates ``target="auto"`` tries, best first (the one rule for export and inspect).
+
+    Args:
+        candidates: as :func:`analyse` returns them (topological order).
+        layout: the layout the caller forces, or ``"auto"``; a forced layout stands in for an
+            unknown one.
+    """
+    pickable = [
+        c for c in candidates
+        if c.clean_cut and c.differentiable
+        and (layout != "auto" or c.layout in SUPPORTED_LAYOUTS)
+    ]
+    return pickable[::-1]
+
+
+def image_input(g: Graph) -> str:
+    """The model's one non-initializer input.
+
+    Raises:
+        OnnxExportError: the model has no input or several.
+    """
+    inputs = g.graph_inputs()
+    if len(inputs) != 1:
+        raise OnnxExportError(
+            f"the model has {len(inputs)} inputs {inputs}; onnxcam explains single-input image "
+            "models"
+        )
+    return inputs[0]
+
+
+def _positions(g: Graph, source: str, nodes: list[int], tensors: set[str], output: str):
+    """Topological positions of the path's tensors, and for each position whether an edge of
+    the path jumps over it."""
+    position = {source: 0}
+    for i in nodes:
+        for o in g.nodes[i].output:
+            if o in tensors or o == output:
+                position.setdefault(o, len(position))
+    coverage = np.zeros(len(position) + 1, dtype=np.int64)
+    for i in nodes:
+        node = g.nodes[i]
+        sources = [position[x] for x in node.input if x in position]
+        targets = [position[o] for o in node.output if o in position]
+        if sources and targets and max(targets) - min(sources) > 1:
+            coverage[min(sources) + 1] += 1
+            coverage[max(targets)] -= 1
+    return position, np.cumsum(coverage) > 0
+
+
+def _blocked(g: Graph, nodes: list[int], tensors: set[str]) -> dict[str, list[int]]:
+    """For each path tensor, the nodes without a gradient rule downstream of it."""
+    on_path = set(nodes)
+    blocked: dict[str, list[int]] = {}
+    for u in (i for i in nodes if not differentiable(g.nodes[i])):
+        stack, seen = [x for x in g.nodes[u].input if x in tensors], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            blocked.setdefault(name, []).append(u)
+            p = g.producer.get(name)
+            if p is not None and p in on_path:
+                stack.extend(x for x in g.nodes[p].input if x in tensors)
+    return blocked
+
+
+def analyse(g: Graph, output: str) -> tuple[list[Candidate], dict[str, str]]:
+    """Candidates (topological order) on the path to ``output``, and the tensor layouts.
+
+    Raises:
+        OnnxExportError: ``output`` does not depend on the image input through float tensors.
+    """
+    source = image_input(g)
+    layouts = detect_layouts(g)
+    nodes, tensors = g.path(source, output)
+    if not nodes:
+        raise OnnxExportError(
+            f"output {output!r} does not depend on the input {source!r} through float tensors"
+        )
+    position, jumped = _positions(g, source, nodes, tensors, output)
+    blocked = _blocked(g, nodes, tensors)
+    candidates = []
+    for name, pos in position.items():
+        if name in (source, output) or g.rank(name) != 4 or not g.is_float(name):
+            continue
+        shape = g.shape(name) or ()
+        layout = layouts.get(name) or shape_layout(shape)
+        if layout in SUPPORTED_LAYOUTS:
+            spatial = [shape[layout.index("H")], shape[layout.index("W")]]
+        else:
+            spatial = list(shape[1:])
+        if sum(1 for d in spatial if d != 1) < (2 if layout is None else 1):
+            continue
+        producer = g.producer[name]
+        ops = tuple(
+            f"{g.nodes[u].op_type} ({g.node_name(u)})" for u in sorted(set(blocked.get(name, [])))
+        )
+        candidates.append(Candidate(
+            tensor=name,
+            shape=tuple(shape),
+            node=g.node_name(producer),
+            op_type=g.nodes[producer].op_type,
+            layout=layout,
+            differentiable=not ops,
+            unsupported_ops=ops,
+            clean_cut=not bool(jumped[pos]),
+        ))
+    return candidates, layouts

@@ -1,0 +1,254 @@
+"""The ONNX front end's public API: :func:`export_onnx` and :func:`candidate_layers`.
+
+A deployed model goes: load (:mod:`.load`) -> one shape inference -> choose the output
+(:mod:`.outputs`) -> candidate layers and layouts (:mod:`.candidates`, :mod:`.layouts`) -> the
+target -> rewrites (:mod:`.rewrites`) -> :func:`exporters.build.build_bundle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from explainer.bundle import Bundle
+from explainer.labels import check_labels
+from explainer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+from ..build import build_bundle
+from ..errors import GradientError, OnnxExportError, SplitError
+from ..graph import Graph
+from .candidates import Candidate, analyse, auto_targets, image_input
+from .layouts import SUPPORTED_LAYOUTS, shape_layout
+from .load import load_model, restore_weights, strip_weights
+from .outputs import resolve_output
+from .rewrites import read_batch_from
+
+__all__ = ["candidate_layers", "export_onnx"]
+
+log = logging.getLogger(__name__)
+
+#: how many candidates ``target="auto"`` tries, from the last one back
+_AUTO_TRIES = 3
+
+
+def _prepare(
+    model: str | os.PathLike[str] | onnx.ModelProto, output: str | None, pre_softmax: bool
+) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
+    """Load, strip the weights, infer shapes once, and expose the explained output."""
+    light, weights = strip_weights(load_model(model))
+    resolved, explained, notes = resolve_output(Graph(light, infer=True), output, pre_softmax)
+    return Graph(resolved), explained, notes, weights
+
+
+def candidate_layers(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    output: str | None = None,
+    pre_softmax: bool = True,
+) -> list[Candidate]:
+    """List the spatial activations one can explain ``model`` from.
+
+    Args:
+        model: an ONNX file path or ModelProto.
+        output: the output to explain (see :func:`export_onnx`).
+        pre_softmax: look through a final Softmax (see :func:`export_onnx`).
+
+    Returns:
+        Candidates on the path from the input to the output, in topological order;
+        :func:`~exporters.onnx_frontend.candidates.auto_targets` orders those ``target="auto"``
+        tries.
+    """
+    g, explained, _, _ = _prepare(model, output, pre_softmax)
+    return analyse(g, explained)[0]
+
+
+def _resolve_target(g: Graph, candidates: list[Candidate], target: str) -> tuple[str, str, str]:
+    """(tensor, producing node name, op) for a tensor name or a node name."""
+    if target in g.producer:
+        index = g.producer[target]
+        return target, g.node_name(index), g.nodes[index].op_type
+    for i, node in enumerate(g.nodes):
+        if node.name == target:
+            return node.output[0], g.node_name(i), node.op_type
+    names = [c.tensor for c in candidates if c.explainable][-5:]
+    raise OnnxExportError(
+        f"target {target!r} is neither a tensor nor a node of the model; explainable "
+        f"candidates near the output: {names} (list all with `onnxcam inspect`)"
+    )
+
+
+def _input_layout(g: Graph, layouts: dict[str, str], given: str) -> str:
+    source = image_input(g)
+    shape = g.shape(source)
+    if shape is None or len(shape) != 4:
+        raise OnnxExportError(
+            f"input {source!r} has shape {shape}; onnxcam explains rank-4 image inputs"
+        )
+    if given != "auto":
+        return given
+    layout = layouts.get(source) or shape_layout(shape, image=True)
+    if layout not in SUPPORTED_LAYOUTS:
+        raise OnnxExportError(
+            f"cannot tell whether input {source!r} {list(shape)} is NCHW or NHWC; pass "
+            "input_layout='NCHW' or 'NHWC'"
+        )
+    return layout
+
+
+def _guess_preprocessing(g: Graph, layout: str) -> Preprocessing | None:
+    source = image_input(g)
+    shape = g.shape(source) or ()
+    channels = shape[layout.index("C")]
+    h, w = shape[layout.index("H")], shape[layout.index("W")]
+    if channels != 3:
+        log.info("input has %s channels: no default preprocessing recorded", channels)
+        return None
+    if isinstance(h, int) and isinstance(w, int):
+        crop: tuple[int, int] | int = (h, w)
+        resize: int | tuple[int, int] = int(round(min(h, w) * 256 / 224))
+    else:
+        crop, resize = 224, 256
+    if g.elem_type(source) == TensorProto.UINT8:
+        pre = Preprocessing(resize=resize, crop=crop, scale=1.0, mean=(0.0, 0.0, 0.0),
+                            std=(1.0, 1.0, 1.0), layout=layout, dtype="uint8")
+    else:
+        pre = Preprocessing(resize=resize, crop=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                            layout=layout)
+    log.info("no preprocessing given; assuming %s", pre)
+    return pre
+
+
+def _notes(g: Graph, model: Any, target: str, notes: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``export`` section: how the output and the target were chosen."""
+    batch = (g.shape(image_input(g)) or (None,))[0]
+    notes.update({
+        "source": None if isinstance(model, onnx.ModelProto) else Path(model).name,
+        "target": target,
+        "static_batch": batch if isinstance(batch, int) else None,
+    })
+    return notes
+
+
+def _build(
+    g: Graph, candidate: tuple[str, str, str], layout: str | None, options: dict[str, Any]
+) -> Bundle:
+    """The bundle for one target: (tensor, node, op) at ``layout``."""
+    tensor, node, op = candidate
+    if layout not in SUPPORTED_LAYOUTS:
+        raise OnnxExportError(
+            f"cannot tell the layout of tensor {tensor!r} ({op} node {node!r}, shape "
+            f"{g.shape(tensor)}); pass layout='NCHW' or 'NHWC'"
+        )
+    bundle = build_bundle(
+        read_batch_from(g, tensor), tensor, output=options["explained"], target_layer=node,
+        input_layout=options["input_layout"], target_layout=layout, labels=options["labels"],
+        preprocessing=options["preprocessing"], producer={"exporter": "onnxcam.exporters.onnx"},
+    )
+    bundle.manifest["export"] = options["notes"]
+    restore_weights([bundle.features, bundle.head], options["weights"])
+    if bundle.manifest["head"]["inputs"][1:]:
+        log.info("%r is not a clean cut: the head also reads %s from the features graph",
+                 tensor, bundle.manifest["head"]["inputs"][1:])
+    return bundle
+
+
+def _build_auto(
+    g: Graph, candidates: list[Candidate], layout: str, options: dict[str, Any]
+) -> Bundle:
+    """Try the automatic targets best first; the first that builds wins."""
+    tries = auto_targets(candidates, layout)[:_AUTO_TRIES]
+    if not tries:
+        raise OnnxExportError(
+            f"no spatial activation on the path to {options['explained']!r} has a "
+            f"differentiable head and a known layout ({len(candidates)} candidates; see "
+            "`onnxcam inspect`); pass target= and layout= explicitly"
+        )
+    errors = []
+    for c in tries:
+        chosen = layout if layout != "auto" else c.layout
+        try:
+            bundle = _build(g, (c.tensor, c.node, c.op_type), chosen, options)
+        except (GradientError, SplitError) as err:
+            log.warning("candidate %s failed (%s); trying the one before", c.tensor, err)
+            errors.append(f"{c.tensor}: {err}")
+            continue
+        log.info("auto target: %s (%s node %s, shape %s, %s)", c.tensor, c.op_type, c.node,
+                 list(c.shape), chosen)
+        return bundle
+    raise OnnxExportError("no candidate target could be differentiated: " + "; ".join(errors))
+
+
+def export_onnx(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    target: str = "auto",
+    layout: str = "auto",
+    output: str | None = None,
+    labels: str | Sequence[str] | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
+    *,
+    input_layout: str = "auto",
+    pre_softmax: bool = True,
+) -> Bundle:
+    """Build a bundle from an ONNX classifier (no torch needed).
+
+    Args:
+        model: an ONNX file (external-data weights are read from its directory) or a
+            ModelProto. Opsets older than 13 are converted to 13.
+        target: ``"auto"`` (the last explainable spatial activation, see
+            :mod:`exporters.onnx_frontend.candidates`), a tensor name, or a node name (its
+            first output).
+        layout: layout of the target activation: ``"auto"`` (detected), ``"NCHW"`` or
+            ``"NHWC"``.
+        output: the model output to explain when it has several (default: the first
+            Softmax output, else the first floating-point output of rank >= 2; logged).
+        labels: class names, or a label set name such as ``"imagenet"``.
+        preprocessing: how images become inputs. When None a default is recorded for 3-channel
+            inputs: resize/crop to the input size, ImageNet mean/std for float inputs, raw
+            0..255 pixels for uint8 inputs (which normalize inside the graph); it is logged.
+        input_layout: layout of the model input, ``"auto"`` (detected), ``"NCHW"`` or ``"NHWC"``.
+        pre_softmax: when the output is a Softmax/LogSoftmax over the classes, explain its
+            input (the logits) instead, as Grad-CAM is defined on pre-softmax scores.
+
+    Returns:
+        The bundle; ``manifest["target"]["layer"]`` names the node that produces the explained
+        tensor and ``manifest["export"]`` records how it was chosen.
+
+    Raises:
+        OnnxExportError: the model or the target cannot be explained (message says why).
+        explainer.LabelError: ``labels`` does not name one class per output.
+        exporters.autodiff.MissingGradientRule: the head past a given target has an op without
+            a gradient rule.
+    """
+    for name, value in (("layout", layout), ("input_layout", input_layout)):
+        if value not in ("auto", *SUPPORTED_LAYOUTS):
+            raise OnnxExportError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {value!r}")
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    g, explained, notes, weights = _prepare(model, output, pre_softmax)
+    classes = (g.shape(explained) or (None,))[-1]
+    if isinstance(classes, int):
+        labels = check_labels(labels, classes)  # before any graph is built
+    candidates, layouts = analyse(g, explained)
+    in_layout = _input_layout(g, layouts, input_layout)
+    options = {"explained": explained, "input_layout": in_layout, "labels": labels,
+               "preprocessing": preprocessing, "weights": weights,
+               "notes": _notes(g, model, target, notes)}
+    if preprocessing is None:
+        options["preprocessing"] = _guess_preprocessing(g, in_layout)
+        notes["preprocessing_guessed"] = options["preprocessing"] is not None
+    if target == "auto":
+        return _build_auto(g, candidates, layout, options)
+    tensor, node, op = _resolve_target(g, candidates, target)
+    if g.rank(tensor) != 4:
+        raise OnnxExportError(
+            f"target tensor {tensor!r} ({op} node {node!r}) has shape {g.shape(tensor)}; "
+            "Grad-CAM needs a rank-4 spatial activation (see `onnxcam inspect`)"
+        )
+    chosen = layout if layout != "auto" else (layouts.get(tensor) or shape_layout(g.shape(tensor)))
+    log.info("target %s (%s node %s, %s)", tensor, op, node, chosen)
+    return _build(g, (tensor, node, op), chosen, options)
