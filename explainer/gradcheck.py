@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -181,63 +182,80 @@ def check_gradients(
         inputs = random_inputs(bundle, seed=seed)
     features = explainer.run_features(inputs)
     target = explainer.head_inputs[0]
-    activation = features[target].astype(np.float32)
-    batch = activation.shape[0]
     rng = np.random.default_rng(seed)
-    if jitter:  # move exact zeros off their ties (ReLU zeros entering a MaxPool: a kink)
-        rms = np.sqrt((activation.astype(np.float64) ** 2).reshape(batch, -1).mean(axis=1))
-        rms = rms.reshape(-1, *[1] * (activation.ndim - 1))
-        noise = rng.standard_normal(activation.shape) * rms
-        activation = np.where(activation == 0, jitter * noise, activation).astype(np.float32)
-        features[target] = activation
+    activation = _jittered(features[target].astype(np.float32), jitter, rng)
+    features[target] = activation
+    batch = activation.shape[0]
     if class_ids is None:
         ids = np.argmax(explainer.run_logits(features), axis=1)
     else:
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
         if ids.shape[0] != batch:
             raise GradientCheckError(f"{ids.shape[0]} class ids for a batch of {batch}")
-    seeds = one_hot_seeds(ids[:, None], explainer.num_classes)
-    _, gradient = explainer.run_head(features, seeds)
-    gradient = gradient.astype(np.float64)
-
-    # directions [B, D, ...]: the gradient, then random Gaussians, RMS-matched to the activation
-    flat_a = activation.reshape(batch, -1).astype(np.float64)
-    flat_g = gradient.reshape(batch, -1)
-    n = flat_a.shape[1]
-    rms_a = np.sqrt((flat_a**2).mean(axis=1, keepdims=True))
-    rms_a = np.where(rms_a > 0, rms_a, 1.0)
-    dirs = [flat_g] + [rng.standard_normal(flat_a.shape) for _ in range(directions)]
-    vs = []
-    for v in dirs:
-        rms_v = np.sqrt((v**2).mean(axis=1, keepdims=True))
-        vs.append(v / np.where(rms_v > 0, rms_v, 1.0) * rms_a)
-    v = np.stack(vs, axis=1)  # [B, D, n]
-    d = v.shape[1]
+    _, gradient = explainer.run_head(features, one_hot_seeds(ids[:, None], explainer.num_classes))
+    flat_g = gradient.reshape(batch, -1).astype(np.float64)
+    v = _directions(activation, flat_g, directions, rng)  # [B, D, n]
     analytic = np.einsum("bn,bdn->bd", flat_g, v)
-
+    rms_a = np.sqrt((v[:, 0] ** 2).mean(axis=1, keepdims=True))
     typical = np.linalg.norm(flat_g, axis=1, keepdims=True) * rms_a  # ||g|| ||V|| / sqrt(n)
+
+    def score(direction: np.ndarray) -> np.ndarray:
+        """Logits of the explained classes at activation + direction [B, n]."""
+        shifted = (activation.reshape(batch, -1) + direction).reshape(activation.shape)
+        logits = explainer.run_logits({**features, target: shifted.astype(np.float32)})
+        return logits.astype(np.float64)[np.arange(batch), ids]
+
+    errors, numeric, used = _ladder(score, v, analytic, typical, steps)
+    report = GradientCheckReport(
+        errors=errors, analytic=analytic, numeric=numeric, steps=used, class_ids=ids,
+        eps=steps, tolerance=tolerance, target=target,
+    )
+    log.info("gradient check of %s: max relative error %.2e over %d directions x %d images",
+             target, report.max_error, v.shape[1], batch)
+    return report
+
+
+def _ladder(
+    score: Any, v: np.ndarray, analytic: np.ndarray, typical: np.ndarray, steps: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central differences along each direction at each step; for each image and direction,
+    the (error, finite difference, step) of the step with the smallest error."""
     errors = np.full(analytic.shape, np.inf)
     numeric, used = np.zeros_like(analytic), np.zeros_like(analytic)
-    rows = np.arange(batch)
     for h in steps:
         # one head run per (sign, direction) with the image batch: other cut tensors (index
         # tensors computed from the batch size, say) are fed exactly as the features gave them
-        scores = np.zeros((2, d, batch))
-        for k in range(d):
-            for s, sign in enumerate((1.0, -1.0)):
-                shifted = (flat_a + sign * h * v[:, k]).reshape(activation.shape)
-                feeds = {**features, target: shifted.astype(np.float32)}
-                scores[s, k] = explainer.run_logits(feeds).astype(np.float64)[rows, ids]
-        fd = ((scores[0] - scores[1]) / (2 * h)).T  # [B, D]
+        fd = np.stack([(score(h * v[:, k]) - score(-h * v[:, k])) / (2 * h)
+                       for k in range(v.shape[1])], axis=1)  # [B, D]
         scale = np.maximum(np.maximum(np.abs(analytic), np.abs(fd)), typical)
         error = np.where(scale > 0, np.abs(fd - analytic) / np.where(scale > 0, scale, 1.0), 0.0)
         better = error < errors
         errors = np.where(better, error, errors)
         numeric, used = np.where(better, fd, numeric), np.where(better, h, used)
-    report = GradientCheckReport(
-        errors=errors, analytic=analytic, numeric=numeric, steps=used, class_ids=ids,
-        eps=steps, tolerance=tolerance, target=target,
-    )
-    log.info("gradient check of %s: max relative error %.2e over %d directions x %d images (n=%d)",
-             target, report.max_error, d, batch, n)
-    return report
+    return errors, numeric, used
+
+
+def _jittered(activation: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Exact zeros moved off their ties by Gaussian noise of ``jitter`` x the RMS per image
+    (ReLU zeros entering a MaxPool are a kink)."""
+    if not jitter:
+        return activation
+    batch = activation.shape[0]
+    rms = np.sqrt((activation.astype(np.float64) ** 2).reshape(batch, -1).mean(axis=1))
+    noise = rng.standard_normal(activation.shape) * rms.reshape(-1, *[1] * (activation.ndim - 1))
+    return np.where(activation == 0, jitter * noise, activation).astype(np.float32)
+
+
+def _directions(
+    activation: np.ndarray, flat_g: np.ndarray, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Directions [B, 1 + count, n]: the gradient, then random Gaussians, each RMS-matched to
+    the activation."""
+    flat_a = activation.reshape(activation.shape[0], -1).astype(np.float64)
+    rms_a = np.sqrt((flat_a**2).mean(axis=1, keepdims=True))
+    rms_a = np.where(rms_a > 0, rms_a, 1.0)
+    scaled = []
+    for v in [flat_g] + [rng.standard_normal(flat_a.shape) for _ in range(count)]:
+        rms_v = np.sqrt((v**2).mean(axis=1, keepdims=True))
+        scaled.append(v / np.where(rms_v > 0, rms_v, 1.0) * rms_a)
+    return np.stack(scaled, axis=1)

@@ -243,6 +243,45 @@ def _fit_into_tile(img: Image.Image, tile: int, background: tuple[int, int, int]
     return canvas
 
 
+def _figure_arguments(
+    heatmaps: Sequence[np.ndarray] | np.ndarray,
+    titles: Sequence[str] | None,
+    tile: int,
+    padding: int,
+    font_size: int | None,
+) -> tuple[list[np.ndarray], list[str], int]:
+    """Validate :func:`figure`'s arguments: (heatmaps, titles, font size)."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
+        raise VisualizeError(f"tile must be an int >= 16, got {tile!r}")
+    if padding < 0:
+        raise VisualizeError(f"padding must be >= 0, got {padding}")
+    if isinstance(heatmaps, np.ndarray):
+        if heatmaps.ndim == 2:
+            raise VisualizeError(
+                f"heatmaps must be a sequence of 2-D arrays or a 3-D (K, H, W) array, "
+                f"got a single 2-D array of shape {heatmaps.shape}; wrap it in a list"
+            )
+        if heatmaps.ndim != 3:
+            raise VisualizeError(
+                f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}"
+            )
+    maps = list(heatmaps)
+    if not maps:
+        raise VisualizeError("heatmaps must contain at least one heatmap")
+    if titles is None:
+        titles = [""] * len(maps)
+    elif isinstance(titles, str):
+        raise VisualizeError("titles must be a sequence of str, not a single str")
+    titles = list(titles)
+    if len(titles) != len(maps):
+        raise VisualizeError(f"got {len(maps)} heatmaps but {len(titles)} titles")
+    size = max(10, tile // 16) if font_size is None else font_size
+    if size < 1:
+        raise VisualizeError(f"font_size must be >= 1, got {font_size}")
+
+    return maps, titles, size
+
+
 def figure(
     image: ImageLike,
     heatmaps: Sequence[np.ndarray] | np.ndarray,
@@ -279,34 +318,7 @@ def figure(
         VisualizeError: No heatmaps, heatmap count differs from title count, a bad heatmap
             or image, or an invalid ``tile``/``padding``/``font_size``.
     """
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
-        raise VisualizeError(f"tile must be an int >= 16, got {tile!r}")
-    if padding < 0:
-        raise VisualizeError(f"padding must be >= 0, got {padding}")
-    if isinstance(heatmaps, np.ndarray):
-        if heatmaps.ndim == 2:
-            raise VisualizeError(
-                f"heatmaps must be a sequence of 2-D arrays or a 3-D (K, H, W) array, "
-                f"got a single 2-D array of shape {heatmaps.shape}; wrap it in a list"
-            )
-        if heatmaps.ndim != 3:
-            raise VisualizeError(
-                f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}"
-            )
-    maps = list(heatmaps)
-    if not maps:
-        raise VisualizeError("heatmaps must contain at least one heatmap")
-    if titles is None:
-        titles = [""] * len(maps)
-    elif isinstance(titles, str):
-        raise VisualizeError("titles must be a sequence of str, not a single str")
-    titles = list(titles)
-    if len(titles) != len(maps):
-        raise VisualizeError(f"got {len(maps)} heatmaps but {len(titles)} titles")
-    size = max(10, tile // 16) if font_size is None else font_size
-    if size < 1:
-        raise VisualizeError(f"font_size must be >= 1, got {font_size}")
-
+    maps, titles, size = _figure_arguments(heatmaps, titles, tile, padding, font_size)
     rgb = _to_rgb_array(image)
     white = (255, 255, 255)
     cells = [_fit_into_tile(Image.fromarray(rgb), tile, white)]

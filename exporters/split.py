@@ -82,6 +82,23 @@ def _make_model(
     return model
 
 
+def _head(g: Graph, target: str, outputs: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
+    """The head's nodes (original order) and the cut tensors (``target`` first)."""
+    downstream = g.descendants(target) & g.ancestors(outputs)
+    if not downstream:
+        raise SplitError(f"no model output among {outputs} depends on tensor {target!r}")
+    head_reads = {t for i in downstream for t in node_inputs(g.nodes[i])}
+    # Constant-valued nodes the head reads are copied into the head rather than cut across.
+    fixed = [t for t in head_reads if t in g.constant_tensors and t in g.producer]
+    head_nodes = [g.nodes[i] for i in sorted(downstream | g.ancestors(fixed))]
+    produced = {o for n in head_nodes for o in n.output}
+    crossing = {t for n in head_nodes for t in node_inputs(n)}
+    cut = [target] + sorted(
+        t for t in crossing if t != target and t not in produced and t not in g.initializers
+    )
+    return head_nodes, cut
+
+
 def split_model(
     model: onnx.ModelProto | Graph, target: str, outputs: Sequence[str] | None = None
 ) -> SplitModel:
@@ -115,32 +132,13 @@ def split_model(
     if unknown or not outputs:
         raise SplitError(f"outputs {unknown or outputs} are not tensors of the model")
 
-    needed = g.ancestors(outputs)
-    downstream = g.descendants(target) & needed
-    if not downstream:
-        raise SplitError(f"no model output among {outputs} depends on tensor {target!r}")
-
-    constants = g.constant_tensors
-    head_idx = sorted(downstream)
-    head_reads = {t for i in head_idx for t in node_inputs(g.nodes[i])}
-    # Constant-valued nodes the head reads are copied into the head rather than cut across.
-    const_nodes = g.ancestors([t for t in head_reads if t in constants and t in producers])
-    head_idx = sorted(set(head_idx) | const_nodes)
-    head_nodes = [g.nodes[i] for i in head_idx]
-    produced_in_head = {o for n in head_nodes for o in n.output}
-    initializer_names = {t.name for t in graph.initializer}
-    cut = [target] + sorted(
-        t
-        for t in {t for n in head_nodes for t in node_inputs(n)}
-        if t != target and t not in produced_in_head and t not in initializer_names
-    )
-
+    head_nodes, cut = _head(g, target, outputs)
     features_nodes = [g.nodes[i] for i in sorted(g.ancestors(cut))]
     features_reads = {t for n in features_nodes for t in node_inputs(n)}
     features_inputs = [
         i.name
         for i in graph.input
-        if i.name not in initializer_names and (i.name in cut or i.name in features_reads)
+        if i.name not in g.initializers and (i.name in cut or i.name in features_reads)
     ]
     features = _make_model(g, features_nodes, features_inputs, cut, f"{graph.name}_features")
     head = _make_model(g, head_nodes, cut, outputs, f"{graph.name}_head")

@@ -163,3 +163,46 @@ def test_module_entry_point(tmp_path, images):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o" / "image1_cam.png").is_file()
+
+
+def test_wrong_label_count_is_one_line_exit_2_before_any_graph_is_built(tmp_path, monkeypatch):
+    """`onnxcam export model.onnx --labels wrong_count.txt` stops before the split and the
+    gradient graph, prints one line, exits 2, no traceback."""
+    import exporters.build
+
+    def no_graph(*args, **kwargs):
+        raise AssertionError("a graph was built")
+
+    monkeypatch.setattr(exporters.build, "split_model", no_graph)
+    model = _save(make_cnn("NCHW"), tmp_path)
+    labels = tmp_path / "wrong_count.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from explainer.cli import main; "
+         "sys.exit(main(sys.argv[1:]))", "export", model, "--labels", str(labels), "-o",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "3 names" in lines[0] and "classes" in lines[0]
+    assert not (tmp_path / "out").exists()
+    # in-process, the same error stops before split_model is reached
+    assert main(["export", model, "--labels", str(labels), "-o", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["explain", "missing.onnx", "cat.png"], 2, "no such ONNX file"),
+    (["inspect", "missing.onnx"], 2, "no such ONNX file"),
+    (["explain", "{model}", "{image}", "--targets", "top0"], 2, "k must be between"),
+    (["explain", "{model}", "{image}", "--labels", "klingon"], 2, "unknown label set"),
+])
+def test_errors_are_one_line_with_their_exit_code(argv, code, words, tmp_path, images, capsys):
+    model = _save(make_cnn("NCHW"), tmp_path)
+    argv = [a.format(model=model, image=images[0]) for a in argv]
+    out = ["--out", str(tmp_path / "o")] if argv[0] == "explain" else []
+    assert main([*argv, *out]) == code
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if not line.startswith("note: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and words in errors[0], stderr
