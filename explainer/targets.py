@@ -7,14 +7,26 @@ Accepted specs (``B`` images in the batch):
 * a length-``B`` sequence of ints: one class per image.
 * a ``[B, K]`` int array (or nested list): ``K`` classes per image.
 * a string of ``+``-joined terms, ranked on each image's logits: ``"topK"`` (the K most
-  probable classes), ``"least"`` / ``"leastK"`` (the least probable one(s)) or a class id;
-  e.g. ``"top3+least"`` is the top-3 plus the least probable class.
+  probable classes), ``"least"`` / ``"leastK"`` (the least probable one(s)), a class id or a
+  class name; e.g. ``"top3+least"`` is the top-3 plus the least probable class, and
+  ``"tiger cat+top2"`` the class named "tiger cat" plus the top-2.
 * ``top_k=K`` (keyword of :meth:`Explainer.explain`) is the same as ``"topK"``.
+
+A class name (matched case-insensitively against the bundle's labels) may stand wherever a
+class id may: in sequences and arrays too. An unknown name raises :class:`TargetError` naming
+close matches.
+
+Seeds (:func:`seed_rows`): the head differentiates ``sum(seed * logits)``. A one-hot row
+explains a class's logit; ``contrast`` classes subtract theirs (the score of the target minus
+the score of the contrast class); ``score="probability"`` explains the softmax probability
+instead, whose seed row is ``p_t (e_t - p)`` (the chain rule through the softmax).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +34,7 @@ import numpy as np
 
 from .errors import TargetError
 
-__all__ = ["TargetError", "TargetPlan", "plan_targets", "one_hot_seeds"]
+__all__ = ["TargetError", "TargetPlan", "class_id", "one_hot_seeds", "plan_targets", "seed_rows"]
 
 _TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
 
@@ -65,15 +77,42 @@ def _check_range(ids: np.ndarray, num_classes: int) -> np.ndarray:
     return ids
 
 
-def _parse_string(spec: str, num_classes: int) -> tuple[tuple[str, int], ...]:
+def class_id(name: str, labels: Sequence[str] | None) -> int:
+    """The class id of a class name (case-insensitive; surrounding spaces ignored).
+
+    Raises:
+        TargetError: the bundle has no labels, or no class has that name (close matches are
+            named).
+    """
+    if labels is None:
+        raise TargetError(
+            f"class name {name!r} given, but this bundle has no labels; give class ids, or "
+            "export with labels="
+        )
+    wanted = name.strip().lower()
+    for index, label in enumerate(labels):
+        if label.lower() == wanted:
+            return index
+    close = difflib.get_close_matches(wanted, [label.lower() for label in labels], n=3)
+    hint = f"; close matches: {close}" if close else ""
+    raise TargetError(f"unknown class name {name!r}{hint}")
+
+
+def _parse_string(
+    spec: str, num_classes: int, labels: Sequence[str] | None = None
+) -> tuple[tuple[str, int], ...]:
     terms = []
-    for raw in spec.replace(" ", "").lower().split("+"):
+    for term in spec.split("+"):
+        raw = term.replace(" ", "").lower()
         match = _TERM.match(raw)
         if not match:
-            raise TargetError(
-                f"cannot read target term {raw!r} in {spec!r}; use e.g. 'top3', 'least', "
-                "'top3+least' or a class id"
-            )
+            if labels is None or not term.strip():
+                raise TargetError(
+                    f"cannot read target term {term.strip()!r} in {spec!r}; use e.g. 'top3', "
+                    "'least', 'top3+least', a class id or (with labels) a class name"
+                )
+            terms.append(("id", class_id(term, labels)))
+            continue
         if match.group(3) is not None:
             terms.append(("id", int(_check_range(np.array([int(raw)]), num_classes)[0])))
             continue
@@ -84,8 +123,17 @@ def _parse_string(spec: str, num_classes: int) -> tuple[tuple[str, int], ...]:
     return tuple(terms)
 
 
-def plan_targets(targets: Any, top_k: int | None, batch: int, num_classes: int) -> TargetPlan:
-    """Validate a target spec (see module docstring) for a batch of ``batch`` images."""
+def plan_targets(
+    targets: Any,
+    top_k: int | None,
+    batch: int,
+    num_classes: int,
+    labels: Sequence[str] | None = None,
+) -> TargetPlan:
+    """Validate a target spec (see module docstring) for a batch of ``batch`` images.
+
+    ``labels`` (the bundle's class names) lets names stand for class ids.
+    """
     if top_k is not None:
         if targets is not None:
             raise TargetError("give either targets or top_k, not both")
@@ -95,7 +143,7 @@ def plan_targets(targets: Any, top_k: int | None, batch: int, num_classes: int) 
     if targets is None:
         return TargetPlan(None, (("top", 1),))
     if isinstance(targets, str):
-        return TargetPlan(None, _parse_string(targets, num_classes))
+        return TargetPlan(None, _parse_string(targets, num_classes, labels))
     if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
         ids = np.full((batch, 1), int(targets), dtype=np.int64)
         return TargetPlan(_check_range(ids, num_classes))
@@ -103,6 +151,8 @@ def plan_targets(targets: Any, top_k: int | None, batch: int, num_classes: int) 
         ids = np.asarray(targets)
     except ValueError as err:  # ragged nested lists
         raise TargetError(f"targets must be rectangular, got {targets!r}") from err
+    if ids.dtype.kind in "UO" and ids.size and all(isinstance(v, str) for v in ids.flat):
+        ids = np.vectorize(lambda name: class_id(name, labels), otypes=[np.int64])(ids)
     if ids.dtype.kind not in "iu" or ids.size == 0:
         raise TargetError(f"targets must be class ids (integers), got {targets!r}")
     if ids.ndim == 1:
@@ -123,3 +173,34 @@ def one_hot_seeds(class_ids: np.ndarray, num_classes: int) -> np.ndarray:
     return seeds
 
 
+
+
+def seed_rows(
+    class_ids: np.ndarray,
+    num_classes: int,
+    contrast_ids: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+) -> np.ndarray:
+    """Seed rows [B*K, C] (image-major) for class_ids [B, K].
+
+    Args:
+        class_ids: [B, K] explained classes.
+        num_classes: C.
+        contrast_ids: None, or [B, 1] / [B, K] classes whose score is subtracted.
+        probabilities: None to explain logits, or the softmax probabilities [B, C] to explain
+            probabilities (the seed row of class t is ``p_t (e_t - p)``).
+    """
+    batch, k = class_ids.shape
+
+    def rows(ids: np.ndarray) -> np.ndarray:
+        onehot = one_hot_seeds(ids, num_classes).reshape(batch, k, num_classes)
+        if probabilities is None:
+            return onehot
+        p = probabilities.astype(np.float64)[:, None, :]
+        picked = np.take_along_axis(probabilities, ids, axis=1).astype(np.float64)[..., None]
+        return picked * (onehot - p)
+
+    seeds = rows(class_ids)
+    if contrast_ids is not None:
+        seeds = seeds - rows(np.broadcast_to(contrast_ids, class_ids.shape))
+    return seeds.reshape(batch * k, num_classes).astype(np.float32)

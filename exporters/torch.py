@@ -93,8 +93,13 @@ def export_tapped(
     example_input: torch.Tensor | None = None,
     input_shape: Sequence[int] = (1, 3, 224, 224),
     dynamo: bool = True,
+    dynamic_size: bool = True,
 ) -> tuple[onnx.ModelProto, list[str], list[str]]:
     """Export ``model`` with the outputs of ``layers`` as extra graph outputs.
+
+    The batch dimension is symbolic. With ``dynamic_size`` (dynamo exporter only) so are the
+    height and width where the model allows it (``torch.export.Dim.AUTO``: a model whose
+    code fixes its size keeps it static); they are named ``height`` and ``width``.
 
     Returns:
         (model with outputs [logits, *activations], activation tensor names, layer paths).
@@ -112,11 +117,13 @@ def export_tapped(
                 dynamo=True,
                 input_names=["input"],
                 output_names=names,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamic_shapes=({0: torch.export.Dim("batch"), **(
+                    {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO} if dynamic_size else {}
+                )},),
                 optimize=True,
                 verbose=False,
             )
-            proto = program.model_proto
+            proto = _name_spatial_dims(program.model_proto)
         else:
             import io
 
@@ -141,6 +148,22 @@ def export_tapped(
     proto = _resolve_identities(proto)
     outputs = [o.name for o in proto.graph.output]
     return proto, outputs[1:], [name for name, _ in resolved]
+
+
+def _name_spatial_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename the symbols of the input's height and width (``s0``...) to ``height``/``width``
+    everywhere in the graph."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    names = {dims[2].dim_param: "height", dims[3].dim_param: "width"} if len(dims) == 4 else {}
+    names.pop("", None)
+    if not names:
+        return model
+    graph = model.graph
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+    return model
 
 
 def _resolve_identities(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -168,6 +191,7 @@ def export_torch(
     labels: str | Sequence[str] | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     dynamo: bool = True,
+    dynamic_size: bool = True,
 ) -> Bundle:
     """Export a PyTorch classifier as a bundle explained at ``target_layer``.
 
@@ -180,11 +204,15 @@ def export_torch(
         labels: class names, or a named label set such as ``"imagenet"``.
         preprocessing: how images become inputs, recorded in the manifest.
         dynamo: use torch.onnx's dynamo exporter (default) or the legacy TorchScript one.
+        dynamic_size: keep the input's height and width symbolic where the model allows it
+            (dynamo only), so one bundle explains images at any size.
 
     Returns:
         A :class:`explainer.Bundle`.
     """
-    proto, tensors, paths = export_tapped(model, [target_layer], example_input, input_shape, dynamo)
+    proto, tensors, paths = export_tapped(
+        model, [target_layer], example_input, input_shape, dynamo, dynamic_size
+    )
     return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing)
 
 

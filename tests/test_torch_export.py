@@ -10,7 +10,7 @@ pytest.importorskip("onnxscript")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from explainer import Bundle, Explainer  # noqa: E402
+from explainer import Bundle, Explainer, InputError  # noqa: E402
 from exporters import export_torch, validate  # noqa: E402
 from exporters.torch import ExportError  # noqa: E402
 
@@ -76,3 +76,23 @@ def test_unknown_layer_is_named(net):
         export_torch(net, "layer9", input_shape=(1, 3, 32, 32))
     with pytest.raises(ExportError, match="not a submodule"):
         export_torch(net, nn.ReLU(), input_shape=(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("layer", ["stem", "block", "merge"])
+def test_export_at_one_size_explain_at_another(net, layer):
+    """Exported at 32x32, explained at 40x52 and 17x23: the heights and widths stay symbolic,
+    the Conv gradients take their sizes at run time, and the CAMs match autograd there."""
+    bundle = export_torch(net, layer, input_shape=(1, 3, 32, 32))
+    assert bundle.manifest["input"]["shape"][2:] == ["height", "width"]
+    explainer = Explainer(bundle)
+    for size in [(40, 52), (17, 23)]:
+        x = np.random.default_rng(1).normal(size=(2, 3, *size)).astype(np.float32)
+        report = validate(bundle, net, layer, x, "top2", explainer=explainer)
+        assert report.max_error < 1e-4, (size, report.errors)
+        assert explainer.explain(x).heatmaps.shape[2:] == size
+
+
+def test_fixed_size_model_names_the_size_it_takes(net):
+    bundle = export_torch(net, "block", input_shape=(1, 3, 32, 32), dynamic_size=False)
+    with pytest.raises(InputError, match=r"expects shape \['batch', 3, 32, 32\].*axis 2"):
+        Explainer(bundle).explain(np.zeros((1, 3, 40, 32), np.float32))

@@ -41,16 +41,25 @@ def _window_pads(
     return list(ctx.attr("pads") or [0] * (2 * n))
 
 
+def _static_spatial(ctx: GradContext, name: str) -> list[int] | None:
+    shape = ctx.shape(name)
+    spatial = list(shape[2:]) if shape is not None else [None]
+    return spatial if all(isinstance(d, int) for d in spatial) else None  # type: ignore[return-value]
+
+
 def _transpose_window(
     ctx: GradContext, g: str, weight: str, group: int, kernel: Sequence[int]
 ) -> str:
     """``ConvTranspose`` of ``g`` that scatters each window back onto the input grid.
 
-    Pads and output_padding are chosen so that the result has exactly the input's
-    (static) spatial shape.
+    With static spatial sizes, pads and output_padding are chosen so that the result has
+    exactly the input's shape. With symbolic ones (a model explained at any input size) the
+    sizes come from the runtime shapes instead (:func:`_transpose_window_dynamic`).
     """
-    spatial = list(ctx.static_shape(ctx.inputs[0], from_axis=2)[2:])
-    out_spatial = list(ctx.static_shape(ctx.outputs[0], from_axis=2)[2:])
+    spatial = _static_spatial(ctx, ctx.inputs[0])
+    out_spatial = _static_spatial(ctx, ctx.outputs[0])
+    if spatial is None or out_spatial is None:
+        return _transpose_window_dynamic(ctx, g, weight, group, kernel)
     n = len(spatial)
     strides = list(ctx.attr("strides") or [1] * n)
     dilations = list(ctx.attr("dilations") or [1] * n)
@@ -73,6 +82,40 @@ def _transpose_window(
     )
 
 
+def _transpose_window_dynamic(
+    ctx: GradContext, g: str, weight: str, group: int, kernel: Sequence[int]
+) -> str:
+    """The window scatter for symbolic spatial sizes: a ``ConvTranspose`` without pads covers
+    the padded input but its last ``stride - 1`` rows (dropped by the stride); ``Pad`` those
+    with zeros, then ``Slice`` out the input's rows, starting at the begin pad, which
+    ``auto_pad`` SAME computes from the runtime sizes."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    n = len(kernel)
+    strides = list(ctx.attr("strides") or [1] * n)
+    dilations = list(ctx.attr("dilations") or [1] * n)
+    full = ctx.op("ConvTranspose", g, weight, kernel_shape=list(kernel), strides=strides,
+                  dilations=dilations, group=group)
+    if any(s > 1 for s in strides):
+        full = ctx.op("Pad", full, ctx.ints([0] * (n + 2) + [0, 0] + [s - 1 for s in strides]))
+    in_size = ctx.op("Slice", ctx.op("Shape", x), ctx.ints([2]), ctx.ints([2 + n]))
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out_size = ctx.op("Slice", ctx.op("Shape", y), ctx.ints([2]), ctx.ints([2 + n]))
+        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+        total = ctx.op("Sub", ctx.op("Add", ctx.op("Mul", ctx.op("Sub", out_size, ctx.ints([1])),
+                                                   ctx.ints(strides)), ctx.ints(span)), in_size)
+        total = ctx.op("Max", total, ctx.ints([0] * n))
+        begin = ctx.op("Div", total, ctx.ints([2] * n))
+        if auto_pad == "SAME_LOWER":
+            begin = ctx.op("Sub", total, begin)
+    elif auto_pad == "VALID":
+        begin = ctx.ints([0] * n)
+    else:
+        begin = ctx.ints(list(ctx.attr("pads") or [0] * (2 * n))[:n])
+    end = ctx.op("Add", begin, in_size)
+    return ctx.op("Slice", full, begin, end, ctx.ints(range(2, 2 + n)))
+
+
 @register("Conv")
 def _conv(ctx: GradContext) -> Grads:
     """dX = ConvTranspose(dY, W) with the Conv's strides, dilations and group."""
@@ -87,11 +130,16 @@ def _conv(ctx: GradContext) -> Grads:
 def _average_pool(ctx: GradContext) -> Grads:
     """Divide by each window's divisor, then scatter with a depthwise ones kernel."""
     x = ctx.inputs[0]
-    x_shape = ctx.static_shape(x, from_axis=1)
-    channels, spatial = x_shape[1], x_shape[2:]
-    out_spatial = ctx.static_shape(ctx.outputs[0], from_axis=2)[2:]
-    n = len(spatial)
+    channels = ctx.static_shape(x, from_axis=1)[1] if ctx.rank(x) < 3 else ctx.shape(x)[1]
+    if not isinstance(channels, int):
+        raise ctx.error(f"the gradient needs the static channel count of '{x}'")
     kernel = list(ctx.attr("kernel_shape"))
+    spatial, out_spatial = _static_spatial(ctx, x), _static_spatial(ctx, ctx.outputs[0])
+    ones = ctx.const(np.ones([channels, 1, *kernel], dtype=ctx.np_dtype(x)))
+    if spatial is None or out_spatial is None:
+        g = ctx.op("Div", ctx.dy, _window_counts(ctx, kernel))
+        return [_transpose_window(ctx, g, ones, channels, kernel)]
+    n = len(spatial)
     strides = list(ctx.attr("strides") or [1] * n)
     dilations = list(ctx.attr("dilations") or [1] * n)
     pads = _window_pads(ctx, spatial, kernel, strides, dilations, out_spatial)
@@ -104,8 +152,29 @@ def _average_pool(ctx: GradContext) -> Grads:
         count = ((taps >= lo) & (taps < hi)).sum(axis=1)
         divisor = divisor * count.reshape([-1 if k == i else 1 for k in range(n)])
     g = ctx.op("Mul", ctx.dy, ctx.const((1 / divisor).astype(ctx.np_dtype(x))))
-    ones = ctx.const(np.ones([channels, 1, *kernel], dtype=ctx.np_dtype(x)))
     return [_transpose_window(ctx, g, ones, channels, kernel)]
+
+
+def _window_counts(ctx: GradContext, kernel: Sequence[int]) -> str:
+    """AveragePool's divisor per output position [1, 1, *out], computed at run time.
+
+    With ``count_include_pad=0`` it is the number of taps inside the input: a Conv with a ones
+    kernel (the pool's strides, pads and dilations) over a grid of ones. With 1 it is the
+    window size.
+    """
+    x = ctx.inputs[0]
+    if ctx.attr("ceil_mode", 0):
+        raise ctx.error("AveragePool with ceil_mode=1 needs static spatial sizes")
+    if ctx.attr("count_include_pad", 0):
+        return ctx.scalar(float(np.prod(kernel)), x)
+    n = len(kernel)
+    grid = ctx.op("Concat", ctx.ints([1, 1]),
+                  ctx.op("Slice", ctx.op("Shape", x), ctx.ints([2]), ctx.ints([2 + n])), axis=0)
+    ones = ctx.op("Expand", ctx.scalar(1.0, x), grid)
+    weight = ctx.const(np.ones([1, 1, *kernel], dtype=ctx.np_dtype(x)))
+    attrs = {name: ctx.attr(name) for name in ("auto_pad", "pads", "strides", "dilations")}
+    return ctx.op("Conv", ones, weight, kernel_shape=list(kernel), name_hint="window_counts",
+                  **{k: v for k, v in attrs.items() if v is not None})
 
 
 @register("MaxPool")
