@@ -24,6 +24,7 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 
+from .activations import to_channels_first
 from .bundle import Bundle
 from .errors import ExplainerError, InputError, ProviderError, UsageError
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
@@ -399,10 +400,9 @@ class Explainer:
         head_logits, gradient = self._gradients(features, class_ids)
         if logits is None:
             logits = head_logits
-        activation = self._to_numpy(features[self.head_inputs[0]])
-        if self.target_layout == "NHWC":
-            activation = activation.transpose(0, 3, 1, 2)
-            gradient = gradient.transpose(0, 1, 4, 2, 3)
+        activation, gradient = to_channels_first(
+            self._to_numpy(features[self.head_inputs[0]]), gradient, self.bundle.manifest["target"]
+        )
         cams = np.stack([compute_cams(activation, gradient[:, j], method) for j in range(k)], 1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]

@@ -13,6 +13,7 @@ from typing import Any
 
 import onnx
 
+from explainer.activations import infer_token_grid
 from explainer.bundle import SCHEMA_VERSION, Bundle
 from explainer.labels import check_labels
 from explainer.preprocessing import Preprocessing
@@ -20,6 +21,7 @@ from explainer.preprocessing import Preprocessing
 from .autodiff import build_gradient_graph
 from .errors import OnnxExportError, SplitError
 from .graph import Graph, unique_name
+from .layouts import detect_layouts
 from .split import split_model
 
 __all__ = ["build_bundle", "producer_versions"]
@@ -56,6 +58,45 @@ def _value_entry(g: Graph, name: str, layout: str, key: str = "name") -> dict[st
     return entry
 
 
+def activation_layout(g: Graph, target: str) -> str:
+    """The layout of an activation from the graph's ops (NCHW/NHWC), else from its rank:
+    NCHW for rank 4, NLC (transformer tokens) for rank 3."""
+    found = detect_layouts(g).get(target)
+    if found in ("NCHW", "NHWC"):
+        return found
+    rank = g.rank(target)
+    if rank not in (3, 4):
+        raise OnnxExportError(
+            f"tensor {target!r} has shape {g.shape(target)}; explain a rank-4 feature map or "
+            "rank-3 tokens"
+        )
+    return "NCHW" if rank == 4 else "NLC"
+
+
+def _tokens(
+    g: Graph, target: str, input_layout: str, layout: str,
+    grid: Sequence[int] | None, prefix: int | None,
+) -> dict[str, Any]:
+    """Manifest fields of a token activation: its grid and prefix tokens."""
+    if layout != "NLC":
+        return {}
+    tokens = (g.shape(target) or (None, None))[1]
+    if grid is None:
+        shape = g.shape(g.graph_inputs()[0]) or ()
+        size = [shape[input_layout.index(a)] for a in "HW"] if len(shape) == 4 else None
+        if not isinstance(tokens, int):
+            raise OnnxExportError(
+                f"tensor {target!r} has {tokens} tokens; pass token_grid=(h, w) and "
+                "prefix_tokens=n"
+            )
+        size = size if size and all(isinstance(d, int) for d in size) else None
+        grid, found = infer_token_grid(tokens, size)
+        prefix = found if prefix is None else prefix
+    elif prefix is None:
+        prefix = tokens - grid[0] * grid[1] if isinstance(tokens, int) else 0
+    return {"token_grid": [int(grid[0]), int(grid[1])], "prefix_tokens": int(prefix or 0)}
+
+
 def build_bundle(
     model: onnx.ModelProto | Graph,
     target: str,
@@ -67,6 +108,8 @@ def build_bundle(
     labels: str | Sequence[str] | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     producer: dict[str, str] | None = None,
+    token_grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> Bundle:
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
@@ -77,10 +120,14 @@ def build_bundle(
         output: the logits output (the first graph output other than ``target`` by default).
         target_layer: a human name of the layer (module path, node name) for the manifest.
         input_layout: layout of the model input, "NCHW" or "NHWC".
-        target_layout: layout of the activation, "NCHW" or "NHWC".
+        target_layout: layout of the activation: "NCHW", "NHWC", "NLC" (transformer tokens),
+            or "auto" (from the graph's ops, else NCHW for rank 4 and NLC for rank 3).
         labels: class names, or the name of a label set such as "imagenet".
         preprocessing: how images become inputs (recorded for :meth:`Explainer.preprocess`).
         producer: extra producer versions for the manifest.
+        token_grid: (h, w) of the patch tokens of an "NLC" activation (inferred when None,
+            see :func:`explainer.activations.infer_token_grid`).
+        prefix_tokens: tokens before the patches (class token...); inferred with the grid.
 
     Returns:
         The bundle (features graph, gradient head, manifest).
@@ -92,6 +139,8 @@ def build_bundle(
         exporters.autodiff.GradientError: the head cannot be differentiated.
     """
     g = model if isinstance(model, Graph) else Graph(model, infer=True)
+    if target_layout == "auto":
+        target_layout = activation_layout(g, target)
     outputs = [o.name for o in g.model.graph.output if o.name != target]
     output = output or (outputs[0] if outputs else None)
     if output is None or output not in outputs:
@@ -118,7 +167,8 @@ def build_bundle(
         "schema_version": SCHEMA_VERSION,
         "input": _value_entry(g, split.features.graph.input[0].name, input_layout),
         "target": {"layer": target_layer or target,
-                   **_value_entry(g, target, target_layout, key="tensor")},
+                   **_value_entry(g, target, target_layout, key="tensor"),
+                   **_tokens(g, target, input_layout, target_layout, token_grid, prefix_tokens)},
         "head": {"inputs": split.cut_tensors, "seed": seed_name, "logits": output,
                  "gradient": gradient_name},
         "num_classes": num_classes,

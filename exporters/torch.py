@@ -192,6 +192,9 @@ def export_torch(
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     dynamo: bool = True,
     dynamic_size: bool = True,
+    layout: str = "auto",
+    token_grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> Bundle:
     """Export a PyTorch classifier as a bundle explained at ``target_layer``.
 
@@ -206,6 +209,12 @@ def export_torch(
         dynamo: use torch.onnx's dynamo exporter (default) or the legacy TorchScript one.
         dynamic_size: keep the input's height and width symbolic where the model allows it
             (dynamo only), so one bundle explains images at any size.
+        layout: layout of the activation: ``"auto"`` (NCHW/NHWC from the graph, else NCHW
+            for feature maps and ``"NLC"`` for transformer tokens [N, L, C]), or one of those.
+        token_grid: ``(h, w)`` of the patch tokens of a token activation; inferred when None
+            (a ViT-B/16 at 224 pixels: 197 tokens = 1 class token + 14 x 14, the class token
+            dropped). Recorded in the manifest.
+        prefix_tokens: the tokens before the patches (class, distillation tokens).
 
     Returns:
         A :class:`explainer.Bundle`.
@@ -213,7 +222,8 @@ def export_torch(
     proto, tensors, paths = export_tapped(
         model, [target_layer], example_input, input_shape, dynamo, dynamic_size
     )
-    return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing)
+    return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing,
+                              layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens)
 
 
 def bundle_from_tapped(
@@ -222,8 +232,12 @@ def bundle_from_tapped(
     layer_path: str,
     labels: str | Sequence[str] | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
+    layout: str = "auto",
+    token_grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> Bundle:
-    """Build the bundle for one tapped tensor of a model exported by :func:`export_tapped`."""
+    """Build the bundle for one tapped tensor of a model exported by :func:`export_tapped`
+    (``layout``, ``token_grid``, ``prefix_tokens`` as for :func:`export_torch`)."""
     logits = proto.graph.output[0].name
     return build_bundle(
         proto,
@@ -233,6 +247,9 @@ def bundle_from_tapped(
         labels=labels,
         preprocessing=preprocessing,
         producer=producer_versions(("torch", "torchvision", "onnxscript")),
+        target_layout=layout,
+        token_grid=token_grid,
+        prefix_tokens=prefix_tokens,
     )
 
 

@@ -18,8 +18,8 @@ import explainer
 
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
-    "bundle", "errors", "gradcheck", "image", "labels", "methods", "preprocessing", "runtime",
-    "targets", "visualize",
+    "activations", "bundle", "errors", "gradcheck", "image", "labels", "methods",
+    "preprocessing", "runtime", "targets", "visualize",
 ]
 
 

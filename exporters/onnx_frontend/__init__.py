@@ -6,7 +6,7 @@ can explain it from. Needs onnx and numpy only (never torch). One module per job
 
 * :mod:`.load`: reading files (external data, old opsets), hashing, a light copy for analysis;
 * :mod:`.outputs`: which output holds the class scores, through a final softmax;
-* :mod:`.layouts`: NCHW/NHWC by propagation through the graph's ops;
+* :mod:`exporters.layouts`: NCHW/NHWC by propagation through the graph's ops;
 * :mod:`.candidates`: the candidate layers and :func:`auto_targets`, the one rule for the
   automatic target (``onnxcam inspect`` and :func:`export_onnx` both use it);
 * :mod:`.rewrites`: edits that make a cut possible (batch size read from the target);
@@ -19,9 +19,9 @@ in chunks of that size.
 from __future__ import annotations
 
 from ..errors import OnnxExportError
+from ..layouts import SUPPORTED_LAYOUTS, detect_layouts
 from .candidates import Candidate, auto_targets
 from .export import candidate_layers, export_onnx
-from .layouts import SUPPORTED_LAYOUTS, detect_layouts
 from .load import file_digest, load_model
 
 __all__ = [

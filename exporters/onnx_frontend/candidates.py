@@ -24,7 +24,7 @@ import numpy as np
 from ..autodiff import differentiable
 from ..errors import OnnxExportError
 from ..graph import Dim, Graph
-from .layouts import SUPPORTED_LAYOUTS, detect_layouts, shape_layout
+from ..layouts import SUPPORTED_LAYOUTS, detect_layouts, shape_layout
 
 __all__ = ["Candidate", "analyse", "auto_targets", "image_input"]
 

@@ -23,8 +23,8 @@ from explainer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ..build import build_bundle
 from ..errors import GradientError, OnnxExportError, SplitError
 from ..graph import Graph
+from ..layouts import SUPPORTED_LAYOUTS, shape_layout
 from .candidates import Candidate, analyse, auto_targets, image_input
-from .layouts import SUPPORTED_LAYOUTS, shape_layout
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
 from .rewrites import read_batch_from

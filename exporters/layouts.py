@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..graph import Dim, Graph, attribute
+from .graph import Dim, Graph, attribute
 
 __all__ = ["SUPPORTED_LAYOUTS", "detect_layouts", "shape_layout"]
 

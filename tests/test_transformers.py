@@ -1,0 +1,88 @@
+"""Transformers through the PyTorch front end: ViT tokens on their grid, Swin's channels-last
+maps; CAMs against PyTorch autograd with the same reshape (pytorch-grad-cam's convention)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
+from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
+
+from explainer import Explainer  # noqa: E402
+from explainer.activations import infer_token_grid  # noqa: E402
+from exporters import export_torch  # noqa: E402
+from exporters.torch import relative_l2, resolve_layer  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def _reference(model, layer, x, class_ids, to_grid):
+    """Grad-CAM by autograd, the activation and its gradient reshaped to [N, C, h, w]."""
+    _, module = resolve_layer(model, layer)
+    store = {}
+    hook = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        logits = model(torch.as_tensor(x))
+    finally:
+        hook.remove()
+    cams = []
+    for k in range(class_ids.shape[1]):
+        score = logits.gather(1, torch.as_tensor(class_ids[:, k : k + 1])).sum()
+        (grad,) = torch.autograd.grad(score, store["a"], retain_graph=True)
+        a, g = to_grid(store["a"]), to_grid(grad)
+        cams.append(torch.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1)).detach())
+    return torch.stack(cams, dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2,
+                             hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+
+
+def test_vit_tokens_on_their_grid_match_autograd(vit):
+    layer = "encoder.layers.encoder_layer_1.ln_1"  # the last block's first LayerNorm
+    bundle = export_torch(vit, layer, input_shape=(1, 3, 64, 64))
+    target = bundle.manifest["target"]
+    assert target["layout"] == "NLC"
+    assert target["token_grid"] == [4, 4] and target["prefix_tokens"] == 1
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    e = Explainer(bundle).explain(x, targets="top2")
+    assert e.cams.shape == (2, 2, 4, 4) and e.heatmaps.shape == (2, 2, 64, 64)
+
+    def to_grid(t):  # drop the class token, tokens row-major on the 4 x 4 grid
+        return t[:, 1:].reshape(t.shape[0], 4, 4, -1).permute(0, 3, 1, 2)
+
+    reference = _reference(vit, layer, x, e.class_ids, to_grid)
+    assert relative_l2(e.cams, reference).max() < 1e-4
+
+
+def test_token_grid_override_is_recorded(vit):
+    bundle = export_torch(vit, "encoder.layers.encoder_layer_1.ln_1", input_shape=(1, 3, 64, 64),
+                          token_grid=(2, 8), prefix_tokens=1)
+    assert bundle.manifest["target"]["token_grid"] == [2, 8]
+    assert Explainer(bundle).explain(np.zeros((1, 3, 64, 64), np.float32)).cams.shape[2:] == (2, 8)
+
+
+@pytest.mark.parametrize("tokens, size, grid, prefix", [
+    (197, (224, 224), (14, 14), 1), (198, (224, 224), (14, 14), 2), (196, None, (14, 14), 0),
+    (129, (128, 256), (8, 16), 1),
+])
+def test_infer_token_grid(tokens, size, grid, prefix):
+    assert infer_token_grid(tokens, size) == (grid, prefix)
+
+
+def test_swin_channels_last_features_match_autograd():
+    torch.manual_seed(0)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                           window_size=[4, 4], num_classes=7).eval()
+    bundle = export_torch(swin, "features", input_shape=(1, 3, 32, 32), dynamic_size=False)
+    assert bundle.manifest["target"]["layout"] == "NHWC"
+    x = np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    e = Explainer(bundle).explain(x, targets="top2")
+    reference = _reference(swin, "features", x, e.class_ids, lambda t: t.permute(0, 3, 1, 2))
+    assert relative_l2(e.cams, reference).max() < 1e-4
