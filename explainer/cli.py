@@ -173,6 +173,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layout_text(candidate: Any) -> str:
+    """The layout column: ``NLC 14x14+1`` for tokens (grid and prefix tokens)."""
+    if candidate.layout == "NLC" and candidate.token_grid:
+        h, w = candidate.token_grid
+        return f"NLC {h}x{w}+{candidate.prefix_tokens}"
+    return candidate.layout or "?"
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .bridge import auto_targets, candidate_layers
 
@@ -188,7 +196,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "[" + ", ".join(str(d) for d in c.shape) + "]",
             c.node,
             c.op_type,
-            c.layout or "?",
+            _layout_text(c),
             "yes" if c.clean_cut else "no",
             "yes" if c.differentiable else "no",
             ", ".join(c.unsupported_ops),

@@ -86,3 +86,26 @@ def test_swin_channels_last_features_match_autograd():
     e = Explainer(bundle).explain(x, targets="top2")
     reference = _reference(swin, "features", x, e.class_ids, lambda t: t.permute(0, 3, 1, 2))
     assert relative_l2(e.cams, reference).max() < 1e-4
+
+
+def test_deployed_vit_auto_target_is_the_last_blocks_first_layernorm(vit, tmp_path):
+    """A plain torch.onnx export (no tap), explained through the ONNX front end: the auto
+    target is the LayerNorm feeding the last attention, and the CAMs equal autograd's there."""
+    from exporters import auto_targets, candidate_layers, export_onnx
+
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(vit, (torch.randn(2, 3, 64, 64),), str(path), dynamo=True,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    first = auto_targets(candidate_layers(path))[0]
+    assert first.layout == "NLC" and first.token_grid == (4, 4) and first.feeds_attention
+    bundle = export_onnx(path)
+    assert bundle.manifest["target"]["tensor"] == first.tensor
+    x = np.random.default_rng(2).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    e = Explainer(bundle).explain(x, targets="top2")
+
+    def to_grid(t):
+        return t[:, 1:].reshape(t.shape[0], 4, 4, -1).permute(0, 3, 1, 2)
+
+    reference = _reference(vit, "encoder.layers.encoder_layer_1.ln_1", x, e.class_ids, to_grid)
+    assert relative_l2(e.cams, reference).max() < 1e-4

@@ -13,6 +13,13 @@
   is an identity at the native resolution); for SqueezeNet the ReLU after the classifier's
   final 1x1 convolution. A tensor is *spatial* when it has rank 4 and its height and width
   are not both 1.
+* **Token models.** A model with attention (a ``Softmax`` over rank >= 3 scores on the path)
+  is explained from its tokens ``[N, L, C]`` (layout ``"NLC"``): the auto target is the
+  ``LayerNormalization`` that feeds the last attention, i.e. the last block's first
+  LayerNorm, as pytorch-grad-cam recommends for ViT. Token candidates are LayerNorm outputs;
+  they need not be clean cuts (the residual stream also crosses the cut, and the gradient
+  is the one through the attention branch, as autograd gives it at that tensor). Their grid
+  comes from :func:`explainer.activations.infer_token_grid`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from explainer.activations import infer_token_grid
+from explainer.errors import OnnxcamError
 
 from ..autodiff import differentiable
 from ..errors import OnnxExportError
@@ -52,10 +62,16 @@ class Candidate:
     differentiable: bool
     unsupported_ops: tuple[str, ...] = field(default=())
     clean_cut: bool = True
+    token_grid: tuple[int, int] | None = None
+    prefix_tokens: int | None = None
+    feeds_attention: bool = False
 
     @property
     def explainable(self) -> bool:
-        """Whether ``target="auto"`` may pick it (clean cut, differentiable, known layout)."""
+        """Whether ``target="auto"`` may pick it: differentiable, a known layout, and a clean
+        cut for feature maps (tokens need not be)."""
+        if self.layout == "NLC":
+            return self.differentiable and self.token_grid is not None
         return self.clean_cut and self.differentiable and self.layout in SUPPORTED_LAYOUTS
 
 
@@ -67,12 +83,15 @@ def auto_targets(candidates: list[Candidate], layout: str = "auto") -> list[Cand
         layout: the layout the caller forces, or ``"auto"``; a forced layout stands in for an
             unknown one.
     """
-    pickable = [
+    tokens = [c for c in candidates if c.layout == "NLC" and c.explainable]
+    maps = [
         c for c in candidates
-        if c.clean_cut and c.differentiable
+        if c.layout != "NLC" and c.clean_cut and c.differentiable
         and (layout != "auto" or c.layout in SUPPORTED_LAYOUTS)
     ]
-    return pickable[::-1]
+    if any(c.feeds_attention for c in tokens):  # a transformer: its tokens first
+        return sorted(tokens[::-1], key=lambda c: not c.feeds_attention) + maps[::-1]
+    return maps[::-1] + tokens[::-1]
 
 
 def image_input(g: Graph) -> str:
@@ -142,9 +161,15 @@ def analyse(g: Graph, output: str) -> tuple[list[Candidate], dict[str, str]]:
         )
     position, jumped = _positions(g, source, nodes, tensors, output)
     blocked = _blocked(g, nodes, tensors)
+    attention_norm = _last_attention_norm(g, nodes)
     candidates = []
     for name, pos in position.items():
-        if name in (source, output) or g.rank(name) != 4 or not g.is_float(name):
+        if name in (source, output) or not g.is_float(name):
+            continue
+        if g.rank(name) == 3 and g.nodes[g.producer[name]].op_type == "LayerNormalization":
+            candidates.append(_token_candidate(g, name, blocked, name == attention_norm))
+            continue
+        if g.rank(name) != 4:
             continue
         shape = g.shape(name) or ()
         layout = layouts.get(name) or shape_layout(shape)
@@ -155,9 +180,7 @@ def analyse(g: Graph, output: str) -> tuple[list[Candidate], dict[str, str]]:
         if sum(1 for d in spatial if d != 1) < (2 if layout is None else 1):
             continue
         producer = g.producer[name]
-        ops = tuple(
-            f"{g.nodes[u].op_type} ({g.node_name(u)})" for u in sorted(set(blocked.get(name, [])))
-        )
+        ops = _unsupported(g, name, blocked)
         candidates.append(Candidate(
             tensor=name,
             shape=tuple(shape),
@@ -169,3 +192,56 @@ def analyse(g: Graph, output: str) -> tuple[list[Candidate], dict[str, str]]:
             clean_cut=not bool(jumped[pos]),
         ))
     return candidates, layouts
+
+
+def _unsupported(g: Graph, name: str, blocked: dict[str, list[int]]) -> tuple[str, ...]:
+    return tuple(
+        f"{g.nodes[u].op_type} ({g.node_name(u)})" for u in sorted(set(blocked.get(name, [])))
+    )
+
+
+def _last_attention_norm(g: Graph, nodes: list[int]) -> str | None:
+    """The LayerNorm output nearest upstream of the last attention Softmax on the path."""
+    attention = [i for i in nodes if g.nodes[i].op_type == "Softmax"
+                 and (g.rank(g.nodes[i].input[0]) or 0) >= 3]
+    if not attention:
+        return None
+    frontier, seen = [attention[-1]], set()
+    while frontier:  # breadth first: the nearest LayerNorm
+        following = []
+        for i in frontier:
+            for name in g.nodes[i].input:
+                p = g.producer.get(name)
+                if p is None or p in seen:
+                    continue
+                seen.add(p)
+                if g.nodes[p].op_type == "LayerNormalization" and g.rank(name) == 3:
+                    return name
+                following.append(p)
+        frontier = following
+    return None
+
+
+def _token_candidate(
+    g: Graph, name: str, blocked: dict[str, list[int]], feeds_attention: bool
+) -> Candidate:
+    """A ``[N, L, C]`` LayerNorm output, with its token grid when one fits."""
+    shape = g.shape(name) or ()
+    source = g.shape(image_input(g)) or ()
+    size = None
+    if len(source) == 4 and all(isinstance(d, int) for d in source[1:]):
+        size = (source[2], source[3]) if source[1] in (1, 3, 4) else (source[1], source[2])
+    grid, prefix = None, None
+    if isinstance(shape[1], int):
+        try:
+            grid, prefix = infer_token_grid(shape[1], size)
+        except OnnxcamError:
+            pass
+    ops = _unsupported(g, name, blocked)
+    producer = g.producer[name]
+    return Candidate(
+        tensor=name, shape=tuple(shape), node=g.node_name(producer),
+        op_type=g.nodes[producer].op_type, layout="NLC", differentiable=not ops,
+        unsupported_ops=ops, clean_cut=False, token_grid=grid, prefix_tokens=prefix,
+        feeds_attention=feeds_attention,
+    )

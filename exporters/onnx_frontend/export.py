@@ -135,11 +135,13 @@ def _notes(g: Graph, model: Any, target: str, notes: dict[str, Any]) -> dict[str
 
 
 def _build(
-    g: Graph, candidate: tuple[str, str, str], layout: str | None, options: dict[str, Any]
+    g: Graph, candidate: tuple[str, str, str], layout: str | None, options: dict[str, Any],
+    token: Candidate | None = None,
 ) -> Bundle:
-    """The bundle for one target: (tensor, node, op) at ``layout``."""
+    """The bundle for one target: (tensor, node, op) at ``layout`` (``token``: the candidate
+    whose grid an ``"NLC"`` target takes)."""
     tensor, node, op = candidate
-    if layout not in SUPPORTED_LAYOUTS:
+    if layout not in (*SUPPORTED_LAYOUTS, "NLC"):
         raise OnnxExportError(
             f"cannot tell the layout of tensor {tensor!r} ({op} node {node!r}, shape "
             f"{g.shape(tensor)}); pass layout='NCHW' or 'NHWC'"
@@ -148,6 +150,8 @@ def _build(
         read_batch_from(g, tensor), tensor, output=options["explained"], target_layer=node,
         input_layout=options["input_layout"], target_layout=layout, labels=options["labels"],
         preprocessing=options["preprocessing"], producer={"exporter": "onnxcam.exporters.onnx"},
+        token_grid=token.token_grid if token else None,
+        prefix_tokens=token.prefix_tokens if token else None,
     )
     bundle.manifest["export"] = options["notes"]
     restore_weights([bundle.features, bundle.head], options["weights"])
@@ -170,9 +174,10 @@ def _build_auto(
         )
     errors = []
     for c in tries:
-        chosen = layout if layout != "auto" else c.layout
+        chosen = layout if layout != "auto" and c.layout != "NLC" else c.layout
         try:
-            bundle = _build(g, (c.tensor, c.node, c.op_type), chosen, options)
+            bundle = _build(g, (c.tensor, c.node, c.op_type), chosen, options,
+                            c if c.layout == "NLC" else None)
         except (GradientError, SplitError) as err:
             log.warning("candidate %s failed (%s); trying the one before", c.tensor, err)
             errors.append(f"{c.tensor}: {err}")
@@ -244,11 +249,15 @@ def export_onnx(
     if target == "auto":
         return _build_auto(g, candidates, layout, options)
     tensor, node, op = _resolve_target(g, candidates, target)
-    if g.rank(tensor) != 4:
+    if g.rank(tensor) not in (3, 4):
         raise OnnxExportError(
             f"target tensor {tensor!r} ({op} node {node!r}) has shape {g.shape(tensor)}; "
-            "Grad-CAM needs a rank-4 spatial activation (see `onnxcam inspect`)"
+            "Grad-CAM needs a rank-4 spatial activation or rank-3 tokens (see `onnxcam inspect`)"
         )
-    chosen = layout if layout != "auto" else (layouts.get(tensor) or shape_layout(g.shape(tensor)))
+    if g.rank(tensor) == 3:
+        chosen = "NLC"
+    else:
+        chosen = layout if layout != "auto" else (
+            layouts.get(tensor) or shape_layout(g.shape(tensor)))
     log.info("target %s (%s node %s, %s)", tensor, op, node, chosen)
     return _build(g, (tensor, node, op), chosen, options)

@@ -41,10 +41,11 @@ def read_batch_from(g: Graph, target: str) -> Graph:
     if batch is None:
         return g
     upstream = g.active(g.graph_inputs()[0]) - {target}
+    feeding_target = g.ancestors([target])  # such a Shape must keep its input (no cycle)
     rewrites = []
     for i, node in enumerate(g.nodes):
         source = node.input[0] if node.op_type == "Shape" else None
-        if source is None or source == target or source not in upstream:
+        if source is None or source == target or source not in upstream or i in feeding_target:
             continue
         shape = g.shape(source) or (None,)
         if shape[0] != batch:
