@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import io
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from explainer.image import (
     ImageError,
     Preprocessing,
+    load_image,
     normalize_maps,
     prepare_image,
     preprocess,
@@ -102,3 +108,273 @@ def test_normalize_maps_in_place():
     out = normalize_maps(maps, copy=False)
     assert out is maps or np.shares_memory(out, maps)
     np.testing.assert_allclose(maps[0], [[0, 1 / 3], [2 / 3, 1]], rtol=1e-6)
+
+
+# --- every odd image decodes to the pixels of its 8-bit RGB twin ---------------------------------
+
+def _chelsea() -> np.ndarray:
+    """A real photo (scikit-image's chelsea, 300x451 RGB uint8)."""
+    return pytest.importorskip("skimage.data").chelsea()
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def _as_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _over_white(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Reference compositing in float: round((c * a + 255 * (255 - a)) / 255)."""
+    a = alpha.astype(np.float64)[..., None]
+    return np.round((color.astype(np.float64) * a + 255.0 * (255.0 - a)) / 255.0).astype(np.uint8)
+
+
+def _alpha_ramp(shape: tuple[int, int]) -> np.ndarray:
+    """Alpha from 0 (left, fully transparent) to 255 (right, opaque), a fully opaque top band."""
+    alpha = np.broadcast_to(np.linspace(0, 255, shape[1]).round().astype(np.uint8), shape).copy()
+    alpha[:20] = 255
+    return alpha
+
+
+def _loaded(tmp_path, img: Image.Image, name: str, **save) -> np.ndarray:
+    path = tmp_path / name
+    img.save(path, **save)
+    out = load_image(path)
+    assert out.mode == "RGB"
+    return np.asarray(out)
+
+
+def test_grayscale_png_equals_its_rgb_twin(tmp_path):
+    gray = _gray(_chelsea())
+    np.testing.assert_array_equal(_loaded(tmp_path, Image.fromarray(gray, "L"), "g.png"),
+                                  _as_rgb(gray))
+    np.testing.assert_array_equal(np.asarray(load_image(gray)), _as_rgb(gray))  # HxW array
+
+
+def test_gray_with_alpha_is_composited_on_white(tmp_path):
+    gray = _gray(_chelsea())
+    alpha = _alpha_ramp(gray.shape)
+    la = Image.fromarray(np.stack([gray, alpha], axis=2), "LA")
+    out = _loaded(tmp_path, la, "la.png")
+    np.testing.assert_array_equal(out, _over_white(_as_rgb(gray), alpha))
+    np.testing.assert_array_equal(out[:20], _as_rgb(gray)[:20])  # opaque: the gray twin
+    np.testing.assert_array_equal(out[:, 0][20:], 255)  # fully transparent: the background
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgb = _chelsea()
+    alpha = _alpha_ramp(rgb.shape[:2])
+    rgba = np.concatenate([rgb, alpha[..., None]], axis=2)
+    expected = _over_white(rgb, alpha)
+    np.testing.assert_array_equal(_loaded(tmp_path, Image.fromarray(rgba, "RGBA"), "a.png"),
+                                  expected)
+    np.testing.assert_array_equal(np.asarray(load_image(rgba)), expected)  # HxWx4 array
+    np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(rgba, "RGBA"))), expected)
+    opaque = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(np.asarray(load_image(opaque)), rgb)
+
+
+def test_palette_image_with_and_without_transparency(tmp_path):
+    quantized = Image.fromarray(_chelsea()).quantize(64)
+    twin = np.asarray(quantized.convert("RGB"))
+    np.testing.assert_array_equal(_loaded(tmp_path, quantized, "p.png"), twin)
+    index = np.asarray(quantized)
+    clear = int(np.bincount(index.ravel()).argmax())  # the most used palette entry
+    out = _loaded(tmp_path, quantized, "pt.png", transparency=clear)
+    assert Image.open(tmp_path / "pt.png").info.get("transparency") is not None
+    hidden = index == clear
+    assert hidden.any() and not hidden.all()
+    np.testing.assert_array_equal(out[hidden], 255)
+    np.testing.assert_array_equal(out[~hidden], twin[~hidden])
+
+
+def test_cmyk_jpeg_matches_its_rgb_twin(tmp_path):
+    rgb = _chelsea()
+    cmyk_path, rgb_path = tmp_path / "cmyk.jpg", tmp_path / "rgb.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(cmyk_path, quality=95)
+    Image.fromarray(rgb).save(rgb_path, quality=95)
+    assert Image.open(cmyk_path).mode == "CMYK"
+    out = np.asarray(load_image(cmyk_path)).astype(int)
+    twin = np.asarray(load_image(rgb_path)).astype(int)
+    # both are lossy copies of the same photo: as close to it as the RGB JPEG is
+    assert np.abs(out - rgb).mean() < 2 and np.abs(twin - rgb).mean() < 2
+    assert np.abs(out - twin).mean() < 3
+
+
+def test_16_bit_grayscale_png_is_scaled_not_saturated(tmp_path):
+    gray = _gray(_chelsea())
+    offsets = np.random.default_rng(0).integers(-128, 128, gray.shape)
+    deep = np.clip(gray.astype(np.int64) * 257 + offsets, 0, 65535).astype(np.uint16)
+    path = tmp_path / "g16.png"
+    Image.fromarray(deep).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I;16")
+        assert (np.asarray(img.convert("RGB")) == 255).mean() > 0.9  # Pillow's own: white
+    np.testing.assert_array_equal(np.asarray(load_image(path)), _as_rgb(gray))
+    big_endian = Image.frombuffer("I;16B", deep.shape[::-1], deep.astype(">u2").tobytes())
+    np.testing.assert_array_equal(np.asarray(load_image(big_endian)), _as_rgb(gray))
+
+
+def test_32_bit_integer_image_is_taken_as_16_bit_range(tmp_path):
+    gray = _gray(_chelsea())
+    values = gray.astype(np.int32) * 257
+    values[0, :10] = 70000  # above 65535: clipped to white
+    values[1, :10] = -5  # below 0: clipped to black
+    expected = _as_rgb(gray)
+    expected[0, :10], expected[1, :10] = 255, 0
+    img = Image.fromarray(values)
+    assert img.mode == "I"
+    np.testing.assert_array_equal(_loaded(tmp_path, img, "i.tif"), expected)
+
+
+def test_float_image_is_taken_as_0_to_1(tmp_path):
+    gray = _gray(_chelsea())
+    values = gray.astype(np.float32) / 255
+    values[0, :10], values[1, :10], values[2, :10] = 1.5, -0.5, np.nan
+    expected = _as_rgb(gray)
+    expected[0, :10], expected[1, :10], expected[2, :10] = 255, 0, 0
+    img = Image.fromarray(values)
+    assert img.mode == "F"
+    np.testing.assert_array_equal(_loaded(tmp_path, img, "f.tif"), expected)
+
+
+# stored pixels for each EXIF orientation, given the upright picture (EXIF 2.3, tag 0x0112)
+_STORED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, 1),  # shown after turning 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, -1),  # shown after turning 90 degrees counterclockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    upright = _chelsea()
+    stored = np.ascontiguousarray(_STORED[orientation](upright))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(stored).save(path, quality=95, exif=exif.tobytes())
+    out = np.asarray(load_image(path)).astype(int)
+    assert out.shape == upright.shape
+    assert np.abs(out - upright).mean() < 2.5
+    if orientation != 1:  # the stored pixels, taken as they are, are another picture
+        raw = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        assert raw.shape != upright.shape or np.abs(raw - upright).mean() > 20
+
+
+# --- broken files are ImageError naming the file and the problem ----------------------------------
+
+def _jpeg_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_chelsea()).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(_chelsea()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _corrupt(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0x5A for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "problem"),
+    [
+        ("empty.png", lambda: b"", "empty"),
+        ("notes.txt", lambda: b"a text file, not a picture\n" * 20, "not an image"),
+        ("fake.jpg", lambda: b"\xff\xd8\xff\xe0 and then nonsense", "not an image|corrupt"),
+        ("truncated.jpg", lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2], "truncated"),
+        ("truncated.png", lambda: _png_bytes()[: len(_png_bytes()) // 2], "truncated"),
+        ("corrupt.png", lambda: _corrupt(_png_bytes()), "corrupt"),
+    ],
+)
+def test_broken_files_raise_image_error(tmp_path, name, make, problem):
+    path = tmp_path / name
+    path.write_bytes(make())
+    with pytest.raises(ImageError, match=problem) as caught:
+        load_image(path)
+    assert name in str(caught.value)
+    with pytest.raises(ImageError, match=name.replace(".", r"\.")):
+        preprocess([path], Preprocessing())
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # never switched on to half-decode
+
+
+def test_truncated_pil_image_is_an_image_error(tmp_path):
+    path = tmp_path / "cut.jpg"
+    data = _jpeg_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with Image.open(path) as img, pytest.raises(ImageError, match="truncated"):
+        load_image(img)
+
+
+# --- decompression bombs are refused from the header ----------------------------------------------
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 8-bit gray pixels, with almost no data."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_bomb_over_the_default_limit_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(10_000, 10_000))  # 1e8 > Pillow's 89,478,485
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageError) as caught:
+            load_image(path)
+    message = str(caught.value)
+    # a size error, not a decoding error: the header was checked before any pixel was decoded
+    for part in ("bomb.png", "10000x10000", "100,000,000", f"{before:,}", "max_pixels"):
+        assert part in message, message
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_bomb_over_pillows_hard_limit_names_it(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header_only(20_000, 20_000))
+    with pytest.raises(ImageError, match=r"huge\.png.*MAX_IMAGE_PIXELS"):
+        load_image(path, max_pixels=10**9)
+
+
+def test_max_pixels_is_threaded_through(tmp_path):
+    path = tmp_path / "cat.png"
+    Image.fromarray(_chelsea()).save(path)  # 451 x 300 = 135,300 pixels
+    pre = Preprocessing(resize=(32, 32), crop=None)
+    for call in (lambda m: load_image(path, max_pixels=m),
+                 lambda m: prepare_image(path, pre, max_pixels=m),
+                 lambda m: preprocess([path], pre, max_pixels=m)):
+        with pytest.raises(ImageError, match=r"cat\.png: 451x300 = 135,300 pixels.*100,000"):
+            call(100_000)
+        call(135_300)  # exactly at the limit is fine
+    with pytest.raises(ImageError, match="max_pixels"):
+        load_image(_chelsea(), max_pixels=1000)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485
+
+
+def test_default_limit_follows_pillows_setting(tmp_path, monkeypatch):
+    path = tmp_path / "cat.png"
+    Image.fromarray(_chelsea()).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # a user's own global choice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageError, match="100,000"):
+            load_image(path)
+        assert load_image(path, max_pixels=200_000).size == (451, 300)

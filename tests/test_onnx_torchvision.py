@@ -46,47 +46,43 @@ EXPECTED = {
     "googlenet": "inception5b",
 }
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True}}
-_CACHE: dict[str, tuple] = {}
 
 
-def _exported(name: str, folder) -> tuple:
-    """(model, input, Explainer of the auto-target bundle, reference activation), cached."""
-    if name not in _CACHE:
-        torch.manual_seed(0)
-        model = getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {}))
-        model = recalibrate_batchnorm(model, (4, 3, 112, 112), batches=1)
-        x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-        start = time.perf_counter()
-        program = torch.onnx.export(
-            model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-            input_names=["input"], verbose=False,
-        )
-        path = folder / f"{name}.onnx"
-        program.save(str(path))
-        exported = time.perf_counter()
-        explainer = Explainer(export_onnx(path))
-        print(f"{name}: torch export {exported - start:.1f}s, "
-              f"export_onnx + sessions {time.perf_counter() - exported:.1f}s")
+@pytest.fixture(scope="module", params=list(EXPECTED))
+def exported(request, tmp_path_factory) -> tuple:
+    """(name, input, Explainer of the auto-target bundle, reference activation) of one model.
 
-        store = {}
-        module = model.get_submodule(EXPECTED[name])
-        hook = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-        with torch.no_grad():
-            model(x)
-        hook.remove()
-        _CACHE[name] = (model, x.numpy(), explainer, store["a"].numpy())
-    return _CACHE[name]
+    Module-scoped and parametrized: pytest runs every test of one model before exporting the
+    next, so each model is exported once and only one is held in memory at a time.
+    """
+    name = request.param
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {}))
+    model = recalibrate_batchnorm(model, (4, 3, 112, 112), batches=1)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    program = torch.onnx.export(
+        model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+        input_names=["input"], verbose=False,
+    )
+    path = tmp_path_factory.mktemp("torchvision_onnx") / f"{name}.onnx"
+    program.save(str(path))
+    exported = time.perf_counter()
+    explainer = Explainer(export_onnx(path))
+    print(f"{name}: torch export {exported - start:.1f}s, "
+          f"export_onnx + sessions {time.perf_counter() - exported:.1f}s")
 
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    yield tmp_path_factory.mktemp("torchvision_onnx")
-    _CACHE.clear()
+    store = {}
+    module = model.get_submodule(EXPECTED[name])
+    hook = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return name, x.numpy(), explainer, store["a"].numpy()
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
-def test_auto_target_is_the_expected_layer(name, folder):
-    _, x, explainer, reference = _exported(name, folder)
+def test_auto_target_is_the_expected_layer(exported):
+    _, x, explainer, reference = exported
     target = explainer.bundle.manifest["target"]
     assert target["layout"] == "NCHW"
     ours = explainer._run_features(x)[explainer.head_inputs[0]]
@@ -96,9 +92,8 @@ def test_auto_target_is_the_expected_layer(name, folder):
     np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-4 * scale)
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
-def test_gradient_self_check_agrees_with_finite_differences(name, folder):
-    _, x, explainer, _ = _exported(name, folder)
+def test_gradient_self_check_agrees_with_finite_differences(exported):
+    name, x, explainer, _ = exported
     report = check_gradients(explainer.bundle, x, explainer=explainer)
     print(f"{name}: max relative error {report.max_error:.2e}")
     assert report.passed, str(report)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
@@ -24,38 +24,89 @@ def _inputs(batch: int = 3, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(batch, 3, 16, 16)).astype(np.float32)
 
 
-def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2):
-    """Grad-CAM from a central-difference gradient of the head (independent of our autodiff);
-    other tensors crossing the cut are held fixed."""
+def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2, spacing=3):
+    """Grad-CAM from central differences of the head (independent of our autodiff); other
+    tensors crossing the cut are held fixed.
+
+    Grad-CAM needs only ``alpha_c = mean_hw dScore/dA[c, h, w]``, a sum of per-element
+    derivatives. The test heads read the activation through one 3x3, stride-1 convolution and
+    then only per-position ops, global average pooling and a linear layer, so elements of a
+    channel that lie ``spacing`` (3) rows or columns apart change disjoint convolution outputs:
+    their effects on the logits add up exactly. Shifting such a grid of elements by +-eps at
+    once gives the sum of their per-element central differences, each element still moved by
+    eps alone within its convolution window (the same ReLU kinks as one-at-a-time). The
+    C * spacing**2 grids of an image, shifted up and down, go through ONNX Runtime as one batch,
+    each row giving the logits of every class.
+    """
     split = split_model(infer_shapes(model), target, ["logits"])
     features = ort.InferenceSession(split.features.SerializeToString())
     cut = dict(zip(split.cut_tensors, features.run(None, {"input": x})))
     act = cut[target]
+    convs = [n for n in split.head.graph.node if n.op_type == "Conv"]
+    kernels = {i.name: tuple(i.dims[2:]) for i in split.head.graph.initializer}
+    assert len(convs) == 1 and kernels[convs[0].input[1]] == (spacing, spacing), (
+        "the grid shifts assume one 3x3 stride-1 convolution in the head"
+    )
+    assert all(a.name != "strides" or list(a.ints) == [1, 1] for a in convs[0].attribute)
     head = ort.InferenceSession(split.head.SerializeToString())
+    channels, height, width = act.shape[1:]
+    grids = channels * spacing * spacing
+    steps = np.zeros((channels, spacing, spacing, channels, height, width), np.float32)
+    for c in range(channels):
+        for i in range(spacing):
+            for j in range(spacing):
+                steps[c, i, j, c, i::spacing, j::spacing] = np.float32(eps)
+    steps = steps.reshape(grids, channels, height, width)
 
-    def logit(b, c, a):
-        feeds = {n: v[b : b + 1] for n, v in cut.items()}
-        return head.run(None, {**feeds, target: a})[0][0, c]
-
-    cams = np.zeros((x.shape[0], class_ids.shape[1], *act.shape[2:]))
+    cams = np.zeros((x.shape[0], class_ids.shape[1], height, width))
     for b in range(x.shape[0]):
+        shifted = np.concatenate([act[b] + steps, act[b] - steps])  # [2G, C, H, W]
+        feeds = {n: np.repeat(v[b : b + 1], 2 * grids, axis=0) for n, v in cut.items()}
+        logits = head.run(None, {**feeds, target: shifted})[0].astype(np.float64)  # [2G, K]
+        sums = ((logits[:grids] - logits[grids:]) / (2 * eps)).reshape(channels, -1, len(logits[0]))
+        alphas = sums.sum(axis=1) / (height * width)  # [C, K]
         for k, c in enumerate(class_ids[b]):
-            grad = np.zeros_like(act[b : b + 1], dtype=np.float64)
-            for idx in np.ndindex(grad.shape):
-                up, down = act[b : b + 1].copy(), act[b : b + 1].copy()
-                up[idx] += eps
-                down[idx] -= eps
-                grad[idx] = (logit(b, c, up) - logit(b, c, down)) / (2 * eps)
-            weights = grad.mean(axis=(2, 3))[0]
-            cams[b, k] = np.maximum(np.einsum("c,chw->hw", weights, act[b]), 0)
+            cams[b, k] = np.maximum(np.einsum("c,chw->hw", alphas[:, c], act[b]), 0)
     return cams
+
+
+def _assert_cams_match_finite_differences(cams, ref):
+    np.testing.assert_allclose(cams, ref, rtol=2e-3, atol=2e-4 * np.abs(ref).max())
 
 
 def test_explain_matches_finite_difference_gradcam(bundle, tiny_cnn):
     x = _inputs(2)
     e = Explainer(bundle, optimization="none").explain(x, targets=[[0, 3], [4, 1]])
     ref = _finite_difference_cams(tiny_cnn, x, e.class_ids)
-    np.testing.assert_allclose(e.cams, ref, rtol=2e-3, atol=2e-4 * np.abs(ref).max())
+    _assert_cams_match_finite_differences(e.cams, ref)
+
+
+def _with_wrong_gradient(bundle: Bundle, factor: np.ndarray) -> Bundle:
+    """The bundle with its head's gradient output multiplied by ``factor`` [1, C, 1, 1]."""
+    wrong = copy.deepcopy(bundle)
+    graph = wrong.head.graph
+    name = wrong.manifest["head"]["gradient"]
+    producer = next(n for n in graph.node if name in n.output)
+    producer.output[list(producer.output).index(name)] = name + "_true"
+    graph.initializer.append(numpy_helper.from_array(factor.astype(np.float32), "wrong_factor"))
+    graph.node.append(helper.make_node("Mul", [name + "_true", "wrong_factor"], [name]))
+    return wrong
+
+
+def _fault_factor(fault: str, channels: int = 8) -> np.ndarray:
+    factor = np.full(channels, 1.2) if fault == "scaled by 1.2" else np.arange(channels) % 2.0
+    return factor.reshape(1, channels, 1, 1)
+
+
+@pytest.mark.parametrize("fault", ["scaled by 1.2", "half the channels zeroed"])
+def test_finite_difference_check_catches_a_wrong_gradient(bundle, tiny_cnn, fault):
+    """The comparison above is sharp enough: a head whose gradient is off fails it."""
+    wrong = _with_wrong_gradient(bundle, _fault_factor(fault))
+    x = _inputs(2)
+    e = Explainer(wrong, optimization="none").explain(x, targets=[[0, 3], [4, 1]])
+    ref = _finite_difference_cams(tiny_cnn, x, e.class_ids)
+    with pytest.raises(AssertionError):
+        _assert_cams_match_finite_differences(e.cams, ref)
 
 
 def test_explanation_fields(bundle):
@@ -171,9 +222,8 @@ def test_bundle_load_errors(bundle, tmp_path):
         Bundle.load(path)
 
 
-def test_head_with_a_skip_tensor_across_the_cut(tiny_cnn):
-    """A residual edge crossing the cut makes the head read two tensors: the runtime then runs
-    the head once per target column and must still give finite-difference Grad-CAM."""
+def _with_skip_across_the_cut(tiny_cnn):
+    """tiny_cnn with conv2 kept at 16x16 and a residual Add(act, r1) feeding conv3."""
     model = copy.deepcopy(tiny_cnn)
     graph = model.graph
     conv2 = next(n for n in graph.node if n.name == "conv2")
@@ -183,12 +233,34 @@ def test_head_with_a_skip_tensor_across_the_cut(tiny_cnn):
     conv3.input[0] = "skip"
     index = [n.name for n in graph.node].index("conv3")
     graph.node.insert(index, helper.make_node("Add", ["act", "r1"], ["skip"], name="skip_add"))
+    return model
+
+
+def _assert_skip_cams_match_finite_differences(cams, ref):
+    error = np.linalg.norm((cams - ref).reshape(6, -1), axis=1) / np.linalg.norm(
+        ref.reshape(6, -1), axis=1
+    )
+    assert error.max() < 2e-3, error
+
+
+def test_head_with_a_skip_tensor_across_the_cut(tiny_cnn):
+    """A residual edge crossing the cut makes the head read two tensors: the runtime then runs
+    the head once per target column and must still give finite-difference Grad-CAM."""
+    model = _with_skip_across_the_cut(tiny_cnn)
     bundle = build_bundle(model, "act")
     assert bundle.manifest["head"]["inputs"] == ["act", "r1"]
     x = _inputs(2)
     e = Explainer(bundle, optimization="none").explain(x, targets=[[0, 3, 1], [4, 1, 2]])
     ref = _finite_difference_cams(model, x, e.class_ids)
-    error = np.linalg.norm((e.cams - ref).reshape(6, -1), axis=1) / np.linalg.norm(
-        ref.reshape(6, -1), axis=1
-    )
-    assert error.max() < 2e-3, error
+    _assert_skip_cams_match_finite_differences(e.cams, ref)
+
+
+@pytest.mark.parametrize("fault", ["scaled by 1.2", "half the channels zeroed"])
+def test_skip_finite_difference_check_catches_a_wrong_gradient(tiny_cnn, fault):
+    model = _with_skip_across_the_cut(tiny_cnn)
+    wrong = _with_wrong_gradient(build_bundle(model, "act"), _fault_factor(fault))
+    x = _inputs(2)
+    e = Explainer(wrong, optimization="none").explain(x, targets=[[0, 3, 1], [4, 1, 2]])
+    ref = _finite_difference_cams(model, x, e.class_ids)
+    with pytest.raises(AssertionError):
+        _assert_skip_cams_match_finite_differences(e.cams, ref)

@@ -56,7 +56,8 @@ LAST_TOL = 1e-4
 EARLY_TOL, EARLY_FRACTION, EARLY_MAX = 1e-3, 0.95, 5e-2
 
 
-def _photos() -> np.ndarray:
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
     """Real photos (scikit-image's chelsea and coffee), ImageNet-normalized, as a batch of 2.
 
     White-noise inputs through random-weight networks make Grad-CAM ill-conditioned: the
@@ -69,9 +70,6 @@ def _photos() -> np.ndarray:
     folder = os.path.dirname(skimage_data.__file__)
     return preprocess([os.path.join(folder, f"{n}.png") for n in ("chelsea", "coffee")],
                       Preprocessing())
-
-
-PHOTOS = _photos()
 
 
 def build_model(name: str, seed: int = 0) -> torch.nn.Module:
@@ -115,14 +113,14 @@ def _float32_noise_check(name, model, layer, inputs, reports) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("name", list(STAGES))
-def test_bundle_cams_match_pytorch_autograd(name):
+def test_bundle_cams_match_pytorch_autograd(name, photos):
     model = build_model(name)
     stages = STAGES[name]
     start = time.perf_counter()
     proto, tensors, _ = export_tapped(model, stages)
     export_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    inputs = PHOTOS
+    inputs = photos
     num_classes = 1000
     targets = rng.choice(num_classes, size=(2, 2), replace=False)
     failures = []
