@@ -387,3 +387,37 @@ def test_kink_conventions_match_torch() -> None:
     ty = torch.maximum(tx, torch.zeros(6)) + torch.nn.functional.relu6(tx) + torch.relu(tx)
     (expected,) = torch.autograd.grad(ty, tx, torch.from_numpy(seed))
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+
+
+def test_several_wrt_in_one_backward_pass() -> None:
+    """Gradients w.r.t. the input and an intermediate tensor (a layer sweep) equal the
+    gradients of two separate graphs."""
+    nodes = [
+        helper.make_node("Relu", ["A"], ["r"], name="relu"),
+        helper.make_node("Mul", ["r", "w"], ["m"], name="mul"),
+        helper.make_node("Tanh", ["m"], ["t"], name="tanh"),
+        helper.make_node("ReduceSum", ["t"], ["y"], name="sum", keepdims=0),
+    ]
+    model = _model(nodes, [("A", ["batch", 4, 3])], [("y", [])], [("w", _f32(4, 3))])
+    both = build_gradient_graph(model, ["A", "m"], "y", gradient_name=["dA", "dm"])
+    feeds = {"A": _f32(2, 4, 3), "seed": np.array(0.7, np.float32)}
+    session = ort.InferenceSession(both.SerializeToString(), providers=["CPUExecutionProvider"])
+    d_a, d_m = session.run(["dA", "dm"], feeds)
+    np.testing.assert_allclose(d_a, _run(build_gradient_graph(model, "A", "y"), feeds), rtol=1e-6)
+    np.testing.assert_allclose(d_m, _run(build_gradient_graph(model, "m", "y"), feeds), rtol=1e-6)
+    relus = Counter(n.op_type for n in both.graph.node)["Relu"]
+    assert relus == 1  # one forward, one backward pass
+
+
+def test_guided_relu_passes_positive_gradients_where_the_input_was_positive() -> None:
+    from exporters.autodiff import GUIDED_RULES
+
+    nodes = [helper.make_node("Relu", ["A"], ["y"], name="relu")]
+    model = _model(nodes, [("A", [2, 5])], [("y", [2, 5])])
+    guided = build_gradient_graph(model, "A", "y", rules=GUIDED_RULES)
+    x = np.array([[1, -1, 2, -2, 3], [0.5, 0.5, -0.5, 4, -4]], np.float32)
+    seed = np.array([[1, 1, -1, -1, 2], [-3, 3, 3, 1, -1]], np.float32)
+    expected = np.where((x > 0) & (seed > 0), seed, 0)
+    np.testing.assert_array_equal(_run(guided, {"A": x, "seed": seed}), expected)
+    plain = _run(build_gradient_graph(model, "A", "y"), {"A": x, "seed": seed})
+    np.testing.assert_array_equal(plain, np.where(x > 0, seed, 0))

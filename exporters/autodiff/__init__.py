@@ -21,8 +21,10 @@ from .engine import (
     gradient_path,
     register,
 )
+from .rules.guided import GUIDED_RULES
 
 __all__ = [
+    "GUIDED_RULES",
     "RULES",
     "GradContext",
     "GradientError",

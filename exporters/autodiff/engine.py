@@ -17,7 +17,7 @@ and initializer that neither the model outputs nor the gradient need.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -108,11 +108,12 @@ def gradient_path(graph: Graph, wrt: str, output: str) -> tuple[list[int], set[s
 
 def build_gradient_graph(
     model: onnx.ModelProto | Graph,
-    wrt: str,
+    wrt: str | Sequence[str],
     output: str,
     *,
     seed_name: str = "seed",
-    gradient_name: str = "gradient",
+    gradient_name: str | Sequence[str] = "gradient",
+    rules: Mapping[str, GradientRule] | None = None,
 ) -> onnx.ModelProto:
     """Return ``model`` extended with the gradient of ``output`` with respect to ``wrt``.
 
@@ -120,16 +121,19 @@ def build_gradient_graph(
         model: the model to differentiate (its other inputs are treated as constants), or its
             :class:`~exporters.graph.Graph` when shapes are already known (a ModelProto is
             shape-inferred once here).
-        wrt: the tensor to differentiate with respect to, usually a graph input.
+        wrt: the tensor to differentiate with respect to (usually a graph input), or several:
+            one backward pass gives each its gradient (a layer sweep).
         output: the tensor to differentiate, usually a graph output.
         seed_name: name of the new graph input holding the output's cotangent; it has
             the element type and shape (symbolic dims included) of ``output``.
         gradient_name: name of the new graph output ``d(sum(seed * output)) / d(wrt)``,
-            shaped like ``wrt``.
+            shaped like ``wrt``; one name per ``wrt`` when several.
+        rules: rules that replace :data:`RULES` entries for this graph (the guided ReLU of
+            Guided Backpropagation, say).
 
     Returns:
         A new model whose inputs are ``model``'s inputs + ``[seed_name]`` and whose
-        outputs are ``model``'s outputs + ``[gradient_name]``.  It holds only the nodes
+        outputs are ``model``'s outputs + the gradients.  It holds only the nodes
         these outputs need (no gradients of weights, no dead nodes).
 
     Raises:
@@ -137,27 +141,41 @@ def build_gradient_graph(
         GradientError: the model cannot be differentiated (unknown names, opset older
             than 13, output independent of ``wrt``, shapes a rule needs are unknown...).
     """
+    wrts = [wrt] if isinstance(wrt, str) else list(wrt)
+    names = [gradient_name] if isinstance(gradient_name, str) else list(gradient_name)
+    if len(names) != len(wrts):
+        raise GradientError(f"{len(wrts)} tensors to differentiate but {len(names)} names")
+    table = {**RULES, **(rules or {})}
     graph = model if isinstance(model, Graph) else Graph(model, infer=True)
     if graph.opset < MIN_OPSET:
         raise GradientError(f"opset {graph.opset} is not supported; need {MIN_OPSET}+")
-    nodes, on_path = gradient_path(graph, wrt, output)
+    paths = [gradient_path(graph, w, output) for w in wrts]
+    nodes = sorted(set().union(*(set(n) for n, _ in paths)))
+    on_path = set().union(*(t for _, t in paths))
     for i in nodes:
-        if not differentiable(graph.nodes[i]):
-            raise MissingGradientRule(graph.nodes[i])
+        node = graph.nodes[i]
+        if not (is_default_domain(node) and node.op_type in table):
+            raise MissingGradientRule(node)
     emitter = Emitter(graph)
-    for name in (seed_name, gradient_name):
+    for name in (seed_name, *names):
         if name in emitter.used:
             raise GradientError(f"name '{name}' is already used in the model")
-    emitter.used.update((seed_name, gradient_name))
+    emitter.used.update((seed_name, *names))
     emitter.elem_types[seed_name] = graph.elem_type(output) or TensorProto.FLOAT
-    logger.debug("differentiating %d nodes from '%s' to '%s'", len(nodes), wrt, output)
+    logger.debug("differentiating %d nodes from %s to '%s'", len(nodes), wrts, output)
 
-    grads = _backward(graph, emitter, nodes, on_path, {output: seed_name})
-    return _assemble(graph, emitter, grads[wrt], wrt, output, seed_name, gradient_name)
+    grads = _backward(graph, emitter, nodes, on_path, {output: seed_name}, table)
+    outputs = [(grads[w], w, name) for w, name in zip(wrts, names, strict=True)]
+    return _assemble(graph, emitter, outputs, output, seed_name)
 
 
 def _backward(
-    graph: Graph, emitter: Emitter, nodes: list[int], on_path: set[str], grads: dict[str, str]
+    graph: Graph,
+    emitter: Emitter,
+    nodes: list[int],
+    on_path: set[str],
+    grads: dict[str, str],
+    table: Mapping[str, GradientRule],
 ) -> dict[str, str]:
     """The reverse walk: from the seeded output back, call each node's rule and accumulate the
     gradients of values used several times. Returns value name -> gradient name."""
@@ -167,7 +185,7 @@ def _backward(
         if all(dy is None for dy in dys):
             continue
         ctx = GradContext(emitter, node, graph.node_name(i), dys, on_path)
-        rule = RULES[node.op_type]
+        rule = table[node.op_type]
         dxs = list(rule(ctx))
         dxs += [None] * (len(node.input) - len(dxs))
         for k, (name, dx) in enumerate(zip(node.input, dxs, strict=False)):
@@ -186,22 +204,30 @@ def _backward(
 def _assemble(
     graph: Graph,
     emitter: Emitter,
-    grad: str,
-    wrt: str,
+    gradients: list[tuple[str, str, str]],
     output: str,
     seed_name: str,
-    gradient_name: str,
 ) -> onnx.ModelProto:
-    """The forward model plus the emitted nodes, seed input and gradient output, pruned."""
+    """The forward model plus the emitted nodes, seed input and gradient outputs, pruned.
+
+    ``gradients``: (gradient value, the tensor it differentiates, its public name) each.
+    """
     nodes = emitter.nodes
-    if grad in {o for node in nodes for o in node.output}:  # give the value its public name
-        for node in nodes:
-            for seq in (node.input, node.output):
-                for k, name in enumerate(seq):
-                    if name == grad:
-                        seq[k] = gradient_name
-    else:
-        nodes.append(helper.make_node("Identity", [grad], [gradient_name], name="grad/out"))
+    produced = {o for node in nodes for o in node.output}
+    renames: dict[str, str] = {}
+    for grad, _, public in gradients:  # an emitted value takes the first public name
+        if grad in produced and grad not in renames:
+            renames[grad] = public
+    for node in nodes:
+        for seq in (node.input, node.output):
+            for k, name in enumerate(seq):
+                if name in renames:
+                    seq[k] = renames[name]
+    for grad, _, public in gradients:  # the seed itself, a forward value, a shared gradient
+        if renames.get(grad) != public:
+            source = renames.get(grad, grad)
+            nodes.append(helper.make_node("Identity", [source], [public],
+                                          name=f"grad/out/{public}"))
 
     result = onnx.ModelProto()
     result.CopyFrom(graph.model)
@@ -210,7 +236,8 @@ def _assemble(
     g.initializer.extend(emitter.initializers)
     seed_type = graph.elem_type(output) or TensorProto.FLOAT
     g.input.append(helper.make_tensor_value_info(seed_name, seed_type, graph.shape(output)))
-    wrt_type = graph.elem_type(wrt) or TensorProto.FLOAT
-    g.output.append(helper.make_tensor_value_info(gradient_name, wrt_type, graph.shape(wrt)))
+    for _, wrt, public in gradients:
+        wrt_type = graph.elem_type(wrt) or TensorProto.FLOAT
+        g.output.append(helper.make_tensor_value_info(public, wrt_type, graph.shape(wrt)))
     prune(g, [o.name for o in g.output])
     return result
