@@ -28,9 +28,32 @@ __all__ = [
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
-def load_image(source: ImageLike) -> Image.Image:
-    """Open an image file (or pass a PIL image / HxWx3 uint8 array through) as RGB."""
+def _check_size(name: str, size: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (None: Pillow's
+    ``PIL.Image.MAX_IMAGE_PIXELS`` as it is now; never changed here)."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise ImageError(
+            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{limit:,} pixels (a possible decompression bomb); if the image is trusted, pass "
+            "a larger max_pixels= (onnxcam explain --max-pixels)"
+        )
+
+
+def load_image(source: ImageLike, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file (or pass a PIL image / HxWx3 uint8 array through) as RGB.
+
+    Args:
+        source: a path, a PIL image or an HxWx3 (or 4) uint8 array.
+        max_pixels: largest ``width * height`` accepted, checked from the file header before
+            any pixel is decoded (None: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``).
+
+    Raises:
+        ImageError: the file is missing or unreadable, or larger than ``max_pixels``.
+    """
     if isinstance(source, Image.Image):
+        _check_size("PIL image", source.size, max_pixels)
         return source.convert("RGB")
     if isinstance(source, np.ndarray):
         if source.ndim != 3 or source.shape[2] not in (3, 4) or source.dtype != np.uint8:
@@ -38,20 +61,29 @@ def load_image(source: ImageLike) -> Image.Image:
                 f"an image array must be HxWx3 (or 4) uint8, got shape {source.shape} "
                 f"dtype {source.dtype}"
             )
+        _check_size("image array", (source.shape[1], source.shape[0]), max_pixels)
         return Image.fromarray(source).convert("RGB")
     path = Path(source)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: size checked before decoding
+            _check_size(str(path), img.size, max_pixels)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (ImageError, MemoryError):
+        raise
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ImageError(f"{path}: cannot be read as an image ({err})") from err
+    except Exception as err:  # Pillow's decoders also raise SyntaxError, ValueError, ...
+        raise ImageError(f"{path}: corrupt image data ({type(err).__name__}: {err})") from err
 
 
-def prepare_image(image: ImageLike, preprocessing: Preprocessing) -> Image.Image:
-    """Resize and center-crop an image (the geometric part of preprocessing)."""
-    img = load_image(image)
+def prepare_image(
+    image: ImageLike, preprocessing: Preprocessing, max_pixels: int | None = None
+) -> Image.Image:
+    """Resize and center-crop an image (the geometric part of preprocessing); ``max_pixels``
+    is passed to :func:`load_image`."""
+    img = load_image(image, max_pixels=max_pixels)
     if preprocessing.resize is not None:
         if isinstance(preprocessing.resize, int):
             w, h = img.size
@@ -73,13 +105,21 @@ def prepare_image(image: ImageLike, preprocessing: Preprocessing) -> Image.Image
     return img
 
 
-def preprocess(images: ImageLike | Sequence[ImageLike], preprocessing: Preprocessing) -> np.ndarray:
-    """Turn one image or a sequence of images into a float32 (or uint8) batch (NCHW or NHWC)."""
+def preprocess(
+    images: ImageLike | Sequence[ImageLike],
+    preprocessing: Preprocessing,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Turn one image or a sequence of images into a float32 (or uint8) batch (NCHW or NHWC);
+    ``max_pixels`` is passed to :func:`load_image`."""
     if isinstance(images, (str, os.PathLike, Image.Image)) or (
         isinstance(images, np.ndarray) and images.ndim == 3
     ):
         images = [images]
-    arrays = [np.asarray(prepare_image(img, preprocessing), dtype=np.float32) for img in images]
+    arrays = [
+        np.asarray(prepare_image(img, preprocessing, max_pixels), dtype=np.float32)
+        for img in images
+    ]
     if not arrays:
         raise ImageError("no images given")
     shapes = {a.shape for a in arrays}
