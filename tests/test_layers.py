@@ -18,8 +18,8 @@ import explainer
 
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
-    "bundle", "errors", "gradcheck", "image", "labels", "methods", "preprocessing", "runtime",
-    "targets", "visualize",
+    "batch", "bundle", "errors", "gradcheck", "image", "inputs", "labels", "methods", "outputs",
+    "preprocessing", "ray_data", "report", "runtime", "sessions", "targets", "visualize",
 ]
 
 
