@@ -46,18 +46,19 @@ section.errors h2 { font-size: 15px; margin: 4px 0 8px; color: var(--bad); }
 section.errors li { margin-bottom: 4px; word-break: break-all; }
 .gallery { display: grid; gap: 14px; }
 .entry { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px;
-       display: grid; grid-template-columns: minmax(0, auto) minmax(220px, 1fr); gap: 6px 18px;
+       display: grid; grid-template-columns: minmax(0, 1fr) 340px; gap: 6px 18px;
        align-items: start; }
 .entry h3 { grid-column: 1 / -1; font-size: 14px; margin: 0; word-break: break-all; }
 .entry h3 .index { color: var(--muted); font-weight: 400; margin-right: 6px; }
 .entry img { max-width: 100%; height: auto; display: block; border-radius: 3px; }
+.entry a.figure { display: block; min-width: 0; }
 .entry.failed { border-color: #f3c7c1; }
 .entry .error { grid-column: 1 / -1; color: var(--bad); word-break: break-word; }
-table.classes { border-collapse: collapse; width: 100%; }
-table.classes th, table.classes td { text-align: left; padding: 3px 6px;
+table.classes { border-collapse: collapse; width: 100%; font-size: 13px; }
+table.classes th, table.classes td { text-align: left; padding: 3px 4px;
        border-bottom: 1px solid var(--line); font-variant-numeric: tabular-nums; }
 table.classes th { color: var(--muted); font-weight: 600; font-size: 12px; }
-.bar { background: #e8edf5; border-radius: 3px; height: 8px; width: 90px; }
+.bar { background: #e8edf5; border-radius: 3px; height: 8px; width: 60px; }
 .bar i { display: block; height: 8px; border-radius: 3px; background: var(--accent); }
 @media (max-width: 800px) { .entry { grid-template-columns: 1fr; } }
 """
@@ -91,13 +92,21 @@ def _classes_table(row: dict[str, Any]) -> str:
     return "".join(lines) + "</table>"
 
 
+def _message(row: dict[str, Any]) -> str:
+    """The error message without the image path it usually starts with (shown beside it)."""
+    message = row["error"]["message"]
+    prefix = f"{row['image']}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
 def _entry(row: dict[str, Any], index: int, out: Path, root: str) -> str:
     name = _e(_display_name(row, root))
     head = f"<h3><span class='index'>#{index}</span>{name}</h3>"
     if row["status"] != "ok":
-        error = row.get("error") or {"type": "pending", "message": "not explained yet"}
+        if not row.get("error"):
+            row = {**row, "error": {"type": "pending", "message": "not explained yet"}}
         return (f"<article class='entry failed' id='e{index}'>{head}<p class='error'>"
-                f"{_e(error['type'])}: {_e(error['message'])}</p></article>")
+                f"{_e(row['error']['type'])}: {_e(_message(row))}</p></article>")
     size = ""
     try:
         with Image.open(out / row["overlay"]) as img:  # the header only: width/height attributes
@@ -105,9 +114,9 @@ def _entry(row: dict[str, Any], index: int, out: Path, root: str) -> str:
     except OSError:
         pass
     src = quote(row["overlay"])
-    return (f"<article class='entry' id='e{index}'>{head}<a href='{src}'><img src='{src}' "
-            f"loading='lazy' decoding='async' alt='{name}'{size}></a>{_classes_table(row)}"
-            "</article>")
+    return (f"<article class='entry' id='e{index}'>{head}<a class='figure' href='{src}'>"
+            f"<img src='{src}' loading='lazy' decoding='async' alt='{name}'{size}></a>"
+            f"{_classes_table(row)}</article>")
 
 
 def _header(summary: dict[str, Any]) -> str:
@@ -143,7 +152,7 @@ def _errors(rows: Sequence[dict[str, Any]], root: str, page_size: int) -> str:
     items = "".join(
         f"<li><a href='{page_name((i - 1) // page_size + 1)}#e{i}'>"
         f"{_e(_display_name(row, root))}</a>: {_e(row['error']['type'])}: "
-        f"{_e(row['error']['message'])}</li>" for i, row in failed
+        f"{_e(_message(row))}</li>" for i, row in failed
     )
     return (f"<section class='errors'><h2>{len(failed)} image(s) failed</h2><ul>{items}</ul>"
             "</section>")
