@@ -239,3 +239,34 @@ def test_killed_run_leaves_only_complete_files(tmp_path, model):
     assert main([*args, "--resume"]) == 0
     assert _summary(out)["counts"] == {"ok": 60, "error": 0, "pending": 0}
     assert not list(out.rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_progress_bar_on_a_terminal_only(tree, tmp_path, model):
+    """stderr on a pseudo-terminal: a tqdm bar, no per-image lines; --quiet: no bar."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def run(*extra: str) -> str:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        args = ["explain", model, str(tree / "a" / "x.png"), str(tree / "b"), "--out",
+                str(tmp_path / "out"), "--overwrite", *extra]
+        subprocess.run([sys.executable, "-c", KILLED_RUN, *args], cwd=ROOT, stderr=follower,
+                       stdout=subprocess.DEVNULL, check=True)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "2/2" in run() and "img" in run()
+    assert "2/2" not in run("--quiet")
