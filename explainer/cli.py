@@ -267,8 +267,14 @@ def _model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
                              "128, 128]}' (default: ImageNet-style, or raw uint8 pixels)")
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
+def _explain_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
+    add("--targets", default=None,
+        help="classes: a class id, or terms like top3, least, top3+least (default: top1)")
+    add("--top-k", type=int, default=None, help="explain the K top classes")
+    add("--method", default="gradcam", choices=sorted(METHODS),
+        help="CAM method (default: gradcam)")
+    add("--out", default="onnxcam_out", help="output directory")
     add("--recursive", action="store_true", help="descend into subfolders (and '**' in patterns)")
     add("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     add("--colormap", default="jet", choices=COLORMAPS, help="overlay colormap (default: jet)")
@@ -311,14 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(explain, model_help)
     explain.add_argument("images", nargs="+", metavar="PATH",
                          help="image files, folders and glob patterns ('photos/*.jpg')")
-    explain.add_argument("--targets", default=None,
-                         help="classes: a class id, or terms like top3, least, top3+least "
-                              "(default: top1)")
-    explain.add_argument("--top-k", type=int, default=None, help="explain the K top classes")
-    explain.add_argument("--method", default="gradcam", choices=sorted(METHODS),
-                         help="CAM method (default: gradcam)")
-    explain.add_argument("--out", default="onnxcam_out", help="output directory")
-    _run_options(explain)
+    _explain_options(explain)
     _runtime_options(explain)
     explain.set_defaults(run=_explain)
 
