@@ -43,9 +43,12 @@ _REQUIRED_SUB = {
 }
 
 
+_LAYOUTS = ("NCHW", "NHWC")
+
+
 def _check_manifest(manifest: dict[str, Any], where: str) -> None:
     for key, kind in _REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
             raise BundleError(
                 f"{where}: manifest field {key!r} is missing or not a {kind.__name__}"
             )
@@ -58,6 +61,42 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
         for sub in subkeys:
             if sub not in manifest[key]:
                 raise BundleError(f"{where}: manifest field {key}.{sub} is missing")
+    _check_values(manifest, where)
+
+
+def _check_values(manifest: dict[str, Any], where: str) -> None:
+    """The types and values the runtime relies on, each named when wrong."""
+    head, model_input, target = manifest["head"], manifest["input"], manifest["target"]
+    problems = []
+    if manifest["num_classes"] < 1:
+        problems.append("num_classes must be at least 1")
+    inputs = head["inputs"]
+    if not (isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)):
+        problems.append("head.inputs must be a non-empty list of tensor names")
+    for key, value in [*((f"head.{k}", head[k]) for k in ("seed", "logits", "gradient")),
+                       ("input.name", model_input["name"]), ("target.tensor", target["tensor"])]:
+        if not isinstance(value, str):
+            problems.append(f"{key} must be a tensor name (a string), got {value!r}")
+    for key, value in (("input.layout", model_input["layout"]), ("target.layout",
+                                                                target["layout"])):
+        if value not in _LAYOUTS:
+            problems.append(f"{key} must be one of {_LAYOUTS}, got {value!r}")
+    shape = model_input["shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and all(
+            d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)
+                                                and d > 0) for d in shape)):
+        problems.append(f"input.shape must be 4 dims (positive ints or names), got {shape!r}")
+    if model_input.get("dtype") not in (None, "float32", "float16", "float64", "uint8"):
+        problems.append(f"input.dtype must be float32 or uint8, got {model_input['dtype']!r}")
+    if manifest.get("preprocessing") is not None:
+        from .preprocessing import Preprocessing
+
+        try:
+            Preprocessing.from_dict(manifest["preprocessing"])
+        except (TypeError, ValueError, AttributeError) as err:
+            problems.append(f"preprocessing is invalid ({err})")
+    if problems:
+        raise BundleError(f"{where}: manifest {'; '.join(problems)}")
 
 
 @dataclass
@@ -83,6 +122,10 @@ class Bundle:
 
     def _check_graphs(self) -> None:
         head = self.manifest["head"]
+        feature_inputs = [i.name for i in self.features.graph.input]
+        if self.manifest["input"]["name"] not in feature_inputs:
+            raise BundleError(f"input {self.manifest['input']['name']!r} is not an input of the "
+                              f"features graph ({feature_inputs})")
         feature_outputs = [o.name for o in self.features.graph.output]
         head_inputs = [i.name for i in self.head.graph.input]
         head_outputs = [o.name for o in self.head.graph.output]

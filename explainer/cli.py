@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, OnnxcamError
+from .errors import OnnxcamError
 from .methods import METHODS
+from .visualize import COLORMAPS
 
 __all__ = ["main", "build_parser"]
 
 EXAMPLES = """examples:
   onnxcam inspect model.onnx                      # candidate layers, '*' marks the auto pick
   onnxcam explain model.onnx cat.jpg dog.jpg --top-k 3 --out cams/
+  onnxcam explain model.onnx photos/ --recursive --report --out cams/   # then open cams/index.html
   onnxcam explain model.onnx cat.jpg --target features --labels imagenet
   onnxcam export model.onnx --target auto --labels imagenet -o model.onnxcam
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
@@ -29,13 +31,23 @@ EXAMPLES = """examples:
 
 exit codes:
   0  success
-  1  a failure while explaining (a gradient that cannot be built, a failed self-check)
-  2  a usage or input error (bad argument, unreadable model, image or bundle, bad labels)
+  1  a failure while explaining (a gradient that cannot be built, a failed self-check, some
+     images of an explain run failed: see OUT/summary.json)
+  2  a usage or input error (bad argument, unreadable model or bundle, bad labels, an output
+     that exists without --overwrite/--resume)
 """
 EXPLAIN_EXAMPLES = """examples:
   onnxcam explain model.onnx cat.jpg dog.jpg --top-k 3 --out cams/
+  onnxcam explain model.onnx photos/ --recursive --batch-size 16 --report --out cams/
+  onnxcam explain model.onnx 'photos/**/*.jpg' --recursive --save-npy --resume --out cams/
   onnxcam explain model.onnx cat.jpg --target auto --cache-dir ~/.cache/onnxcam
   onnxcam explain resnet50.onnxcam cat.jpg --targets top3+least --providers cuda
+
+Writes OUT/NAME_cam.png per image (NAME: the image's path below the inputs' common folder),
+NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error
+per image). Exit code 0: all images explained; 1: some failed (the rest are written);
+2: a usage error. Existing outputs are replaced only with --overwrite; --resume continues
+a run that was stopped.
 """
 EXPORT_EXAMPLES = """examples:
   onnxcam export model.onnx -o model.onnxcam
@@ -120,42 +132,62 @@ def _explainer(args: argparse.Namespace) -> Any:
     return explainer
 
 
-def _explain(args: argparse.Namespace) -> int:
-    from .image import prepare_image
-    from .visualize import figure
+def _targets(spec: str | None) -> str | int | None:
+    return int(spec) if spec is not None and spec.lstrip("-").isdigit() else spec
 
-    explainer = _explainer(args)
-    if explainer.preprocessing is None:
-        raise InputError(f"{args.model} records no preprocessing; export it with --preprocessing")
-    target = explainer.bundle.manifest["target"]
-    print(f"explaining {target['tensor']!r} ({target['layer']}, {target['layout']}, shape "
-          f"{target.get('shape')})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = args.targets
-    if targets is not None and targets.lstrip("-").isdigit():
-        targets = int(targets)
-    explanation = explainer.explain(
-        explainer.preprocess(args.images), targets=targets, top_k=args.top_k, method=args.method
+
+def _progress_bar(args: argparse.Namespace, total: int) -> Any:
+    """A tqdm bar on stderr when it is a terminal (and not --quiet), else None."""
+    if args.quiet or total == 0 or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency; a stripped environment just runs without a bar
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .batch import FolderRun, RunOptions, collect_images
+    from .report import write_report
+
+    images = collect_images(args.images, recursive=args.recursive, exclude=args.out)
+    options = RunOptions(
+        targets=_targets(args.targets), top_k=args.top_k, method=args.method,
+        batch_size=args.batch_size, colormap=args.colormap, alpha=args.alpha,
+        save_npy=args.save_npy, max_pixels=args.max_pixels, overwrite=args.overwrite,
+        resume=args.resume,
     )
-    summary = []
-    for i, image in enumerate(args.images):
-        shown = prepare_image(image, explainer.preprocessing)
-        path = out / f"{Path(image).stem}_cam.png"
-        figure(shown, list(explanation.heatmaps[i]), explanation.titles(i)).save(path)
-        summary.append({
-            "image": str(image),
-            "overlay": str(path),
-            "target": target["tensor"],
-            "class_ids": explanation.class_ids[i].tolist(),
-            "labels": explanation.labels[i] if explanation.labels else None,
-            "scores": explanation.scores[i].tolist(),
-            "probabilities": explanation.probabilities[i].tolist(),
-        })
-        print(f"{image}: {', '.join(explanation.titles(i))} -> {path}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"summary: {out / 'summary.json'}")
-    return 0
+    explainer = _explainer(args)
+    with explainer:
+        run = FolderRun(explainer, images, args.out, options, model=args.model,
+                        extra_outputs=["index.html"] if args.report else [])
+        target = explainer.bundle.manifest["target"]
+        print(f"explaining {target['tensor']!r} ({target['layer']}, {target['layout']}, shape "
+              f"{target.get('shape')}): {len(run.pending)} of {len(images)} image(s)")
+        bar = _progress_bar(args, len(run.pending))
+        say = bar.write if bar is not None else print
+
+        def on_row(row: dict[str, Any]) -> None:
+            if row["status"] == "error":
+                image, message = row["image"], row["error"]["message"]
+                say(f"failed: {message if image in message else f'{image}: {message}'}")
+            elif bar is None and not args.quiet:
+                titles = ", ".join(f"{label} {p:.3g}" for label, p in zip(
+                    row["labels"] or map(str, row["class_ids"]), row["probabilities"]))
+                say(f"{row['image']}: {titles} -> {Path(args.out) / row['overlay']}")
+
+        try:
+            summary = run.run(progress=bar.update if bar is not None else None, on_row=on_row)
+        finally:
+            if bar is not None:
+                bar.close()
+    out = Path(args.out)
+    if args.report:
+        print(f"report: {write_report(out, summary, page_size=args.report_page_size)[0]}")
+    counts = summary["counts"]
+    print(f"summary: {out / 'summary.json'} ({counts['ok']} explained, {counts['error']} failed)")
+    return 1 if counts["error"] else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -243,6 +275,29 @@ def _model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
                              "128, 128]}' (default: ImageNet-style, or raw uint8 pixels)")
 
 
+def _explain_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--targets", default=None,
+        help="classes: a class id, or terms like top3, least, top3+least (default: top1)")
+    add("--top-k", type=int, default=None, help="explain the K top classes")
+    add("--method", default="gradcam", choices=sorted(METHODS),
+        help="CAM method (default: gradcam)")
+    add("--out", default="onnxcam_out", help="output directory")
+    add("--recursive", action="store_true", help="descend into subfolders (and '**' in patterns)")
+    add("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    add("--colormap", default="jet", choices=COLORMAPS, help="overlay colormap (default: jet)")
+    add("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default: 0.5)")
+    add("--save-npy", action="store_true", help="also write the heatmaps as NAME_cam.npy")
+    add("--report", action="store_true", help="also write OUT/index.html, an offline gallery")
+    add("--report-page-size", type=int, default=100, help="entries per report page")
+    add("--resume", action="store_true",
+        help="skip images a previous run into OUT finished (per OUT/summary.json)")
+    add("--overwrite", action="store_true", help="replace existing outputs")
+    add("--max-pixels", type=int, default=None,
+        help="refuse images larger than this many pixels (default: Pillow's limit, ~89M)")
+    add("--quiet", action="store_true", help="no progress bar, no line per image")
+
+
 def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None,
                         help="label set name (imagenet) or a text file, one class per line")
@@ -268,14 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="write CAM overlays and a JSON summary",
                                   epilog=EXPLAIN_EXAMPLES, formatter_class=raw)
     _model_options(explain, model_help)
-    explain.add_argument("images", nargs="+", help="image files")
-    explain.add_argument("--targets", default=None,
-                         help="classes: a class id, or terms like top3, least, top3+least "
-                              "(default: top1)")
-    explain.add_argument("--top-k", type=int, default=None, help="explain the K top classes")
-    explain.add_argument("--method", default="gradcam", choices=sorted(METHODS),
-                         help="CAM method (default: gradcam)")
-    explain.add_argument("--out", default="onnxcam_out", help="output directory")
+    explain.add_argument("images", nargs="+", metavar="PATH",
+                         help="image files, folders and glob patterns ('photos/*.jpg')")
+    _explain_options(explain)
     _runtime_options(explain)
     explain.set_defaults(run=_explain)
 

@@ -19,6 +19,7 @@ __all__ = [
     "LabelError",
     "MethodError",
     "OnnxcamError",
+    "OutputError",
     "ProviderError",
     "TargetError",
     "UsageError",
@@ -61,6 +62,10 @@ class TargetError(UsageError):
 
 class ImageError(UsageError):
     """An image cannot be read, or the preprocessing that turns it into an input is invalid."""
+
+
+class OutputError(UsageError):
+    """An output would overwrite an input or an existing file, or cannot be written."""
 
 
 class MethodError(UsageError):

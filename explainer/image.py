@@ -45,7 +45,7 @@ def _check_size(name: str, size: tuple[int, int], max_pixels: int | None) -> Non
         raise ImageError(
             f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{limit:,} pixels (a possible decompression bomb); if the image is trusted, pass "
-            f"a larger max_pixels= to load_image/prepare_image/preprocess"
+            f"a larger max_pixels= (onnxcam explain --max-pixels N)"
         )
 
 

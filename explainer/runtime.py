@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ import onnxruntime as ort
 
 from .activations import to_channels_first
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, ProviderError, UsageError
+from .errors import ExplainerError, InputError, ProviderError
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
+from .sessions import resolve_providers, session_options
 from .targets import one_hot_seeds, plan_targets
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
@@ -73,32 +74,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
-    available = ort.get_available_providers()
-    if providers is None or providers == "cpu":
-        return ["CPUExecutionProvider"]
-    if providers == "cuda":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if isinstance(providers, str):
-        raise ProviderError(f"unknown provider shorthand {providers!r}; use 'cpu', 'cuda' or a "
-                            "list of ONNX Runtime provider names")
-    providers = list(providers)
-    for entry in providers:
-        name = entry[0] if isinstance(entry, tuple) else entry
-        if name not in available:
-            hint = (
-                " Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu replaces "
-                "onnxruntime; never install both) and check that CUDA 12/13 and cuDNN 9 are found."
-                if name == "CUDAExecutionProvider"
-                else ""
-            )
-            raise ProviderError(
-                f"execution provider {name!r} is not available in this ONNX Runtime build "
-                f"(available: {available}).{hint}"
-            )
-    return providers
-
-
 class Explainer:
     """Explain images with a bundle on ONNX Runtime (CPU or CUDA).
 
@@ -110,6 +85,11 @@ class Explainer:
 
     Input dtype: the batch must have the manifest's ``input.dtype``: float (cast to float32)
     for most models, uint8 for models that normalize inside the graph.
+
+    Threads and resources: one Explainer may be shared by many threads (ONNX Runtime sessions
+    run concurrently; nothing in :meth:`explain` mutates the Explainer), and gives the same
+    results as sequential calls. :meth:`close` (or leaving a ``with Explainer(...) as e:``
+    block) releases the sessions; later calls raise :class:`ExplainerError`.
 
     Args:
         bundle: a :class:`Bundle` or the path of a bundle directory.
@@ -129,25 +109,11 @@ class Explainer:
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(Path(bundle))
         manifest = self.bundle.manifest
-        self.providers = _resolve_providers(providers)
+        self.providers = resolve_providers(providers)
         self.on_cuda = any(
             (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in self.providers
         )
-        levels = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }
-        if optimization not in levels:
-            raise UsageError(
-                f"optimization must be one of {sorted(levels)}, got {optimization!r}"
-            )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[optimization]
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
+        options = session_options(optimization, threads)
         head = manifest["head"]
         self.num_classes: int = manifest["num_classes"]
         self.head_inputs: list[str] = list(head["inputs"])
@@ -171,17 +137,53 @@ class Explainer:
             )
 
         self._session = session
-        self.features_session = session(self.bundle.features)
-        self.head_session = session(self.bundle.head)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._logits_session: ort.InferenceSession | None = None
+        self.features_session: ort.InferenceSession | None = session(self.bundle.features)
+        self.head_session: ort.InferenceSession | None = session(self.bundle.head)
 
-    @cached_property
+    @property
     def logits_session(self) -> ort.InferenceSession:
         """The head pruned to its logits: the prediction pass for targets that depend on it.
 
-        Built on first use, so explaining fixed classes never holds a second copy of the
-        head's weights."""
-        head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
-        return self._session(head.extract_model(self.head_inputs, [self.logits_name]))
+        Built on first use (once, even when several threads ask at the same time), so
+        explaining fixed classes never holds a second copy of the head's weights."""
+        self._check_open()
+        if self._logits_session is None:
+            with self._lock:
+                if self._logits_session is None:
+                    head = onnx.utils.Extractor(self.bundle.head)  # onnx's dead-node removal
+                    model = head.extract_model(self.head_inputs, [self.logits_name])
+                    self._logits_session = self._session(model)
+        return self._logits_session
+
+    # --- lifetime -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the ONNX Runtime sessions (and their memory). Idempotent; calls made after
+        it raise :class:`ExplainerError`. Do not close while other threads are explaining."""
+        with self._lock:
+            self._closed = True
+            self.features_session = self.head_session = self._logits_session = None
+
+    def __enter__(self) -> Explainer:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ExplainerError(
+                "this Explainer is closed (close() was called or its with-block ended); create "
+                "a new Explainer"
+            )
 
     @classmethod
     def from_onnx(
@@ -218,14 +220,17 @@ class Explainer:
         return cls(bundle, providers=providers, threads=threads)
 
     # --- input ----------------------------------------------------------------------------------
-    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
-        """Load and preprocess images with the bundle's preprocessing into a model batch."""
+    def preprocess(
+        self, images: ImageLike | Sequence[ImageLike], max_pixels: int | None = None
+    ) -> np.ndarray:
+        """Load and preprocess images with the bundle's preprocessing into a model batch
+        (``max_pixels``: see :func:`explainer.image.load_image`)."""
         if self.preprocessing is None:
             raise InputError(
                 "this bundle records no preprocessing; pass preprocessing= when exporting, or "
                 "preprocess the images yourself and call explain() with the array"
             )
-        return preprocess(images, self.preprocessing)
+        return preprocess(images, self.preprocessing, max_pixels=max_pixels)
 
     def check_input(self, x: Any) -> np.ndarray:
         """Validate a model input batch (rank, shape, dtype, finiteness) and return it
@@ -345,11 +350,13 @@ class Explainer:
     # --- the two graphs, one at a time (the self-check and other tools build on these) ------------
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the features graph: the cut tensors (activation first) for an input batch."""
+        self._check_open()
         features = self._run_features(self.check_input(x))
         return {name: self._to_numpy(value) for name, value in features.items()}
 
     def run_logits(self, features: dict[str, Any]) -> np.ndarray:
         """Logits [B, C] of the head for cut tensors as :meth:`run_features` returns them."""
+        self._check_open()
         return self._run(self.logits_session, features, [self.logits_name])[0]
 
     def run_head(
@@ -357,6 +364,7 @@ class Explainer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Run the gradient head: (logits [B, C], gradient of ``sum(seeds * logits)`` with
         respect to the activation) for cut tensors and seed rows [B, C]."""
+        self._check_open()
         logits, gradient = self._run(
             self.head_session, {**features, self.seed_name: np.asarray(seeds, np.float32)},
             [self.logits_name, self.gradient_name],
@@ -384,6 +392,7 @@ class Explainer:
         Returns:
             An :class:`Explanation`.
         """
+        self._check_open()
         x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes)

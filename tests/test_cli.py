@@ -54,11 +54,12 @@ def test_explain_onnx_file_writes_overlays_and_summary(name, tmp_path, images, c
     printed = capsys.readouterr().out
     assert "explaining 'features'" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert [row["image"] for row in summary] == images
-    for row in summary:
-        assert row["target"] == "features" and len(row["class_ids"]) == 3
+    assert summary["target"]["tensor"] == "features" and summary["counts"]["ok"] == 2
+    assert [row["image"] for row in summary["images"]] == images
+    for row in summary["images"]:
+        assert row["status"] == "ok" and len(row["class_ids"]) == 3
         assert np.all(np.diff(row["scores"]) <= 0)
-        with Image.open(row["overlay"]) as overlay:
+        with Image.open(out / row["overlay"]) as overlay:
             assert overlay.size[0] > SIZE
 
 
@@ -75,7 +76,7 @@ def test_export_then_explain_and_check_the_bundle(tmp_path, images, capsys):
 
     assert main(["explain", str(bundle), images[0], "--targets", "top2+least",
                  "--out", str(tmp_path / "out")]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["images"]
     assert len(summary[0]["labels"]) == 3 and summary[0]["labels"][0].startswith("class ")
 
     capsys.readouterr()
@@ -193,7 +194,7 @@ def test_wrong_label_count_is_one_line_exit_2_before_any_graph_is_built(tmp_path
 
 
 @pytest.mark.parametrize("argv, code, words", [
-    (["explain", "missing.onnx", "cat.png"], 2, "no such ONNX file"),
+    (["explain", "missing.onnx", "{image}"], 2, "no such ONNX file"),
     (["inspect", "missing.onnx"], 2, "no such ONNX file"),
     (["explain", "{model}", "{image}", "--targets", "top0"], 2, "k must be between"),
     (["explain", "{model}", "{image}", "--labels", "klingon"], 2, "unknown label set"),
