@@ -84,7 +84,7 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
 
-    def check(self, num_classes: int) -> None:
+    def check(self, num_classes: int, labels: list[str] | None = None) -> None:
         """Raise a :class:`UsageError` for options no image could satisfy."""
         from .methods import METHODS
 
@@ -98,7 +98,7 @@ class RunOptions:
             raise UsageError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
-        plan_targets(self.targets, self.top_k, 1, num_classes)  # TargetError before any image
+        plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
 
 
 @dataclass
@@ -219,7 +219,7 @@ class FolderRun:
                              "--preprocessing")
         self.explainer, self.out = explainer, Path(out)
         self.options = options or RunOptions()
-        self.options.check(explainer.num_classes)
+        self.options.check(explainer.num_classes, explainer.labels)
         self.images = [Path(p).resolve() for p in images]
         target = explainer.bundle.manifest["target"]
         targets = self.options.targets

@@ -96,8 +96,9 @@ class ExplainBatch:
         self.explainer = Explainer(bundle, providers=providers, threads=threads)
         self.options = RunOptions(targets=targets, top_k=top_k, method=method, colormap=colormap,
                                   alpha=alpha, save_npy=save_npy, max_pixels=max_pixels)
-        self.options.check(self.explainer.num_classes)
-        plan = plan_targets(targets, top_k, 1, self.explainer.num_classes)
+        self.options.check(self.explainer.num_classes, self.explainer.labels)
+        plan = plan_targets(targets, top_k, 1, self.explainer.num_classes,
+                            self.explainer.labels)
         self.k = plan.class_ids.shape[1] if plan.class_ids is not None else sum(
             1 if kind == "id" else k for kind, k in plan.terms)
         self.out = Path(out)

@@ -395,7 +395,7 @@ class Explainer:
         self._check_open()
         x = self.check_input(x)
         batch = x.shape[0]
-        plan = plan_targets(targets, top_k, batch, self.num_classes)
+        plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
         features = self._run_features(x)  # once per batch, however many targets
 
         logits = None
