@@ -1,4 +1,4 @@
-"""The Explainer: runs a bundle's two graphs on ONNX Runtime and turns them into CAMs.
+"""The Explainer: runs a bundle's graphs on ONNX Runtime and turns them into CAMs.
 
 The data path, in one place (:meth:`Explainer.explain`)::
 
@@ -6,6 +6,11 @@ The data path, in one place (:meth:`Explainer.explain`)::
           -> (logits pass, only when targets depend on the prediction)
           -> head graph for every (image, target) pair (one-hot seeds) -> logits, dA
           -> CAM weights (methods.py) -> ReLU(sum_k w_k A^k) -> upsample, min-max -> heatmaps
+
+A schema-2 bundle also carries that whole path as one ONNX graph (``explanation.onnx``); where
+it can express the method (Grad-CAM), ``explain`` is one run of it
+(:mod:`explainer.explanation_graph`). The two graphs and numpy remain the path for other
+methods, schema-1 bundles, static-batch models and heads that read more than the activation.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import onnx.utils
 import onnxruntime as ort
 
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, ProviderError, UsageError
+from .errors import ExplainerError, InputError, ProviderError
+from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
-from .targets import one_hot_seeds, plan_targets
+from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
+from .targets import TargetPlan, one_hot_seeds, plan_targets
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
@@ -72,32 +79,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
-    available = ort.get_available_providers()
-    if providers is None or providers == "cpu":
-        return ["CPUExecutionProvider"]
-    if providers == "cuda":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if isinstance(providers, str):
-        raise ProviderError(f"unknown provider shorthand {providers!r}; use 'cpu', 'cuda' or a "
-                            "list of ONNX Runtime provider names")
-    providers = list(providers)
-    for entry in providers:
-        name = entry[0] if isinstance(entry, tuple) else entry
-        if name not in available:
-            hint = (
-                " Install the GPU build: pip install 'onnxcam[gpu]' (onnxruntime-gpu replaces "
-                "onnxruntime; never install both) and check that CUDA 12/13 and cuDNN 9 are found."
-                if name == "CUDAExecutionProvider"
-                else ""
-            )
-            raise ProviderError(
-                f"execution provider {name!r} is not available in this ONNX Runtime build "
-                f"(available: {available}).{hint}"
-            )
-    return providers
-
-
 class Explainer:
     """Explain images with a bundle on ONNX Runtime (CPU or CUDA).
 
@@ -110,13 +91,23 @@ class Explainer:
     Input dtype: the batch must have the manifest's ``input.dtype``: float (cast to float32)
     for most models, uint8 for models that normalize inside the graph.
 
+    Two paths give the same :class:`Explanation`:
+
+    * the explanation graph (schema-2 bundles, Grad-CAM, dynamic batch, only the activation
+      across the cut): one session run per call, ONNX Runtime's default thread spinning;
+    * the two graphs (everything else): the features graph, the logits pass, the gradient head
+      and numpy CAMs; spinning is off there so the sessions, run one after the other, do not
+      fight for the cores. Their sessions are created on first use.
+
     Args:
         bundle: a :class:`Bundle` or the path of a bundle directory.
         providers: None or ``"cpu"`` for the CPU; ``"cuda"`` or an ONNX Runtime provider list
-            for CUDA (the activation stays on the device between the two graphs).
-        threads: intra-op threads of each session (None: ONNX Runtime's default). Spinning is
-            off so the two sessions, run one after the other, do not fight for the cores.
+            for CUDA (the input and outputs are bound once with IO binding; on the two-graph
+            path the activation stays on the device between the graphs).
+        threads: intra-op threads of each session (None: ONNX Runtime's default).
         optimization: ONNX Runtime graph optimization level: "all", "extended", "basic", "none".
+        explanation_graph: use the bundle's explanation graph where it can express the method
+            (False: always the two graphs).
     """
 
     def __init__(
@@ -125,28 +116,15 @@ class Explainer:
         providers: str | Sequence[Any] | None = None,
         threads: int | None = None,
         optimization: str = "all",
+        explanation_graph: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(Path(bundle))
         manifest = self.bundle.manifest
-        self.providers = _resolve_providers(providers)
+        self.providers = resolve_providers(providers)
         self.on_cuda = any(
             (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in self.providers
         )
-        levels = {
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }
-        if optimization not in levels:
-            raise UsageError(
-                f"optimization must be one of {sorted(levels)}, got {optimization!r}"
-            )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[optimization]
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
+        options = session_options(threads, optimization, spinning=False)
         head = manifest["head"]
         self.num_classes: int = manifest["num_classes"]
         self.head_inputs: list[str] = list(head["inputs"])
@@ -170,8 +148,23 @@ class Explainer:
             )
 
         self._session = session
-        self.features_session = session(self.bundle.features)
-        self.head_session = session(self.bundle.head)
+        self.graph: ExplanationGraph | None = None
+        if explanation_graph and self.bundle.explanation is not None and not self.static_batch:
+            self.graph = ExplanationGraph(
+                self.bundle.explanation, manifest["explanation"],
+                session_options(threads, optimization, spinning=True), self.providers,
+                self.on_cuda,
+            )
+
+    @cached_property
+    def features_session(self) -> ort.InferenceSession:
+        """The features graph's session (created on first use)."""
+        return self._session(self.bundle.features)
+
+    @cached_property
+    def head_session(self) -> ort.InferenceSession:
+        """The gradient head's session (created on first use)."""
+        return self._session(self.bundle.head)
 
     @cached_property
     def logits_session(self) -> ort.InferenceSession:
@@ -282,43 +275,14 @@ class Explainer:
         return self._run_once(session, feeds, outputs)
 
     def _run_once(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
-        if not self.on_cuda:
-            return session.run(outputs, feeds)
-        binding = session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in outputs:
-            binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return run_once(session, feeds, outputs, self.on_cuda)
 
     def _run_chunked(
         self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]
     ) -> list[np.ndarray]:
-        """Run a static-batch graph on any number of rows, in chunks of the static size."""
-        size = self.static_batch
-        feeds = {k: self._to_numpy(v) for k, v in feeds.items()}
-        rows = next(iter(feeds.values())).shape[0]
-        results: list[list[np.ndarray]] = [[] for _ in outputs]
-        for start in range(0, rows, size):
-            chunk = {}
-            for name, value in feeds.items():
-                part = value[start : start + size]
-                if part.shape[0] < size:  # pad the last chunk with copies of its last row
-                    pad = np.repeat(part[-1:], size - part.shape[0], axis=0)
-                    part = np.concatenate([part, pad])
-                chunk[name] = np.ascontiguousarray(part)
-            values = self._run_once(session, chunk, outputs)
-            for result, value in zip(results, values, strict=True):
-                result.append(self._to_numpy(value))
-        return [np.concatenate(parts)[:rows] for parts in results]
+        return run_chunked(session, feeds, outputs, self.static_batch, self.on_cuda)
 
-    @staticmethod
-    def _to_numpy(value: Any) -> np.ndarray:
-        return value.numpy() if isinstance(value, ort.OrtValue) else value
+    _to_numpy = staticmethod(to_numpy)
 
     def _gradients(self, features: dict[str, Any], class_ids: np.ndarray):
         """Head runs for class_ids [B, K]: returns (logits [B, C], gradients [B, K, ...])."""
@@ -386,6 +350,8 @@ class Explainer:
         x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes)
+        if self.graph is not None and method == self.graph.method:
+            return self._explain_in_graph(x, plan)  # all of the below, in one ONNX Runtime run
         features = self._run_features(x)  # once per batch, however many targets
 
         logits = None
@@ -420,6 +386,18 @@ class Explainer:
             labels=labels,
             logits=logits,
             method=method,
+        )
+
+    def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:
+        """:meth:`explain` as one run of the bundle's explanation graph."""
+        out = self.graph.run(x, plan.graph_targets())
+        labels = None
+        if self.labels is not None:
+            labels = [[self.labels[c] for c in row] for row in out["target_ids"]]
+        return Explanation(
+            heatmaps=out["heatmaps"], cams=out["cams"], class_ids=out["target_ids"],
+            scores=out["scores"], probabilities=out["probabilities"], labels=labels,
+            logits=out["logits"], method=self.graph.method,
         )
 
     def explain_images(

@@ -18,8 +18,8 @@ import explainer
 
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
-    "bundle", "errors", "gradcheck", "image", "labels", "methods", "preprocessing", "runtime",
-    "targets", "visualize",
+    "bundle", "errors", "explanation_graph", "gradcheck", "image", "labels", "methods",
+    "preprocessing", "runtime", "sessions", "targets", "visualize",
 ]
 
 
