@@ -322,7 +322,12 @@ def build_explanation_graph(
     model.ir_version = features.ir_version
     functions = {(f.domain, f.name): f for f in [*features.functions, *head.functions]}
     model.functions.extend(functions.values())
-    entry = {
+    return model, _entry(input_name, method)
+
+
+def _entry(input_name: str, method: str) -> dict[str, Any]:
+    """The manifest entry of the explanation graph."""
+    return {
         "file": "explanation.onnx",
         "method": method,
         "inputs": {"input": input_name, **INPUTS},
@@ -330,4 +335,3 @@ def build_explanation_graph(
         "targets": "target columns = top_k most probable (descending) | least least probable "
                    "(ascending) | class_ids, concatenated in that order",
     }
-    return model, entry
