@@ -1,20 +1,28 @@
 """Grad-CAM speed on CPU: onnxcam vs plain ONNX Runtime inference vs PyTorch peers.
 
-For each model and batch size, in one run on one machine (median of ``--repeats`` timed
-runs after warm-up, milliseconds):
+For each model and batch size, in one run on one machine (milliseconds; each figure is the
+median of ``--rounds`` block medians, a block being up to ``--block`` calls of one callable
+after one warm-up call):
 
-* ``ort_infer``      plain ONNX Runtime inference of the whole exported model;
-* ``onnxcam_1``      onnxcam Grad-CAM, top-1 target (features graph + logits pass + gradient head);
-* ``onnxcam_top5``   onnxcam Grad-CAM, top-5 targets in one call;
-* ``torch_autograd`` PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
-* ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target.
+* ``ort_infer``        plain ONNX Runtime inference of the whole exported model, ORT's default
+                       settings (thread spinning on): the baseline;
+* ``ort_infer_nospin`` the same with spinning off (``session.intra_op.allow_spinning=0``);
+* ``onnxcam_1``        onnxcam Grad-CAM, top-1 target: one run of the bundle's explanation
+                       graph (features, logits pass, gradient head, CAM, upsampling, min-max);
+* ``onnxcam_top5``     onnxcam Grad-CAM, top-5 targets in one call;
+* ``torch_autograd``   PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
+* ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target;
+* ``export_s``         seconds to export the bundle (``export_torch``: torch.onnx, split,
+                       gradient head, explanation graph).
 
-The ONNX Runtime measurements run interleaved round by round, then the PyTorch ones, after two
-warm-up calls each.
+Why blocks: a session with spinning threads slows whatever runs right after it on the same
+cores, so single calls of several sessions interleaved would charge each one for its
+neighbour's spinning. Blocks of one callable at a time, several rounds, keep drift fair.
 
-Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--repeats 15] [--json out.json]``.
-Models use seeded random weights with recalibrated BatchNorm (speed does not depend on the
-weights' values once activations are not denormal).
+Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--rounds 5] [--block 10]
+[--models ...] [--batches 1 16] [--json out.json]``. Models use seeded random weights with
+recalibrated BatchNorm (speed does not depend on the weights' values once activations are not
+denormal).
 """
 
 from __future__ import annotations
@@ -33,28 +41,37 @@ import torch
 import torchvision
 
 from explainer import Explainer
-from exporters.torch import bundle_from_tapped, export_tapped, recalibrate_batchnorm
+from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm
 
 MODELS = {
     "resnet50": "layer4",
     "densenet121": "features",
     "mobilenet_v3_large": "features.16",
+    "shufflenet_v2_x1_0": "conv5",
+    "resnet18": "layer4",
 }
 
 
-def median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 2):
-    """Median milliseconds of each callable. Runs are interleaved round by round, so a slow
-    drift of the machine affects every column alike and the ratios stay fair."""
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for _ in range(repeats):
+def block_median_ms(runs: dict[str, Callable[[], object]], rounds: int, block: int,
+                    budget_s: float = 0.6) -> dict[str, float]:
+    """Median over rounds of each callable's block median (ms). A block is ``block`` calls, or
+    fewer for slow callables (about ``budget_s`` per block, at least 3 calls)."""
+    sizes = {}
+    for key, fn in runs.items():
+        start = time.perf_counter()
+        fn()  # warm-up, and a guess of the call time
+        sizes[key] = max(3, min(block, round(budget_s / (time.perf_counter() - start))))
+    medians: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in range(rounds):
         for key, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return {key: statistics.median(values) for key, values in times.items()}
+            fn()  # the first call after another session's block pays for the switch
+            times = []
+            for _ in range(sizes[key]):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1000)
+            medians[key].append(statistics.median(times))
+    return {key: statistics.median(values) for key, values in medians.items()}
 
 
 def torch_autograd_gradcam(model, layer, x):
@@ -68,10 +85,64 @@ def torch_autograd_gradcam(model, layer, x):
     return cam.detach()
 
 
+def _sessions(plain, threads: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """Plain inference at ORT's defaults (threads aside), and with spinning off."""
+    made = []
+    for spinning in (True, False):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        made.append(ort.InferenceSession(plain.SerializeToString(), options,
+                                         providers=["CPUExecutionProvider"]))
+    return made[0], made[1]
+
+
+def bench_model(name: str, args: argparse.Namespace, grad_cam_cls) -> list[dict]:
+    """The rows of one model, one per batch size."""
+    torch.manual_seed(0)
+    model = recalibrate_batchnorm(getattr(torchvision.models, name)(weights=None), batches=2)
+    layer_path = MODELS[name]
+    layer = model.get_submodule(layer_path)
+    start = time.perf_counter()
+    bundle = export_torch(model, layer_path)
+    export_s = time.perf_counter() - start
+    explainer = Explainer(bundle, threads=args.threads)
+    assert explainer.graph is not None, "the benchmark measures the explanation graph"
+    plain, _, _ = export_tapped(model, [])
+    infer, infer_nospin = _sessions(plain, args.threads)
+    grad_cam = grad_cam_cls(model=model, target_layers=[layer])
+    rows = []
+    for batch in args.batches:
+        x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        # ONNX Runtime first, then PyTorch: torch's OpenMP threads keep spinning after a call
+        times = block_median_ms({
+            "ort_infer": partial(infer.run, None, {"input": x}),
+            "ort_infer_nospin": partial(infer_nospin.run, None, {"input": x}),
+            "onnxcam_1": partial(explainer.explain, x),
+            "onnxcam_top5": partial(explainer.explain, x, top_k=5),
+        }, args.rounds, args.block)
+        times.update(block_median_ms({
+            "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
+            "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
+        }, args.rounds, args.block))
+        row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,
+               "export_s": round(export_s, 1), **{k: round(v, 2) for k, v in times.items()}}
+        row["cam_vs_infer"] = round(times["onnxcam_1"] / times["ort_infer"], 2)
+        row["top5_vs_1"] = round(times["onnxcam_top5"] / times["onnxcam_1"], 2)
+        row["speedup_vs_grad_cam"] = round(times["pytorch_grad_cam"] / times["onnxcam_1"], 1)
+        row["speedup_vs_autograd"] = round(times["torch_autograd"] / times["onnxcam_1"], 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--json", default=None, help="also write the rows to this file")
@@ -81,44 +152,7 @@ def main() -> None:
 
     from pytorch_grad_cam import GradCAM
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    rows = []
-    for name in args.models:
-        torch.manual_seed(0)
-        model = recalibrate_batchnorm(getattr(torchvision.models, name)(weights=None), batches=2)
-        layer_path = MODELS[name]
-        layer = model.get_submodule(layer_path)
-        proto, tensors, _ = export_tapped(model, [layer_path])
-        explainer = Explainer(bundle_from_tapped(proto, tensors[0], layer_path),
-                              threads=args.threads)
-        plain, _, _ = export_tapped(model, [])
-        infer = ort.InferenceSession(plain.SerializeToString(), options,
-                                     providers=["CPUExecutionProvider"])
-        grad_cam = GradCAM(model=model, target_layers=[layer])
-        for batch in args.batches:
-            x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
-            xt = torch.from_numpy(x)
-            # Two groups, each interleaved: PyTorch's OpenMP threads keep spinning after a call
-            # and would slow whichever ONNX Runtime run came next.
-            times = median_ms({
-                "ort_infer": partial(infer.run, None, {"input": x}),
-                "onnxcam_1": partial(explainer.explain, x),
-                "onnxcam_top5": partial(explainer.explain, x, top_k=5),
-            }, args.repeats)
-            times.update(median_ms({
-                "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
-                "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
-            }, args.repeats))
-            row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,
-                   **{k: round(v, 1) for k, v in times.items()}}
-            row["cam_vs_infer"] = round(times["onnxcam_1"] / times["ort_infer"], 2)
-            row["top5_vs_1"] = round(times["onnxcam_top5"] / times["onnxcam_1"], 2)
-            row["speedup_vs_grad_cam"] = round(times["pytorch_grad_cam"] / times["onnxcam_1"], 1)
-            row["speedup_vs_autograd"] = round(times["torch_autograd"] / times["onnxcam_1"], 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    rows = [row for name in args.models for row in bench_model(name, args, GradCAM)]
     print()
     print(to_markdown(rows))
     if args.json:
@@ -128,15 +162,16 @@ def main() -> None:
 
 def to_markdown(rows: list[dict]) -> str:
     """The README table."""
-    head = ("| model (layer) | batch | ORT inference | onnxcam 1 target | onnxcam top-5 | "
-            "torch autograd | pytorch-grad-cam | 1 target / inference | top-5 / 1 target | "
-            "vs pytorch-grad-cam |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| model (layer) | batch | ORT inference (default, spinning) | ORT inference, no "
+            "spinning | onnxcam 1 target | onnxcam top-5 | torch autograd | pytorch-grad-cam | "
+            "1 target / inference | top-5 / 1 target | vs pytorch-grad-cam | export (s) |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
-            f"| {r['model']} ({r['layer']}) | {r['batch']} | {r['ort_infer']} | {r['onnxcam_1']} "
-            f"| {r['onnxcam_top5']} | {r['torch_autograd']} | {r['pytorch_grad_cam']} "
-            f"| {r['cam_vs_infer']}x | {r['top5_vs_1']}x | {r['speedup_vs_grad_cam']}x faster |"
+            f"| {r['model']} ({r['layer']}) | {r['batch']} | {r['ort_infer']} "
+            f"| {r['ort_infer_nospin']} | {r['onnxcam_1']} | {r['onnxcam_top5']} "
+            f"| {r['torch_autograd']} | {r['pytorch_grad_cam']} | {r['cam_vs_infer']}x "
+            f"| {r['top5_vs_1']}x | {r['speedup_vs_grad_cam']}x faster | {r['export_s']} |"
         )
     return "\n".join(lines)
 

@@ -1,17 +1,24 @@
-"""A bundle: the two ONNX graphs of a split model plus the manifest that says how to use them.
+"""A bundle: the ONNX graphs of a split model plus the manifest that says how to use them.
 
 On disk a bundle is a directory::
 
-    features.onnx   model inputs -> activation (and any other tensor the head needs)
-    head.onnx       (activation, seed) -> (logits, gradient of sum(seed * logits) w.r.t. activation)
-    manifest.json   schema version, input, target layer, layouts, preprocessing, labels, versions
+    features.onnx      model inputs -> activation (and any other tensor the head needs)
+    head.onnx          (activation, seed) -> (logits, gradient of sum(seed * logits) w.r.t. A)
+    explanation.onnx   (schema 2) input + targets -> logits, target ids, CAMs, heatmaps in one
+                       graph (composed by ``exporters.explanation``); absent where it cannot be
+                       built (static batch, several tensors across the cut)
+    weights.onnx.data  every tensor of 1 KiB or more, once: the three graphs point at the same
+                       offsets of this one external-data file, so the weights are not doubled
+    manifest.json      schema version, input, target layer, layouts, preprocessing, labels,
+                       versions, and (schema 2) the explanation graph's inputs and outputs
 
-Large weights are stored as ONNX external data next to the graph (``features.onnx.data``).
+Schema-1 bundles (no explanation graph; weights inline or in ``<graph>.onnx.data``) still load.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,15 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from onnx import numpy_helper
 
+from .activations import LAYOUTS
 from .errors import BundleError
 from .labels import check_labels, resolve_labels
 
-__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD"]
+__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "WEIGHTS_FILE"]
 
-SCHEMA_VERSION = 1
-#: Graphs larger than this (bytes) are saved with their weights as external data.
-EXTERNAL_DATA_THRESHOLD = 32 * 1024 * 1024
+SCHEMA_VERSION = 2
+#: Tensors of at least this many bytes are saved in the shared external-data file.
+EXTERNAL_DATA_THRESHOLD = 1024
+#: The one external-data file the bundle's graphs share.
+WEIGHTS_FILE = "weights.onnx.data"
+_GRAPHS = ("features", "head", "explanation")
+_ALIGN = 4096
 
 _REQUIRED = {
     "schema_version": int,
@@ -41,6 +54,9 @@ _REQUIRED_SUB = {
     "target": ("tensor", "layout"),
     "head": ("inputs", "seed", "logits", "gradient"),
 }
+_EXPLANATION_KEYS = ("file", "method", "inputs", "outputs")
+_EXPLANATION_INPUTS = ("input", "top_k", "least", "class_ids")
+_EXPLANATION_OUTPUTS = ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")
 
 
 _LAYOUTS = ("NCHW", "NHWC")
@@ -62,6 +78,25 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
             if sub not in manifest[key]:
                 raise BundleError(f"{where}: manifest field {key}.{sub} is missing")
     _check_values(manifest, where)
+    entry = manifest.get("explanation")
+    if entry is not None:
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: manifest field explanation must be an object")
+        missing = [k for k in _EXPLANATION_KEYS if k not in entry]
+        if missing:
+            raise BundleError(f"{where}: manifest field explanation lacks {missing}")
+        file, method = entry["file"], entry["method"]
+        if not (isinstance(file, str) and file and Path(file).name == file):
+            raise BundleError(f"{where}: explanation.file must be a file name, got {file!r}")
+        if not isinstance(method, str):
+            raise BundleError(f"{where}: explanation.method must be a string, got {method!r}")
+        for key, names in (("inputs", _EXPLANATION_INPUTS), ("outputs", _EXPLANATION_OUTPUTS)):
+            value = entry[key]
+            if not (isinstance(value, dict) and all(
+                    isinstance(value.get(n), str) for n in names)):
+                raise BundleError(
+                    f"{where}: explanation.{key} must map {list(names)} to tensor names"
+                )
 
 
 def _check_values(manifest: dict[str, Any], where: str) -> None:
@@ -77,10 +112,10 @@ def _check_values(manifest: dict[str, Any], where: str) -> None:
                        ("input.name", model_input["name"]), ("target.tensor", target["tensor"])]:
         if not isinstance(value, str):
             problems.append(f"{key} must be a tensor name (a string), got {value!r}")
-    for key, value in (("input.layout", model_input["layout"]), ("target.layout",
-                                                                target["layout"])):
-        if value not in _LAYOUTS:
-            problems.append(f"{key} must be one of {_LAYOUTS}, got {value!r}")
+    for key, value, allowed in (("input.layout", model_input["layout"], _LAYOUTS),
+                                ("target.layout", target["layout"], LAYOUTS)):
+        if value not in allowed:
+            problems.append(f"{key} must be one of {allowed}, got {value!r}")
     shape = model_input["shape"]
     if not (isinstance(shape, list) and len(shape) == 4 and all(
             d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)
@@ -108,12 +143,16 @@ class Bundle:
         head: ONNX model, (head inputs, seed) -> (logits, gradient).
         manifest: the metadata described in the README's "Bundle format" section.
         path: the directory the bundle was loaded from or last saved to, if any.
+        explanation: ONNX model, (input, top_k, least, class_ids) -> (logits, target ids,
+            scores, probabilities, cams, heatmaps), described by ``manifest["explanation"]``;
+            None for schema-1 bundles and models it cannot express.
     """
 
     features: onnx.ModelProto
     head: onnx.ModelProto
     manifest: dict[str, Any]
     path: Path | None = field(default=None, compare=False)
+    explanation: onnx.ModelProto | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_manifest(self.manifest, "bundle")
@@ -140,6 +179,17 @@ class Bundle:
                 raise BundleError(f"tensor {name!r} is not an output of the head graph")
         if self.manifest["target"]["tensor"] != head["inputs"][0]:
             raise BundleError("the target tensor must be the first head input")
+        entry = self.manifest.get("explanation")
+        if (entry is None) != (self.explanation is None):
+            raise BundleError("the manifest's explanation entry and the explanation graph must "
+                              "come together")
+        if entry is not None:
+            names = {i.name for i in self.explanation.graph.input}
+            names |= {o.name for o in self.explanation.graph.output}
+            wanted = [*entry["inputs"].values(), *entry["outputs"].values()]
+            missing = [n for n in wanted if n not in names]
+            if missing:
+                raise BundleError(f"explanation graph lacks the tensor(s) {missing}")
 
     # --- convenience views -------------------------------------------------------------------
     @property
@@ -158,27 +208,34 @@ class Bundle:
         return resolve_labels(self.manifest.get("labels"))
 
     # --- persistence ---------------------------------------------------------------------------
+    def models(self) -> dict[str, onnx.ModelProto]:
+        """The bundle's graphs by file stem: features, head and (when present) explanation."""
+        models = {"features": self.features, "head": self.head}
+        if self.explanation is not None:
+            models["explanation"] = self.explanation
+        return models
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the bundle directory ``path`` (created if needed) and return it."""
+        """Write the bundle directory ``path`` (created if needed) and return it.
+
+        Every tensor of :data:`EXTERNAL_DATA_THRESHOLD` bytes or more goes once into
+        :data:`WEIGHTS_FILE`, deduplicated by content: the explanation graph's weights are the
+        features' and head's, so they point at the same offsets and the directory holds the
+        weights once.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        for name, model in (("features", self.features), ("head", self.head)):
-            target = path / f"{name}.onnx"
-            data = path / f"{name}.onnx.data"
-            if data.exists():
-                data.unlink()
-            if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        for stale in [WEIGHTS_FILE, *(f"{n}.onnx{x}" for n in _GRAPHS for x in ("", ".data"))]:
+            (path / stale).unlink(missing_ok=True)
+        offsets: dict[bytes, tuple[int, int]] = {}
+        with open(path / WEIGHTS_FILE, "wb") as data:
+            for name, model in self.models().items():
                 model = copy.deepcopy(model)
-                onnx.save_model(
-                    model,
-                    target,
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data.name,
-                    size_threshold=1024,
-                )
-            else:
-                onnx.save_model(model, target)
+                for tensor in _tensors(model.graph):
+                    _externalize(tensor, data, offsets)
+                onnx.save_model(model, path / f"{name}.onnx")
+        if not offsets:
+            (path / WEIGHTS_FILE).unlink()
         (path / "manifest.json").write_text(json.dumps(self.manifest, indent=2) + "\n")
         self.path = path
         return path
@@ -201,17 +258,62 @@ class Bundle:
         if not isinstance(manifest, dict):
             raise BundleError(f"{files['manifest.json']}: expected a JSON object")
         _check_manifest(manifest, str(files["manifest.json"]))
+        names = ["features", "head"]
+        if manifest.get("explanation") is not None:
+            names.append("explanation")
+            files["explanation.onnx"] = path / manifest["explanation"]["file"]
+            if not files["explanation.onnx"].is_file():
+                raise BundleError(f"{path}: bundle file {manifest['explanation']['file']} is "
+                                  "missing (the manifest lists an explanation graph)")
         models = {}
-        for name in ("features", "head"):
+        for name in names:
             try:
                 models[name] = onnx.load(str(files[f"{name}.onnx"]))
             except Exception as err:  # protobuf raises DecodeError, missing external data OSError
                 raise BundleError(
                     f"{files[f'{name}.onnx']}: cannot be read as ONNX ({err})"
                 ) from err
-        return cls(models["features"], models["head"], manifest, path=path)
+        return cls(models["features"], models["head"], manifest, path=path,
+                   explanation=models.get("explanation"))
 
     def check(self) -> None:
-        """Run ``onnx.checker`` on both graphs (raises ``onnx.checker.ValidationError``)."""
-        for model in (self.features, self.head):
+        """Run ``onnx.checker`` on every graph (raises ``onnx.checker.ValidationError``)."""
+        for model in self.models().values():
             onnx.checker.check_model(model, full_check=True)
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Initializers and node-attribute tensors of ``graph`` and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                yield from _tensors(sub)
+
+
+def _externalize(tensor: onnx.TensorProto, data: Any, offsets: dict[bytes, tuple[int, int]]):
+    """Point a large tensor at its bytes in the open weights file, writing them on first use."""
+    if (tensor.data_location == onnx.TensorProto.EXTERNAL
+            or tensor.data_type == onnx.TensorProto.STRING):
+        return
+    raw = (tensor.raw_data if tensor.HasField("raw_data")
+           else numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data)
+    if len(raw) < EXTERNAL_DATA_THRESHOLD:
+        return
+    key = hashlib.blake2b(raw, digest_size=20).digest() + bytes(str(tensor.data_type), "ascii")
+    if key not in offsets:
+        offset = -(-data.tell() // _ALIGN) * _ALIGN
+        data.seek(offset)
+        data.write(raw)
+        offsets[key] = (offset, len(raw))
+    offset, length = offsets[key]
+    dims, data_type, name = list(tensor.dims), tensor.data_type, tensor.name
+    tensor.Clear()
+    tensor.name, tensor.data_type = name, data_type
+    tensor.dims.extend(dims)
+    for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", length)):
+        tensor.external_data.add(key=key, value=str(value))
+    tensor.data_location = onnx.TensorProto.EXTERNAL

@@ -85,8 +85,10 @@ def resolve_labels(spec: str | Sequence[str] | None) -> list[str] | None:
                 "(or pass a list of class names)"
             )
         return loader()
-    if isinstance(spec, bytes):
-        raise LabelError("labels must be a label-set name or a sequence of str, not bytes")
+    if isinstance(spec, bytes) or not isinstance(spec, Sequence):
+        raise LabelError(
+            f"labels must be a label-set name or a sequence of str, not {type(spec).__name__}"
+        )
     labels = list(spec)
     bad = [(i, type(v).__name__) for i, v in enumerate(labels) if not isinstance(v, str)]
     if bad:

@@ -1,4 +1,4 @@
-"""The Explainer: runs a bundle's two graphs on ONNX Runtime and turns them into CAMs.
+"""The Explainer: runs a bundle's graphs on ONNX Runtime and turns them into CAMs.
 
 The data path, in one place (:meth:`Explainer.explain`)::
 
@@ -6,6 +6,11 @@ The data path, in one place (:meth:`Explainer.explain`)::
           -> (logits pass, only when targets depend on the prediction)
           -> head graph for every (image, target) pair (one-hot seeds) -> logits, dA
           -> CAM weights (methods.py) -> ReLU(sum_k w_k A^k) -> upsample, min-max -> heatmaps
+
+A schema-2 bundle also carries that whole path as one ONNX graph (``explanation.onnx``); where
+it can express the method (Grad-CAM), ``explain`` is one run of it
+(:mod:`explainer.explanation_graph`). The two graphs and numpy remain the path for other
+methods, schema-1 bundles, static-batch models and heads that read more than the activation.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import onnxruntime as ort
 from .activations import to_channels_first
 from .bundle import Bundle
 from .errors import ExplainerError, InputError, ProviderError
+from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
-from .sessions import resolve_providers, session_options
-from .targets import one_hot_seeds, plan_targets
+from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
+from .targets import TargetPlan, one_hot_seeds, plan_targets
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
@@ -86,6 +92,14 @@ class Explainer:
     Input dtype: the batch must have the manifest's ``input.dtype``: float (cast to float32)
     for most models, uint8 for models that normalize inside the graph.
 
+    Two paths give the same :class:`Explanation`:
+
+    * the explanation graph (schema-2 bundles, Grad-CAM, dynamic batch, only the activation
+      across the cut): one session run per call, ONNX Runtime's default thread spinning;
+    * the two graphs (everything else): the features graph, the logits pass, the gradient head
+      and numpy CAMs; spinning is off there so the sessions, run one after the other, do not
+      fight for the cores. Their sessions are created on first use.
+
     Threads and resources: one Explainer may be shared by many threads (ONNX Runtime sessions
     run concurrently; nothing in :meth:`explain` mutates the Explainer), and gives the same
     results as sequential calls. :meth:`close` (or leaving a ``with Explainer(...) as e:``
@@ -94,10 +108,12 @@ class Explainer:
     Args:
         bundle: a :class:`Bundle` or the path of a bundle directory.
         providers: None or ``"cpu"`` for the CPU; ``"cuda"`` or an ONNX Runtime provider list
-            for CUDA (the activation stays on the device between the two graphs).
-        threads: intra-op threads of each session (None: ONNX Runtime's default). Spinning is
-            off so the two sessions, run one after the other, do not fight for the cores.
+            for CUDA (the input and outputs are bound once with IO binding; on the two-graph
+            path the activation stays on the device between the graphs).
+        threads: intra-op threads of each session (None: ONNX Runtime's default).
         optimization: ONNX Runtime graph optimization level: "all", "extended", "basic", "none".
+        explanation_graph: use the bundle's explanation graph where it can express the method
+            (False: always the two graphs).
     """
 
     def __init__(
@@ -106,6 +122,7 @@ class Explainer:
         providers: str | Sequence[Any] | None = None,
         threads: int | None = None,
         optimization: str = "all",
+        explanation_graph: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(Path(bundle))
         manifest = self.bundle.manifest
@@ -113,7 +130,7 @@ class Explainer:
         self.on_cuda = any(
             (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in self.providers
         )
-        options = session_options(optimization, threads)
+        options = session_options(threads, optimization, spinning=False)
         head = manifest["head"]
         self.num_classes: int = manifest["num_classes"]
         self.head_inputs: list[str] = list(head["inputs"])
@@ -139,9 +156,38 @@ class Explainer:
         self._session = session
         self._lock = threading.Lock()
         self._closed = False
-        self._logits_session: ort.InferenceSession | None = None
-        self.features_session: ort.InferenceSession | None = session(self.bundle.features)
-        self.head_session: ort.InferenceSession | None = session(self.bundle.head)
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self.graph: ExplanationGraph | None = None
+        if (explanation_graph and self.bundle.explanation is not None and not self.static_batch
+                and self.target_layout in ("NCHW", "NHWC")):
+            self.graph = ExplanationGraph(
+                self.bundle.explanation, manifest["explanation"],
+                session_options(threads, optimization, spinning=True), self.providers,
+                self.on_cuda,
+            )
+
+    def _lazy_session(self, key: str, model: Any) -> ort.InferenceSession:
+        """The session ``key``, created on first use from ``model()`` (once, even when several
+        threads ask at the same time)."""
+        self._check_open()
+        session = self._sessions.get(key)
+        if session is None:
+            with self._lock:
+                self._check_open()
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._sessions[key] = self._session(model())
+        return session
+
+    @property
+    def features_session(self) -> ort.InferenceSession:
+        """The features graph's session (created on first use)."""
+        return self._lazy_session("features", lambda: self.bundle.features)
+
+    @property
+    def head_session(self) -> ort.InferenceSession:
+        """The gradient head's session (created on first use)."""
+        return self._lazy_session("head", lambda: self.bundle.head)
 
     @property
     def logits_session(self) -> ort.InferenceSession:
@@ -149,14 +195,11 @@ class Explainer:
 
         Built on first use (once, even when several threads ask at the same time), so
         explaining fixed classes never holds a second copy of the head's weights."""
-        self._check_open()
-        if self._logits_session is None:
-            with self._lock:
-                if self._logits_session is None:
-                    head = onnx.utils.Extractor(self.bundle.head)  # onnx's dead-node removal
-                    model = head.extract_model(self.head_inputs, [self.logits_name])
-                    self._logits_session = self._session(model)
-        return self._logits_session
+        def pruned() -> onnx.ModelProto:
+            head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
+            return head.extract_model(self.head_inputs, [self.logits_name])
+
+        return self._lazy_session("logits", pruned)
 
     # --- lifetime -------------------------------------------------------------------------------
     @property
@@ -169,7 +212,8 @@ class Explainer:
         it raise :class:`ExplainerError`. Do not close while other threads are explaining."""
         with self._lock:
             self._closed = True
-            self.features_session = self.head_session = self._logits_session = None
+            self._sessions.clear()
+            self.graph = None
 
     def __enter__(self) -> Explainer:
         self._check_open()
@@ -288,43 +332,14 @@ class Explainer:
         return self._run_once(session, feeds, outputs)
 
     def _run_once(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
-        if not self.on_cuda:
-            return session.run(outputs, feeds)
-        binding = session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in outputs:
-            binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return run_once(session, feeds, outputs, self.on_cuda)
 
     def _run_chunked(
         self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]
     ) -> list[np.ndarray]:
-        """Run a static-batch graph on any number of rows, in chunks of the static size."""
-        size = self.static_batch
-        feeds = {k: self._to_numpy(v) for k, v in feeds.items()}
-        rows = next(iter(feeds.values())).shape[0]
-        results: list[list[np.ndarray]] = [[] for _ in outputs]
-        for start in range(0, rows, size):
-            chunk = {}
-            for name, value in feeds.items():
-                part = value[start : start + size]
-                if part.shape[0] < size:  # pad the last chunk with copies of its last row
-                    pad = np.repeat(part[-1:], size - part.shape[0], axis=0)
-                    part = np.concatenate([part, pad])
-                chunk[name] = np.ascontiguousarray(part)
-            values = self._run_once(session, chunk, outputs)
-            for result, value in zip(results, values, strict=True):
-                result.append(self._to_numpy(value))
-        return [np.concatenate(parts)[:rows] for parts in results]
+        return run_chunked(session, feeds, outputs, self.static_batch, self.on_cuda)
 
-    @staticmethod
-    def _to_numpy(value: Any) -> np.ndarray:
-        return value.numpy() if isinstance(value, ort.OrtValue) else value
+    _to_numpy = staticmethod(to_numpy)
 
     def _gradients(self, features: dict[str, Any], class_ids: np.ndarray):
         """Head runs for class_ids [B, K]: returns (logits [B, C], gradients [B, K, ...])."""
@@ -396,6 +411,8 @@ class Explainer:
         x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
+        if self.graph is not None and method == self.graph.method:
+            return self._explain_in_graph(x, plan)  # all of the below, in one ONNX Runtime run
         features = self._run_features(x)  # once per batch, however many targets
 
         logits = None
@@ -429,6 +446,18 @@ class Explainer:
             labels=labels,
             logits=logits,
             method=method,
+        )
+
+    def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:
+        """:meth:`explain` as one run of the bundle's explanation graph."""
+        out = self.graph.run(x, plan.graph_targets())
+        labels = None
+        if self.labels is not None:
+            labels = [[self.labels[c] for c in row] for row in out["target_ids"]]
+        return Explanation(
+            heatmaps=out["heatmaps"], cams=out["cams"], class_ids=out["target_ids"],
+            scores=out["scores"], probabilities=out["probabilities"], labels=labels,
+            logits=out["logits"], method=self.graph.method,
         )
 
     def explain_images(

@@ -1,18 +1,18 @@
-"""ONNX Runtime session settings of an :class:`~explainer.Explainer`: providers and options."""
+"""ONNX Runtime session settings shared by the Explainer's sessions: providers and options."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from .errors import ProviderError, UsageError
 
-__all__ = ["OPTIMIZATION_LEVELS", "resolve_providers", "session_options"]
+__all__ = ["resolve_providers", "run_chunked", "run_once", "session_options", "to_numpy"]
 
-#: names accepted for ``optimization`` -> ONNX Runtime graph optimization level
-OPTIMIZATION_LEVELS = {
+_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -21,10 +21,11 @@ OPTIMIZATION_LEVELS = {
 
 
 def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
-    """ONNX Runtime provider list for None/"cpu", "cuda" or an explicit list.
+    """``None``/``"cpu"``, ``"cuda"`` or an ORT provider list -> an ORT provider list.
 
     Raises:
-        ProviderError: an unknown shorthand, or a provider this ONNX Runtime build lacks.
+        ProviderError: an unknown shorthand, or a provider this ONNX Runtime build lacks
+            (for CUDA: says what to install).
     """
     available = ort.get_available_providers()
     if providers is None or providers == "cpu":
@@ -51,21 +52,59 @@ def resolve_providers(providers: str | Sequence[Any] | None) -> list[Any]:
     return providers
 
 
-def session_options(optimization: str = "all", threads: int | None = None) -> ort.SessionOptions:
-    """Session options: the optimization level, ``threads`` intra-op threads (None: ONNX
-    Runtime's default) and spinning off, so sessions run one after the other do not fight for
-    the cores.
-
-    Raises:
-        UsageError: an unknown optimization level.
-    """
-    if optimization not in OPTIMIZATION_LEVELS:
-        raise UsageError(
-            f"optimization must be one of {sorted(OPTIMIZATION_LEVELS)}, got {optimization!r}"
-        )
+def session_options(threads: int | None, optimization: str, spinning: bool) -> ort.SessionOptions:
+    """Session options: intra-op threads (None: ORT's default), optimization level ("all",
+    "extended", "basic", "none") and thread spinning (ORT's default is on; sessions run one
+    after the other need it off, or their spinning threads fight for the cores)."""
+    if optimization not in _LEVELS:
+        raise UsageError(f"optimization must be one of {sorted(_LEVELS)}, got {optimization!r}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = _LEVELS[optimization]
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = int(threads)
     return options
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A session output as numpy (``OrtValue``s on a device are copied to the host)."""
+    return value.numpy() if isinstance(value, ort.OrtValue) else value
+
+
+def run_once(session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str],
+             on_cuda: bool) -> list[Any]:
+    """One run; on CUDA through IO binding (``OrtValue`` feeds stay on the device)."""
+    if not on_cuda:
+        return session.run(outputs, feeds)
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    for name in outputs:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+def run_chunked(session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str],
+                size: int, on_cuda: bool) -> list[np.ndarray]:
+    """Run a static-batch graph on any number of rows, in chunks of the static ``size``, the
+    last one padded with copies of its last row (the padding is dropped from the results)."""
+    feeds = {k: to_numpy(v) for k, v in feeds.items()}
+    rows = next(iter(feeds.values())).shape[0]
+    results: list[list[np.ndarray]] = [[] for _ in outputs]
+    for start in range(0, rows, size):
+        chunk = {}
+        for name, value in feeds.items():
+            part = value[start : start + size]
+            if part.shape[0] < size:
+                pad = np.repeat(part[-1:], size - part.shape[0], axis=0)
+                part = np.concatenate([part, pad])
+            chunk[name] = np.ascontiguousarray(part)
+        values = run_once(session, chunk, outputs, on_cuda)
+        for result, value in zip(results, values, strict=True):
+            result.append(to_numpy(value))
+    return [np.concatenate(parts)[:rows] for parts in results]

@@ -34,9 +34,26 @@ import numpy as np
 
 from .errors import TargetError
 
-__all__ = ["TargetError", "TargetPlan", "class_id", "one_hot_seeds", "plan_targets", "seed_rows"]
+__all__ = [
+    "GraphTargets", "TargetError", "TargetPlan", "class_id", "one_hot_seeds", "plan_targets",
+    "seed_rows",
+]
 
 _TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
+
+
+@dataclass(frozen=True)
+class GraphTargets:
+    """Targets as the explanation graph takes them (see ``exporters.explanation``).
+
+    The graph explains the columns ``top_k most probable | least least probable | class_ids``;
+    ``columns`` reorders them into the order the user asked for (None: already in order).
+    """
+
+    top_k: int
+    least: int
+    class_ids: np.ndarray  # [B or 1, N] int64
+    columns: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,26 @@ class TargetPlan:
             else:
                 columns.append(np.full((logits.shape[0], 1), k, dtype=np.int64))
         return np.concatenate(columns, axis=1).astype(np.int64)
+
+    def graph_targets(self) -> GraphTargets:
+        """The explanation graph's target inputs for this plan."""
+        if self.class_ids is not None:
+            return GraphTargets(0, 0, self.class_ids)
+        top = max([k for kind, k in self.terms if kind == "top"], default=0)
+        least = max([k for kind, k in self.terms if kind == "least"], default=0)
+        ids = [k for kind, k in self.terms if kind == "id"]
+        columns, next_id = [], top + least
+        for kind, k in self.terms:
+            if kind == "top":
+                columns.extend(range(k))
+            elif kind == "least":
+                columns.extend(range(top, top + k))
+            else:
+                columns.append(next_id)
+                next_id += 1
+        in_order = columns == list(range(top + least + len(ids)))
+        return GraphTargets(top, least, np.array([ids], np.int64).reshape(1, len(ids)),
+                            None if in_order else np.array(columns))
 
 
 def _check_range(ids: np.ndarray, num_classes: int) -> np.ndarray:

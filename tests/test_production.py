@@ -83,11 +83,10 @@ def test_close_and_context_manager(bundle_dir):
     with Explainer(bundle_dir) as explainer:
         explainer.explain(x, targets="top1")  # builds the logits session too
         assert explainer.features_session is not None and not explainer.closed
-    assert explainer.closed
-    assert explainer.features_session is None and explainer.head_session is None
-    assert explainer._logits_session is None
+    assert explainer.closed and explainer.graph is None and not explainer._sessions
     for call in (lambda: explainer.explain(x), lambda: explainer.run_features(x),
-                 lambda: explainer.logits_session):
+                 lambda: explainer.logits_session, lambda: explainer.features_session,
+                 lambda: explainer.head_session):
         with pytest.raises(ExplainerError, match="closed") as info:
             call()
         assert isinstance(info.value, OnnxcamError) and info.value.exit_code == 1

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
@@ -103,7 +105,9 @@ def test_finite_difference_check_catches_a_wrong_gradient(bundle, tiny_cnn, faul
     """The comparison above is sharp enough: a head whose gradient is off fails it."""
     wrong = _with_wrong_gradient(bundle, _fault_factor(fault))
     x = _inputs(2)
-    e = Explainer(wrong, optimization="none").explain(x, targets=[[0, 3], [4, 1]])
+    # the two graphs: the wrong head is what runs (the explanation graph holds its own copy)
+    wrong_explainer = Explainer(wrong, optimization="none", explanation_graph=False)
+    e = wrong_explainer.explain(x, targets=[[0, 3], [4, 1]])
     ref = _finite_difference_cams(tiny_cnn, x, e.class_ids)
     with pytest.raises(AssertionError):
         _assert_cams_match_finite_differences(e.cams, ref)
@@ -137,7 +141,7 @@ def test_many_targets_equal_single_target_runs(bundle):
 
 
 def test_features_graph_runs_once_per_batch(bundle, monkeypatch):
-    explainer = Explainer(bundle)
+    explainer = Explainer(bundle, explanation_graph=False)
     calls = []
     original = explainer.features_session.run
     monkeypatch.setattr(
@@ -183,7 +187,9 @@ def test_cuda_unavailable_is_a_clear_error(bundle):
 def test_bundle_round_trip_and_checker(bundle, tmp_path):
     bundle.check()
     path = bundle.save(tmp_path / "b")
-    assert sorted(p.name for p in path.iterdir()) == ["features.onnx", "head.onnx", "manifest.json"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "explanation.onnx", "features.onnx", "head.onnx", "manifest.json", "weights.onnx.data"
+    ]
     loaded = Bundle.load(path)
     assert loaded.manifest == bundle.manifest
     x = _inputs(2)
@@ -194,15 +200,85 @@ def test_bundle_round_trip_and_checker(bundle, tmp_path):
     assert Explainer(path).explain(x).cams.shape == (2, 1, 8, 8)
 
 
-def test_large_bundles_use_external_data(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle_module, "EXTERNAL_DATA_THRESHOLD", 0)
+def _external(model) -> set[tuple[str, str, str]]:
+    """(location, offset, length) of every external tensor of a model file."""
+    found = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            found.add((info["location"], info["offset"], info["length"]))
+    return found
+
+
+def test_graphs_share_one_weights_file(bundle, tmp_path, monkeypatch):
+    """Schema 2 stores each weight once: the explanation graph points at the offsets the
+    features and head graphs use, in the one weights.onnx.data."""
+    monkeypatch.setattr(bundle_module, "EXTERNAL_DATA_THRESHOLD", 100)  # weights only
     path = bundle.save(tmp_path / "b")
-    assert (path / "features.onnx.data").is_file()
+    graphs = {n: onnx.load(str(path / f"{n}.onnx"), load_external_data=False)
+              for n in ("features", "head", "explanation")}
+    two_graphs = _external(graphs["features"]) | _external(graphs["head"])
+    assert _external(graphs["explanation"]) <= two_graphs
+    unique = sum(int(length) for _, _, length in two_graphs)
+    weights = sum(t.ByteSize() for m in (bundle.features, bundle.head)
+                  for t in m.graph.initializer)
+    assert unique <= weights
+    assert not list(path.glob("*.onnx.data"))[1:]  # one data file
     loaded = Bundle.load(path)
     x = _inputs(1)
     np.testing.assert_array_equal(
         Explainer(loaded).explain(x).cams, Explainer(bundle).explain(x).cams
     )
+
+
+def test_explanation_graph_is_one_session_run(bundle, monkeypatch):
+    explainer = Explainer(bundle)
+    calls = []
+    original = explainer.graph.session.run
+    monkeypatch.setattr(
+        explainer.graph.session, "run", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    explainer.explain(_inputs(2), targets="top3+least")
+    assert len(calls) == 1
+    assert "features_session" not in vars(explainer)  # the two-graph sessions were not built
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1, a.shape[-2] * a.shape[-1]), b.reshape(-1, b.shape[-2] * b.shape[-1])
+    return float((np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1),
+                                                             1e-30)).max())
+
+
+@pytest.mark.parametrize("targets", [
+    None, "top3+least", "least+top2", "2+top1+least2", [[0, 3], [4, 1], [2, 2]], 4, [1, 0, 3],
+])
+def test_explanation_graph_equals_two_graphs(bundle, targets):
+    x = _inputs(3)
+    one = Explainer(bundle).explain(x, targets=targets)
+    two = Explainer(bundle, explanation_graph=False).explain(x, targets=targets)
+    np.testing.assert_array_equal(one.class_ids, two.class_ids)
+    assert _rel_l2(one.cams, two.cams) <= 1e-5
+    np.testing.assert_allclose(one.heatmaps, two.heatmaps, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(one.probabilities, two.probabilities, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(one.scores, two.scores, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(one.logits, two.logits, atol=1e-6, rtol=1e-6)
+    assert one.labels == two.labels and one.heatmaps.dtype == np.float32
+
+
+def test_schema_1_bundle_still_loads(tmp_path):
+    """A bundle saved by onnxcam before schema 2 (tests/data) explains as it did."""
+    path = Path(__file__).parent / "data" / "schema1_tiny.onnxcam"
+    expected = np.load(Path(__file__).parent / "data" / "schema1_tiny_expected.npz")
+    loaded = Bundle.load(path)
+    assert loaded.manifest["schema_version"] == 1 and loaded.explanation is None
+    explainer = Explainer(loaded, optimization="none")
+    assert explainer.graph is None
+    e = explainer.explain(expected["x"], targets="top2+least")
+    np.testing.assert_array_equal(e.class_ids, expected["class_ids"])
+    np.testing.assert_allclose(e.cams, expected["cams"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(e.heatmaps, expected["heatmaps"], atol=1e-5)
+    resaved = Bundle.load(loaded.save(tmp_path / "again"))
+    assert resaved.manifest == loaded.manifest and resaved.explanation is None
 
 
 def test_bundle_load_errors(bundle, tmp_path):
@@ -249,6 +325,7 @@ def test_head_with_a_skip_tensor_across_the_cut(tiny_cnn):
     model = _with_skip_across_the_cut(tiny_cnn)
     bundle = build_bundle(model, "act")
     assert bundle.manifest["head"]["inputs"] == ["act", "r1"]
+    assert bundle.explanation is None and bundle.manifest["explanation"] is None
     x = _inputs(2)
     e = Explainer(bundle, optimization="none").explain(x, targets=[[0, 3, 1], [4, 1, 2]])
     ref = _finite_difference_cams(model, x, e.class_ids)

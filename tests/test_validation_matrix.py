@@ -53,6 +53,10 @@ STAGES = {
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True}}
 
 LAST_TOL = 1e-4
+# explanation graph vs the two graphs, relative L2 per map: at the last stage; deeper heads
+# flip ReLU masks when ONNX Runtime fuses the composed graph differently (resnet50 layer2:
+# 8e-4), so earlier stages get the bound they have against PyTorch
+GRAPH_TOL = 1e-5
 EARLY_TOL, EARLY_FRACTION, EARLY_MAX = 1e-3, 0.95, 5e-2
 
 
@@ -110,10 +114,30 @@ def _float32_noise_check(name, model, layer, inputs, reports) -> list[str]:
     return []
 
 
+def _graph_vs_two_graphs(bundle, inputs, runs) -> float:
+    """Worst relative L2 between the explanation graph's CAMs and the two-graph path's."""
+    two = Explainer(bundle, explanation_graph=False)
+    worst = 0.0
+    for targets, report in runs:
+        reference = two.explain(inputs, targets=targets)
+        np.testing.assert_array_equal(report.class_ids, reference.class_ids)
+        worst = max(worst, float(relative_l2(report.cams, reference.cams).max()))
+    return worst
+
+
+def _check_saved_size(bundle, tmp_path) -> None:
+    """Schema 2 on disk: the explanation graph adds graph structure, not a second weights copy."""
+    path = bundle.save(tmp_path / "bundle")
+    on_disk = sum(f.stat().st_size for f in path.iterdir())
+    weights = {t.name: t.ByteSize() for m in (bundle.features, bundle.head)
+               for t in m.graph.initializer}
+    assert on_disk < 1.05 * sum(weights.values()) + (1 << 20), (on_disk, sum(weights.values()))
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("name", list(STAGES))
-def test_bundle_cams_match_pytorch_autograd(name, photos):
+def test_bundle_cams_match_pytorch_autograd(name, photos, tmp_path):
     model = build_model(name)
     stages = STAGES[name]
     start = time.perf_counter()
@@ -127,11 +151,16 @@ def test_bundle_cams_match_pytorch_autograd(name, photos):
     for depth, (layer, tensor) in enumerate(zip(stages, tensors)):
         bundle = bundle_from_tapped(proto, tensor, layer)
         if depth == 0:
-            bundle.check()  # both graphs pass onnx.checker (full check)
-        explainer = Explainer(bundle)
+            bundle.check()  # every graph passes onnx.checker (full check)
+            _check_saved_size(bundle, tmp_path)
+        explainer = Explainer(bundle)  # the explanation graph: one ORT run per explain()
+        assert explainer.graph is not None
         report = validate(bundle, model, layer, inputs, targets, explainer=explainer)
         # top-1 too: the logits pass must pick the same class PyTorch does
         top = validate(bundle, model, layer, inputs, "top2", explainer=explainer)
+        graph_error = _graph_vs_two_graphs(bundle, inputs, [(targets, report), ("top2", top)])
+        if graph_error > (GRAPH_TOL if depth == 0 else EARLY_MAX):
+            failures.append(f"{layer}: explanation graph vs two graphs {graph_error:.2e}")
         errors = np.concatenate([report.errors.ravel(), top.errors.ravel()])
         _record({
             "model": name, "layer": layer, "stage": "last" if depth == 0 else "earlier",
@@ -139,7 +168,7 @@ def test_bundle_cams_match_pytorch_autograd(name, photos):
             "median_rel_l2": float(np.median(errors)),
             "frac_le_1e-3": float((errors <= EARLY_TOL).mean()),
             "logits_max_abs": max(report.logits_error, top.logits_error),
-            "export_s": round(export_s, 1),
+            "export_s": round(export_s, 1), "graph_vs_two_graphs": graph_error,
         })
         if depth == 0 and errors.max() > LAST_TOL:
             failures.append(f"{layer}: max rel L2 {errors.max():.2e} > {LAST_TOL}")

@@ -155,6 +155,8 @@ def _build(
     )
     bundle.manifest["export"] = options["notes"]
     restore_weights([bundle.features, bundle.head], options["weights"])
+    if bundle.explanation is not None:
+        restore_weights([bundle.explanation], options["weights"], prefixes=("features/", "head/"))
     if bundle.manifest["head"]["inputs"][1:]:
         log.info("%r is not a clean cut: the head also reads %s from the features graph",
                  tensor, bundle.manifest["head"]["inputs"][1:])

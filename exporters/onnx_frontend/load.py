@@ -112,11 +112,18 @@ def strip_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, on
 
 
 def restore_weights(
-    models: list[onnx.ModelProto], weights: dict[str, onnx.TensorProto]
+    models: list[onnx.ModelProto], weights: dict[str, onnx.TensorProto],
+    prefixes: tuple[str, ...] = (),
 ) -> None:
-    """Put the data :func:`strip_weights` left out back into ``models`` (in place)."""
+    """Put the data :func:`strip_weights` left out back into ``models`` (in place).
+
+    ``prefixes``: name prefixes the graphs added to the original names (the explanation graph's
+    ``features/`` and ``head/``)."""
     for model in models:
         for tensor in model.graph.initializer:
-            original = weights.get(tensor.name)
+            name = tensor.name
+            key = next((name[len(p):] for p in prefixes if name.startswith(p)), name)
+            original = weights.get(key)
             if original is not None:
                 tensor.CopyFrom(original)
+                tensor.name = name

@@ -1,0 +1,89 @@
+// Explain a batch with an onnxcam bundle's explanation graph in Node.js (onnxruntime-node).
+//
+//   node examples/node/explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K]
+//
+// INPUT.npy: a float32 batch in the model's input layout, preprocessed as the bundle's
+// manifest says. OUTPUT.npy: the heatmaps [B, K, H, W] float32 in [0, 1]. Prints the explained
+// class ids (and probabilities) of each image as JSON, one line per image.
+//
+// One session run per batch: the graph selects the targets (top_k | least | class_ids), runs
+// the gradient head for every (image, target) pair, and returns finished heatmaps.
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import ort from "onnxruntime-node";
+
+function readNpy(path) {
+  const buf = readFileSync(path);
+  if (buf.toString("latin1", 1, 6) !== "NUMPY") throw new Error(`${path}: not a .npy file`);
+  const major = buf[6];
+  const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
+  const start = major === 1 ? 10 : 12;
+  const header = buf.toString("latin1", start, start + headerLen);
+  if (!/'descr':\s*'<f4'/.test(header) || /'fortran_order':\s*True/.test(header)) {
+    throw new Error(`${path}: expected a C-order float32 array, header ${header.trim()}`);
+  }
+  const shape = header.match(/'shape':\s*\(([^)]*)\)/)[1].split(",").filter((s) => s.trim())
+    .map(Number);
+  const offset = start + headerLen;
+  const data = new Float32Array(buf.buffer.slice(buf.byteOffset + offset,
+    buf.byteOffset + buf.length));
+  return { data, shape };
+}
+
+function writeNpy(path, data, shape) {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(", ")},), }`;
+  header += " ".repeat(63 - ((10 + header.length) % 64)) + "\n";
+  const head = Buffer.alloc(10);
+  head.write("\x93NUMPY", 0, "latin1");
+  head[6] = 1;
+  head[7] = 0;
+  head.writeUInt16LE(header.length, 8);
+  const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  writeFileSync(path, Buffer.concat([head, Buffer.from(header, "latin1"), body]));
+}
+
+async function main(argv) {
+  const args = argv.slice(2);
+  let topK = 1;
+  const k = args.indexOf("--top-k");
+  if (k >= 0) {
+    topK = Number(args[k + 1]);
+    args.splice(k, 2);
+  }
+  if (args.length !== 3 || !(topK >= 1)) {
+    console.error("usage: node explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K]");
+    process.exit(2);
+  }
+  const [bundleDir, inputPath, outputPath] = args;
+  const manifest = JSON.parse(readFileSync(join(bundleDir, "manifest.json"), "utf8"));
+  const graph = manifest.explanation;
+  if (!graph) throw new Error(`${bundleDir}: no explanation graph (schema ${manifest.schema_version})`);
+  // weights.onnx.data is found next to the graph file
+  const session = await ort.InferenceSession.create(join(bundleDir, graph.file));
+  const x = readNpy(inputPath);
+  const feeds = {
+    [graph.inputs.input]: new ort.Tensor("float32", x.data, x.shape),
+    [graph.inputs.top_k]: new ort.Tensor("int64", BigInt64Array.from([BigInt(topK)]), [1]),
+    [graph.inputs.least]: new ort.Tensor("int64", BigInt64Array.from([0n]), [1]),
+    [graph.inputs.class_ids]: new ort.Tensor("int64", new BigInt64Array(0), [1, 0]),
+  };
+  const out = await session.run(feeds);
+  const heatmaps = out[graph.outputs.heatmaps];
+  writeNpy(outputPath, heatmaps.data, heatmaps.dims);
+  const ids = out[graph.outputs.target_ids];
+  const probabilities = out[graph.outputs.probabilities];
+  const [batch, targets] = ids.dims;
+  for (let b = 0; b < batch; b++) {
+    const row = [];
+    for (let j = 0; j < targets; j++) {
+      row.push({ class_id: Number(ids.data[b * targets + j]),
+        probability: probabilities.data[b * targets + j] });
+    }
+    console.log(JSON.stringify(row));
+  }
+}
+
+main(process.argv).catch((err) => {
+  console.error(err.message ?? err);
+  process.exit(1);
+});

@@ -1,0 +1,337 @@
+"""Compose a bundle's features and head graphs and the CAM into one explanation graph.
+
+The explanation graph does in one ONNX Runtime call what :meth:`explainer.Explainer.explain`
+does with two graphs and numpy::
+
+    input -> features/ (the features graph) -> activation A [B, ...]
+          -> logits/   (the head pruned to its logits, B rows) -> logits -> TopK -> target ids
+          -> one-hot seeds [B*K, C]; A repeated K times, image-major [B*K, ...]
+          -> head/     (the gradient head, B*K rows) -> dA -> [B, K, ...]
+          -> cam/      method weights (CAM_METHODS) -> ReLU(sum_c w_c A^c) -> cams [B, K, h, w]
+          -> Resize (bilinear, half-pixel) -> per-map min-max -> heatmaps [B, K, H, W]
+
+Inputs (names in the manifest's ``explanation.inputs``), all required:
+
+* the model input, as the features graph takes it;
+* ``top_k`` (int64 [1]): explain the K most probable classes, most probable first;
+* ``least`` (int64 [1]): then the L least probable classes, least probable first;
+* ``class_ids`` (int64 [B, N] or [1, N] for every image): then these classes; [1, 0] (an
+  empty tensor) for none.
+
+The targets are the columns ``top_k | least | class_ids``, in that order (K = top_k + least +
+N). Top-1 is ``top_k=[1], least=[0], class_ids=[1, 0]``.
+
+Outputs: ``logits`` [B, C], ``target_ids`` [B, K] int64, ``scores`` [B, K] (logits),
+``probabilities`` [B, K] (softmax), ``cams`` [B, K, h, w], ``heatmaps`` [B, K, H, W] in [0, 1].
+
+The CAM part is a table (:data:`CAM_METHODS`): a method name maps to a function that emits
+ONNX nodes from the activation and the gradient to channel weights (or per-position weights).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ExportError
+from .graph import default_opset, prune
+
+__all__ = ["CAM_METHODS", "InGraphMethod", "build_explanation_graph", "explanation_blocker"]
+
+INPUTS = {"top_k": "top_k", "least": "least", "class_ids": "class_ids"}
+OUTPUTS = {name: name for name in
+           ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")}
+
+
+class Builder:
+    """Emits nodes with unique ``prefix/``-names and checked op types; knows the opset."""
+
+    def __init__(self, prefix: str, opset: int) -> None:
+        self.prefix, self.opset = prefix, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}/{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, outputs: int = 1,
+           **attrs: Any) -> Any:
+        """Emit ``op_type``; return its output name (a list when ``outputs > 1``)."""
+        if not onnx.defs.has(op_type):
+            raise ExportError(f"explanation graph: unknown ONNX op {op_type!r}")
+        names = [out or self._name(op_type)] + [self._name(op_type) for _ in range(outputs - 1)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names,
+                                           name=self._name(f"{op_type}_node"), **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """An initializer holding ``value``."""
+        name = self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
+        """ReduceMean/Min/Max/Sum over ``axes``, as the opset wants the axes given."""
+        takes_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if takes_input:
+            return self.op(op_type, x, self.const(axes), keepdims=keepdims)
+        return self.op(op_type, x, axes=axes, keepdims=keepdims)
+
+    def dims(self, shape: str, start: int, end: int) -> str:
+        """``shape[start:end]`` of a Shape output (int64 1-D)."""
+        return self.op("Slice", shape, self.const([start]), self.const([end]), self.const([0]))
+
+
+# --- the CAM methods, in the graph --------------------------------------------------------------
+@dataclass(frozen=True)
+class InGraphMethod:
+    """How a CAM method is written as ONNX nodes.
+
+    Attributes:
+        emit: ``(builder, activation [B, C, h, w], gradient [B, K, C, h, w]) -> weights``,
+            channel weights [B, K, C], or per-position weights broadcastable to
+            [B, K, C, h, w] when ``per_position``.
+        per_position: whether ``emit`` returns per-position weights (then the CAM is
+            ReLU(sum_c w * A) elementwise) instead of channel weights (a batched MatMul).
+    """
+
+    emit: Callable[[Builder, str, str], str]
+    per_position: bool = False
+
+
+def _gradcam(b: Builder, activation: str, gradient: str) -> str:
+    """Grad-CAM (Selvaraju et al., 2017): w_c = mean over (i, j) of dy/dA^c_ij -> [B, K, C]."""
+    return b.reduce("ReduceMean", gradient, [3, 4], keepdims=0)
+
+
+#: Methods the explanation graph can express: name -> node emitter.
+CAM_METHODS: dict[str, InGraphMethod] = {"gradcam": InGraphMethod(_gradcam)}
+
+
+# --- composition ----------------------------------------------------------------------------------
+def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
+    """Rename every tensor and node of ``graph`` (subgraphs included) in place."""
+    for node in graph.node:
+        node.name = rename(node.name) if node.name else node.name
+        node.input[:] = [rename(n) if n else n for n in node.input]
+        node.output[:] = [rename(n) if n else n for n in node.output]
+        for attr in node.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                _rename(sub, rename)
+    for field in (graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in field:
+            item.name = rename(item.name)
+
+
+def _copy_graph(model: onnx.ModelProto, rename: Callable[[str], str]) -> onnx.GraphProto:
+    graph = copy.deepcopy(model.graph)
+    _rename(graph, rename)
+    return graph
+
+
+def explanation_blocker(manifest: dict[str, Any], method: str = "gradcam") -> str | None:
+    """Why a bundle cannot have an explanation graph (None when it can)."""
+    if method not in CAM_METHODS:
+        return f"method {method!r} has no in-graph form (CAM_METHODS: {sorted(CAM_METHODS)})"
+    if len(manifest["head"]["inputs"]) != 1:
+        return "more than one tensor crosses the cut (the head runs once per target column)"
+    batch = (manifest["input"].get("shape") or [None])[0]
+    if isinstance(batch, int):
+        return f"the model has a static batch of {batch} (the head cannot run B*K rows)"
+    if manifest["target"]["layout"] not in ("NCHW", "NHWC"):
+        return f"unknown activation layout {manifest['target']['layout']!r}"
+    return None
+
+
+def _select_targets(b: Builder, logits: str, num_classes: int, batch: str) -> str:
+    """target ids [B, K] = top_k best | least worst | class_ids (each image's ranking)."""
+    order = b.op("TopK", logits, b.const([num_classes]), outputs=2, axis=1, largest=1,
+                 sorted=1)[1]
+    axis1 = b.const([1])
+    top = b.op("Slice", order, b.const([0]), INPUTS["top_k"], axis1)
+    least_end = b.op("Sub", b.const([-1]), INPUTS["least"])
+    least = b.op("Slice", order, b.const([-1]), least_end, axis1, b.const([-1]))
+    ids_shape = b.op("Concat", batch, b.dims(b.op("Shape", INPUTS["class_ids"]), 1, 2), axis=0)
+    ids = b.op("Expand", INPUTS["class_ids"], ids_shape)
+    return b.op("Concat", top, least, ids, axis=1, out=OUTPUTS["target_ids"])
+
+
+def _gradient_rows(b: Builder, activation: str, targets: str, num_classes: int):
+    """Seeds [B*K, C] and the activation repeated K times, image-major [B*K, ...]."""
+    flat_ids = b.op("Reshape", targets, b.const([-1]))
+    seeds = b.op("OneHot", flat_ids, b.const(num_classes), b.const([0.0, 1.0], np.float32),
+                 axis=-1)
+    shape = b.op("Shape", activation)
+    batch, rest = b.dims(shape, 0, 1), b.dims(shape, 1, 1 << 30)
+    k = b.dims(b.op("Shape", targets), 1, 2)
+    expanded = b.op("Expand", b.op("Unsqueeze", activation, b.const([1])),
+                    b.op("Concat", batch, k, rest, axis=0))
+    rows = b.op("Reshape", expanded, b.op("Concat", b.const([-1]), rest, axis=0))
+    return seeds, rows, b.op("Concat", b.const([-1]), k, rest, axis=0)
+
+
+def _cams(b: Builder, method: InGraphMethod, activation: str, gradient: str) -> str:
+    """Raw CAMs [B, K, h, w] = ReLU(sum_c w_c A^c) from NCHW A and gradient [B, K, C, h, w]."""
+    weights = method.emit(b, activation, gradient)
+    if method.per_position:
+        product = b.op("Mul", weights, b.op("Unsqueeze", activation, b.const([1])))
+        return b.op("Relu", b.reduce("ReduceSum", product, [2], keepdims=0), out=OUTPUTS["cams"])
+    flat = b.op("MatMul", weights, b.op("Reshape", activation, b.const([0, 0, -1])))
+    shape = b.op("Concat", b.dims(b.op("Shape", flat), 0, 2),
+                 b.dims(b.op("Shape", activation), 2, 4), axis=0)
+    return b.op("Relu", b.op("Reshape", flat, shape), out=OUTPUTS["cams"])
+
+
+def _heatmaps(b: Builder, cams: str, model_input: str, input_layout: str) -> str:
+    """Bilinear (half-pixel) upsampling to the input size, then per-map min-max to [0, 1]."""
+    hw = (2, 4) if input_layout == "NCHW" else (1, 3)
+    size = b.op("Concat", b.dims(b.op("Shape", cams), 0, 2),
+                b.dims(b.op("Shape", model_input), *hw), axis=0)
+    up = b.op("Resize", cams, "", "", size, mode="linear",
+              coordinate_transformation_mode="half_pixel")
+    flat = b.op("Reshape", up, b.const([0, 0, -1]))
+    low = b.reduce("ReduceMin", flat, [2])
+    span = b.op("Sub", b.reduce("ReduceMax", flat, [2]), low)
+    zero = b.const(0.0, np.float32)
+    scale = b.op("Where", b.op("Greater", span, zero), b.op("Reciprocal", span), zero)
+    scaled = b.op("Mul", b.op("Sub", flat, low), scale)
+    return b.op("Reshape", scaled, b.op("Shape", up), out=OUTPUTS["heatmaps"])
+
+
+def _io(name: str, elem_type: int, shape: list[Any]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def _head_copies(
+    head: onnx.ModelProto, manifest: dict[str, Any], shared: set[str], activation: str,
+    rows: str, seeds: str,
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The head twice: pruned to its logits on the activation (B rows), and pruned to its
+    gradient on the repeated activation and one-hot seeds (B*K rows). Both read one copy of
+    the head's weights (``head/`` names; ``features/`` ones where the features hold them)."""
+    names = manifest["head"]
+    weights = {t.name for t in head.graph.initializer}
+
+    def renamer(prefix: str, fixed: dict[str, str]) -> Callable[[str], str]:
+        def rename(name: str) -> str:
+            if name in fixed:
+                return fixed[name]
+            if name in weights:
+                return f"features/{name}" if name in shared else f"head/{name}"
+            return f"{prefix}/{name}"
+        return rename
+
+    cut = names["inputs"][0]
+    logits = _copy_graph(head, renamer("logits", {cut: activation,
+                                                  names["logits"]: OUTPUTS["logits"]}))
+    prune(logits, [OUTPUTS["logits"]])
+    gradient_name = "cam/gradient_rows"
+    gradient = _copy_graph(head, renamer("head", {cut: rows, names["seed"]: seeds,
+                                                  names["gradient"]: gradient_name}))
+    prune(gradient, [gradient_name])
+    initializers = {t.name: t for g in (logits, gradient) for t in g.initializer
+                    if not t.name.startswith("features/")}
+    return list(logits.node), list(gradient.node), list(initializers.values())
+
+
+def _outputs(manifest: dict[str, Any]) -> list[onnx.ValueInfoProto]:
+    in_shape = list(manifest["input"]["shape"])
+    batch = in_shape[0] if isinstance(in_shape[0], str) else "batch"
+    spatial = in_shape[2:4] if manifest["input"]["layout"] == "NCHW" else in_shape[1:3]
+    target = list(manifest["target"].get("shape") or [None] * 4)
+    small = target[2:4] if manifest["target"]["layout"] == "NCHW" else target[1:3]
+    small = [d if isinstance(d, int) else None for d in small]
+    pair = [batch, "targets"]
+    float_, int64 = TensorProto.FLOAT, TensorProto.INT64
+    return [_io(OUTPUTS["logits"], float_, [batch, manifest["num_classes"]]),
+            _io(OUTPUTS["target_ids"], int64, pair), _io(OUTPUTS["scores"], float_, pair),
+            _io(OUTPUTS["probabilities"], float_, pair),
+            _io(OUTPUTS["cams"], float_, [*pair, *small]),
+            _io(OUTPUTS["heatmaps"], float_, [*pair, *spatial])]
+
+
+def _inputs(features: onnx.ModelProto, input_name: str) -> list[onnx.ValueInfoProto]:
+    """The model input, then the target inputs (all required: no initializer defaults, which
+    ONNX Runtime warns about and cannot constant-fold)."""
+    model_input = next(i for i in features.graph.input if i.name == input_name)
+    return [model_input, _io(INPUTS["top_k"], TensorProto.INT64, [1]),
+            _io(INPUTS["least"], TensorProto.INT64, [1]),
+            _io(INPUTS["class_ids"], TensorProto.INT64, ["id_rows", "ids"])]
+
+
+def build_explanation_graph(
+    features: onnx.ModelProto, head: onnx.ModelProto, manifest: dict[str, Any],
+    method: str = "gradcam",
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Compose the explanation graph (see the module docstring) of a bundle's two graphs.
+
+    Returns:
+        (the model, its manifest entry: file, method, inputs, outputs, target encoding).
+
+    Raises:
+        ExportError: the bundle cannot be composed (see :func:`explanation_blocker`).
+    """
+    blocker = explanation_blocker(manifest, method)
+    input_name = manifest["input"]["name"]
+    if blocker is None and input_name in {*INPUTS.values(), *OUTPUTS.values()}:
+        blocker = f"the model input is named {input_name!r}, like an explanation graph tensor"
+    if blocker:
+        raise ExportError(f"no explanation graph: {blocker}")
+    b = Builder("cam", default_opset(features))
+    graph_inputs = _inputs(features, input_name)
+    body = _copy_graph(features, lambda n: n if n == input_name else f"features/{n}")
+    shared = {t.name for t in features.graph.initializer}
+    activation = f"features/{manifest['target']['tensor']}"
+    targets = OUTPUTS["target_ids"]  # computed below, from the logits pass
+    seeds, rows, grad_shape = _gradient_rows(b, activation, targets, manifest["num_classes"])
+    logits_nodes, gradient_nodes, head_weights = _head_copies(
+        head, manifest, shared, activation, rows, seeds)
+    glue = b.nodes
+    b.nodes = []
+    batch = b.dims(b.op("Shape", OUTPUTS["logits"]), 0, 1)
+    _select_targets(b, OUTPUTS["logits"], manifest["num_classes"], batch)
+    select = b.nodes
+    b.nodes = []
+    gradient = b.op("Reshape", "cam/gradient_rows", grad_shape)
+    nchw = activation
+    if manifest["target"]["layout"] == "NHWC":
+        nchw = b.op("Transpose", activation, perm=[0, 3, 1, 2])
+        gradient = b.op("Transpose", gradient, perm=[0, 1, 4, 2, 3])
+    cams = _cams(b, CAM_METHODS[method], nchw, gradient)
+    _heatmaps(b, cams, input_name, manifest["input"]["layout"])
+    probabilities = b.op("Softmax", OUTPUTS["logits"], axis=1)
+    b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
+    b.op("GatherElements", OUTPUTS["logits"], targets, axis=1, out=OUTPUTS["scores"])
+    nodes = [*body.node, *logits_nodes, *select, *glue, *gradient_nodes, *b.nodes]
+    graph = helper.make_graph(
+        nodes, "onnxcam_explanation", graph_inputs, _outputs(manifest),
+        initializer=[*body.initializer, *head_weights, *b.initializers],
+        value_info=list(body.value_info),
+    )
+    opsets = {o.domain: o for o in [*head.opset_import, *features.opset_import]}
+    model = helper.make_model(graph, opset_imports=list(opsets.values()),
+                              producer_name="onnxcam")
+    model.ir_version = features.ir_version
+    functions = {(f.domain, f.name): f for f in [*features.functions, *head.functions]}
+    model.functions.extend(functions.values())
+    return model, _entry(input_name, method)
+
+
+def _entry(input_name: str, method: str) -> dict[str, Any]:
+    """The manifest entry of the explanation graph."""
+    return {
+        "file": "explanation.onnx",
+        "method": method,
+        "inputs": {"input": input_name, **INPUTS},
+        "outputs": dict(OUTPUTS),
+        "targets": "target columns = top_k most probable (descending) | least least probable "
+                   "(ascending) | class_ids, concatenated in that order",
+    }
