@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # Torch-free environment: `pip install .` with no extras (plus the test runner and onnx-ad).
 $(NOTORCH)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(NOTORCH)
-	$(NOTORCH)/bin/python -m pip install -q . pytest onnx-ad==0.3.0 playwright
+	$(NOTORCH)/bin/python -m pip install -q . pytest onnx-ad==0.3.0 playwright hypothesis
 	touch $@
 
 # What the binding tests need: onnxruntime-node and onnxruntime-web (their install scripts fetch
@@ -34,7 +34,7 @@ examples/web/node_modules/.installed: examples/web/package.json
 js-deps: examples/node/node_modules/.installed examples/web/node_modules/.installed
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -q && apt-get install -y -q chromium) || \
-		echo "chromium could not be installed: the browser test will skip"
+		echo "chromium could not be installed: the browser tests will skip"
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out $(OUT)
