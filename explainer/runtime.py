@@ -31,12 +31,12 @@ import onnxruntime as ort
 
 from .activations import to_channels_first
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, ProviderError
+from .errors import ExplainerError, InputError, ProviderError, TargetError
 from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
 from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
-from .targets import TargetPlan, one_hot_seeds, plan_targets
+from .targets import TargetPlan, plan_targets, seed_rows
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
@@ -57,6 +57,8 @@ class Explanation:
         labels: [B][K] class names when the bundle knows them, else None.
         logits: [B, C] all logits.
         method: the CAM method used.
+        contrast_ids: [B, 1] or [B, K] contrast classes whose score was subtracted, or None.
+        score: what was explained: ``"logit"`` or ``"probability"``.
     """
 
     heatmaps: np.ndarray
@@ -67,11 +69,28 @@ class Explanation:
     labels: list[list[str]] | None
     logits: np.ndarray
     method: str = "gradcam"
+    contrast_ids: np.ndarray | None = None
+    score: str = "logit"
 
     def titles(self, index: int) -> list[str]:
         """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
         names = self.labels[index] if self.labels else [str(c) for c in self.class_ids[index]]
         return [f"{n} {p:.3g}" for n, p in zip(names, self.probabilities[index])]
+
+
+def _contrast_ids(
+    plan: TargetPlan | None, logits: np.ndarray | None, class_ids: np.ndarray
+) -> np.ndarray | None:
+    """The contrast classes [B, 1] or [B, K] of a ``contrast=`` plan."""
+    if plan is None:
+        return None
+    ids = plan.resolve(logits) if plan.needs_logits else plan.class_ids
+    if ids.shape[1] not in (1, class_ids.shape[1]):
+        raise TargetError(
+            f"{ids.shape[1]} contrast classes per image for {class_ids.shape[1]} targets; give "
+            "one contrast class per image or one per target"
+        )
+    return ids
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -341,21 +360,21 @@ class Explainer:
 
     _to_numpy = staticmethod(to_numpy)
 
-    def _gradients(self, features: dict[str, Any], class_ids: np.ndarray):
-        """Head runs for class_ids [B, K]: returns (logits [B, C], gradients [B, K, ...])."""
-        batch, k = class_ids.shape
+    def _gradients(self, features: dict[str, Any], seeds: np.ndarray):
+        """Head runs for seed rows [B, K, C]: returns (logits [B, C], gradients [B, K, ...])."""
+        batch, k = seeds.shape[:2]
         outputs = [self.logits_name, self.gradient_name]
         if k > 1 and len(features) == 1 and not self.on_cuda:
             # Only the activation crosses the cut: one run for all B*K (image, class) pairs.
             feeds = {name: np.repeat(value, k, axis=0) for name, value in features.items()}
-            feeds[self.seed_name] = one_hot_seeds(class_ids, self.num_classes)  # image-major
+            feeds[self.seed_name] = seeds.reshape(batch * k, -1)  # image-major
             logits, gradient = self._run(self.head_session, feeds, outputs)
             return logits[::k], gradient.reshape(batch, k, *gradient.shape[1:])
         # Otherwise one run per target column: other cut tensors (e.g. indices computed from
         # the batch size) keep their batch, and on CUDA everything stays on the device.
         gradients = []
         for column in range(k):
-            seed = one_hot_seeds(class_ids[:, column], self.num_classes)
+            seed = np.ascontiguousarray(seeds[:, column])
             logits, gradient = self._run(
                 self.head_session, {**features, self.seed_name: seed}, outputs
             )
@@ -393,6 +412,9 @@ class Explainer:
         targets: Any = None,
         top_k: int | None = None,
         method: str = "gradcam",
+        *,
+        contrast: Any = None,
+        score: str = "logit",
     ) -> Explanation:
         """Explain a batch.
 
@@ -400,9 +422,14 @@ class Explainer:
             x: batch in the model's input layout and dtype (float32, or uint8 for models that
                 normalize inside the graph; see :meth:`preprocess`).
             targets: None (top-1), an int, a length-B sequence, a [B, K] array, or a string
-                such as ``"top3+least"`` (see :mod:`explainer.targets`).
+                such as ``"top3+least"``; class names stand for class ids (see
+                :mod:`explainer.targets`).
             top_k: explain the K most probable classes (same as ``targets="topK"``).
             method: CAM method name (see :data:`explainer.methods.METHODS`).
+            contrast: classes in the forms of ``targets`` (one per image, or one per target):
+                explain the score of each target minus the score of its contrast class.
+            score: ``"logit"`` (default) or ``"probability"``: explain the softmax
+                probability instead of the logit.
 
         Returns:
             An :class:`Explanation`.
@@ -411,19 +438,24 @@ class Explainer:
         x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
-        if self.graph is not None and method == self.graph.method:
+        against = None if contrast is None else plan_targets(
+            contrast, None, batch, self.num_classes, self.labels)
+        if score not in ("logit", "probability"):
+            raise TargetError(f"score must be 'logit' or 'probability', got {score!r}")
+        plain = against is None and score == "logit"
+        if plain and self.graph is not None and method == self.graph.method:
             return self._explain_in_graph(x, plan)  # all of the below, in one ONNX Runtime run
         features = self._run_features(x)  # once per batch, however many targets
 
         logits = None
-        if plan.needs_logits:
+        if plan.needs_logits or not plain:
             (logits,) = self._run(self.logits_session, features, [self.logits_name])
-            class_ids = plan.resolve(logits)
-        else:
-            class_ids = plan.class_ids
+        class_ids = plan.resolve(logits) if plan.needs_logits else plan.class_ids
+        contrast_ids = _contrast_ids(against, logits, class_ids)
         k = class_ids.shape[1]
-
-        head_logits, gradient = self._gradients(features, class_ids)
+        seeds = seed_rows(class_ids, self.num_classes, contrast_ids, None if score == "logit"
+                          else _softmax(logits.astype(np.float64)))
+        head_logits, gradient = self._gradients(features, seeds.reshape(batch, k, -1))
         if logits is None:
             logits = head_logits
         activation, gradient = to_channels_first(
@@ -446,6 +478,8 @@ class Explainer:
             labels=labels,
             logits=logits,
             method=method,
+            contrast_ids=contrast_ids,
+            score=score,
         )
 
     def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:
@@ -466,7 +500,9 @@ class Explainer:
         targets: Any = None,
         top_k: int | None = None,
         method: str = "gradcam",
+        **options: Any,
     ) -> Explanation:
         """Preprocess image files / PIL images with the bundle's preprocessing and explain them
-        (arguments as for :meth:`explain`)."""
-        return self.explain(self.preprocess(images), targets=targets, top_k=top_k, method=method)
+        (arguments as for :meth:`explain`, ``contrast=`` and ``score=`` included)."""
+        return self.explain(self.preprocess(images), targets=targets, top_k=top_k, method=method,
+                            **options)

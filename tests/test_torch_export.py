@@ -10,9 +10,9 @@ pytest.importorskip("onnxscript")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from explainer import Bundle, Explainer, InputError  # noqa: E402
+from explainer import Bundle, Explainer, InputError, TargetError  # noqa: E402
 from exporters import export_torch, validate  # noqa: E402
-from exporters.torch import ExportError  # noqa: E402
+from exporters.torch import ExportError, relative_l2, resolve_layer  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -96,3 +96,39 @@ def test_fixed_size_model_names_the_size_it_takes(net):
     bundle = export_torch(net, "block", input_shape=(1, 3, 32, 32), dynamic_size=False)
     with pytest.raises(InputError, match=r"expects shape \['batch', 3, 32, 32\].*axis 2"):
         Explainer(bundle).explain(np.zeros((1, 3, 40, 32), np.float32))
+
+
+def _autograd_cams(net, layer, x, score_fn):
+    """Grad-CAM of an arbitrary scalar score per image by autograd (independent reference)."""
+    _, module = resolve_layer(net, layer)
+    store = {}
+    hook = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        logits = net(torch.as_tensor(x))
+    finally:
+        hook.remove()
+    (grad,) = torch.autograd.grad(score_fn(logits).sum(), store["a"])
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * store["a"]).sum(dim=1)).detach().numpy()
+
+
+def test_contrast_and_probability_scores_match_autograd(net):
+    bundle = export_torch(net, "block", input_shape=(1, 3, 32, 32))
+    explainer = Explainer(bundle)
+    x = np.random.default_rng(3).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    rows = torch.arange(3)
+    e = explainer.explain(x, targets=[1, 2, 4], contrast=0)
+    np.testing.assert_array_equal(e.contrast_ids, [[0], [0], [0]])
+    ref = _autograd_cams(net, "block", x, lambda z: z[rows, [1, 2, 4]] - z[:, 0])
+    assert relative_l2(e.cams[:, 0], ref).max() < 1e-4
+    e = explainer.explain(x, targets="top1", score="probability")
+    top = torch.as_tensor(e.class_ids[:, 0])
+    ref = _autograd_cams(net, "block", x, lambda z: torch.softmax(z, 1)[rows, top])
+    assert e.score == "probability" and relative_l2(e.cams[:, 0], ref).max() < 1e-4
+    # a contrast per target, and the prediction-dependent forms
+    e = explainer.explain(x, targets="top2", contrast="least")
+    assert e.contrast_ids.shape == (3, 1) and e.cams.shape[:2] == (3, 2)
+    with pytest.raises(TargetError, match="one contrast class per image or one per target"):
+        explainer.explain(x, targets="top3", contrast="top2")
+    with pytest.raises(TargetError, match="score must be"):
+        explainer.explain(x, score="logits")
