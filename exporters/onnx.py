@@ -54,6 +54,7 @@ from explainer.image import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .autodiff import GradientError, has_rule
 from .build import build_bundle, infer_shapes, value_shape
+from .shapes import recover_shapes
 from .split import SplitError
 
 __all__ = [
@@ -99,6 +100,10 @@ _FIRST_INPUT_OPS = frozenset({
     "LogSoftmax",
 })
 _SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+# ops between a Softmax and the model output that keep its meaning (float16 graphs cast it
+# back to float32, QDQ models quantize it)
+_PASS_THROUGH_OPS = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear")
+_LOW_PRECISION = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 class OnnxExportError(ValueError):
@@ -306,7 +311,8 @@ class _Graph:
         active = {self.input}
         for node in self.nodes:
             if any(i in active for i in node.input if i):
-                active.update(o for o in node.output if o and self.is_float(o))
+                quantized = node.op_type == "QuantizeLinear"  # differentiated by an STE
+                active.update(o for o in node.output if o and (quantized or self.is_float(o)))
         return active
 
     def path(self, output: str) -> tuple[list[int], set[str]]:
@@ -524,7 +530,7 @@ def _float_outputs(g: _Graph) -> list[str]:
 def _softmax_input(g: _Graph, name: str) -> tuple[str, str] | None:
     """(pre-softmax tensor, op type) when ``name`` is a softmax over its last axis."""
     index = g.producer.get(name)
-    while index is not None and g.nodes[index].op_type == "Identity":
+    while index is not None and g.nodes[index].op_type in _PASS_THROUGH_OPS:
         index = g.producer.get(g.nodes[index].input[0])
     if index is None or g.nodes[index].op_type not in _SOFTMAX_OPS:
         return None
@@ -601,6 +607,17 @@ def _resolve_output(
         log.info("output %r has shape %s; explaining it flattened to [batch, classes]",
                  explained, list(shape))
         explained = flat
+    if g.elem_type(explained) in _LOW_PRECISION:  # float16 logits (before a Softmax): the
+        cast = explained + "_float"                    # bundle's logits and seeds stay float32
+        while cast in g.infos or cast in g.producer:
+            cast += "_"
+        graph.node.append(helper.make_node("Cast", [explained], [cast], to=TensorProto.FLOAT,
+                                           name=cast + "_node"))
+        kept = [o for o in graph.output if o.name != explained]
+        del graph.output[:]
+        dims = None if shape is None else [shape[0], classes] if len(shape) > 2 else shape
+        graph.output.extend([helper.make_tensor_value_info(cast, TensorProto.FLOAT, dims), *kept])
+        explained = cast
     notes["explained"] = explained
     return model, explained, notes
 
@@ -616,9 +633,18 @@ def _read_batch_from(model: onnx.ModelProto, g: _Graph, target: str) -> onnx.Mod
     """
     batch = (g.shape(target) or (None,))[0]
     upstream = g.active() - {target}
+    # a Shape the target itself depends on (Swin's window reshapes) cannot read the target
+    feeds_target, stack = set(), [target]
+    while stack:
+        index = g.producer.get(stack.pop())
+        if index is not None and index not in feeds_target:
+            feeds_target.add(index)
+            stack.extend(x for x in g.nodes[index].input if x)
     rewrites = []
     for i, node in enumerate(g.nodes):
         if node.op_type != "Shape" or node.input[0] == target or node.input[0] not in upstream:
+            continue
+        if i in feeds_target:
             continue
         if (g.shape(node.input[0]) or (None,))[0] != batch or batch is None:
             continue
@@ -702,7 +728,7 @@ def candidate_layers(
         explainable one is what ``target="auto"`` picks).
     """
     light, _ = _strip_weights(load_model(model))
-    light = infer_shapes(light)
+    light = recover_shapes(infer_shapes(light))
     light, explained, _ = _resolve_output(light, _Graph(light), output, pre_softmax)
     g = _Graph(infer_shapes(light))
     return _analyse(g, explained)[0]
@@ -808,7 +834,7 @@ def export_onnx(
             raise OnnxExportError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {value!r}")
     source = None if isinstance(model, onnx.ModelProto) else str(model)
     proto, weights = _strip_weights(load_model(model))
-    proto = infer_shapes(proto)
+    proto = recover_shapes(infer_shapes(proto))
     proto, explained, notes = _resolve_output(proto, _Graph(proto), output, pre_softmax)
     proto = infer_shapes(proto)
     g = _Graph(proto)

@@ -192,7 +192,8 @@ def _active_values(model: onnx.ModelProto, analysis: _Analysis, wrt: str) -> set
     active = {wrt}
     for node in model.graph.node:
         if any(name in active for name in node.input if name):
-            active.update(o for o in node.output if o and analysis.is_float(o))
+            ste = node.op_type == "QuantizeLinear"  # integer output, straight-through rule
+            active.update(o for o in node.output if o and (ste or analysis.is_float(o)))
     return active
 
 
