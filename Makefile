@@ -2,11 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 NOTORCH ?= .venv-notorch
+TFVENV ?= .venv-tf
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 LITE0 := build/lite0
 
-.PHONY: demo test test-torch test-notorch lint bench validation-table clean
+.PHONY: demo test test-torch test-notorch venv-tf converter-corpus lint bench validation-table clean
 
 # Full environment: runtime + PyTorch front end + demo + test tools.
 $(VENV)/.installed: pyproject.toml
@@ -20,13 +21,27 @@ $(NOTORCH)/.installed: pyproject.toml
 	$(NOTORCH)/bin/python -m pip install -q . pytest onnx-ad==0.3.0
 	touch $@
 
+# TensorFlow environment for the tf2onnx entries of the converter corpus (TensorFlow and torch
+# do not share an environment). If it cannot be built the build goes on and those entries skip.
+$(TFVENV)/.installed:
+	( $(PYTHON) -m venv $(TFVENV) && \
+	  $(TFVENV)/bin/python -m pip install -q tensorflow-cpu==2.21.0 tf2onnx==1.17.0 onnxruntime numpy && \
+	  touch $@ ) || ( rm -rf $(TFVENV); echo "warning: could not build $(TFVENV); the tf2onnx corpus entries will skip" )
+
+venv-tf: $(TFVENV)/.installed
+
+# The converter corpus (build/converters): tf2onnx, torch.onnx, onnxslim, fp16, int8 QDQ files
+# with the source framework's Grad-CAM. `make converter-corpus FULL=1` adds the slowest exports.
+converter-corpus: $(VENV)/.installed venv-tf
+	$(PY) tests/converter_corpus.py build/converters $(if $(FULL),--full)
+
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out $(OUT)
 	@echo "figures written to $(abspath $(OUT))"
 
 test: test-torch test-notorch
 
-test-torch: $(VENV)/.installed
+test-torch: $(VENV)/.installed venv-tf
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The same suite where torch is not installed: torch tests skip, the rest (ONNX export, CLI,
@@ -51,4 +66,4 @@ validation-table: $(VENV)/.installed
 	$(PY) benchmarks/validation_table.py build/validation.json
 
 clean:
-	rm -rf $(VENV) $(NOTORCH) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(NOTORCH) $(TFVENV) $(OUT) build *.egg-info
