@@ -2,11 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 NOTORCH ?= .venv-notorch
+TFVENV ?= .venv-tf
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 LITE0 := build/lite0
 
-.PHONY: demo test test-torch test-notorch js-deps lint bench validation-table clean
+.PHONY: demo test test-torch test-notorch js-deps venv-tf converter-corpus lint bench \
+	validation-table clean
 
 # Full environment: runtime + PyTorch front end + demo + test tools.
 $(VENV)/.installed: pyproject.toml
@@ -36,13 +38,27 @@ js-deps: examples/node/node_modules/.installed examples/web/node_modules/.instal
 		(apt-get update -q && apt-get install -y -q chromium) || \
 		echo "chromium could not be installed: the browser tests will skip"
 
+# TensorFlow environment for the tf2onnx entries of the converter corpus (TensorFlow and torch
+# do not share an environment). If it cannot be built the build goes on and those entries skip.
+$(TFVENV)/.installed:
+	( $(PYTHON) -m venv $(TFVENV) && \
+	  $(TFVENV)/bin/python -m pip install -q tensorflow-cpu==2.21.0 tf2onnx==1.17.0 onnxruntime numpy && \
+	  touch $@ ) || ( rm -rf $(TFVENV); echo "warning: could not build $(TFVENV); the tf2onnx corpus entries will skip" )
+
+venv-tf: $(TFVENV)/.installed
+
+# The converter corpus (build/converters): tf2onnx, torch.onnx, onnxslim, fp16, int8 QDQ files
+# with the source framework's Grad-CAM. `make converter-corpus FULL=1` adds the slowest exports.
+converter-corpus: $(VENV)/.installed venv-tf
+	$(PY) tests/converter_corpus.py build/converters $(if $(FULL),--full)
+
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out $(OUT)
 	@echo "figures written to $(abspath $(OUT))"
 
 test: test-torch test-notorch
 
-test-torch: $(VENV)/.installed js-deps
+test-torch: $(VENV)/.installed js-deps venv-tf
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The same suite where torch is not installed: torch tests skip, the rest (ONNX export, CLI,
@@ -67,4 +83,4 @@ validation-table: $(VENV)/.installed
 	$(PY) benchmarks/validation_table.py build/validation.json
 
 clean:
-	rm -rf $(VENV) $(NOTORCH) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(NOTORCH) $(TFVENV) $(OUT) build *.egg-info

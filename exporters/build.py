@@ -188,6 +188,10 @@ def _explanation(features: onnx.ModelProto, head: onnx.ModelProto,
                  manifest: dict[str, Any]) -> onnx.ModelProto | None:
     """Add the Grad-CAM explanation graph (and its manifest entry) where the model allows."""
     blocker = explanation_blocker(manifest)
+    activation = head.graph.input[0].type.tensor_type.elem_type
+    if not blocker and activation != onnx.TensorProto.FLOAT:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(activation)
+        blocker = f"the activation is {dtype}, not float32"
     if blocker:
         log.info("no explanation graph (%s): the runtime uses the two graphs", blocker)
         manifest["explanation"] = None

@@ -320,12 +320,14 @@ class Graph:
     def active(self, start: str) -> set[str]:
         """Float tensors that depend on ``start`` (``start`` included): the float data path.
 
-        Integer side computations (``Shape``, indices) are not on it.
+        Integer side computations (``Shape``, indices) are not on it; ``QuantizeLinear``'s
+        integer outputs are (their gradient is a straight-through estimator).
         """
         active = {start}
         for node in self.nodes:
             if any(i in active for i in node.input if i):
-                active.update(o for o in node.output if o and self.is_float(o))
+                quantized = node.op_type == "QuantizeLinear"
+                active.update(o for o in node.output if o and (quantized or self.is_float(o)))
         return active
 
     def path(self, start: str, output: str) -> tuple[list[int], set[str]]:

@@ -68,6 +68,8 @@ class Row:
     eps: float = 1e-3
     rtol: float = 1e-2
     ops: set[str] = field(default_factory=set)
+    # finite differences of this smooth graph instead (straight-through estimators)
+    surrogate: Row | None = None
 
     def __post_init__(self) -> None:
         self.ops = self.ops or {n.op_type for n in self.nodes}
@@ -89,6 +91,28 @@ def op(
 
 def node(op_type: str, inputs: list[str], outputs: list[str], **attrs: Any) -> onnx.NodeProto:
     return helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{outputs[0]}", **attrs)
+
+
+def _fake_quant(id: str, x: Spec, scale: Any, zero_point: Any, opset: int = 20) -> Row:
+    """QuantizeLinear -> DequantizeLinear, whose STE gradient is the derivative of
+    ``(clip(x / scale + zp, qmin - 1/2, qmax + 1/2) - zp) * scale`` (the surrogate row)."""
+    scale = np.asarray(scale, np.float32)
+    info = np.iinfo(zero_point.dtype)
+    rank = len(x.shape)
+    bshape = (-1,) + (1,) * (rank - 2) if scale.ndim else ()
+    nodes = [node("QuantizeLinear", ["x", "scale", "zp"], ["q"]),
+             node("DequantizeLinear", ["q", "scale", "zp"], ["y"])]
+    inputs = {"x": x, "scale": V(scale, np.float32), "zp": V(zero_point, zero_point.dtype)}
+    smooth = [node("Div", ["x", "s"], ["t0"]), node("Add", ["t0", "z"], ["t1"]),
+              node("Clip", ["t1", "lo", "hi"], ["t2"]), node("Sub", ["t2", "z"], ["t3"]),
+              node("Mul", ["t3", "s"], ["y"])]
+    smooth_inputs = {
+        "x": x, "s": V(scale.reshape(bshape), np.float32),
+        "z": V(np.asarray(zero_point, np.float32).reshape(bshape), np.float32),
+        "lo": V(info.min - 0.5, np.float32), "hi": V(info.max + 0.5, np.float32),
+    }
+    return Row(id, nodes, inputs, opset=opset, batch=2,
+               surrogate=Row(f"{id}-surrogate", smooth, smooth_inputs, opset=opset))
 
 
 f32 = np.float32
@@ -269,6 +293,13 @@ ROWS: list[Row] = [
                             node("Mul", ["a", "b"], ["y"])], {"x": F(4, 3)}, opset=18),
     Row("silu", [node("Sigmoid", ["x"], ["s"]), node("Mul", ["x", "s"], ["y"])],
         {"x": F(2, 3, 4, low=-3, high=3)}),
+    # ---- quantization: straight-through estimator, checked against a smooth surrogate
+    _fake_quant("quantize-dequantize-uint8", F(2, 3, 4, low=-2, high=2, avoid=(-1.285, 1.275)),
+                scale=0.01, zero_point=np.uint8(128)),
+    _fake_quant("quantize-dequantize-int8-per-axis",
+                F("batch", 3, 4, 4, low=-1, high=1, avoid=(-0.645, 0.635, -0.3225, 0.3175)),
+                scale=np.array([0.005, 0.0025, 0.01], f32),
+                zero_point=np.zeros(3, np.int8), opset=13),
 ]
 
 
@@ -320,7 +351,7 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
 def _check_row(row: Row) -> None:
     model = _model(row)
     feeds = {n: _value(row, n, s) for n, s in row.inputs.items() if s.kind == "diff"}
-    forward = _session(model)
+    forward = _session(_model(row.surrogate) if row.surrogate else model)
     (y,) = forward.run([row.output], feeds)
     seed = np.random.default_rng(zlib.crc32(row.id.encode())).standard_normal(y.shape)
     seed = seed.astype(y.dtype)

@@ -14,9 +14,11 @@
   final 1x1 convolution. A tensor is *spatial* when it has rank 4 and its height and width
   are not both 1.
 * **Token models.** A model with attention (a ``Softmax`` over rank >= 3 scores on the path)
-  is explained from its tokens ``[N, L, C]`` (layout ``"NLC"``): the auto target is the
-  ``LayerNormalization`` that feeds the last attention, i.e. the last block's first
-  LayerNorm, as pytorch-grad-cam recommends for ViT. Token candidates are LayerNorm outputs;
+  and no feature map after its last attention is explained from its tokens ``[N, L, C]``
+  (layout ``"NLC"``): the auto target is the ``LayerNormalization`` that feeds the last
+  attention, i.e. the last block's first LayerNorm, as pytorch-grad-cam recommends for ViT.
+  A model whose attention blocks end in feature maps (Swin's last stage, NHWC) is explained
+  from the last of those, as for a CNN. Token candidates are LayerNorm outputs;
   they need not be clean cuts (the residual stream also crosses the cut, and the gradient
   is the one through the attention branch, as autograd gives it at that tensor). Their grid
   comes from :func:`explainer.activations.infer_token_grid`.
@@ -89,7 +91,10 @@ def auto_targets(candidates: list[Candidate], layout: str = "auto") -> list[Cand
         if c.layout != "NLC" and c.clean_cut and c.differentiable
         and (layout != "auto" or c.layout in SUPPORTED_LAYOUTS)
     ]
-    if any(c.feeds_attention for c in tokens):  # a transformer: its tokens first
+    attention = [i for i, c in enumerate(candidates) if c.feeds_attention and c.explainable]
+    # tokens first when no feature map follows the last attention (ViT, DeiT); a model whose
+    # attention blocks end in feature maps (Swin's last stage) is explained from those
+    if attention and not any(candidates.index(c) > attention[-1] for c in maps):
         return sorted(tokens[::-1], key=lambda c: not c.feeds_attention) + maps[::-1]
     return maps[::-1] + tokens[::-1]
 

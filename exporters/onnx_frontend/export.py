@@ -22,8 +22,9 @@ from explainer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from ..build import build_bundle
 from ..errors import GradientError, OnnxExportError, SplitError
-from ..graph import Graph
+from ..graph import Graph, infer_shapes
 from ..layouts import SUPPORTED_LAYOUTS, shape_layout
+from ..shapes import recover_shapes
 from .candidates import Candidate, analyse, auto_targets, image_input
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
@@ -42,7 +43,8 @@ def _prepare(
 ) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
     """Load, strip the weights, infer shapes once, and expose the explained output."""
     light, weights = strip_weights(load_model(model))
-    resolved, explained, notes = resolve_output(Graph(light, infer=True), output, pre_softmax)
+    inferred = recover_shapes(infer_shapes(light))  # the one shape inference of the export
+    resolved, explained, notes = resolve_output(Graph(inferred), output, pre_softmax)
     return Graph(resolved), explained, notes, weights
 
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ..errors import OnnxExportError
 from ..graph import Graph, attribute, unique_name
@@ -23,12 +23,16 @@ __all__ = ["resolve_output", "softmax_input"]
 log = logging.getLogger(__name__)
 
 _SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+# ops between a Softmax and the model output that keep its meaning (float16 graphs cast it
+# back to float32, QDQ models quantize it)
+_PASS_THROUGH_OPS = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear")
+_LOW_PRECISION = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
 
 def softmax_input(g: Graph, name: str) -> tuple[str, str] | None:
     """(pre-softmax tensor, op type) when ``name`` is a softmax over its last axis."""
     index = g.producer.get(name)
-    while index is not None and g.nodes[index].op_type == "Identity":
+    while index is not None and g.nodes[index].op_type in _PASS_THROUGH_OPS:
         index = g.producer.get(g.nodes[index].input[0])
     if index is None or g.nodes[index].op_type not in _SOFTMAX_OPS:
         return None
@@ -92,7 +96,8 @@ def resolve_output(
         kept = [o for o in graph.output if o.name not in (output, explained)]
         del graph.output[:]
         graph.output.extend([info, *kept])
-    shape = g.shape(explained)
+    shape, dtype = g.shape(explained), g.elem_type(explained)
+    dims = None if shape is None else list(shape)
     if shape is not None and len(shape) > 2:
         wide = [d for d in shape[1:] if d != 1]
         if len(wide) > 1:
@@ -103,11 +108,18 @@ def resolve_output(
         flat = unique_name(explained + "_flat", set(g.names))
         graph.node.append(helper.make_node("Flatten", [explained], [flat], axis=1,
                                            name=flat + "_node"))
-        graph.output.append(helper.make_tensor_value_info(
-            flat, g.elem_type(explained), [shape[0], wide[0] if wide else 1]
-        ))
+        dims = [shape[0], wide[0] if wide else 1]
+        graph.output.append(helper.make_tensor_value_info(flat, g.elem_type(explained), dims))
         log.info("output %r has shape %s; explaining it flattened to [batch, classes]",
                  explained, list(shape))
         explained = flat
+    if dtype in _LOW_PRECISION:  # float16 logits: the bundle's logits and
+        cast = unique_name(explained + "_float", set(g.names))  # seeds stay float32
+        graph.node.append(helper.make_node("Cast", [explained], [cast], to=TensorProto.FLOAT,
+                                           name=cast + "_node"))
+        kept = [o for o in graph.output if o.name != explained]
+        del graph.output[:]
+        graph.output.extend([helper.make_tensor_value_info(cast, TensorProto.FLOAT, dims), *kept])
+        explained = cast
     notes["explained"] = explained
     return model, explained, notes

@@ -8,7 +8,7 @@ sums them back to the inputs' shapes.  Rules may reuse the op's own output
 (``Sigmoid``, ``Tanh``, ``Softmax``...).
 
 Adding an op = one ``@register`` function in the module of its family (elementwise, shape,
-conv, linear) + one row in ``tests/test_autodiff_rules.py``.
+conv, linear, quantize) + one row in ``tests/test_autodiff_rules.py``.
 
 Opset notes: every rule emits ops valid from opset 13 (the engine's minimum) and
 follows the model's opset where forms differ (``Reduce*`` axes as attribute or input,
@@ -31,6 +31,6 @@ its bounds (like ``relu6``/``hardtanh``).
 
 from __future__ import annotations
 
-from . import conv, elementwise, linear, shape  # noqa: F401  (registering fills RULES)
+from . import conv, elementwise, linear, quantize, shape  # noqa: F401  (registering fills RULES)
 
 __all__: list[str] = []
