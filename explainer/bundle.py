@@ -39,7 +39,9 @@ SCHEMA_VERSION = 2
 EXTERNAL_DATA_THRESHOLD = 1024
 #: The one external-data file the bundle's graphs share.
 WEIGHTS_FILE = "weights.onnx.data"
-_GRAPHS = ("features", "head", "explanation")
+_GRAPHS = ("features", "head", "explanation", "input_gradient")
+#: fields of the manifest's ``input_gradient`` entry (the Guided Backpropagation graph)
+_INPUT_GRADIENT_KEYS = ("file", "input", "seed", "logits", "gradient")
 _ALIGN = 4096
 
 _REQUIRED = {
@@ -78,6 +80,7 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
             if sub not in manifest[key]:
                 raise BundleError(f"{where}: manifest field {key}.{sub} is missing")
     _check_values(manifest, where)
+    _check_input_gradient(manifest, where)
     entry = manifest.get("explanation")
     if entry is not None:
         if not isinstance(entry, dict):
@@ -97,6 +100,19 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
                 raise BundleError(
                     f"{where}: explanation.{key} must map {list(names)} to tensor names"
                 )
+
+
+def _check_input_gradient(manifest: dict[str, Any], where: str) -> None:
+    entry = manifest.get("input_gradient")
+    if entry is None:
+        return
+    if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), str) and entry[k] for k in _INPUT_GRADIENT_KEYS):
+        raise BundleError(f"{where}: manifest field input_gradient must map "
+                          f"{list(_INPUT_GRADIENT_KEYS)} to names")
+    if Path(entry["file"]).name != entry["file"]:
+        raise BundleError(f"{where}: input_gradient.file must be a file name, got "
+                          f"{entry['file']!r}")
 
 
 def _check_values(manifest: dict[str, Any], where: str) -> None:
@@ -146,6 +162,9 @@ class Bundle:
         explanation: ONNX model, (input, top_k, least, class_ids) -> (logits, target ids,
             scores, probabilities, cams, heatmaps), described by ``manifest["explanation"]``;
             None for schema-1 bundles and models it cannot express.
+        input_gradient: ONNX model, (input, seed) -> (logits, guided gradient of
+            ``sum(seed * logits)`` w.r.t. the input), described by
+            ``manifest["input_gradient"]``; present when exported with ``input_gradient=True``.
     """
 
     features: onnx.ModelProto
@@ -153,6 +172,7 @@ class Bundle:
     manifest: dict[str, Any]
     path: Path | None = field(default=None, compare=False)
     explanation: onnx.ModelProto | None = field(default=None, compare=False)
+    input_gradient: onnx.ModelProto | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_manifest(self.manifest, "bundle")
@@ -190,6 +210,16 @@ class Bundle:
             missing = [n for n in wanted if n not in names]
             if missing:
                 raise BundleError(f"explanation graph lacks the tensor(s) {missing}")
+        entry = self.manifest.get("input_gradient")
+        if (entry is None) != (self.input_gradient is None):
+            raise BundleError("the manifest's input_gradient entry and the input-gradient graph "
+                              "must come together")
+        if entry is not None:
+            graph = self.input_gradient.graph
+            names = {v.name for v in [*graph.input, *graph.output]}
+            missing = [entry[k] for k in _INPUT_GRADIENT_KEYS[1:] if entry[k] not in names]
+            if missing:
+                raise BundleError(f"input-gradient graph lacks the tensor(s) {missing}")
 
     # --- convenience views -------------------------------------------------------------------
     @property
@@ -209,10 +239,13 @@ class Bundle:
 
     # --- persistence ---------------------------------------------------------------------------
     def models(self) -> dict[str, onnx.ModelProto]:
-        """The bundle's graphs by file stem: features, head and (when present) explanation."""
+        """The bundle's graphs by file stem: features, head and (when present) explanation and
+        input_gradient."""
         models = {"features": self.features, "head": self.head}
         if self.explanation is not None:
             models["explanation"] = self.explanation
+        if self.input_gradient is not None:
+            models["input_gradient"] = self.input_gradient
         return models
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -265,6 +298,12 @@ class Bundle:
             if not files["explanation.onnx"].is_file():
                 raise BundleError(f"{path}: bundle file {manifest['explanation']['file']} is "
                                   "missing (the manifest lists an explanation graph)")
+        if manifest.get("input_gradient") is not None:
+            names.append("input_gradient")
+            files["input_gradient.onnx"] = path / manifest["input_gradient"]["file"]
+            if not files["input_gradient.onnx"].is_file():
+                raise BundleError(f"{path}: bundle file {manifest['input_gradient']['file']} is "
+                                  "missing (the manifest lists an input-gradient graph)")
         models = {}
         for name in names:
             try:
@@ -274,7 +313,8 @@ class Bundle:
                     f"{files[f'{name}.onnx']}: cannot be read as ONNX ({err})"
                 ) from err
         return cls(models["features"], models["head"], manifest, path=path,
-                   explanation=models.get("explanation"))
+                   explanation=models.get("explanation"),
+                   input_gradient=models.get("input_gradient"))
 
     def check(self) -> None:
         """Run ``onnx.checker`` on every graph (raises ``onnx.checker.ValidationError``)."""

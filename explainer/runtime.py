@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from .errors import ExplainerError, InputError, ProviderError, TargetError
 from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
 from .methods import compute_cams
+from .pixels import PIXEL_METHODS, pixel_maps
 from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
 from .targets import TargetPlan, plan_targets, seed_rows
 
@@ -59,6 +60,8 @@ class Explanation:
         method: the CAM method used.
         contrast_ids: [B, 1] or [B, K] contrast classes whose score was subtracted, or None.
         score: what was explained: ``"logit"`` or ``"probability"``.
+        pixels: [B, K, C, H, W] pixel-space maps of ``guided-backprop`` / ``guided-gradcam``
+            (see :mod:`explainer.pixels`), else None.
     """
 
     heatmaps: np.ndarray
@@ -71,6 +74,7 @@ class Explanation:
     method: str = "gradcam"
     contrast_ids: np.ndarray | None = None
     score: str = "logit"
+    pixels: np.ndarray | None = None
 
     def titles(self, index: int) -> list[str]:
         """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
@@ -393,6 +397,14 @@ class Explainer:
         self._check_open()
         return self._run(self.logits_session, features, [self.logits_name])[0]
 
+    def run_input_gradient(self, x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """The guided gradient of ``sum(seeds * logits)`` w.r.t. the input rows ``x`` (the
+        bundle's input-gradient graph; see :mod:`explainer.pixels`)."""
+        entry = self.bundle.manifest["input_gradient"]
+        session = self._lazy_session("input_gradient", lambda: self.bundle.input_gradient)
+        feeds = {entry["input"]: self.check_input(x), entry["seed"]: np.asarray(seeds, np.float32)}
+        return self._to_numpy(self._run(session, feeds, [entry["gradient"]])[0])
+
     def run_head(
         self, features: dict[str, Any], seeds: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -436,6 +448,9 @@ class Explainer:
         """
         self._check_open()
         x = self.check_input(x)
+        if method in PIXEL_METHODS:  # Grad-CAM first, then the guided input gradient
+            cam = self.explain(x, targets, top_k, "gradcam", contrast=contrast, score=score)
+            return replace(cam, method=method, pixels=pixel_maps(self, x, cam, method))
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
         against = None if contrast is None else plan_targets(

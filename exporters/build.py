@@ -19,10 +19,10 @@ from explainer.bundle import SCHEMA_VERSION, Bundle
 from explainer.labels import check_labels
 from explainer.preprocessing import Preprocessing
 
-from .autodiff import build_gradient_graph
+from .autodiff import GUIDED_RULES, build_gradient_graph
 from .errors import OnnxExportError, SplitError
 from .explanation import build_explanation_graph, explanation_blocker
-from .graph import Graph, unique_name
+from .graph import Graph, prune, unique_name
 from .layouts import detect_layouts
 from .split import split_model
 
@@ -112,6 +112,7 @@ def build_bundle(
     producer: dict[str, str] | None = None,
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
+    input_gradient: bool = False,
 ) -> Bundle:
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
@@ -130,6 +131,9 @@ def build_bundle(
         token_grid: (h, w) of the patch tokens of an "NLC" activation (inferred when None,
             see :func:`explainer.activations.infer_token_grid`).
         prefix_tokens: tokens before the patches (class token...); inferred with the grid.
+        input_gradient: also build the input-gradient graph (the whole model, the guided
+            gradient of the class score w.r.t. the input) for Guided Backpropagation and
+            Guided Grad-CAM.
 
     Returns:
         The bundle (features graph, gradient head, manifest and, where the model allows, the
@@ -180,8 +184,34 @@ def build_bundle(
         "producer": {**producer_versions(), **(producer or {})},
     }
     log.info("bundle: target %s (%s), head %d nodes", target, target_layer, len(head.graph.node))
-    return Bundle(split.features, head, manifest, explanation=_explanation(split.features, head,
-                                                                           manifest))
+    guided = _input_gradient(g, output, manifest) if input_gradient else None
+    return Bundle(split.features, head, manifest, input_gradient=guided,
+                  explanation=_explanation(split.features, head, manifest))
+
+
+def _input_gradient(g: Graph, output: str, manifest: dict[str, Any]) -> onnx.ModelProto:
+    """The whole model with the guided gradient of ``sum(seed * logits)`` w.r.t. its input
+    (Guided Backpropagation's ReLU rule), and its manifest entry."""
+    source = manifest["input"]["name"]
+    if g.elem_type(source) not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise OnnxExportError(
+            f"input {source!r} is {manifest['input']['dtype']}: an input gradient needs a float "
+            "input (export without input_gradient=True)"
+        )
+    model = onnx.ModelProto()
+    model.CopyFrom(g.model)
+    prune(model.graph, [output])  # the model alone: logits, no tapped activations
+    known = {v.name for v in [*model.graph.value_info, *model.graph.output]}
+    produced = {o for node in model.graph.node for o in node.output}
+    model.graph.value_info.extend(  # keep the types of former outputs: no new inference
+        g.value_info(name) for name in sorted(produced - known) if name in g.types)
+    taken = set(g.names)
+    seed, gradient = unique_name("seed", taken), unique_name("input_gradient", taken)
+    guided = build_gradient_graph(Graph(model), source, output, seed_name=seed,
+                                  gradient_name=gradient, rules=GUIDED_RULES)
+    manifest["input_gradient"] = {"file": "input_gradient.onnx", "input": source, "seed": seed,
+                                  "logits": output, "gradient": gradient, "rule": "guided ReLU"}
+    return guided
 
 
 def _explanation(features: onnx.ModelProto, head: onnx.ModelProto,

@@ -195,6 +195,7 @@ def export_torch(
     layout: str = "auto",
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
+    input_gradient: bool = False,
 ) -> Bundle:
     """Export a PyTorch classifier as a bundle explained at ``target_layer``.
 
@@ -215,6 +216,8 @@ def export_torch(
             (a ViT-B/16 at 224 pixels: 197 tokens = 1 class token + 14 x 14, the class token
             dropped). Recorded in the manifest.
         prefix_tokens: the tokens before the patches (class, distillation tokens).
+        input_gradient: also build the input-gradient graph (guided ReLU) for
+            ``method="guided-backprop"`` and ``"guided-gradcam"``.
 
     Returns:
         A :class:`explainer.Bundle`.
@@ -223,7 +226,8 @@ def export_torch(
         model, [target_layer], example_input, input_shape, dynamo, dynamic_size
     )
     return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing,
-                              layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens)
+                              layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
+                              input_gradient=input_gradient)
 
 
 def bundle_from_tapped(
@@ -235,6 +239,7 @@ def bundle_from_tapped(
     layout: str = "auto",
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
+    input_gradient: bool = False,
 ) -> Bundle:
     """Build the bundle for one tapped tensor of a model exported by :func:`export_tapped`
     (``layout``, ``token_grid``, ``prefix_tokens`` as for :func:`export_torch`)."""
@@ -250,6 +255,7 @@ def bundle_from_tapped(
         target_layout=layout,
         token_grid=token_grid,
         prefix_tokens=prefix_tokens,
+        input_gradient=input_gradient,
     )
 
 

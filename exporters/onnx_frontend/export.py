@@ -154,9 +154,11 @@ def _build(
         preprocessing=options["preprocessing"], producer={"exporter": "onnxcam.exporters.onnx"},
         token_grid=token.token_grid if token else None,
         prefix_tokens=token.prefix_tokens if token else None,
+        input_gradient=options["input_gradient"],
     )
     bundle.manifest["export"] = options["notes"]
-    restore_weights([bundle.features, bundle.head], options["weights"])
+    restore_weights([m for m in (bundle.features, bundle.head, bundle.input_gradient) if m],
+                    options["weights"])
     if bundle.explanation is not None:
         restore_weights([bundle.explanation], options["weights"], prefixes=("features/", "head/"))
     if bundle.manifest["head"]["inputs"][1:]:
@@ -202,6 +204,7 @@ def export_onnx(
     *,
     input_layout: str = "auto",
     pre_softmax: bool = True,
+    input_gradient: bool = False,
 ) -> Bundle:
     """Build a bundle from an ONNX classifier (no torch needed).
 
@@ -222,6 +225,8 @@ def export_onnx(
         input_layout: layout of the model input, ``"auto"`` (detected), ``"NCHW"`` or ``"NHWC"``.
         pre_softmax: when the output is a Softmax/LogSoftmax over the classes, explain its
             input (the logits) instead, as Grad-CAM is defined on pre-softmax scores.
+        input_gradient: also build the input-gradient graph for the pixel-space methods
+            (Guided Backpropagation, Guided Grad-CAM).
 
     Returns:
         The bundle; ``manifest["target"]["layer"]`` names the node that produces the explained
@@ -246,6 +251,7 @@ def export_onnx(
     in_layout = _input_layout(g, layouts, input_layout)
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
                "preprocessing": preprocessing, "weights": weights,
+               "input_gradient": input_gradient,
                "notes": _notes(g, model, target, notes)}
     if preprocessing is None:
         options["preprocessing"] = _guess_preprocessing(g, in_layout)

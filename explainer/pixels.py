@@ -1,0 +1,58 @@
+"""Pixel-space explanations from a bundle's input-gradient graph.
+
+* ``guided-backprop`` (Springenberg et al., ICLR 2015 workshop): the gradient of the class score
+  with respect to the input pixels, where every ReLU passes only positive gradients and only
+  where its input was positive (the graph is built with that rule; see
+  :mod:`exporters.autodiff.rules.guided`).
+* ``guided-gradcam`` (Selvaraju et al., ICCV 2017): the guided gradient times the Grad-CAM
+  heatmap of the same class, upsampled to the input, which keeps the fine detail of the
+  former where the latter points.
+
+Both return the Grad-CAM heatmaps too; ``Explanation.pixels`` holds the pixel maps
+``[B, K, C, H, W]``. A bundle exported without ``input_gradient=True`` has no graph for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import MethodError
+from .targets import seed_rows
+
+if TYPE_CHECKING:
+    from .runtime import Explainer, Explanation
+
+__all__ = ["PIXEL_METHODS", "pixel_maps"]
+
+#: pixel-space methods: name -> whether the guided gradient is multiplied by Grad-CAM
+PIXEL_METHODS = {"guided-backprop": False, "guided-gradcam": True}
+
+
+def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: str) -> np.ndarray:
+    """Guided gradients [B, K, C, H, W] of the classes (and contrast classes, and score) that
+    the Grad-CAM explanation ``cam`` explains; times its heatmaps for guided Grad-CAM.
+
+    Raises:
+        MethodError: the bundle has no input-gradient graph.
+    """
+    if explainer.bundle.input_gradient is None:
+        raise MethodError(
+            f"method {method!r} needs the bundle's input-gradient graph; export with "
+            "input_gradient=True (export_torch / export_onnx)"
+        )
+    batch, k = cam.class_ids.shape
+    probabilities = None
+    if cam.score == "probability":
+        z = cam.logits.astype(np.float64)
+        probabilities = np.exp(z - z.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    seeds = seed_rows(cam.class_ids, explainer.num_classes, cam.contrast_ids, probabilities)
+    gradient = explainer.run_input_gradient(np.repeat(x, k, axis=0), seeds)
+    gradient = gradient.reshape(batch, k, *gradient.shape[1:])
+    if explainer.input_layout == "NHWC":
+        gradient = gradient.transpose(0, 1, 4, 2, 3)
+    if PIXEL_METHODS[method]:
+        gradient = gradient * cam.heatmaps[:, :, None]
+    return np.ascontiguousarray(gradient, dtype=np.float32)
