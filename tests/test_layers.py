@@ -19,8 +19,8 @@ import explainer
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
     "activations", "batch", "bundle", "errors", "explanation_graph", "gradcheck", "image",
-    "inputs", "labels", "methods", "outputs", "preprocessing", "ray_data", "report", "runtime",
-    "sessions", "targets", "visualize",
+    "inputs", "labels", "methods", "outputs", "pixels", "preprocessing", "ray_data", "report",
+    "runtime", "sessions", "targets", "visualize",
 ]
 
 

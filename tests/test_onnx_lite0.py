@@ -82,10 +82,10 @@ def test_lite0_explained_by_the_cli_without_torch(lite0_dir, tmp_path):
     result = _run(CLI, "explain", model, *photos, "--top-k", "3", "--labels", "imagenet",
                   "--preprocessing", pre, "--out", str(out))
     assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["images"]
     assert [row["class_ids"][0] for row in summary] == [EGYPTIAN_CAT, ESPRESSO]
     assert summary[0]["labels"][0] == "Egyptian cat"
-    assert all(Path(row["overlay"]).is_file() for row in summary)
+    assert all((out / row["overlay"]).is_file() for row in summary)
 
     result = _run(CLI, "check", model, "--images", *photos, "--preprocessing", pre)
     assert result.returncode == 0, result.stdout + result.stderr
