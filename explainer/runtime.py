@@ -29,11 +29,12 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 
-from .activations import to_channels_first
 from .bundle import Bundle
 from .errors import ExplainerError, InputError, ProviderError, TargetError
 from .explanation_graph import ExplanationGraph
-from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
+from .image import ImageLike, Preprocessing, preprocess
+from .layers import LayerMaps, layer_maps
+from .layers import fuse as fuse_maps
 from .methods import compute_cams
 from .pixels import PIXEL_METHODS, pixel_maps
 from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
@@ -60,6 +61,8 @@ class Explanation:
         method: the CAM method used.
         contrast_ids: [B, 1] or [B, K] contrast classes whose score was subtracted, or None.
         score: what was explained: ``"logit"`` or ``"probability"``.
+        layers: for a layer-sweep bundle, each layer's CAMs and heatmaps by layer name (the
+            top-level ``cams`` are the first layer's, the ``heatmaps`` fused), else None.
         pixels: [B, K, C, H, W] pixel-space maps of ``guided-backprop`` / ``guided-gradcam``
             (see :mod:`explainer.pixels`), else None.
     """
@@ -75,6 +78,7 @@ class Explanation:
     contrast_ids: np.ndarray | None = None
     score: str = "logit"
     pixels: np.ndarray | None = None
+    layers: dict[str, LayerMaps] | None = None
 
     def titles(self, index: int) -> list[str]:
         """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
@@ -364,26 +368,32 @@ class Explainer:
 
     _to_numpy = staticmethod(to_numpy)
 
-    def _gradients(self, features: dict[str, Any], seeds: np.ndarray):
-        """Head runs for seed rows [B, K, C]: returns (logits [B, C], gradients [B, K, ...])."""
+    def _gradients(
+        self, features: dict[str, Any], seeds: np.ndarray, extra: list[str]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Head runs for seed rows [B, K, C]: (logits [B, C], {name: [B, K, ...]}) for the
+        gradient and the ``extra`` head outputs."""
         batch, k = seeds.shape[:2]
-        outputs = [self.logits_name, self.gradient_name]
+        outputs = [self.logits_name, self.gradient_name, *extra]
         if k > 1 and len(features) == 1 and not self.on_cuda:
             # Only the activation crosses the cut: one run for all B*K (image, class) pairs.
             feeds = {name: np.repeat(value, k, axis=0) for name, value in features.items()}
             feeds[self.seed_name] = seeds.reshape(batch * k, -1)  # image-major
-            logits, gradient = self._run(self.head_session, feeds, outputs)
-            return logits[::k], gradient.reshape(batch, k, *gradient.shape[1:])
+            logits, *values = self._run(self.head_session, feeds, outputs)
+            return logits[::k], {
+                name: v.reshape(batch, k, *v.shape[1:]) for name, v in zip(outputs[1:], values)
+            }
         # Otherwise one run per target column: other cut tensors (e.g. indices computed from
         # the batch size) keep their batch, and on CUDA everything stays on the device.
-        gradients = []
+        columns = []
         for column in range(k):
             seed = np.ascontiguousarray(seeds[:, column])
-            logits, gradient = self._run(
+            logits, *values = self._run(
                 self.head_session, {**features, self.seed_name: seed}, outputs
             )
-            gradients.append(gradient)
-        return logits, np.stack(gradients, axis=1)
+            columns.append([self._to_numpy(v) for v in values])
+        return logits, {name: np.stack([c[i] for c in columns], axis=1)
+                        for i, name in enumerate(outputs[1:])}
 
     # --- the two graphs, one at a time (the self-check and other tools build on these) ------------
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -427,6 +437,7 @@ class Explainer:
         *,
         contrast: Any = None,
         score: str = "logit",
+        fuse: str | None = "mean",
     ) -> Explanation:
         """Explain a batch.
 
@@ -442,6 +453,9 @@ class Explainer:
                 explain the score of each target minus the score of its contrast class.
             score: ``"logit"`` (default) or ``"probability"``: explain the softmax
                 probability instead of the logit.
+            fuse: for a layer-sweep bundle, how the top-level heatmaps combine the layers'
+                (``"mean"`` or ``"max"`` of the normalized maps, or None for the first
+                layer's); each layer's maps are in ``Explanation.layers``.
 
         Returns:
             An :class:`Explanation`.
@@ -449,7 +463,8 @@ class Explainer:
         self._check_open()
         x = self.check_input(x)
         if method in PIXEL_METHODS:  # Grad-CAM first, then the guided input gradient
-            cam = self.explain(x, targets, top_k, "gradcam", contrast=contrast, score=score)
+            cam = self.explain(x, targets, top_k, "gradcam", contrast=contrast, score=score,
+                               fuse=fuse)
             return replace(cam, method=method, pixels=pixel_maps(self, x, cam, method))
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
@@ -470,16 +485,25 @@ class Explainer:
         k = class_ids.shape[1]
         seeds = seed_rows(class_ids, self.num_classes, contrast_ids, None if score == "logit"
                           else _softmax(logits.astype(np.float64)))
-        head_logits, gradient = self._gradients(features, seeds.reshape(batch, k, -1))
+        # a layer sweep's later layers: their activations and gradients are head outputs
+        layers = self.bundle.manifest.get("layers") or [
+            {**self.bundle.manifest["target"], "gradient": self.gradient_name}]
+        extra = [n for layer in layers[1:] for n in (layer["gradient"], layer["tensor"])]
+        head_logits, outputs = self._gradients(features, seeds.reshape(batch, k, -1), extra)
         if logits is None:
             logits = head_logits
-        activation, gradient = to_channels_first(
-            self._to_numpy(features[self.head_inputs[0]]), gradient, self.bundle.manifest["target"]
-        )
-        cams = np.stack([compute_cams(activation, gradient[:, j], method) for j in range(k)], 1)
+        activations = [self._to_numpy(features[self.head_inputs[0]])]
+        activations += [outputs[layer["tensor"]][:, 0] for layer in layers[1:]]
+
+        def cams_of(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+            return np.stack([compute_cams(activation, gradient[:, j], method)
+                             for j in range(k)], axis=1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
-        heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)), copy=False)
+        maps = layer_maps(layers, activations, [outputs[layer["gradient"]] for layer in layers],
+                          tuple(size), cams_of)
+        first = next(iter(maps.values()))
+        cams, heatmaps = first.cams, fuse_maps(maps, fuse)
         probabilities = _softmax(logits.astype(np.float64)).astype(np.float32)
         labels = None
         if self.labels is not None:
@@ -495,6 +519,7 @@ class Explainer:
             method=method,
             contrast_ids=contrast_ids,
             score=score,
+            layers=maps if len(maps) > 1 else None,
         )
 
     def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:

@@ -113,6 +113,7 @@ def build_bundle(
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
     input_gradient: bool = False,
+    layers: Sequence[tuple[str, str]] = (),
 ) -> Bundle:
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
@@ -134,6 +135,9 @@ def build_bundle(
         input_gradient: also build the input-gradient graph (the whole model, the guided
             gradient of the class score w.r.t. the input) for Guided Backpropagation and
             Guided Grad-CAM.
+        layers: a layer sweep: more (layer name, tensor) pairs after ``target``. The head
+            then outputs their activations, and one backward pass gives every layer's
+            gradient; ``manifest["layers"]`` lists them, ``target`` first.
 
     Returns:
         The bundle (features graph, gradient head, manifest and, where the model allows, the
@@ -163,9 +167,12 @@ def build_bundle(
         )
     taken = set(g.names)
     seed_name, gradient_name = unique_name("seed", taken), unique_name("gradient", taken)
+    sweep = [(name, tensor, unique_name(f"gradient_{tensor}", taken)) for name, tensor in layers]
     # the head keeps the inferred value infos of the whole model: no second shape inference
     head = build_gradient_graph(
-        Graph(split.head), target, output, seed_name=seed_name, gradient_name=gradient_name
+        Graph(_with_outputs(g, split.head, [t for _, t, _ in sweep])),
+        [target, *(t for _, t, _ in sweep)], output, seed_name=seed_name,
+        gradient_name=[gradient_name, *(n for _, _, n in sweep)],
     )
 
     if isinstance(preprocessing, Preprocessing):
@@ -183,10 +190,45 @@ def build_bundle(
         "preprocessing": preprocessing,
         "producer": {**producer_versions(), **(producer or {})},
     }
+    if sweep:
+        manifest["layers"] = [
+            {"layer": target_layer or target, "gradient": gradient_name,
+             **{k: v for k, v in manifest["target"].items() if k != "layer"}},
+            *(_layer_entry(g, name, tensor, grad, input_layout) for name, tensor, grad in sweep),
+        ]
     log.info("bundle: target %s (%s), head %d nodes", target, target_layer, len(head.graph.node))
     guided = _input_gradient(g, output, manifest) if input_gradient else None
     return Bundle(split.features, head, manifest, input_gradient=guided,
                   explanation=_explanation(split.features, head, manifest))
+
+
+def _with_outputs(g: Graph, head: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """The head with the activations of a layer sweep as extra outputs.
+
+    Raises:
+        SplitError: a layer's tensor is not computed in the head (it is not after the target).
+    """
+    if not tensors:
+        return head
+    produced = {o for node in head.graph.node for o in node.output}
+    outside = [t for t in tensors if t not in produced]
+    if outside:
+        raise SplitError(
+            f"sweep tensor(s) {outside} are not after the first layer's tensor; list the layers "
+            "of a sweep from the input to the output, each after the one before"
+        )
+    model = onnx.ModelProto()
+    model.CopyFrom(head)
+    model.graph.output.extend(g.value_info(t) for t in tensors)
+    return model
+
+
+def _layer_entry(g: Graph, name: str, tensor: str, gradient: str, input_layout: str
+                 ) -> dict[str, Any]:
+    """The manifest entry of one sweep layer after the first (its activation is a head output)."""
+    layout = activation_layout(g, tensor)
+    return {"layer": name, "gradient": gradient, **_value_entry(g, tensor, layout, key="tensor"),
+            **_tokens(g, tensor, input_layout, layout, None, None)}
 
 
 def _input_gradient(g: Graph, output: str, manifest: dict[str, Any]) -> onnx.ModelProto:

@@ -141,6 +141,8 @@ def explanation_blocker(manifest: dict[str, Any], method: str = "gradcam") -> st
     """Why a bundle cannot have an explanation graph (None when it can)."""
     if method not in CAM_METHODS:
         return f"method {method!r} has no in-graph form (CAM_METHODS: {sorted(CAM_METHODS)})"
+    if manifest.get("layers"):
+        return "a layer sweep (every layer's maps come from the two graphs)"
     if len(manifest["head"]["inputs"]) != 1:
         return "more than one tensor crosses the cut (the head runs once per target column)"
     batch = (manifest["input"].get("shape") or [None])[0]

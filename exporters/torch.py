@@ -185,7 +185,7 @@ def _resolve_identities(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def export_torch(
     model: nn.Module,
-    target_layer: nn.Module | str,
+    target_layer: nn.Module | str | Sequence[nn.Module | str],
     example_input: torch.Tensor | None = None,
     input_shape: Sequence[int] = (1, 3, 224, 224),
     labels: str | Sequence[str] | None = None,
@@ -201,7 +201,9 @@ def export_torch(
 
     Args:
         model: an image classifier returning logits [N, C].
-        target_layer: a submodule or its dotted path (``"layer4"``, ``"features.denseblock4"``).
+        target_layer: a submodule or its dotted path (``"layer4"``, ``"features.denseblock4"``),
+            or a list of them for a layer sweep (``["layer1", "layer2", "layer3", "layer4"]``):
+            one bundle, one features run and one backward pass for every layer.
         example_input: an input to trace with; random of ``input_shape`` when None.
         input_shape: NCHW shape of the example input when none is given (the batch stays
             dynamic either way).
@@ -222,12 +224,16 @@ def export_torch(
     Returns:
         A :class:`explainer.Bundle`.
     """
+    layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
     proto, tensors, paths = export_tapped(
-        model, [target_layer], example_input, input_shape, dynamo, dynamic_size
+        model, layers, example_input, input_shape, dynamo, dynamic_size
     )
-    return bundle_from_tapped(proto, tensors[0], paths[0], labels, preprocessing,
+    # a sweep is cut at its first layer in graph order; one backward pass gives every layer
+    order = {o: i for i, node in enumerate(proto.graph.node) for o in node.output}
+    pairs = sorted(zip(paths, tensors, strict=True), key=lambda p: order.get(p[1], -1))
+    return bundle_from_tapped(proto, pairs[0][1], pairs[0][0], labels, preprocessing,
                               layout=layout, token_grid=token_grid, prefix_tokens=prefix_tokens,
-                              input_gradient=input_gradient)
+                              input_gradient=input_gradient, layers=pairs[1:])
 
 
 def bundle_from_tapped(
@@ -240,6 +246,7 @@ def bundle_from_tapped(
     token_grid: Sequence[int] | None = None,
     prefix_tokens: int | None = None,
     input_gradient: bool = False,
+    layers: Sequence[tuple[str, str]] = (),
 ) -> Bundle:
     """Build the bundle for one tapped tensor of a model exported by :func:`export_tapped`
     (``layout``, ``token_grid``, ``prefix_tokens`` as for :func:`export_torch`)."""
@@ -256,6 +263,7 @@ def bundle_from_tapped(
         token_grid=token_grid,
         prefix_tokens=prefix_tokens,
         input_gradient=input_gradient,
+        layers=layers,
     )
 
 

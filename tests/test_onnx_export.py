@@ -351,3 +351,17 @@ def test_rank4_class_scores_are_flattened():
     reference = Explainer(export_onnx(make_cnn("NHWC"))).explain(x, top_k=2)
     np.testing.assert_allclose(Explainer(bundle).explain(x, top_k=2).cams, reference.cams,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_layer_sweep_of_a_deployed_model_equals_single_layer_bundles():
+    model = make_cnn("NCHW")
+    candidates = [c.tensor for c in candidate_layers(model) if c.explainable]
+    layers = candidates[-2:]
+    sweep = export_onnx(model, target=layers[::-1])  # any order: cut at the first in the graph
+    assert [entry["tensor"] for entry in sweep.manifest["layers"]] == layers
+    x = np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    e = Explainer(sweep).explain(x, targets="top2")
+    for entry in sweep.manifest["layers"]:
+        single = Explainer(export_onnx(model, target=entry["tensor"])).explain(x, targets="top2")
+        np.testing.assert_allclose(e.layers[entry["layer"]].cams, single.cams, rtol=1e-4,
+                                   atol=1e-6)

@@ -132,3 +132,28 @@ def test_contrast_and_probability_scores_match_autograd(net):
         explainer.explain(x, targets="top3", contrast="top2")
     with pytest.raises(TargetError, match="score must be"):
         explainer.explain(x, score="logits")
+
+
+def test_layer_sweep_one_bundle_matches_autograd_at_every_layer(net):
+    """export_torch(model, [layers]) makes one bundle; one features run and one backward pass
+    give every layer's maps, each equal to autograd's Grad-CAM there."""
+    bundle = export_torch(net, ["stem", "block", "merge"], input_shape=(1, 3, 32, 32))
+    assert [layer["layer"] for layer in bundle.manifest["layers"]] == ["stem", "block", "merge"]
+    assert bundle.explanation is None  # sweeps use the two graphs
+    x = np.random.default_rng(4).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    explainer = Explainer(bundle)
+    e = explainer.explain(x, targets="top2")
+    assert list(e.layers) == ["stem", "block", "merge"]
+    for layer, maps in e.layers.items():
+        single = export_torch(net, layer, input_shape=(1, 3, 32, 32))
+        report = validate(single, net, layer, x, e.class_ids)
+        assert relative_l2(maps.cams, report.reference).max() < 1e-4, layer
+        assert maps.heatmaps.shape == (2, 2, 32, 32)
+    np.testing.assert_array_equal(e.cams, e.layers["stem"].cams)
+    mean = np.mean([m.heatmaps for m in e.layers.values()], axis=0)
+    lo, hi = mean.min(axis=(2, 3), keepdims=True), mean.max(axis=(2, 3), keepdims=True)
+    np.testing.assert_allclose(e.heatmaps, (mean - lo) / (hi - lo), atol=1e-6)
+    top = explainer.explain(x, targets="top2", fuse="max").heatmaps
+    assert not np.allclose(top, e.heatmaps)
+    np.testing.assert_array_equal(explainer.explain(x, targets="top2", fuse=None).heatmaps,
+                                  e.layers["stem"].heatmaps)

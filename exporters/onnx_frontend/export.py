@@ -155,6 +155,7 @@ def _build(
         token_grid=token.token_grid if token else None,
         prefix_tokens=token.prefix_tokens if token else None,
         input_gradient=options["input_gradient"],
+        layers=options.get("layers", ()),
     )
     bundle.manifest["export"] = options["notes"]
     restore_weights([m for m in (bundle.features, bundle.head, bundle.input_gradient) if m],
@@ -196,7 +197,7 @@ def _build_auto(
 
 def export_onnx(
     model: str | os.PathLike[str] | onnx.ModelProto,
-    target: str = "auto",
+    target: str | Sequence[str] = "auto",
     layout: str = "auto",
     output: str | None = None,
     labels: str | Sequence[str] | None = None,
@@ -213,7 +214,8 @@ def export_onnx(
             ModelProto. Opsets older than 13 are converted to 13.
         target: ``"auto"`` (the last explainable spatial activation, see
             :mod:`exporters.onnx_frontend.candidates`), a tensor name, or a node name (its
-            first output).
+            first output); a list of them for a layer sweep (one bundle, every layer's maps
+            from one backward pass, see :mod:`explainer.layers`).
         layout: layout of the target activation: ``"auto"`` (detected), ``"NCHW"`` or
             ``"NHWC"``.
         output: the model output to explain when it has several (default: the first
@@ -258,6 +260,11 @@ def export_onnx(
         notes["preprocessing_guessed"] = options["preprocessing"] is not None
     if target == "auto":
         return _build_auto(g, candidates, layout, options)
+    if not isinstance(target, str):  # a layer sweep: cut at the first in graph order
+        resolved = sorted((_resolve_target(g, candidates, t) for t in target),
+                          key=lambda r: g.producer.get(r[0], -1))
+        options["layers"] = [(node, tensor) for tensor, node, _ in resolved[1:]]
+        target = resolved[0][0]
     tensor, node, op = _resolve_target(g, candidates, target)
     if g.rank(tensor) not in (3, 4):
         raise OnnxExportError(

@@ -1,0 +1,73 @@
+"""Maps per layer: one bundle may explain several layers at once (a layer sweep).
+
+A sweep bundle (``export_torch(model, ["layer1", "layer2", "layer3", "layer4"])``) is cut at
+its first layer; its head outputs the later layers' activations, and one backward pass gives
+every layer's gradient (``manifest["layers"]``). Each layer gets its own CAMs and heatmaps
+(:class:`LayerMaps`); the top-level heatmaps fuse them (:func:`fuse`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .activations import to_channels_first
+from .errors import UsageError
+from .image import normalize_maps, upsample_bilinear
+
+__all__ = ["FUSE_MODES", "LayerMaps", "fuse", "layer_maps"]
+
+#: how :func:`fuse` combines the layers' normalized heatmaps
+FUSE_MODES = ("mean", "max", None)
+
+
+@dataclass
+class LayerMaps:
+    """One layer's maps: raw CAMs [B, K, h, w] and heatmaps [B, K, H, W] in [0, 1]."""
+
+    cams: np.ndarray
+    heatmaps: np.ndarray
+
+
+def layer_maps(
+    layers: list[dict[str, Any]],
+    activations: list[np.ndarray],
+    gradients: list[np.ndarray],
+    size: tuple[int, int],
+    cams_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> dict[str, LayerMaps]:
+    """Each layer's CAMs and heatmaps at the input ``size``.
+
+    Args:
+        layers: manifest entries (``layer``, ``layout``, token fields), in sweep order.
+        activations: each layer's activation [B, ...] in its layout.
+        gradients: each layer's gradients [B, K, ...] in its layout.
+        size: the input's (H, W).
+        cams_of: (activation [B, C, h, w], gradients [B, K, C, h, w]) -> CAMs [B, K, h, w].
+    """
+    maps = {}
+    for layer, activation, gradient in zip(layers, activations, gradients, strict=True):
+        activation, gradient = to_channels_first(activation, gradient, layer)
+        cams = cams_of(activation, gradient)
+        heatmaps = normalize_maps(upsample_bilinear(cams, size), copy=False)
+        maps[layer["layer"]] = LayerMaps(cams, heatmaps)
+    return maps
+
+
+def fuse(maps: dict[str, LayerMaps], mode: str | None) -> np.ndarray:
+    """The layers' normalized heatmaps combined: their ``"mean"`` or ``"max"``, renormalized
+    per map; ``None`` gives the first layer's.
+
+    Raises:
+        UsageError: an unknown mode.
+    """
+    if mode not in FUSE_MODES:
+        raise UsageError(f"fuse must be one of {FUSE_MODES}, got {mode!r}")
+    stacked = [m.heatmaps for m in maps.values()]
+    if mode is None or len(stacked) == 1:
+        return stacked[0]
+    combined = np.mean(stacked, axis=0) if mode == "mean" else np.max(stacked, axis=0)
+    return normalize_maps(combined.astype(np.float32), copy=False)
