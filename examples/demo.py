@@ -4,7 +4,9 @@ Exports the pretrained EfficientNet-Lite0 (weights from the ``efficientnet-lite0
 package; nothing is downloaded) to an onnxcam bundle with the Grad-CAM target at the last
 activation before global pooling (``_head_act``, ``[N, 1280, 7, 7]``), then explains the
 top-3 classes and the least likely class of three photos shipped with scikit-image
-(``chelsea``, ``coffee``, ``astronaut``) and writes one PNG figure per photo.
+(``chelsea``, ``coffee``, ``astronaut``) and writes one PNG figure per photo. A layer sweep
+(one bundle, four stages from 56x56 to 7x7) explains the first photo's top class at each stage
+side by side, with their fused map (``<photo>_layers.png``).
 
 Usage::
 
@@ -104,7 +106,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             colormap=args.colormap,
         )
         print(f"  figure: {fig_path}")
+    _layer_figure(model, preproc, images[0], paths[0], out, args.colormap)
     return 0
+
+
+#: the ends of four stages of EfficientNet-Lite0: 56x56, 28x28, 14x14 and 7x7 maps
+SWEEP = ("_blocks.2", "_blocks.4", "_blocks.10", "_head_act")
+
+
+def _layer_figure(model, preproc, image, path: Path, out: Path, colormap: str) -> None:
+    """One photo's top class explained at four stages by one sweep bundle, and fused."""
+    from explainer import Explainer
+    from explainer.image import prepare_image
+    from explainer.visualize import save_figure
+    from exporters import export_torch
+
+    sweep = Explainer(export_torch(model, list(SWEEP), labels="imagenet", preprocessing=preproc))
+    e = sweep.explain(sweep.preprocess([image]), targets="top1")
+    maps = [m.heatmaps[0, 0] for m in e.layers.values()] + [e.heatmaps[0, 0]]
+    titles = [f"{name} {m.cams.shape[-1]}x{m.cams.shape[-1]}" for name, m in e.layers.items()]
+    fig_path = save_figure(out / f"{path.stem}_layers.png", prepare_image(image, preproc), maps,
+                           [*titles, f"fused: {e.labels[0][0]}"], colormap=colormap)
+    print(f"layer sweep of {path.stem}: {fig_path}")
 
 
 if __name__ == "__main__":

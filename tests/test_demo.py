@@ -43,6 +43,7 @@ def test_demo_writes_one_figure_per_photo(tmp_path, capsys):
     assert demo.main(["--out", str(tmp_path)]) == 0
     for name in ("chelsea", "coffee", "astronaut"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert (tmp_path / "chelsea_layers.png").stat().st_size > 10_000  # the layer sweep
     assert (tmp_path / "efficientnet_lite0.onnxcam" / "manifest.json").is_file()
     assert "Egyptian cat" in capsys.readouterr().out
 
