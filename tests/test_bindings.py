@@ -82,7 +82,7 @@ def _site(tmp_path: Path, bundle: Path, photo: Path) -> Path:
              "node_modules": web / "node_modules", "bundle": bundle, "photo.png": photo,
              "labels.txt": Path(explainer.__file__).parent / "data" / "imagenet_classes.txt"}
     for name, target in links.items():
-        (site / name).symlink_to(target)
+        (site / name).symlink_to(Path(target).resolve())  # absolute: the dir may be relative
     return site
 
 
