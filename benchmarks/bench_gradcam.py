@@ -6,7 +6,8 @@ runs after warm-up, milliseconds):
 * ``ort_infer``      plain ONNX Runtime inference of the whole exported model;
 * ``onnxcam_1``      onnxcam Grad-CAM, top-1 target (features graph + logits pass + gradient head);
 * ``onnxcam_top5``   onnxcam Grad-CAM, top-5 targets in one call;
-* ``torch_autograd`` PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
+* ``torch_autograd`` PyTorch forward + ``torch.autograd.grad`` to the layer + CAM
+  (``exporters.torch.reference_gradcam``, top-1 class);
 * ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target.
 
 The ONNX Runtime measurements run interleaved round by round, then the PyTorch ones, after two
@@ -33,7 +34,12 @@ import torch
 import torchvision
 
 from explainer import Explainer
-from exporters.torch import bundle_from_tapped, export_tapped, recalibrate_batchnorm
+from exporters.torch import (
+    bundle_from_tapped,
+    export_tapped,
+    recalibrate_batchnorm,
+    reference_gradcam,
+)
 
 MODELS = {
     "resnet50": "layer4",
@@ -55,17 +61,6 @@ def median_ms(runs: dict[str, Callable[[], object]], repeats: int, warmup: int =
             fn()
             times[key].append((time.perf_counter() - start) * 1000)
     return {key: statistics.median(values) for key, values in times.items()}
-
-
-def torch_autograd_gradcam(model, layer, x):
-    store = {}
-    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    logits = model(x)
-    hook.remove()
-    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-    (grad,) = torch.autograd.grad(score, store["a"])
-    cam = torch.relu((grad.mean((2, 3), keepdim=True) * store["a"]).sum(1))
-    return cam.detach()
 
 
 def main() -> None:
@@ -100,6 +95,8 @@ def main() -> None:
         for batch in args.batches:
             x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
             xt = torch.from_numpy(x)
+            with torch.no_grad():
+                top1 = model(xt).argmax(1, keepdim=True).numpy()
             # Two groups, each interleaved: PyTorch's OpenMP threads keep spinning after a call
             # and would slow whichever ONNX Runtime run came next.
             times = median_ms({
@@ -108,7 +105,7 @@ def main() -> None:
                 "onnxcam_top5": partial(explainer.explain, x, top_k=5),
             }, args.repeats)
             times.update(median_ms({
-                "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
+                "torch_autograd": partial(reference_gradcam, model, layer, xt, top1),
                 "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
             }, args.repeats))
             row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,

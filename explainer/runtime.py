@@ -27,7 +27,7 @@ import onnxruntime as ort
 from .bundle import Bundle
 from .errors import ExplainerError, InputError, ProviderError, UsageError
 from .image import ImageLike, Preprocessing, normalize_maps, preprocess, upsample_bilinear
-from .methods import compute_cams
+from .methods import ExplainerAccess, compute_cams, get_method
 from .targets import one_hot_seeds, plan_targets
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
@@ -383,6 +383,7 @@ class Explainer:
         Returns:
             An :class:`Explanation`.
         """
+        get_method(method)  # an unknown method fails before any graph run
         x = self.check_input(x)
         batch = x.shape[0]
         plan = plan_targets(targets, top_k, batch, self.num_classes)
@@ -403,7 +404,10 @@ class Explainer:
         if self.target_layout == "NHWC":
             activation = activation.transpose(0, 3, 1, 2)
             gradient = gradient.transpose(0, 1, 4, 2, 3)
-        cams = np.stack([compute_cams(activation, gradient[:, j], method) for j in range(k)], 1)
+        access = ExplainerAccess(self, x)  # graph runs for methods that need more than (A, dA)
+        cams = np.stack(
+            [compute_cams(activation, gradient[:, j], method, class_ids[:, j], access)
+             for j in range(k)], axis=1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
         heatmaps = normalize_maps(upsample_bilinear(cams, tuple(size)), copy=False)

@@ -10,6 +10,7 @@ from onnx import helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
+from explainer.methods import compute_cams
 from exporters import build_bundle
 from exporters.graph import infer_shapes
 from exporters.split import split_model
@@ -25,8 +26,8 @@ def _inputs(batch: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2):
-    """Grad-CAM from a central-difference gradient of the head (independent of our autodiff);
-    other tensors crossing the cut are held fixed."""
+    """Grad-CAM from a central-difference gradient of the head (independent of our autodiff;
+    the formula is ``explainer.methods``'); other tensors crossing the cut are held fixed."""
     split = split_model(infer_shapes(model), target, ["logits"])
     features = ort.InferenceSession(split.features.SerializeToString())
     cut = dict(zip(split.cut_tensors, features.run(None, {"input": x})))
@@ -46,8 +47,7 @@ def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2):
                 up[idx] += eps
                 down[idx] -= eps
                 grad[idx] = (logit(b, c, up) - logit(b, c, down)) / (2 * eps)
-            weights = grad.mean(axis=(2, 3))[0]
-            cams[b, k] = np.maximum(np.einsum("c,chw->hw", weights, act[b]), 0)
+            cams[b, k] = compute_cams(act[b : b + 1], grad, "gradcam")[0]
     return cams
 
 
