@@ -10,7 +10,8 @@ after one warm-up call):
 * ``onnxcam_1``        onnxcam Grad-CAM, top-1 target: one run of the bundle's explanation
                        graph (features, logits pass, gradient head, CAM, upsampling, min-max);
 * ``onnxcam_top5``     onnxcam Grad-CAM, top-5 targets in one call;
-* ``torch_autograd``   PyTorch forward + ``torch.autograd.grad`` to the layer + CAM;
+* ``torch_autograd``   PyTorch forward + ``torch.autograd.grad`` to the layer + CAM
+                       (``exporters.torch.reference_gradcam``, top-1 class);
 * ``pytorch_grad_cam`` pytorch-grad-cam's ``GradCAM`` (PyPI ``grad-cam``), top-1 target;
 * ``export_s``         seconds to export the bundle (``export_torch``: torch.onnx, split,
                        gradient head, explanation graph).
@@ -41,7 +42,7 @@ import torch
 import torchvision
 
 from explainer import Explainer
-from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm
+from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm, reference_gradcam
 
 MODELS = {
     "resnet50": "layer4",
@@ -72,17 +73,6 @@ def block_median_ms(runs: dict[str, Callable[[], object]], rounds: int, block: i
                 times.append((time.perf_counter() - start) * 1000)
             medians[key].append(statistics.median(times))
     return {key: statistics.median(values) for key, values in medians.items()}
-
-
-def torch_autograd_gradcam(model, layer, x):
-    store = {}
-    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    logits = model(x)
-    hook.remove()
-    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-    (grad,) = torch.autograd.grad(score, store["a"])
-    cam = torch.relu((grad.mean((2, 3), keepdim=True) * store["a"]).sum(1))
-    return cam.detach()
 
 
 def _sessions(plain, threads: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
@@ -116,6 +106,8 @@ def bench_model(name: str, args: argparse.Namespace, grad_cam_cls) -> list[dict]
     for batch in args.batches:
         x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
         xt = torch.from_numpy(x)
+        with torch.no_grad():
+            top1 = model(xt).argmax(1, keepdim=True).numpy()
         # ONNX Runtime first, then PyTorch: torch's OpenMP threads keep spinning after a call
         times = block_median_ms({
             "ort_infer": partial(infer.run, None, {"input": x}),
@@ -124,7 +116,7 @@ def bench_model(name: str, args: argparse.Namespace, grad_cam_cls) -> list[dict]
             "onnxcam_top5": partial(explainer.explain, x, top_k=5),
         }, args.rounds, args.block)
         times.update(block_median_ms({
-            "torch_autograd": partial(torch_autograd_gradcam, model, layer, xt),
+            "torch_autograd": partial(reference_gradcam, model, layer, xt, top1),
             "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
         }, args.rounds, args.block))
         row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,

@@ -87,6 +87,7 @@ class RunOptions:
     def check(self, num_classes: int, labels: list[str] | None = None) -> None:
         """Raise a :class:`UsageError` for options no image could satisfy."""
         from .methods import METHODS
+        from .pixels import PIXEL_METHODS
 
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
@@ -94,8 +95,9 @@ class RunOptions:
             raise UsageError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.colormap not in COLORMAPS:
             raise UsageError(f"unknown colormap {self.colormap!r}; choose one of {COLORMAPS}")
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        if self.method not in METHODS and self.method not in PIXEL_METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose one of "
+                             f"{[*sorted(METHODS), *PIXEL_METHODS]}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
         plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import OnnxcamError
 from .methods import METHODS
+from .pixels import PIXEL_METHODS
 from .visualize import COLORMAPS
 
 __all__ = ["main", "build_parser"]
@@ -280,7 +281,7 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
     add("--targets", default=None,
         help="classes: a class id, or terms like top3, least, top3+least (default: top1)")
     add("--top-k", type=int, default=None, help="explain the K top classes")
-    add("--method", default="gradcam", choices=sorted(METHODS),
+    add("--method", default="gradcam", choices=[*sorted(METHODS), *PIXEL_METHODS],
         help="CAM method (default: gradcam)")
     add("--out", default="onnxcam_out", help="output directory")
     add("--recursive", action="store_true", help="descend into subfolders (and '**' in patterns)")

@@ -35,7 +35,7 @@ from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, preprocess
 from .layers import LayerMaps, layer_maps
 from .layers import fuse as fuse_maps
-from .methods import compute_cams
+from .methods import ExplainerAccess, compute_cams, get_method
 from .pixels import PIXEL_METHODS, pixel_maps
 from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
 from .targets import TargetPlan, plan_targets, seed_rows
@@ -461,6 +461,8 @@ class Explainer:
             An :class:`Explanation`.
         """
         self._check_open()
+        if method not in PIXEL_METHODS:
+            get_method(method)  # an unknown method fails before any graph run
         x = self.check_input(x)
         if method in PIXEL_METHODS:  # Grad-CAM first, then the guided input gradient
             cam = self.explain(x, targets, top_k, "gradcam", contrast=contrast, score=score,
@@ -495,9 +497,11 @@ class Explainer:
         activations = [self._to_numpy(features[self.head_inputs[0]])]
         activations += [outputs[layer["tensor"]][:, 0] for layer in layers[1:]]
 
+        access = ExplainerAccess(self, x)  # graph runs for methods that need more than (A, dA)
+
         def cams_of(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
-            return np.stack([compute_cams(activation, gradient[:, j], method)
-                             for j in range(k)], axis=1)
+            return np.stack([compute_cams(activation, gradient[:, j], method, class_ids[:, j],
+                                          access) for j in range(k)], axis=1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
         maps = layer_maps(layers, activations, [outputs[layer["gradient"]] for layer in layers],

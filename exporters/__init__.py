@@ -6,7 +6,7 @@ What each part needs installed:
   :func:`build_bundle`, :mod:`exporters.graph`, :mod:`exporters.autodiff`): onnx and numpy,
   plus ``explainer``'s data modules (bundle, preprocessing, labels), which load neither ONNX
   Runtime nor Pillow;
-* the PyTorch front end (:func:`export_torch`, :func:`validate`, :func:`reference_gradcam`):
+* the PyTorch front end (:func:`export_torch`, :func:`validate`, :func:`reference_cams`):
   the ``torch`` extra, imported on first use.
 
 The runtime (``explainer``) never imports this package, except through
@@ -38,13 +38,15 @@ __all__ = [
     "candidate_layers",
     "export_onnx",
     "export_torch",
+    "reference_cams",
     "reference_gradcam",
     "split_model",
     "validate",
 ]
 
 _TORCH_NAMES = {
-    "export_torch", "export_tapped", "reference_gradcam", "validate", "ValidationReport",
+    "export_torch", "export_tapped", "reference_cams", "reference_gradcam", "validate",
+    "ValidationReport",
 }
 
 

@@ -1,4 +1,4 @@
-"""PyTorch front end: export a model tapped at a layer, and the autograd reference Grad-CAM.
+"""PyTorch front end: export a model tapped at a layer, and validation against PyTorch autograd.
 
 Needs the ``torch`` extra (torch, torchvision, onnxscript).
 """
@@ -21,6 +21,7 @@ from explainer.preprocessing import Preprocessing
 
 from .build import build_bundle, producer_versions
 from .errors import ExportError
+from .torch_reference import reference_cams, reference_gradcam
 
 __all__ = [
     "ExportError",
@@ -29,6 +30,7 @@ __all__ = [
     "export_tapped",
     "reference_gradcam",
     "recalibrate_batchnorm",
+    "reference_cams",
     "resolve_layer",
     "validate",
 ]
@@ -267,46 +269,6 @@ def bundle_from_tapped(
     )
 
 
-def reference_gradcam(
-    model: nn.Module,
-    target_layer: nn.Module | str,
-    inputs: np.ndarray | torch.Tensor,
-    class_ids: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM by PyTorch autograd: ReLU(sum_k mean_ij(dy_c/dA^k) A^k), unnormalized.
-
-    The hooked tensor is used as it is: when a later in-place op (DenseNet's
-    ``F.relu(features, inplace=True)``) modifies it, the gradient is taken w.r.t. the modified
-    tensor, which is also what the exported graph outputs.
-
-    Runs in the model's dtype: a float64 copy of the model gives a float64 reference.
-
-    Returns:
-        (cams [B, K, h, w], logits [B, C]) as numpy arrays.
-    """
-    model = model.eval()
-    _, layer = resolve_layer(model, target_layer)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
-    x = torch.as_tensor(np.asarray(inputs)).to(dtype)
-    store: dict[str, torch.Tensor] = {}
-    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-    finally:
-        hook.remove()
-    activation = store["a"]
-    class_ids = torch.as_tensor(np.asarray(class_ids, dtype=np.int64))
-    cams = []
-    for k in range(class_ids.shape[1]):
-        score = logits.gather(1, class_ids[:, k : k + 1]).sum()
-        (grad,) = torch.autograd.grad(score, activation, retain_graph=True)
-        weights = grad.mean(dim=(2, 3), keepdim=True)
-        cams.append(torch.relu((weights * activation).sum(dim=1)).detach())
-    return torch.stack(cams, dim=1).numpy(), logits.detach().numpy()
-
-
 @dataclass
 class ValidationReport:
     """Per-map relative L2 error between a bundle's raw CAMs and the PyTorch reference.
@@ -350,8 +312,10 @@ def validate(
     inputs: np.ndarray | torch.Tensor,
     targets: Any = None,
     explainer: Any = None,
+    method: str = "gradcam",
 ) -> ValidationReport:
-    """Compare the bundle's raw CAMs (ONNX Runtime) with the PyTorch autograd reference.
+    """Compare the bundle's raw CAMs (ONNX Runtime) with the PyTorch autograd reference
+    (:func:`exporters.torch_reference.reference_cams`) for a CAM method.
 
     Args:
         bundle: a bundle exported from ``model``.
@@ -360,13 +324,14 @@ def validate(
         inputs: a float32 NCHW batch.
         targets: any target spec :meth:`explainer.Explainer.explain` accepts.
         explainer: an existing :class:`explainer.Explainer` for ``bundle`` (built if None).
+        method: the CAM method, a name in :data:`explainer.methods.METHODS`.
     """
     from explainer import Explainer
 
     x = np.ascontiguousarray(np.asarray(inputs, dtype=np.float32))
     explainer = explainer or Explainer(bundle)
-    explanation = explainer.explain(x, targets=targets)
-    ref_cams, ref_logits = reference_gradcam(model, target_layer, x, explanation.class_ids)
+    explanation = explainer.explain(x, targets=targets, method=method)
+    ref_cams, ref_logits = reference_cams(model, target_layer, x, explanation.class_ids, method)
     return ValidationReport(
         errors=relative_l2(explanation.cams, ref_cams),
         class_ids=explanation.class_ids,

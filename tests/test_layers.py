@@ -41,9 +41,16 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
+def _module_files(module: str) -> list[Path]:
+    """The file of a module, or every file of a subpackage (``explainer/methods/``)."""
+    path = PACKAGE / module
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
+
+
 @pytest.mark.parametrize("module", RUNTIME_MODULES)
 def test_runtime_module_does_not_import_exporters(module):
-    assert "exporters" not in _imported_modules(PACKAGE / f"{module}.py")
+    for path in _module_files(module):
+        assert "exporters" not in _imported_modules(path), path
 
 
 def test_only_the_bridge_imports_exporters():
@@ -56,7 +63,8 @@ def test_only_the_bridge_imports_exporters():
 def test_every_runtime_module_is_listed():
     """A new module of explainer must be placed: runtime (checked above), bridge or CLI."""
     known = {*RUNTIME_MODULES, "__init__", "bridge", "cli"}
-    assert {path.stem for path in PACKAGE.glob("*.py")} <= known
+    packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    assert {path.stem for path in PACKAGE.glob("*.py")} | packages <= known
 
 
 def test_layers_at_run_time():

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
+from explainer.methods import compute_cams
 from exporters import build_bundle
 from exporters.graph import infer_shapes
 from exporters.split import split_model
@@ -27,8 +28,8 @@ def _inputs(batch: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2, spacing=3):
-    """Grad-CAM from central differences of the head (independent of our autodiff); other
-    tensors crossing the cut are held fixed.
+    """Grad-CAM from central differences of the head (independent of our autodiff; the formula
+    is ``explainer.methods``'); other tensors crossing the cut are held fixed.
 
     Grad-CAM needs only ``alpha_c = mean_hw dScore/dA[c, h, w]``, a sum of per-element
     derivatives. The test heads read the activation through one 3x3, stride-1 convolution and
@@ -68,7 +69,9 @@ def _finite_difference_cams(model, x, class_ids, target="act", eps=1e-2, spacing
         sums = ((logits[:grids] - logits[grids:]) / (2 * eps)).reshape(channels, -1, len(logits[0]))
         alphas = sums.sum(axis=1) / (height * width)  # [C, K]
         for k, c in enumerate(class_ids[b]):
-            cams[b, k] = np.maximum(np.einsum("c,chw->hw", alphas[:, c], act[b]), 0)
+            # a gradient constant over each channel whose mean is the channel's alpha
+            grad = np.broadcast_to(alphas[:, c][:, None, None], act[b].shape)[None]
+            cams[b, k] = compute_cams(act[b : b + 1], grad, "gradcam")[0]
     return cams
 
 

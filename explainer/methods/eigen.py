@@ -1,0 +1,76 @@
+"""Eigen methods: the first principal component of the activation (or gradient x activation).
+
+For one image let ``X`` be the [h*w, C] matrix of a map's positions by channels, centered per
+channel (``X = M - mean_ij M``). Its first right singular vector ``v`` [C] gives the
+projection ``p = X v`` [h*w], reshaped to [h, w]. SVD leaves the sign of ``v`` free; onnxcam
+fixes it as pytorch-grad-cam's ``get_2d_projection_with_sign_correction`` does (Seg-Eigen-CAM,
+Chung & Ying 2025, eq. 13): ``p`` is negated when ``|min p| > |max p|``, so the dominant
+extreme is positive. pytorch-grad-cam 1.5.7's ``EigenCAM``/``EigenGradCAM`` take LAPACK's sign
+as it comes (arbitrary), so its maps equal ours or those of ``-p``.
+
+``p`` is returned as :class:`~explainer.methods.core.Weights` (``v`` and the offset
+``-v . mean``), so the shared pipeline computes ``ReLU(p)`` like every other method.
+
+Cost: ``v`` comes from the eigendecomposition of the smaller Gram matrix (``X X^T`` [hw, hw]
+or ``X^T X`` [C, C], built with einsum loops, not BLAS), in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core import CamContext, Weights
+
+__all__ = ["eigencam_weights", "eigengradcam_weights", "first_component"]
+
+
+def first_component(matrix: np.ndarray) -> np.ndarray:
+    """First right singular vector [C] of a centered [P, C] float64 matrix, sign as returned
+    (0 for a zero matrix)."""
+    positions, channels = matrix.shape
+    if positions <= channels:
+        values, vectors = np.linalg.eigh(np.einsum("pc,qc->pq", matrix, matrix))
+        scale = np.sqrt(max(values[-1], 0.0))
+        if scale == 0:
+            return np.zeros(channels)
+        return np.einsum("pc,p->c", matrix, vectors[:, -1]) / scale
+    values, vectors = np.linalg.eigh(np.einsum("pc,pd->cd", matrix, matrix))
+    return vectors[:, -1] if values[-1] > 0 else np.zeros(channels)
+
+
+def _principal_weights(maps: np.ndarray, scale: np.ndarray | None) -> Weights:
+    """Weights reproducing the sign-corrected first-component projection of ``maps``
+    [N, C, h, w] = ``scale * A`` (``scale`` None: 1), as a weighted sum of ``A`` plus offset."""
+    n, c = maps.shape[:2]
+    channel_weights = np.zeros((n, c))
+    offsets = np.zeros(n)
+    for i in range(n):
+        matrix = maps[i].reshape(c, -1).T.astype(np.float64)
+        mean = matrix.mean(axis=0)
+        centered = matrix - mean
+        v = first_component(centered)
+        projection = np.einsum("pc,c->p", centered, v)
+        sign = -1.0 if abs(projection.min()) > abs(projection.max()) else 1.0
+        channel_weights[i] = sign * v
+        offsets[i] = -sign * float(np.einsum("c,c->", v, mean))
+    weights = channel_weights if scale is None else channel_weights[:, :, None, None] * scale
+    return Weights(weights, offsets)  # float64: the offset cancels most of the sum
+
+
+def eigencam_weights(ctx: CamContext) -> Weights:
+    """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299).
+
+    The map is ``ReLU(p)``, ``p`` the first principal component projection of the centered
+    activation (see the module docstring for the sign). Class-agnostic: the gradient is not
+    used. Channel weights [N, C] plus offset.
+    """
+    return _principal_weights(ctx.activation, None)
+
+
+def eigengradcam_weights(ctx: CamContext) -> Weights:
+    """Eigen-Grad-CAM (pytorch-grad-cam's ``EigenGradCAM``: Eigen-CAM of ``g * A``).
+
+    The map is ``ReLU(p)``, ``p`` the first principal component projection of the centered
+    ``g * A`` (sign as in the module docstring). Per-position weights ``v_k g^k_ij`` plus offset.
+    """
+    return _principal_weights(ctx.gradient * ctx.activation, ctx.gradient)
