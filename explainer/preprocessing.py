@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ImageError
+import numpy as np
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+from .errors import ImageError, InputError
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "check_batch"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,3 +89,44 @@ class Preprocessing:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def check_batch(
+    x: Any, name: str, shape: Sequence[Any], layout: str, dtype: np.dtype
+) -> np.ndarray:
+    """Validate a model input batch against the model input ``name`` (its ``shape``: ints
+    where the model fixes a size, names where it does not; ``layout``; ``dtype``) and return it
+    contiguous, cast to float32 where the model takes floats.
+
+    Raises:
+        InputError: naming the input, the expected shape and what was given.
+    """
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+    if x.ndim != len(shape):
+        raise InputError(
+            f"input {name!r} expects rank {len(shape)} "
+            f"{shape} ({layout}), got shape {x.shape}"
+        )
+    for axis, (want, got) in enumerate(zip(shape, x.shape)):
+        if isinstance(want, int) and axis > 0 and want != got:
+            raise InputError(
+                f"input {name!r} expects shape {shape} "
+                f"({layout}), got {list(x.shape)} (axis {axis})"
+            )
+    if x.shape[0] == 0:
+        raise InputError("input batch is empty")
+    if dtype == np.uint8:
+        if x.dtype != np.uint8:
+            raise InputError(
+                f"input {name!r} is uint8 (the model normalizes inside the graph); "
+                f"pass 0..255 pixels as uint8, got {x.dtype} (Explainer.preprocess does this)"
+            )
+        return np.ascontiguousarray(x)
+    if x.dtype != np.float32:
+        if x.dtype.kind != "f":
+            raise InputError(f"input must be float32, got {x.dtype}")
+        x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError("input contains NaN or infinite values")
+    return np.ascontiguousarray(x)

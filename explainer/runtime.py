@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -31,80 +30,27 @@ import onnxruntime as ort
 
 from .bundle import Bundle
 from .errors import ExplainerError, InputError, ProviderError, TargetError
+from .explanation import Explanation, contrast_ids, softmax
 from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, preprocess
 from .layers import LayerMaps, layer_maps
 from .layers import fuse as fuse_maps
 from .methods import ExplainerAccess, compute_cams, get_method
 from .pixels import PIXEL_METHODS, pixel_maps
-from .sessions import resolve_providers, run_chunked, run_once, session_options, to_numpy
+from .preprocessing import check_batch
+from .sessions import (
+    SessionPool,
+    resolve_providers,
+    run_chunked,
+    run_once,
+    session_options,
+    to_numpy,
+)
 from .targets import TargetPlan, plan_targets, seed_rows
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Explanation:
-    """CAMs for a batch of B images and K target classes each.
-
-    Attributes:
-        heatmaps: [B, K, H, W] float32 in [0, 1] at input resolution (bilinear upsampling,
-            per-map min-max).
-        cams: [B, K, h, w] raw CAMs at activation resolution, before upsampling/normalizing.
-        class_ids: [B, K] int64 explained classes.
-        scores: [B, K] logits of those classes.
-        probabilities: [B, K] softmax probabilities of those classes.
-        labels: [B][K] class names when the bundle knows them, else None.
-        logits: [B, C] all logits.
-        method: the CAM method used.
-        contrast_ids: [B, 1] or [B, K] contrast classes whose score was subtracted, or None.
-        score: what was explained: ``"logit"`` or ``"probability"``.
-        layers: for a layer-sweep bundle, each layer's CAMs and heatmaps by layer name (the
-            top-level ``cams`` are the first layer's, the ``heatmaps`` fused), else None.
-        pixels: [B, K, C, H, W] pixel-space maps of ``guided-backprop`` / ``guided-gradcam``
-            (see :mod:`explainer.pixels`), else None.
-    """
-
-    heatmaps: np.ndarray
-    cams: np.ndarray
-    class_ids: np.ndarray
-    scores: np.ndarray
-    probabilities: np.ndarray
-    labels: list[list[str]] | None
-    logits: np.ndarray
-    method: str = "gradcam"
-    contrast_ids: np.ndarray | None = None
-    score: str = "logit"
-    pixels: np.ndarray | None = None
-    layers: dict[str, LayerMaps] | None = None
-
-    def titles(self, index: int) -> list[str]:
-        """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
-        names = self.labels[index] if self.labels else [str(c) for c in self.class_ids[index]]
-        return [f"{n} {p:.3g}" for n, p in zip(names, self.probabilities[index])]
-
-
-def _contrast_ids(
-    plan: TargetPlan | None, logits: np.ndarray | None, class_ids: np.ndarray
-) -> np.ndarray | None:
-    """The contrast classes [B, 1] or [B, K] of a ``contrast=`` plan."""
-    if plan is None:
-        return None
-    ids = plan.resolve(logits) if plan.needs_logits else plan.class_ids
-    if ids.shape[1] not in (1, class_ids.shape[1]):
-        raise TargetError(
-            f"{ids.shape[1]} contrast classes per image for {class_ids.shape[1]} targets; give "
-            "one contrast class per image or one per target"
-        )
-    return ids
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Explainer:
@@ -175,15 +121,7 @@ class Explainer:
         self.preprocessing = Preprocessing.from_dict(pre) if pre else None
         self.labels = self.bundle.labels
 
-        def session(model: onnx.ModelProto) -> ort.InferenceSession:
-            return ort.InferenceSession(
-                model.SerializeToString(), options, providers=self.providers
-            )
-
-        self._session = session
-        self._lock = threading.Lock()
-        self._closed = False
-        self._sessions: dict[str, ort.InferenceSession] = {}
+        self._pool = SessionPool(self.providers, options)  # the two graphs' sessions
         self.graph: ExplanationGraph | None = None
         if (explanation_graph and self.bundle.explanation is not None and not self.static_batch
                 and self.target_layout in ("NCHW", "NHWC")):
@@ -194,17 +132,7 @@ class Explainer:
             )
 
     def _lazy_session(self, key: str, model: Any) -> ort.InferenceSession:
-        """The session ``key``, created on first use from ``model()`` (once, even when several
-        threads ask at the same time)."""
-        self._check_open()
-        session = self._sessions.get(key)
-        if session is None:
-            with self._lock:
-                self._check_open()
-                session = self._sessions.get(key)
-                if session is None:
-                    session = self._sessions[key] = self._session(model())
-        return session
+        return self._pool.get(key, model)
 
     @property
     def features_session(self) -> ort.InferenceSession:
@@ -232,15 +160,13 @@ class Explainer:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
-        return self._closed
+        return self._pool.closed
 
     def close(self) -> None:
         """Release the ONNX Runtime sessions (and their memory). Idempotent; calls made after
         it raise :class:`ExplainerError`. Do not close while other threads are explaining."""
-        with self._lock:
-            self._closed = True
-            self._sessions.clear()
-            self.graph = None
+        self._pool.close()
+        self.graph = None
 
     def __enter__(self) -> Explainer:
         self._check_open()
@@ -250,11 +176,7 @@ class Explainer:
         self.close()
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ExplainerError(
-                "this Explainer is closed (close() was called or its with-block ended); create "
-                "a new Explainer"
-            )
+        self._pool.check_open()
 
     @classmethod
     def from_onnx(
@@ -310,35 +232,8 @@ class Explainer:
         Raises:
             InputError: naming the input, the expected shape and what was given.
         """
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
-        if x.ndim != len(self.input_shape):
-            raise InputError(
-                f"input {self.input_name!r} expects rank {len(self.input_shape)} "
-                f"{self.input_shape} ({self.input_layout}), got shape {x.shape}"
-            )
-        for axis, (want, got) in enumerate(zip(self.input_shape, x.shape)):
-            if isinstance(want, int) and axis > 0 and want != got:
-                raise InputError(
-                    f"input {self.input_name!r} expects shape {self.input_shape} "
-                    f"({self.input_layout}), got {list(x.shape)} (axis {axis})"
-                )
-        if x.shape[0] == 0:
-            raise InputError("input batch is empty")
-        if self.input_dtype == np.uint8:
-            if x.dtype != np.uint8:
-                raise InputError(
-                    f"input {self.input_name!r} is uint8 (the model normalizes inside the graph); "
-                    f"pass 0..255 pixels as uint8, got {x.dtype} (Explainer.preprocess does this)"
-                )
-            return np.ascontiguousarray(x)
-        if x.dtype != np.float32:
-            if x.dtype.kind != "f":
-                raise InputError(f"input must be float32, got {x.dtype}")
-            x = x.astype(np.float32)
-        if not np.isfinite(x).all():
-            raise InputError("input contains NaN or infinite values")
-        return np.ascontiguousarray(x)
+        entry = self.bundle.manifest["input"]
+        return check_batch(x, entry["name"], self.input_shape, self.input_layout, self.input_dtype)
 
     # --- graph runs -----------------------------------------------------------------------------
     def _run_features(self, x: np.ndarray) -> dict[str, Any]:
@@ -354,17 +249,10 @@ class Explainer:
         return dict(zip(self.head_inputs, binding.get_outputs()))
 
     def _run(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
+        """One graph run (in chunks of the static batch where the model has one)."""
         if self.static_batch is not None:
-            return self._run_chunked(session, feeds, outputs)
-        return self._run_once(session, feeds, outputs)
-
-    def _run_once(self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]):
+            return run_chunked(session, feeds, outputs, self.static_batch, self.on_cuda)
         return run_once(session, feeds, outputs, self.on_cuda)
-
-    def _run_chunked(
-        self, session: ort.InferenceSession, feeds: dict[str, Any], outputs: list[str]
-    ) -> list[np.ndarray]:
-        return run_chunked(session, feeds, outputs, self.static_batch, self.on_cuda)
 
     _to_numpy = staticmethod(to_numpy)
 
@@ -477,26 +365,37 @@ class Explainer:
         plain = against is None and score == "logit"
         if plain and self.graph is not None and method == self.graph.method:
             return self._explain_in_graph(x, plan)  # all of the below, in one ONNX Runtime run
-        features = self._run_features(x)  # once per batch, however many targets
 
+        features = self._run_features(x)  # once per batch, however many targets
         logits = None
         if plan.needs_logits or not plain:
             (logits,) = self._run(self.logits_session, features, [self.logits_name])
         class_ids = plan.resolve(logits) if plan.needs_logits else plan.class_ids
-        contrast_ids = _contrast_ids(against, logits, class_ids)
-        k = class_ids.shape[1]
-        seeds = seed_rows(class_ids, self.num_classes, contrast_ids, None if score == "logit"
-                          else _softmax(logits.astype(np.float64)))
+        against_ids = contrast_ids(against, logits, class_ids)
+        seeds = seed_rows(class_ids, self.num_classes, against_ids,
+                          None if score == "logit" else softmax(logits.astype(np.float64)))
+        head_logits, maps = self._layer_maps(x, features, class_ids, seeds, method)
+        first = next(iter(maps.values()))
+        return Explanation.of(
+            head_logits if logits is None else logits, class_ids, self.labels,
+            heatmaps=fuse_maps(maps, fuse), cams=first.cams, method=method,
+            contrast_ids=against_ids, score=score, layers=maps if len(maps) > 1 else None,
+        )
+
+    def _layer_maps(
+        self, x: np.ndarray, features: dict[str, Any], class_ids: np.ndarray, seeds: np.ndarray,
+        method: str,
+    ) -> tuple[np.ndarray, dict[str, LayerMaps]]:
+        """The gradient head for every (image, target) pair, then each layer's CAMs and
+        heatmaps (one layer, or every layer of a sweep): (head logits, maps by layer)."""
+        batch, k = class_ids.shape
         # a layer sweep's later layers: their activations and gradients are head outputs
         layers = self.bundle.manifest.get("layers") or [
             {**self.bundle.manifest["target"], "gradient": self.gradient_name}]
         extra = [n for layer in layers[1:] for n in (layer["gradient"], layer["tensor"])]
-        head_logits, outputs = self._gradients(features, seeds.reshape(batch, k, -1), extra)
-        if logits is None:
-            logits = head_logits
+        logits, outputs = self._gradients(features, seeds.reshape(batch, k, -1), extra)
         activations = [self._to_numpy(features[self.head_inputs[0]])]
         activations += [outputs[layer["tensor"]][:, 0] for layer in layers[1:]]
-
         access = ExplainerAccess(self, x)  # graph runs for methods that need more than (A, dA)
 
         def cams_of(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
@@ -504,27 +403,8 @@ class Explainer:
                                           access) for j in range(k)], axis=1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
-        maps = layer_maps(layers, activations, [outputs[layer["gradient"]] for layer in layers],
-                          tuple(size), cams_of)
-        first = next(iter(maps.values()))
-        cams, heatmaps = first.cams, fuse_maps(maps, fuse)
-        probabilities = _softmax(logits.astype(np.float64)).astype(np.float32)
-        labels = None
-        if self.labels is not None:
-            labels = [[self.labels[c] for c in row] for row in class_ids]
-        return Explanation(
-            heatmaps=heatmaps,
-            cams=cams,
-            class_ids=class_ids,
-            scores=np.take_along_axis(logits, class_ids, axis=1),
-            probabilities=np.take_along_axis(probabilities, class_ids, axis=1),
-            labels=labels,
-            logits=logits,
-            method=method,
-            contrast_ids=contrast_ids,
-            score=score,
-            layers=maps if len(maps) > 1 else None,
-        )
+        gradients = [outputs[layer["gradient"]] for layer in layers]
+        return logits, layer_maps(layers, activations, gradients, tuple(size), cams_of)
 
     def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:
         """:meth:`explain` as one run of the bundle's explanation graph."""
@@ -532,7 +412,7 @@ class Explainer:
         labels = None
         if self.labels is not None:
             labels = [[self.labels[c] for c in row] for row in out["target_ids"]]
-        return Explanation(
+        return Explanation(  # scores and probabilities as the graph computed them
             heatmaps=out["heatmaps"], cams=out["cams"], class_ids=out["target_ids"],
             scores=out["scores"], probabilities=out["probabilities"], labels=labels,
             logits=out["logits"], method=self.graph.method,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from .errors import ProviderError, UsageError
+from .errors import ExplainerError, ProviderError, UsageError
 
-__all__ = ["resolve_providers", "run_chunked", "run_once", "session_options", "to_numpy"]
+__all__ = [
+    "SessionPool", "resolve_providers", "run_chunked", "run_once", "session_options", "to_numpy",
+]
 
 _LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -108,3 +112,47 @@ def run_chunked(session: ort.InferenceSession, feeds: dict[str, Any], outputs: l
         for result, value in zip(results, values, strict=True):
             result.append(to_numpy(value))
     return [np.concatenate(parts)[:rows] for parts in results]
+
+
+class SessionPool:
+    """The ONNX Runtime sessions of one Explainer: each created on first use (once, even when
+    several threads ask at the same time), all released by :meth:`close`.
+
+    Args:
+        providers: the provider list (:func:`resolve_providers`).
+        options: the session options (:func:`session_options`).
+    """
+
+    def __init__(self, providers: list[Any], options: ort.SessionOptions) -> None:
+        self.providers = providers
+        self.options = options
+        self._lock = threading.Lock()
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        self.closed = False
+
+    def check_open(self) -> None:
+        """Raise :class:`ExplainerError` once closed."""
+        if self.closed:
+            raise ExplainerError(
+                "this Explainer is closed (close() was called or its with-block ended); create "
+                "a new Explainer"
+            )
+
+    def get(self, key: str, model: Callable[[], onnx.ModelProto]) -> ort.InferenceSession:
+        """The session ``key``, created from ``model()`` on first use."""
+        self.check_open()
+        session = self._sessions.get(key)
+        if session is None:
+            with self._lock:
+                self.check_open()
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._sessions[key] = ort.InferenceSession(
+                        model().SerializeToString(), self.options, providers=self.providers)
+        return session
+
+    def close(self) -> None:
+        """Release every session (idempotent)."""
+        with self._lock:
+            self.closed = True
+            self._sessions.clear()

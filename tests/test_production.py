@@ -83,7 +83,7 @@ def test_close_and_context_manager(bundle_dir):
     with Explainer(bundle_dir) as explainer:
         explainer.explain(x, targets="top1")  # builds the logits session too
         assert explainer.features_session is not None and not explainer.closed
-    assert explainer.closed and explainer.graph is None and not explainer._sessions
+    assert explainer.closed and explainer.graph is None and not explainer._pool._sessions
     for call in (lambda: explainer.explain(x), lambda: explainer.run_features(x),
                  lambda: explainer.logits_session, lambda: explainer.features_session,
                  lambda: explainer.head_session):
