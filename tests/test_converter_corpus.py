@@ -320,3 +320,22 @@ def test_fused_transformer_ops_raise_missing_gradient_rule(corpus_dir: dict, nam
     _row(data, None, 0.0, max_rel_l2="next",
          gradients=f"MissingGradientRule: com.microsoft::{error.op_type} (node "
                    f"{error.node_name}); ops without rules: {', '.join(ops)}")
+
+
+def test_keras_vgg16_explains_from_the_command_line(corpus_dir: dict, tmp_path) -> None:
+    """A freshly made Keras VGG16 with a Dense/Softmax head, converted by tf2onnx:
+    ``onnxcam explain model.onnx photo.jpg`` writes its overlay (auto target, exit 0)."""
+    from PIL import Image
+
+    from explainer.cli import main
+
+    data = _entry(corpus_dir, "tf2onnx-vgg16")
+    pixels = data["inputs"][0]
+    pixels = (pixels - pixels.min()) / (np.ptp(pixels) or 1.0) * 255  # any photo will do
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(pixels.astype(np.uint8)).save(photo)
+    out = tmp_path / "out"
+    assert main(["explain", str(data["model"]), str(photo), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = summary["images"]
+    assert row["status"] == "ok" and (out / row["overlay"]).is_file()
