@@ -60,22 +60,6 @@ GRAPH_TOL = 1e-5
 EARLY_TOL, EARLY_FRACTION, EARLY_MAX = 1e-3, 0.95, 5e-2
 
 
-@pytest.fixture(scope="module")
-def photos() -> np.ndarray:
-    """Real photos (scikit-image's chelsea and coffee), ImageNet-normalized, as a batch of 2.
-
-    White-noise inputs through random-weight networks make Grad-CAM ill-conditioned: the
-    channel sum cancels so strongly that PyTorch's own float32 CAM differs from its float64 CAM
-    by up to 8% (resnet50, layer2). Natural images keep the comparison meaningful.
-    """
-    skimage_data = pytest.importorskip("skimage.data")
-    from explainer import Preprocessing, preprocess
-
-    folder = os.path.dirname(skimage_data.__file__)
-    return preprocess([os.path.join(folder, f"{n}.png") for n in ("chelsea", "coffee")],
-                      Preprocessing())
-
-
 def build_model(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {}))
