@@ -4,9 +4,9 @@ One run on one machine, 2 threads, resnet18 at ``layer4`` (seeded random weights
 BatchNorm), 224x224 inputs, top-1 target, batch 1 and 16. Each figure is the median over
 ``--rounds`` of block medians (a block: up to ``--block`` calls of one callable), in
 milliseconds; the baseline is plain ONNX Runtime inference of the exported model at its default
-settings. Score-CAM and Ablation-CAM run their extra graph runs in batches of 64 rows (onnxcam:
-the model on masked inputs, the head on ablated activations; pytorch-grad-cam:
-``batch_size = 64``).
+settings, timed in blocks beside each method. Score-CAM (batch 1 only) and Ablation-CAM run
+extra graph runs in batches (onnxcam: 32 masked inputs, 128 ablated head rows per run;
+pytorch-grad-cam: ``batch_size = 64``).
 
 Usage: ``python benchmarks/bench_methods.py [--batches 1 16] [--json out.json]``.
 """
@@ -28,6 +28,8 @@ from explainer import Explainer
 from explainer.methods import METHODS
 from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm
 
+#: methods timed at batch 1 only (one call at batch 16 takes about a minute)
+SLOW = ("scorecam",)
 PEERS = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "layercam": "LayerCAM",
@@ -59,21 +61,23 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         x = np.random.default_rng(0).normal(size=(batch, 3, 224, 224)).astype(np.float32)
-        runs = {"inference": partial(infer.run, None, {"input": x})}
-        runs.update({m: partial(explainer.explain, x, method=m) for m in METHODS})
-        times = block_median_ms(runs, args.rounds, args.block)
-        peers = {}
-        for method, name in PEERS.items():
-            peer = getattr(pytorch_grad_cam, name)(model=model, target_layers=[model.layer4])
-            peer.batch_size = 64
-            peers[method] = partial(peer, input_tensor=torch.from_numpy(x), targets=None)
-        peer_times = block_median_ms(peers, args.rounds, args.block)
         for method in METHODS:
+            if batch > 1 and method in SLOW:
+                continue
+            # each method in blocks beside plain inference: no method's threads slow another's
+            times = block_median_ms({"inference": partial(infer.run, None, {"input": x}),
+                                     method: partial(explainer.explain, x, method=method)},
+                                    args.rounds, args.block)
             row = {"method": method, "batch": batch, "onnxcam_ms": round(times[method], 1),
                    "vs_inference": round(times[method] / times["inference"], 2),
                    "inference_ms": round(times["inference"], 1)}
-            if method in peer_times:
-                row["pytorch_grad_cam_ms"] = round(peer_times[method], 1)
+            if method in PEERS:
+                peer = getattr(pytorch_grad_cam, PEERS[method])(model=model,
+                                                                 target_layers=[model.layer4])
+                peer.batch_size = 64
+                call = partial(peer, input_tensor=torch.from_numpy(x), targets=None)
+                peer_ms = block_median_ms({"peer": call}, args.rounds, args.block)["peer"]
+                row["pytorch_grad_cam_ms"] = round(peer_ms, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
