@@ -4,7 +4,7 @@ One run on one machine, 2 threads, resnet18 at ``layer4`` (seeded random weights
 BatchNorm), 224x224 inputs, top-1 target, batch 1 and 16. Each figure is the median over
 ``--rounds`` of block medians (a block: up to ``--block`` calls of one callable), in
 milliseconds; the baseline is plain ONNX Runtime inference of the exported model at its default
-settings, timed in blocks beside each method. Score-CAM (batch 1 only) and Ablation-CAM run
+settings, timed in blocks beside each method. Score-CAM and Ablation-CAM (batch 1 only) run
 extra graph runs in batches (onnxcam: 32 masked inputs, 128 ablated head rows per run;
 pytorch-grad-cam: ``batch_size = 64``).
 
@@ -28,8 +28,8 @@ from explainer import Explainer
 from explainer.methods import METHODS
 from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm
 
-#: methods timed at batch 1 only (one call at batch 16 takes about a minute)
-SLOW = ("scorecam",)
+#: methods timed at batch 1 only (pytorch-grad-cam takes minutes per call at batch 16)
+SLOW = ("scorecam", "ablationcam")
 PEERS = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "layercam": "LayerCAM",
