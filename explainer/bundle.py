@@ -292,18 +292,13 @@ class Bundle:
             raise BundleError(f"{files['manifest.json']}: expected a JSON object")
         _check_manifest(manifest, str(files["manifest.json"]))
         names = ["features", "head"]
-        if manifest.get("explanation") is not None:
-            names.append("explanation")
-            files["explanation.onnx"] = path / manifest["explanation"]["file"]
-            if not files["explanation.onnx"].is_file():
-                raise BundleError(f"{path}: bundle file {manifest['explanation']['file']} is "
-                                  "missing (the manifest lists an explanation graph)")
-        if manifest.get("input_gradient") is not None:
-            names.append("input_gradient")
-            files["input_gradient.onnx"] = path / manifest["input_gradient"]["file"]
-            if not files["input_gradient.onnx"].is_file():
-                raise BundleError(f"{path}: bundle file {manifest['input_gradient']['file']} is "
-                                  "missing (the manifest lists an input-gradient graph)")
+        for optional in ("explanation", "input_gradient"):  # graphs the manifest lists
+            if manifest.get(optional) is not None:
+                names.append(optional)
+                files[f"{optional}.onnx"] = path / manifest[optional]["file"]
+                if not files[f"{optional}.onnx"].is_file():
+                    raise BundleError(f"{path}: bundle file {manifest[optional]['file']} is "
+                                      f"missing (the manifest lists a {optional} graph)")
         models = {}
         for name in names:
             try:
