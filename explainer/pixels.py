@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import MethodError
+from .explanation import softmax
 from .targets import seed_rows
 
 if TYPE_CHECKING:
@@ -43,11 +44,7 @@ def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: st
             "input_gradient=True (export_torch / export_onnx)"
         )
     batch, k = cam.class_ids.shape
-    probabilities = None
-    if cam.score == "probability":
-        z = cam.logits.astype(np.float64)
-        probabilities = np.exp(z - z.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    probabilities = softmax(cam.logits.astype(np.float64)) if cam.score == "probability" else None
     seeds = seed_rows(cam.class_ids, explainer.num_classes, cam.contrast_ids, probabilities)
     gradient = explainer.run_input_gradient(np.repeat(x, k, axis=0), seeds)
     gradient = gradient.reshape(batch, k, *gradient.shape[1:])

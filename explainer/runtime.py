@@ -131,18 +131,15 @@ class Explainer:
                 self.on_cuda,
             )
 
-    def _lazy_session(self, key: str, model: Any) -> ort.InferenceSession:
-        return self._pool.get(key, model)
-
     @property
     def features_session(self) -> ort.InferenceSession:
         """The features graph's session (created on first use)."""
-        return self._lazy_session("features", lambda: self.bundle.features)
+        return self._pool.get("features", lambda: self.bundle.features)
 
     @property
     def head_session(self) -> ort.InferenceSession:
         """The gradient head's session (created on first use)."""
-        return self._lazy_session("head", lambda: self.bundle.head)
+        return self._pool.get("head", lambda: self.bundle.head)
 
     @property
     def logits_session(self) -> ort.InferenceSession:
@@ -154,7 +151,7 @@ class Explainer:
             head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
             return head.extract_model(self.head_inputs, [self.logits_name])
 
-        return self._lazy_session("logits", pruned)
+        return self._pool.get("logits", pruned)
 
     # --- lifetime -------------------------------------------------------------------------------
     @property
@@ -299,7 +296,7 @@ class Explainer:
         """The guided gradient of ``sum(seeds * logits)`` w.r.t. the input rows ``x`` (the
         bundle's input-gradient graph; see :mod:`explainer.pixels`)."""
         entry = self.bundle.manifest["input_gradient"]
-        session = self._lazy_session("input_gradient", lambda: self.bundle.input_gradient)
+        session = self._pool.get("input_gradient", lambda: self.bundle.input_gradient)
         feeds = {entry["input"]: self.check_input(x), entry["seed"]: np.asarray(seeds, np.float32)}
         return self._to_numpy(self._run(session, feeds, [entry["gradient"]])[0])
 

@@ -229,6 +229,18 @@ def _compare(explanation, data: dict, cams: str = "cams") -> tuple[str, np.ndarr
     return text, failed if failed.any() else None
 
 
+def _matches_source(data: dict, bundle, explainer, explanation, seconds: float) -> None:
+    """CAMs equal to the source framework's (float64-arbitrated), gradient self-check passed,
+    and the row of the README table recorded."""
+    text, failed = _compare(explanation, data)
+    top1 = data["class_ids"][:, :1]
+    report = check_gradients(bundle, data["inputs"], class_ids=top1, explainer=explainer)
+    _row(data, bundle, seconds, max_rel_l2=text,
+         gradients=f"{report.max_error:.1e} ({'pass' if report.passed else 'FAIL'})")
+    assert failed is None, text
+    assert report.passed, str(report)
+
+
 @pytest.mark.parametrize("name", FLOAT32)
 def test_float32_matches_source_framework(corpus_dir: dict, name: str) -> None:
     data = _entry(corpus_dir, name)
@@ -237,13 +249,7 @@ def test_float32_matches_source_framework(corpus_dir: dict, name: str) -> None:
         f"auto target {bundle.manifest['target']['tensor']} is not the source layer "
         f"{data['meta']['source_layer']}"
     )
-    text, failed = _compare(explanation, data)
-    top1 = data["class_ids"][:, :1]
-    report = check_gradients(bundle, data["inputs"], class_ids=top1, explainer=explainer)
-    _row(data, bundle, seconds, max_rel_l2=text,
-         gradients=f"{report.max_error:.1e} ({'pass' if report.passed else 'FAIL'})")
-    assert failed is None, text
-    assert report.passed, str(report)
+    _matches_source(data, bundle, explainer, explanation, seconds)
 
 
 @pytest.mark.parametrize("name", REDUCED)
@@ -274,13 +280,7 @@ def test_vit_tokens_match_source_framework(corpus_dir: dict, name: str) -> None:
     target = bundle.manifest["target"]
     assert target["layout"] == "NLC", target
     assert explanation.cams.shape == data["cams"].shape, target
-    text, failed = _compare(explanation, data, "cams")
-    top1 = data["class_ids"][:, :1]
-    report = check_gradients(bundle, data["inputs"], class_ids=top1, explainer=explainer)
-    _row(data, bundle, seconds, max_rel_l2=text,
-         gradients=f"{report.max_error:.1e} ({'pass' if report.passed else 'FAIL'})")
-    assert failed is None, text
-    assert report.passed, str(report)
+    _matches_source(data, bundle, explainer, explanation, seconds)
 
 
 @pytest.mark.parametrize("name", TOKENS)

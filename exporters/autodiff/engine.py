@@ -95,8 +95,8 @@ def gradient_path(graph: Graph, wrt: str, output: str) -> tuple[list[int], set[s
         GradientError: ``wrt`` or ``output`` is not a value of the model, or ``output`` does
             not depend on ``wrt`` through float tensors.
     """
-    known = set(graph.graph_inputs()) | set(graph.initializers) | set(graph.producer)
-    known.update(i.name for i in graph.model.graph.input)
+    known = {i.name for i in graph.model.graph.input} | set(graph.initializers)
+    known |= set(graph.producer)
     for role, name in (("wrt", wrt), ("output", output)):
         if name not in known:
             raise GradientError(f"{role} tensor '{name}' is not a value of the model")
