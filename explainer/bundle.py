@@ -93,6 +93,13 @@ def _check_manifest(manifest: dict[str, Any], where: str) -> None:
             raise BundleError(f"{where}: explanation.file must be a file name, got {file!r}")
         if not isinstance(method, str):
             raise BundleError(f"{where}: explanation.method must be a string, got {method!r}")
+        methods = entry.get("methods", [method])
+        if not (isinstance(methods, list) and methods and methods[0] == method
+                and all(isinstance(m, str) for m in methods)):
+            raise BundleError(f"{where}: explanation.methods must be a list of method names "
+                              f"starting with explanation.method {method!r}, got {methods!r}")
+        if "methods" in entry and "method" not in entry["inputs"]:
+            raise BundleError(f"{where}: explanation.inputs must name the method input")
         for key, names in (("inputs", _EXPLANATION_INPUTS), ("outputs", _EXPLANATION_OUTPUTS)):
             value = entry[key]
             if not (isinstance(value, dict) and all(

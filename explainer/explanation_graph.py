@@ -37,23 +37,30 @@ class ExplanationGraph:
 
     def __init__(self, model: onnx.ModelProto, entry: dict[str, Any],
                  options: ort.SessionOptions, providers: list[Any], on_cuda: bool) -> None:
-        self.method: str = entry["method"]
+        #: the CAM methods the graph computes; the ``method`` input is an index into it
+        #: (graphs written before it had that input compute only ``entry["method"]``)
+        self.methods: list[str] = list(entry.get("methods") or [entry["method"]])
         self.inputs: dict[str, str] = dict(entry["inputs"])
         self.outputs: list[str] = [entry["outputs"][key] for key in _FIELDS]
         self.on_cuda = on_cuda
         self.session = ort.InferenceSession(model.SerializeToString(), options,
                                             providers=providers)
 
-    def run(self, x: np.ndarray, targets: GraphTargets) -> dict[str, np.ndarray]:
-        """One session run: the input batch and the targets -> the outputs by field name
-        (``logits``, ``target_ids``, ``scores``, ``probabilities``, ``cams``, ``heatmaps``),
-        target columns in the order the user asked for."""
+    def run(self, x: np.ndarray, targets: GraphTargets,
+            method: str | None = None) -> dict[str, np.ndarray]:
+        """One session run: the input batch, the targets and a method of :attr:`methods`
+        (None: the first) -> the outputs by field name (``logits``, ``target_ids``,
+        ``scores``, ``probabilities``, ``cams``, ``heatmaps``), target columns in the order
+        the user asked for."""
         feeds = {
             self.inputs["input"]: x,
             self.inputs["top_k"]: np.array([targets.top_k], np.int64),
             self.inputs["least"]: np.array([targets.least], np.int64),
             self.inputs["class_ids"]: np.ascontiguousarray(targets.class_ids, np.int64),
         }
+        if "method" in self.inputs:
+            index = self.methods.index(method) if method is not None else 0
+            feeds[self.inputs["method"]] = np.array([index], np.int64)
         if self.on_cuda:
             binding = self.session.io_binding()
             for name, value in feeds.items():

@@ -8,7 +8,8 @@ The data path, in one place (:meth:`Explainer.explain`)::
           -> CAM weights (methods.py) -> ReLU(sum_k w_k A^k) -> upsample, min-max -> heatmaps
 
 A schema-2 bundle also carries that whole path as one ONNX graph (``explanation.onnx``); where
-it can express the method (Grad-CAM), ``explain`` is one run of it
+it can express the method (the methods closed-form in the activation and its gradient:
+``Explainer.graph.methods``), ``explain`` is one run of it
 (:mod:`explainer.explanation_graph`). The two graphs and numpy remain the path for other
 methods, schema-1 bundles, static-batch models and heads that read more than the activation.
 """
@@ -67,8 +68,9 @@ class Explainer:
 
     Two paths give the same :class:`Explanation`:
 
-    * the explanation graph (schema-2 bundles, Grad-CAM, dynamic batch, only the activation
-      across the cut): one session run per call, ONNX Runtime's default thread spinning;
+    * the explanation graph (schema-2 bundles, the methods in ``graph.methods``, dynamic
+      batch, only the activation across the cut): one session run per call, ONNX Runtime's
+      default thread spinning;
     * the two graphs (everything else): the features graph, the logits pass, the gradient head
       and numpy CAMs; spinning is off there so the sessions, run one after the other, do not
       fight for the cores. Their sessions are created on first use.
@@ -360,8 +362,8 @@ class Explainer:
         if score not in ("logit", "probability"):
             raise TargetError(f"score must be 'logit' or 'probability', got {score!r}")
         plain = against is None and score == "logit"
-        if plain and self.graph is not None and method == self.graph.method:
-            return self._explain_in_graph(x, plan)  # all of the below, in one ONNX Runtime run
+        if plain and self.graph is not None and method in self.graph.methods:
+            return self._explain_in_graph(x, plan, method)  # all of the below, in one run
 
         features = self._run_features(x)  # once per batch, however many targets
         logits = None
@@ -403,16 +405,16 @@ class Explainer:
         gradients = [outputs[layer["gradient"]] for layer in layers]
         return logits, layer_maps(layers, activations, gradients, tuple(size), cams_of)
 
-    def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan) -> Explanation:
+    def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan, method: str) -> Explanation:
         """:meth:`explain` as one run of the bundle's explanation graph."""
-        out = self.graph.run(x, plan.graph_targets())
+        out = self.graph.run(x, plan.graph_targets(), method)
         labels = None
         if self.labels is not None:
             labels = [[self.labels[c] for c in row] for row in out["target_ids"]]
         return Explanation(  # scores and probabilities as the graph computed them
             heatmaps=out["heatmaps"], cams=out["cams"], class_ids=out["target_ids"],
             scores=out["scores"], probabilities=out["probabilities"], labels=labels,
-            logits=out["logits"], method=self.graph.method,
+            logits=out["logits"], method=method,
         )
 
     def explain_images(

@@ -7,7 +7,8 @@ does with two graphs and numpy::
           -> logits/   (the head pruned to its logits, B rows) -> logits -> TopK -> target ids
           -> one-hot seeds [B*K, C]; A repeated K times, image-major [B*K, ...]
           -> head/     (the gradient head, B*K rows) -> dA -> [B, K, ...]
-          -> cam/      method weights (CAM_METHODS) -> ReLU(sum_c w_c A^c) -> cams [B, K, h, w]
+          -> cam/      If chain on ``method``: the chosen method's weights (CAM_METHODS)
+                       -> ReLU(sum_c w_c A^c) -> cams [B, K, h, w]
           -> Resize (bilinear, half-pixel) -> per-map min-max -> heatmaps [B, K, H, W]
 
 Inputs (names in the manifest's ``explanation.inputs``), all required:
@@ -16,7 +17,9 @@ Inputs (names in the manifest's ``explanation.inputs``), all required:
 * ``top_k`` (int64 [1]): explain the K most probable classes, most probable first;
 * ``least`` (int64 [1]): then the L least probable classes, least probable first;
 * ``class_ids`` (int64 [B, N] or [1, N] for every image): then these classes; [1, 0] (an
-  empty tensor) for none.
+  empty tensor) for none;
+* ``method`` (int64 [1]): which CAM method, its index in the manifest's
+  ``explanation.methods`` (0, Grad-CAM, by default).
 
 The targets are the columns ``top_k | least | class_ids``, in that order (K = top_k + least +
 N). Top-1 is ``top_k=[1], least=[0], class_ids=[1, 0]``.
@@ -26,12 +29,15 @@ Outputs: ``logits`` [B, C], ``target_ids`` [B, K] int64, ``scores`` [B, K] (logi
 
 The CAM part is a table (:data:`CAM_METHODS`): a method name maps to a function that emits
 ONNX nodes from the activation and the gradient to channel weights (or per-position weights).
+Every method closed-form in (activation, gradient) is there, so every ONNX Runtime binding can
+run it; each method is one If branch, so a run computes only the method it asks for. Methods
+that need more (eigen decompositions, Score-CAM, Ablation-CAM, CAM) use the two graphs.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +50,7 @@ from .graph import default_opset, prune
 
 __all__ = ["CAM_METHODS", "InGraphMethod", "build_explanation_graph", "explanation_blocker"]
 
-INPUTS = {"top_k": "top_k", "least": "least", "class_ids": "class_ids"}
+INPUTS = {"top_k": "top_k", "least": "least", "class_ids": "class_ids", "method": "method"}
 OUTPUTS = {name: name for name in
            ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")}
 
@@ -112,8 +118,72 @@ def _gradcam(b: Builder, activation: str, gradient: str) -> str:
     return b.reduce("ReduceMean", gradient, [3, 4], keepdims=0)
 
 
-#: Methods the explanation graph can express: name -> node emitter.
-CAM_METHODS: dict[str, InGraphMethod] = {"gradcam": InGraphMethod(_gradcam)}
+def _counterfactual(b: Builder, activation: str, gradient: str) -> str:
+    """Counterfactual Grad-CAM: w_c = mean_ij (-g^c_ij) -> [B, K, C]."""
+    return b.op("Neg", _gradcam(b, activation, gradient))
+
+
+def _channel_sums(b: Builder, activation: str) -> str:
+    """sum_ij A^c_ij as [B, 1, C, 1, 1] (broadcasts against the gradient)."""
+    return b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3]), b.const([1]))
+
+
+def _safe_divide(b: Builder, numerator: str, denominator: str) -> str:
+    """numerator / denominator where the denominator is not 0, else 0."""
+    zero = b.const(0.0, np.float32)
+    nonzero = b.op("Not", b.op("Equal", denominator, zero))
+    safe = b.op("Where", nonzero, denominator, b.const(1.0, np.float32))
+    return b.op("Where", nonzero, b.op("Div", numerator, safe), zero)
+
+
+def _gradcam_plusplus(b: Builder, activation: str, gradient: str) -> str:
+    """Grad-CAM++ (Chattopadhay et al., 2018): alpha = 1 / (2 + S_c g) (g^2 divided out),
+    0 where the denominator is 0; w_c = sum_ij alpha ReLU(g) -> [B, K, C]."""
+    denominator = b.op("Add", b.const(2.0, np.float32),
+                       b.op("Mul", _channel_sums(b, activation), gradient))
+    terms = _safe_divide(b, b.op("Relu", gradient), denominator)
+    return b.reduce("ReduceSum", terms, [3, 4], keepdims=0)
+
+
+def _xgradcam(b: Builder, activation: str, gradient: str) -> str:
+    """XGrad-CAM (Fu et al., 2020): w_c = sum_ij A^c_ij g^c_ij / sum_ab A^c_ab, 0 where the
+    activations sum to 0 -> [B, K, C]."""
+    a = b.op("Unsqueeze", activation, b.const([1]))
+    weighted = b.reduce("ReduceSum", b.op("Mul", a, gradient), [3, 4], keepdims=0)
+    sums = b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3], keepdims=0),
+                b.const([1]))
+    return _safe_divide(b, weighted, sums)
+
+
+def _hirescam(b: Builder, activation: str, gradient: str) -> str:
+    """HiResCAM (Draelos & Carin, 2020): w^c_ij = g^c_ij (per position)."""
+    return b.op("Identity", gradient)
+
+
+def _gradcam_elementwise(b: Builder, activation: str, gradient: str) -> str:
+    """Element-wise Grad-CAM: w^c_ij = g^c_ij where g A > 0, else 0 (per position)."""
+    product = b.op("Mul", gradient, b.op("Unsqueeze", activation, b.const([1])))
+    return b.op("Where", b.op("Greater", product, b.const(0.0, np.float32)), gradient,
+                b.const(0.0, np.float32))
+
+
+def _layercam(b: Builder, activation: str, gradient: str) -> str:
+    """LayerCAM (Jiang et al., 2021): w^c_ij = ReLU(g^c_ij) (per position)."""
+    return b.op("Relu", gradient)
+
+
+#: Methods the explanation graph can express (those closed-form in the activation and its
+#: gradient), in the order of the graph's ``method`` input: name -> node emitter. Each one's
+#: numpy twin, with the paper and the formula, is in :mod:`explainer.methods.gradient`.
+CAM_METHODS: dict[str, InGraphMethod] = {
+    "gradcam": InGraphMethod(_gradcam),
+    "gradcam++": InGraphMethod(_gradcam_plusplus),
+    "xgradcam": InGraphMethod(_xgradcam),
+    "hirescam": InGraphMethod(_hirescam, per_position=True),
+    "gradcam-elementwise": InGraphMethod(_gradcam_elementwise, per_position=True),
+    "layercam": InGraphMethod(_layercam, per_position=True),
+    "counterfactual": InGraphMethod(_counterfactual),
+}
 
 
 # --- composition ----------------------------------------------------------------------------------
@@ -137,10 +207,13 @@ def _copy_graph(model: onnx.ModelProto, rename: Callable[[str], str]) -> onnx.Gr
     return graph
 
 
-def explanation_blocker(manifest: dict[str, Any], method: str = "gradcam") -> str | None:
-    """Why a bundle cannot have an explanation graph (None when it can)."""
-    if method not in CAM_METHODS:
-        return f"method {method!r} has no in-graph form (CAM_METHODS: {sorted(CAM_METHODS)})"
+def explanation_blocker(manifest: dict[str, Any],
+                        methods: Sequence[str] = tuple(CAM_METHODS)) -> str | None:
+    """Why a bundle cannot have an explanation graph of ``methods`` (None when it can)."""
+    unknown = [m for m in methods if m not in CAM_METHODS]
+    if unknown or not methods:
+        return (f"method(s) {unknown} have no in-graph form (CAM_METHODS: "
+                f"{list(CAM_METHODS)})")
     if manifest.get("layers"):
         return "a layer sweep (every layer's maps come from the two graphs)"
     if len(manifest["head"]["inputs"]) != 1:
@@ -180,16 +253,49 @@ def _gradient_rows(b: Builder, activation: str, targets: str, num_classes: int):
     return seeds, rows, b.op("Concat", b.const([-1]), k, rest, axis=0)
 
 
-def _cams(b: Builder, method: InGraphMethod, activation: str, gradient: str) -> str:
+def _method_cams(b: Builder, method: InGraphMethod, activation: str, gradient: str,
+                 out: str) -> None:
     """Raw CAMs [B, K, h, w] = ReLU(sum_c w_c A^c) from NCHW A and gradient [B, K, C, h, w]."""
     weights = method.emit(b, activation, gradient)
     if method.per_position:
         product = b.op("Mul", weights, b.op("Unsqueeze", activation, b.const([1])))
-        return b.op("Relu", b.reduce("ReduceSum", product, [2], keepdims=0), out=OUTPUTS["cams"])
+        b.op("Relu", b.reduce("ReduceSum", product, [2], keepdims=0), out=out)
+        return
     flat = b.op("MatMul", weights, b.op("Reshape", activation, b.const([0, 0, -1])))
     shape = b.op("Concat", b.dims(b.op("Shape", flat), 0, 2),
                  b.dims(b.op("Shape", activation), 2, 4), axis=0)
-    return b.op("Relu", b.op("Reshape", flat, shape), out=OUTPUTS["cams"])
+    b.op("Relu", b.op("Reshape", flat, shape), out=out)
+
+
+def _branch(b: Builder, name: str, emit: Callable[[str], None]) -> onnx.GraphProto:
+    """A subgraph (an If branch) whose one output ``emit(output name)`` computes; the
+    branch reads the activation, the gradient and its constants from the outer graph."""
+    outer, b.nodes = b.nodes, []
+    out = b._name("cams")
+    emit(out)
+    graph = helper.make_graph(b.nodes, b._name(name), [],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+    b.nodes = outer
+    return graph
+
+
+def _cams(b: Builder, methods: list[str], activation: str, gradient: str) -> str:
+    """Raw CAMs [B, K, h, w] of the method the ``method`` input picks (its index in
+    ``methods``): If(method == 0, first, If(method == 1, second, ...)), so a run computes
+    only the chosen method's nodes."""
+
+    def select(i: int, out: str) -> None:
+        if i == len(methods) - 1:
+            _method_cams(b, CAM_METHODS[methods[i]], activation, gradient, out)
+            return
+        chosen = b.op("Equal", INPUTS["method"], b.const([i]))
+        then = _branch(b, methods[i], lambda o: _method_cams(
+            b, CAM_METHODS[methods[i]], activation, gradient, o))
+        b.op("If", chosen, out=out, then_branch=then,
+             else_branch=_branch(b, "else", lambda o: select(i + 1, o)))
+
+    select(0, OUTPUTS["cams"])
+    return OUTPUTS["cams"]
 
 
 def _heatmaps(b: Builder, cams: str, model_input: str, input_layout: str) -> str:
@@ -266,22 +372,29 @@ def _inputs(features: onnx.ModelProto, input_name: str) -> list[onnx.ValueInfoPr
     model_input = next(i for i in features.graph.input if i.name == input_name)
     return [model_input, _io(INPUTS["top_k"], TensorProto.INT64, [1]),
             _io(INPUTS["least"], TensorProto.INT64, [1]),
-            _io(INPUTS["class_ids"], TensorProto.INT64, ["id_rows", "ids"])]
+            _io(INPUTS["class_ids"], TensorProto.INT64, ["id_rows", "ids"]),
+            _io(INPUTS["method"], TensorProto.INT64, [1])]
 
 
 def build_explanation_graph(
     features: onnx.ModelProto, head: onnx.ModelProto, manifest: dict[str, Any],
-    method: str = "gradcam",
+    methods: Sequence[str] = tuple(CAM_METHODS),
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Compose the explanation graph (see the module docstring) of a bundle's two graphs.
 
+    Args:
+        features, head, manifest: the bundle's graphs and manifest.
+        methods: the CAM methods the graph computes (names in :data:`CAM_METHODS`); the
+            ``method`` input picks one by its index in this list, the first is the default.
+
     Returns:
-        (the model, its manifest entry: file, method, inputs, outputs, target encoding).
+        (the model, its manifest entry: file, method, methods, inputs, outputs, targets).
 
     Raises:
         ExportError: the bundle cannot be composed (see :func:`explanation_blocker`).
     """
-    blocker = explanation_blocker(manifest, method)
+    methods = list(methods)
+    blocker = explanation_blocker(manifest, methods)
     input_name = manifest["input"]["name"]
     if blocker is None and input_name in {*INPUTS.values(), *OUTPUTS.values()}:
         blocker = f"the model input is named {input_name!r}, like an explanation graph tensor"
@@ -307,7 +420,7 @@ def build_explanation_graph(
     if manifest["target"]["layout"] == "NHWC":
         nchw = b.op("Transpose", activation, perm=[0, 3, 1, 2])
         gradient = b.op("Transpose", gradient, perm=[0, 1, 4, 2, 3])
-    cams = _cams(b, CAM_METHODS[method], nchw, gradient)
+    cams = _cams(b, methods, nchw, gradient)
     _heatmaps(b, cams, input_name, manifest["input"]["layout"])
     probabilities = b.op("Softmax", OUTPUTS["logits"], axis=1)
     b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
@@ -324,14 +437,15 @@ def build_explanation_graph(
     model.ir_version = features.ir_version
     functions = {(f.domain, f.name): f for f in [*features.functions, *head.functions]}
     model.functions.extend(functions.values())
-    return model, _entry(input_name, method)
+    return model, _entry(input_name, methods)
 
 
-def _entry(input_name: str, method: str) -> dict[str, Any]:
+def _entry(input_name: str, methods: list[str]) -> dict[str, Any]:
     """The manifest entry of the explanation graph."""
     return {
         "file": "explanation.onnx",
-        "method": method,
+        "method": methods[0],
+        "methods": methods,
         "inputs": {"input": input_name, **INPUTS},
         "outputs": dict(OUTPUTS),
         "targets": "target columns = top_k most probable (descending) | least least probable "

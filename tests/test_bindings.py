@@ -60,6 +60,22 @@ def test_node_example_gives_pythons_heatmaps(lite0_dir, lite0_bundle, tmp_path):
     assert [[t["class_id"] for t in row] for row in rows] == expected.class_ids.tolist()
     assert heatmaps.shape == expected.heatmaps.shape == (2, 3, 224, 224)
     assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-5
+    # another CAM method of the same graph, picked by its index in explanation.methods
+    result = subprocess.run(
+        ["node", str(folder / "explain.mjs"), str(lite0_bundle), str(tmp_path / "x.npy"),
+         str(tmp_path / "layercam.npy"), "--method", "layercam"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    layercam = explainer.explain(x, method="layercam").heatmaps
+    assert np.abs(np.load(tmp_path / "layercam.npy") - layercam).max() <= 1e-5
+    assert np.abs(layercam - expected.heatmaps[:, :1]).max() > 1e-2
+    result = subprocess.run(
+        ["node", str(folder / "explain.mjs"), str(lite0_bundle), str(tmp_path / "x.npy"),
+         str(tmp_path / "none.npy"), "--method", "scorecam"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "gradcam++" in result.stderr  # names the graph's methods
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

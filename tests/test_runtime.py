@@ -268,6 +268,50 @@ def test_explanation_graph_equals_two_graphs(bundle, targets):
     assert one.labels == two.labels and one.heatmaps.dtype == np.float32
 
 
+def test_explanation_graph_computes_every_closed_form_method(bundle):
+    """Each method closed-form in (activation, gradient) is an If branch of the one graph."""
+    from explainer.methods import METHODS
+    from exporters.explanation import CAM_METHODS
+
+    explainer = Explainer(bundle)
+    assert explainer.graph.methods == list(CAM_METHODS)
+    assert explainer.graph.methods[0] == "gradcam" and set(CAM_METHODS) <= set(METHODS)
+    assert set(CAM_METHODS) == {"gradcam", "gradcam++", "xgradcam", "hirescam",
+                                "gradcam-elementwise", "layercam", "counterfactual"}
+    assert bundle.manifest["explanation"]["methods"] == list(CAM_METHODS)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "hirescam", "gradcam-elementwise",
+                                    "layercam", "counterfactual"])
+def test_explanation_graph_methods_equal_two_graphs(bundle, monkeypatch, method):
+    x = _inputs(3, seed=1)
+    explainer = Explainer(bundle)
+    calls = []
+    original = explainer.graph.session.run
+    monkeypatch.setattr(
+        explainer.graph.session, "run", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    one = explainer.explain(x, targets="top2+least", method=method)
+    assert len(calls) == 1 and one.method == method
+    assert "features_session" not in vars(explainer)
+    two = Explainer(bundle, explanation_graph=False).explain(x, targets="top2+least",
+                                                             method=method)
+    np.testing.assert_array_equal(one.class_ids, two.class_ids)
+    assert np.abs(two.cams).max() > 0  # a map that is not all zero
+    assert _rel_l2(one.cams, two.cams) <= 1e-5
+    np.testing.assert_allclose(one.heatmaps, two.heatmaps, atol=1e-5, rtol=0)
+    gradcam = explainer.explain(x, targets="top2+least")
+    assert _rel_l2(one.cams, gradcam.cams) > 1e-3  # the method input picked another branch
+
+
+def test_explanation_graph_methods_after_save_and_load(bundle, tmp_path):
+    x = _inputs(2)
+    loaded = Explainer(Bundle.load(bundle.save(tmp_path / "b")))
+    for method in ("layercam", "gradcam"):
+        np.testing.assert_array_equal(loaded.explain(x, method=method).cams,
+                                      Explainer(bundle).explain(x, method=method).cams)
+
+
 def test_schema_1_bundle_still_loads(tmp_path):
     """A bundle saved by onnxcam before schema 2 (tests/data) explains as it did."""
     path = Path(__file__).parent / "data" / "schema1_tiny.onnxcam"

@@ -1,13 +1,15 @@
 // Explain a batch with an onnxcam bundle's explanation graph in Node.js (onnxruntime-node).
 //
-//   node examples/node/explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K]
+//   node examples/node/explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K] [--method NAME]
 //
 // INPUT.npy: a float32 batch in the model's input layout, preprocessed as the bundle's
 // manifest says. OUTPUT.npy: the heatmaps [B, K, H, W] float32 in [0, 1]. Prints the explained
 // class ids (and probabilities) of each image as JSON, one line per image.
 //
 // One session run per batch: the graph selects the targets (top_k | least | class_ids), runs
-// the gradient head for every (image, target) pair, and returns finished heatmaps.
+// the gradient head for every (image, target) pair, computes the CAM method chosen by its
+// index in manifest.explanation.methods (default: the first, gradcam), and returns finished
+// heatmaps.
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import ort from "onnxruntime-node";
@@ -44,20 +46,31 @@ function writeNpy(path, data, shape) {
 
 async function main(argv) {
   const args = argv.slice(2);
-  let topK = 1;
-  const k = args.indexOf("--top-k");
-  if (k >= 0) {
-    topK = Number(args[k + 1]);
-    args.splice(k, 2);
-  }
+  const option = (flag, fallback) => {
+    const at = args.indexOf(flag);
+    if (at < 0) return fallback;
+    const value = args[at + 1];
+    args.splice(at, 2);
+    return value;
+  };
+  const topK = Number(option("--top-k", 1));
+  const method = option("--method", null);
   if (args.length !== 3 || !(topK >= 1)) {
-    console.error("usage: node explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K]");
+    console.error("usage: node explain.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy [--top-k K] " +
+      "[--method NAME]");
     process.exit(2);
   }
   const [bundleDir, inputPath, outputPath] = args;
   const manifest = JSON.parse(readFileSync(join(bundleDir, "manifest.json"), "utf8"));
   const graph = manifest.explanation;
   if (!graph) throw new Error(`${bundleDir}: no explanation graph (schema ${manifest.schema_version})`);
+  const methods = graph.methods ?? [graph.method];
+  const index = method === null ? 0 : methods.indexOf(method);
+  if (index < 0) {
+    console.error(`method ${JSON.stringify(method)} is not in this explanation graph; ` +
+      `choose one of ${methods.join(", ")}`);
+    process.exit(2);
+  }
   // weights.onnx.data is found next to the graph file
   const session = await ort.InferenceSession.create(join(bundleDir, graph.file));
   const x = readNpy(inputPath);
@@ -67,6 +80,9 @@ async function main(argv) {
     [graph.inputs.least]: new ort.Tensor("int64", BigInt64Array.from([0n]), [1]),
     [graph.inputs.class_ids]: new ort.Tensor("int64", new BigInt64Array(0), [1, 0]),
   };
+  if (graph.inputs.method) {
+    feeds[graph.inputs.method] = new ort.Tensor("int64", BigInt64Array.from([BigInt(index)]), [1]);
+  }
   const out = await session.run(feeds);
   const heatmaps = out[graph.outputs.heatmaps];
   writeNpy(outputPath, heatmaps.data, heatmaps.dims);

@@ -2,7 +2,8 @@
 // WebAssembly). Served statically; onnxruntime-web comes from ./node_modules (npm install).
 //
 // URL parameters: bundle (directory URL, default "bundle/"), image (default "photo.png"),
-// topk (default 3), labels (class names, one per line, default "labels.txt"; used when the
+// topk (default 3), method (a CAM method of manifest.explanation.methods, default gradcam),
+// labels (class names, one per line, default "labels.txt"; used when the
 // manifest names a label set instead of listing the names).
 //
 // The result is left in window.onnxcam = {input, inputShape, heatmaps, heatmapShape, classIds,
@@ -15,6 +16,7 @@ ort.env.wasm.numThreads = 1; // threads need a cross-origin-isolated page
 const params = new URLSearchParams(location.search);
 const bundleUrl = new URL(params.get("bundle") ?? "bundle/", location.href);
 const topK = Number(params.get("topk") ?? 3);
+const method = params.get("method") ?? "gradcam";
 
 async function fetchOk(url, what) {
   const response = await fetch(url);
@@ -108,12 +110,19 @@ async function explain(bundle, src) {
   const img = await loadImage(src);
   const { x, canvas, shape } = preprocess(img, pre, manifest.input.shape);
   const start = performance.now();
-  const out = await session.run({
+  const feeds = {
     [graph.inputs.input]: new ort.Tensor("float32", x, shape),
     [graph.inputs.top_k]: new ort.Tensor("int64", BigInt64Array.from([BigInt(topK)]), [1]),
     [graph.inputs.least]: new ort.Tensor("int64", BigInt64Array.from([0n]), [1]),
     [graph.inputs.class_ids]: new ort.Tensor("int64", new BigInt64Array(0), [1, 0]),
-  });
+  };
+  if (graph.inputs.method) {  // index of the CAM method in manifest.explanation.methods
+    const methods = graph.methods ?? [graph.method];
+    const index = methods.indexOf(method);
+    if (index < 0) throw new Error(`method ${method} is not in this bundle: ${methods.join(", ")}`);
+    feeds[graph.inputs.method] = new ort.Tensor("int64", BigInt64Array.from([BigInt(index)]), [1]);
+  }
+  const out = await session.run(feeds);
   const ms = performance.now() - start;
   const heatmaps = out[graph.outputs.heatmaps];
   const ids = Array.from(out[graph.outputs.target_ids].data, Number);
