@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import BundleError
 
-__all__ = ["LAYOUTS", "infer_token_grid", "to_channels_first"]
+__all__ = ["LAYOUTS", "from_channels_first", "infer_token_grid", "to_channels_first"]
 
 #: the activation layouts the runtime understands
 LAYOUTS = ("NCHW", "NHWC", "NLC")
@@ -78,3 +78,35 @@ def to_channels_first(
     a = activation[:, prefix:].reshape(activation.shape[0], h, w, -1).transpose(0, 3, 1, 2)
     g = gradient[:, :, prefix:].reshape(*gradient.shape[:2], h, w, -1).transpose(0, 1, 4, 2, 3)
     return a, g
+
+
+def from_channels_first(
+    activation: np.ndarray, target: dict[str, Any], original: np.ndarray | None = None
+) -> np.ndarray:
+    """The inverse of :func:`to_channels_first` for an activation alone: [N, C, h, w] -> the
+    target's layout.
+
+    Args:
+        activation: [N, C, h, w].
+        target: the manifest entry of the layer (``layout``, token fields).
+        original: for ``"NLC"`` with prefix tokens, the activation [N, L, C] whose prefix
+            tokens (class, distillation) are kept as they were.
+
+    Raises:
+        BundleError: a token layout with prefix tokens and no ``original``.
+    """
+    layout = target["layout"]
+    if layout == "NCHW":
+        return activation
+    if layout == "NHWC":
+        return activation.transpose(0, 2, 3, 1)
+    if layout != "NLC":
+        raise BundleError(f"activation layout {layout!r} is not one of {LAYOUTS}")
+    n, c = activation.shape[:2]
+    tokens = activation.transpose(0, 2, 3, 1).reshape(n, -1, c)
+    prefix = int(target.get("prefix_tokens", 0))
+    if prefix == 0:
+        return tokens
+    if original is None:
+        raise BundleError("replacing a token activation needs its prefix tokens (original=)")
+    return np.concatenate([original[:, :prefix], tokens], axis=1)

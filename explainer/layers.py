@@ -37,7 +37,7 @@ def layer_maps(
     activations: list[np.ndarray],
     gradients: list[np.ndarray],
     size: tuple[int, int],
-    cams_of: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    cams_of: Callable[[dict[str, Any], np.ndarray, np.ndarray, np.ndarray], np.ndarray],
 ) -> dict[str, LayerMaps]:
     """Each layer's CAMs and heatmaps at the input ``size``.
 
@@ -46,12 +46,13 @@ def layer_maps(
         activations: each layer's activation [B, ...] in its layout.
         gradients: each layer's gradients [B, K, ...] in its layout.
         size: the input's (H, W).
-        cams_of: (activation [B, C, h, w], gradients [B, K, C, h, w]) -> CAMs [B, K, h, w].
+        cams_of: (layer entry, its activation as given, activation [B, C, h, w], gradients
+            [B, K, C, h, w]) -> CAMs [B, K, h, w].
     """
     maps = {}
     for layer, activation, gradient in zip(layers, activations, gradients, strict=True):
-        activation, gradient = to_channels_first(activation, gradient, layer)
-        cams = cams_of(activation, gradient)
+        channels_first, gradient = to_channels_first(activation, gradient, layer)
+        cams = cams_of(layer, activation, channels_first, gradient)
         heatmaps = normalize_maps(upsample_bilinear(cams, size), copy=False)
         maps[layer["layer"]] = LayerMaps(cams, heatmaps)
     return maps

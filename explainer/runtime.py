@@ -30,7 +30,7 @@ import onnx.utils
 import onnxruntime as ort
 
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, ProviderError, TargetError
+from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
 from .explanation import Explanation, contrast_ids, softmax
 from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, preprocess
@@ -294,6 +294,35 @@ class Explainer:
         self._check_open()
         return self._run(self.logits_session, features, [self.logits_name])[0]
 
+    def run_layer_logits(self, tensor: str, activation: np.ndarray) -> np.ndarray:
+        """Logits [B, C] of the head run from ``tensor``, a later layer of a layer sweep (a
+        tensor inside the head), set to ``activation``: the head from that tensor on,
+        extracted on first use.
+
+        Raises:
+            MethodError: the logits do not depend on the head's inputs through ``tensor``
+                alone (a skip connection passes it by).
+        """
+        self._check_open()
+
+        def from_layer() -> onnx.ModelProto:
+            part = onnx.utils.Extractor(self.bundle.head).extract_model([tensor],
+                                                                        [self.logits_name])
+            known = {tensor, *(t.name for t in part.graph.initializer)}
+            known |= {o for node in part.graph.node for o in node.output}
+            bypass = sorted({i for node in part.graph.node for i in node.input
+                             if i and i not in known})
+            if bypass:
+                raise MethodError(
+                    f"the logits do not depend on layer tensor {tensor!r} alone (the head also "
+                    f"reads {bypass} past it); this method replaces the layer's activation, so "
+                    "use it on a layer every path to the logits goes through"
+                )
+            return part
+
+        session = self._pool.get(f"logits:{tensor}", from_layer)
+        return self._run(session, {tensor: activation}, [self.logits_name])[0]
+
     def run_input_gradient(self, x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """The guided gradient of ``sum(seeds * logits)`` w.r.t. the input rows ``x`` (the
         bundle's input-gradient graph; see :mod:`explainer.pixels`)."""
@@ -395,9 +424,10 @@ class Explainer:
         logits, outputs = self._gradients(features, seeds.reshape(batch, k, -1), extra)
         activations = [self._to_numpy(features[self.head_inputs[0]])]
         activations += [outputs[layer["tensor"]][:, 0] for layer in layers[1:]]
-        access = ExplainerAccess(self, x)  # graph runs for methods that need more than (A, dA)
 
-        def cams_of(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+        def cams_of(layer: dict[str, Any], given: np.ndarray, activation: np.ndarray,
+                    gradient: np.ndarray) -> np.ndarray:
+            access = ExplainerAccess(self, x, layer, given)  # runs for methods needing more
             return np.stack([compute_cams(activation, gradient[:, j], method, class_ids[:, j],
                                           access) for j in range(k)], axis=1)
 

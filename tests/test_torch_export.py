@@ -10,7 +10,7 @@ pytest.importorskip("onnxscript")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from explainer import Bundle, Explainer, InputError, TargetError  # noqa: E402
+from explainer import Bundle, Explainer, InputError, MethodError, TargetError  # noqa: E402
 from exporters import export_torch, validate  # noqa: E402
 from exporters.torch import ExportError, relative_l2, resolve_layer  # noqa: E402
 
@@ -157,3 +157,28 @@ def test_layer_sweep_one_bundle_matches_autograd_at_every_layer(net):
     assert not np.allclose(top, e.heatmaps)
     np.testing.assert_array_equal(explainer.explain(x, targets="top2", fuse=None).heatmaps,
                                   e.layers["stem"].heatmaps)
+
+
+def test_layer_sweep_methods_that_rerun_the_model_use_each_layers_head(net):
+    """Ablation-CAM replaces each layer's own activation (the head from that layer on) and
+    Score-CAM masks the input with each layer's channels: every layer of a sweep equals its
+    single-layer bundle; a layer a skip connection bypasses is refused by name."""
+    x = np.random.default_rng(5).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    sweep = Explainer(export_torch(net, ["stem", "merge"], input_shape=(1, 3, 32, 32)))
+    for method in ("ablationcam", "scorecam"):
+        e = sweep.explain(x, targets="top2", method=method)
+        for layer, maps in e.layers.items():
+            single = Explainer(export_torch(net, layer, input_shape=(1, 3, 32, 32)))
+            expected = single.explain(x, targets=e.class_ids, method=method)
+            assert np.abs(expected.cams).max() > 0
+            assert relative_l2(maps.cams, expected.cams).max() < 1e-4, (method, layer)
+    last = Explainer(export_torch(net, ["merge"], input_shape=(1, 3, 32, 32)))
+    cam = last.explain(x, targets="top2", method="cam")
+    gradcam = last.explain(x, targets="top2")
+    assert relative_l2(cam.cams, gradcam.cams * 16 * 16).max() < 1e-4  # CAM = Grad-CAM * h*w
+    with pytest.raises(MethodError, match="global average pooling"):
+        sweep.explain(x, method="cam")  # the stem is no GAP + linear head
+    bypassed = Explainer(export_torch(net, ["stem", "block", "merge"],
+                                      input_shape=(1, 3, 32, 32)))
+    with pytest.raises(MethodError, match="alone"):
+        bypassed.explain(x, method="ablationcam")

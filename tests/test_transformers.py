@@ -11,8 +11,12 @@ pytest.importorskip("onnxscript")
 from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
 from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from explainer import Explainer  # noqa: E402
-from explainer.activations import infer_token_grid  # noqa: E402
+from explainer import Explainer, MethodError  # noqa: E402
+from explainer.activations import (  # noqa: E402
+    from_channels_first,
+    infer_token_grid,
+    to_channels_first,
+)
 from exporters import export_torch  # noqa: E402
 from exporters.torch import relative_l2, resolve_layer  # noqa: E402
 
@@ -59,6 +63,30 @@ def test_vit_tokens_on_their_grid_match_autograd(vit):
 
     reference = _reference(vit, layer, x, e.class_ids, to_grid)
     assert relative_l2(e.cams, reference).max() < 1e-4
+
+
+def test_vit_ablationcam_names_the_tensors_the_head_also_reads(vit):
+    """At ln_1 the residual stream crosses the cut too: replacing the activation alone would
+    be a different model, so Ablation-CAM refuses and names those tensors."""
+    bundle = export_torch(vit, "encoder.layers.encoder_layer_1.ln_1", input_shape=(1, 3, 64, 64))
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    with pytest.raises(MethodError, match="head also reads .*choose a later target layer"):
+        Explainer(bundle).explain(x, method="ablationcam")
+
+
+@pytest.mark.parametrize("target", [
+    {"layout": "NCHW"}, {"layout": "NHWC"},
+    {"layout": "NLC", "token_grid": [2, 3], "prefix_tokens": 0},
+    {"layout": "NLC", "token_grid": [2, 3], "prefix_tokens": 2},
+])
+def test_from_channels_first_inverts_to_channels_first(target):
+    rng = np.random.default_rng(0)
+    shape = {"NCHW": (2, 5, 2, 3), "NHWC": (2, 2, 3, 5)}.get(
+        target["layout"], (2, 6 + target.get("prefix_tokens", 0), 5))
+    given = rng.normal(size=shape).astype(np.float32)
+    channels_first, _ = to_channels_first(given, given[:, None], target)
+    assert channels_first.shape == (2, 5, 2, 3)
+    np.testing.assert_array_equal(from_channels_first(channels_first, target, given), given)
 
 
 def test_token_grid_override_is_recorded(vit):
