@@ -12,6 +12,13 @@ still runs), preprocessed to the model's input size and explained in batches of
 written atomically (:mod:`explainer.outputs`), and ``summary.json`` is rewritten as the run
 goes, so a killed run can be continued with ``resume=True``: images recorded as done, whose
 files exist, are skipped.
+
+Per image the folder gets ``NAME_cam.png`` (the input and one overlay per target) and, with
+``save_npy``, ``NAME_cam.npy`` (heatmaps [K, H, W]). A layer-sweep bundle adds each layer's
+overlay figure, ``NAME_cam_LAYER.png`` (the layer name made filesystem-safe; the top-level
+overlay is the fused map). The pixel-space methods add each target's pixel map drawn by
+:func:`explainer.visualize.pixel_image`, ``NAME_pixels.png`` (``NAME_pixels_J.png`` for target
+column J when there are several), and with ``save_npy`` ``NAME_pixels.npy`` ([K, C, H, W]).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,20 +37,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, OnnxcamError, OutputError, UsageError
+from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_image, preprocess
 from .inputs import collect_images, output_names
+from .layers import FUSE_MODES
 from .outputs import remove_stale_temps, save_json, save_npy, save_png
-from .targets import plan_targets
-from .visualize import COLORMAPS, figure
+from .pixels import PIXEL_METHODS, require_input_gradient
+from .targets import TargetPlan, plan_targets
+from .visualize import COLORMAPS, figure, pixel_image
 
 __all__ = [
+    "SCORES",
     "SUMMARY",
     "Explained",
     "FolderRun",
     "RunOptions",
     "collect_images",
     "explain_batch",
+    "layer_file_names",
+    "target_count",
     "write_outputs",
 ]
 
@@ -54,6 +67,11 @@ log = logging.getLogger(__name__)
 #: the summary file a run writes in its output folder
 SUMMARY = "summary.json"
 _OVERLAY, _HEATMAPS = "_cam.png", "_cam.npy"
+_PIXELS, _PIXELS_NPY = "_pixels", "_pixels.npy"
+#: what ``score`` may be: the explained quantity (see :meth:`Explainer.explain`)
+SCORES = ("logit", "probability")
+#: summary settings of older runs that did not record them, as they ran
+_HEADER_DEFAULTS = {"score": "logit", "fuse": "mean"}
 
 
 @dataclass
@@ -71,6 +89,11 @@ class RunOptions:
         max_pixels: largest input image (width * height), see :func:`explainer.load_image`.
         overwrite: replace existing outputs.
         resume: skip images a previous run in the same folder finished; replace the rest.
+        contrast: contrast classes, in the forms of ``targets`` (one per image or one per
+            target): explain each target's score minus its contrast class's.
+        score: ``"logit"`` or ``"probability"`` (see :data:`SCORES`).
+        fuse: how a layer sweep's top-level heatmaps combine the layers': ``"mean"``,
+            ``"max"`` or None (the first layer's); see :func:`explainer.layers.fuse`.
     """
 
     targets: Any = None
@@ -83,11 +106,14 @@ class RunOptions:
     max_pixels: int | None = None
     overwrite: bool = False
     resume: bool = False
+    contrast: Any = None
+    score: str = "logit"
+    fuse: str | None = "mean"
 
     def check(self, num_classes: int, labels: list[str] | None = None) -> None:
-        """Raise a :class:`UsageError` for options no image could satisfy."""
+        """Raise a :class:`UsageError` (:class:`TargetError` for targets, contrast and score)
+        for options no image could satisfy."""
         from .methods import METHODS
-        from .pixels import PIXEL_METHODS
 
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
@@ -100,7 +126,50 @@ class RunOptions:
                              f"{[*sorted(METHODS), *PIXEL_METHODS]}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
-        plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
+        if self.score not in SCORES:
+            raise TargetError(f"unknown score {self.score!r}; choose one of {list(SCORES)}")
+        if self.fuse not in FUSE_MODES:
+            raise UsageError(f"unknown fuse mode {self.fuse!r}; choose one of 'mean', 'max' or "
+                             "None (--fuse none: the first layer's maps)")
+        plan = plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
+        if self.contrast is not None:
+            against = target_count(plan_targets(self.contrast, None, 1, num_classes, labels))
+            if against not in (1, target_count(plan)):
+                raise TargetError(
+                    f"contrast {self.contrast!r} gives {against} classes per image for "
+                    f"{target_count(plan)} targets; give one contrast class per image or one "
+                    "per target"
+                )
+
+    @property
+    def explain_options(self) -> dict[str, Any]:
+        """The keyword arguments of :meth:`Explainer.explain` these options set."""
+        return {"targets": self.targets, "top_k": self.top_k, "method": self.method,
+                "contrast": self.contrast, "score": self.score, "fuse": self.fuse}
+
+
+def target_count(plan: TargetPlan) -> int:
+    """How many targets (columns K) a plan explains per image."""
+    if plan.class_ids is not None:
+        return int(plan.class_ids.shape[1])
+    return sum(1 if kind == "id" else k for kind, k in plan.terms)
+
+
+def layer_file_names(layers: Sequence[str]) -> dict[str, str]:
+    """A filesystem-safe, unique file-name part per layer name: characters other than
+    letters, digits, ``.``, ``-`` and ``_`` become ``_`` (``/layer4/Relu`` -> ``layer4_Relu``);
+    names that would clash get ``_2``, ``_3``..."""
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for layer in layers:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", layer).strip("._") or "layer"
+        name, count = base, 1
+        while name.lower() in used:
+            count += 1
+            name = f"{base}_{count}"
+        used.add(name.lower())
+        names[layer] = name
+    return names
 
 
 @dataclass
@@ -130,10 +199,8 @@ def _explain_group(explainer: Any, group: list[tuple[int, Image.Image, np.ndarra
                    options: RunOptions, results: list[Explained]) -> None:
     """Explain same-shape images in one batch; after an error, one by one to find the culprit."""
     try:
-        explanation = explainer.explain(
-            np.concatenate([x for _, _, x in group]), targets=options.targets,
-            top_k=options.top_k, method=options.method,
-        )
+        explanation = explainer.explain(np.concatenate([x for _, _, x in group]),
+                                        **options.explain_options)
     except OnnxcamError as err:
         if len(group) == 1:
             results[group[0][0]] = Explained(error=err)
@@ -173,20 +240,66 @@ def explain_batch(
     return results
 
 
-def write_outputs(result: Explained, overlay: Path, heatmaps: Path | None,
-                  options: RunOptions) -> None:
-    """Write an image's overlay figure (input + one overlay per target, titled) and, when
-    ``heatmaps`` is given, its heatmaps [K, H, W] float32 as ``.npy``; both atomically."""
+def write_outputs(
+    result: Explained,
+    overlay: Path,
+    heatmaps: Path | None,
+    options: RunOptions,
+    *,
+    layers: dict[str, Path] | None = None,
+    pixels: Sequence[Path] = (),
+    pixels_npy: Path | None = None,
+) -> None:
+    """Write an image's outputs, each atomically.
+
+    Args:
+        result: the explained image.
+        overlay: its overlay figure (input + one overlay per target, titled).
+        heatmaps: where its heatmaps [K, H, W] float32 go as ``.npy``, or None.
+        options: colormap and opacity of the overlays.
+        layers: a layer sweep's overlay figure per layer name (each layer's own heatmaps).
+        pixels: one PNG per target of the pixel maps (:func:`explainer.visualize.pixel_image`).
+        pixels_npy: where the pixel maps [K, C, H, W] float32 go as ``.npy``, or None.
+
+    Raises:
+        ExplainerError: the explanation lacks the layer maps or pixel maps asked for.
+    """
     e, i = result.explanation, result.index
-    save_png(figure(result.shown, list(e.heatmaps[i]), e.titles(i), colormap=options.colormap,
-                    alpha=options.alpha), overlay)
+
+    def draw(maps: np.ndarray, path: Path) -> None:
+        save_png(figure(result.shown, list(maps[i]), e.titles(i), colormap=options.colormap,
+                        alpha=options.alpha), path)
+
+    draw(e.heatmaps, overlay)
     if heatmaps is not None:
         save_npy(np.ascontiguousarray(e.heatmaps[i], dtype=np.float32), heatmaps)
+    for layer, path in (layers or {}).items():
+        if not e.layers or layer not in e.layers:
+            raise ExplainerError(f"the explanation has no maps of layer {layer!r}")
+        draw(e.layers[layer].heatmaps, path)
+    if (pixels or pixels_npy is not None) and e.pixels is None:
+        raise ExplainerError(f"method {e.method!r} gave no pixel maps")
+    for k, path in enumerate(pixels):
+        save_png(pixel_image(e.pixels[i, k]), path)
+    if pixels_npy is not None:
+        save_npy(np.ascontiguousarray(e.pixels[i], dtype=np.float32), pixels_npy)
 
 
-def _error_row(path: Path, err: OnnxcamError) -> dict[str, Any]:
-    return {"image": str(path), "status": "error", "overlay": None, "heatmaps": None,
-            "error": {"type": type(err).__name__, "message": str(err)}}
+@dataclass
+class _Files:
+    """The outputs of one image in a folder run (None / empty where the run writes none)."""
+
+    overlay: Path
+    heatmaps: Path | None = None
+    layers: dict[str, Path] = dataclasses.field(default_factory=dict)
+    pixels: list[Path] = dataclasses.field(default_factory=list)
+    pixels_npy: Path | None = None
+
+    def all(self) -> list[Path]:
+        """Every file, in a fixed order."""
+        files = [self.overlay, self.heatmaps, *self.layers.values(), *self.pixels,
+                 self.pixels_npy]
+        return [f for f in files if f is not None]
 
 
 class FolderRun:
@@ -204,6 +317,7 @@ class FolderRun:
     Raises:
         OutputError: an output would replace an input, or exists already without ``overwrite``
             or ``resume``; or ``resume`` finds a summary written with other settings.
+        MethodError: a pixel-space method and a bundle without the input-gradient graph.
         UsageError: invalid options.
     """
 
@@ -221,16 +335,31 @@ class FolderRun:
                              "--preprocessing")
         self.explainer, self.out = explainer, Path(out)
         self.options = options or RunOptions()
-        self.options.check(explainer.num_classes, explainer.labels)
+        options = self.options
+        options.check(explainer.num_classes, explainer.labels)
+        if options.method in PIXEL_METHODS:  # before any image, not once per image
+            require_input_gradient(explainer.bundle, options.method)
         self.images = [Path(p).resolve() for p in images]
-        target = explainer.bundle.manifest["target"]
-        targets = self.options.targets
+        manifest = explainer.bundle.manifest
+        target = manifest["target"]
+        layers = [layer["layer"] for layer in manifest.get("layers") or []]
+        #: a sweep's layer name -> its file-name part (empty for a one-layer bundle)
+        self.layer_files = layer_file_names(layers) if len(layers) > 1 else {}
+        #: targets per image (a pixel map file each)
+        self.k = target_count(plan_targets(options.targets, options.top_k, 1,
+                                           explainer.num_classes, explainer.labels))
+        self.pixels = options.method in PIXEL_METHODS
+        targets = options.targets
         self.header = {
             "model": model,
             "target": {k: target.get(k) for k in ("tensor", "layer", "layout")},
-            "method": self.options.method,
-            "targets": f"top{self.options.top_k}" if self.options.top_k else
+            "layers": layers if self.layer_files else None,
+            "method": options.method,
+            "targets": f"top{options.top_k}" if options.top_k else
             (str(targets) if targets is not None else "top1"),
+            "contrast": None if options.contrast is None else str(options.contrast),
+            "score": options.score,
+            "fuse": options.fuse,
         }
         self.rows: dict[str, dict[str, Any]] = {}
         self.pending = self._plan(list(extra_outputs))
@@ -248,15 +377,23 @@ class FolderRun:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise OutputError(f"{path}: cannot resume from it ({err}); pass --overwrite") from err
         for key, value in self.header.items():
-            if key != "model" and data.get(key) != value:
+            before = data.get(key, _HEADER_DEFAULTS.get(key))
+            if key != "model" and before != value:
                 raise OutputError(
-                    f"{path} was written with {key} {data.get(key)!r}, this run has {value!r}; "
+                    f"{path} was written with {key} {before!r}, this run has {value!r}; "
                     "resume only with the same settings, or pass --overwrite"
                 )
         return rows
 
     def _done(self, row: dict[str, Any]) -> bool:
+        """Whether a previous run's row is finished: ok, with every file this run writes."""
         files = [row.get("overlay")] + ([row.get("heatmaps")] if self.options.save_npy else [])
+        if self.layer_files:
+            layers = row.get("layers") or {}
+            files += [layers.get(layer) for layer in self.layer_files]
+        if self.pixels:
+            files += list(row.get("pixels") or [None])
+            files += [row.get("pixels_npy")] if self.options.save_npy else []
         return row.get("status") == "ok" and all(f and (self.out / f).is_file() for f in files)
 
     def _plan(self, extra_outputs: list[str]) -> list[Path]:
@@ -271,7 +408,14 @@ class FolderRun:
             self.rows.setdefault(str(path), {"image": str(path), "status": "pending"})
         outputs = [self.out / SUMMARY, *(self.out / name for name in extra_outputs)]
         for path in pending:
-            outputs += self._files(path)
+            outputs += self._files(path).all()
+        seen: set[str] = set()
+        for output in outputs:  # e.g. image x's layer "cam_a" and image x_cam's layer "a"
+            key = str(output).lower()
+            if key in seen:
+                raise OutputError(f"{output} would be written twice (two images or layers give "
+                                  "that name); rename the image or choose other layers")
+            seen.add(key)
         inputs = set(self.images)
         for output in outputs:
             if output.resolve() in inputs:
@@ -287,10 +431,40 @@ class FolderRun:
         log.info("%d images, %d to explain", len(self.images), len(pending))
         return pending
 
-    def _files(self, path: Path) -> list[Path]:
-        name = self.names[path]
-        files = [self.out / f"{name}{_OVERLAY}"]
-        return files + [self.out / f"{name}{_HEATMAPS}"] if self.options.save_npy else files
+    def _files(self, path: Path) -> _Files:
+        """The outputs of one image (see the module docstring for their names)."""
+        stem, npy = self.out / self.names[path], self.options.save_npy
+        files = _Files(overlay=Path(f"{stem}{_OVERLAY}"),
+                       heatmaps=Path(f"{stem}{_HEATMAPS}") if npy else None)
+        files.layers = {layer: Path(f"{stem}_cam_{part}.png")
+                        for layer, part in self.layer_files.items()}
+        if self.pixels:
+            files.pixels = [Path(f"{stem}{_PIXELS}.png")] if self.k == 1 else [
+                Path(f"{stem}{_PIXELS}_{j}.png") for j in range(self.k)]
+            files.pixels_npy = Path(f"{stem}{_PIXELS_NPY}") if npy else None
+        return files
+
+    def _row(self, path: Path, files: _Files | None, result: Explained) -> dict[str, Any]:
+        """The summary row of an image: explained (its ``files`` written), or failed
+        (``files`` None, ``result.error`` set)."""
+        def rel(file: Path | None) -> str | None:
+            return None if file is None else file.relative_to(self.out).as_posix()
+
+        if files is None:
+            err = result.error
+            row: dict[str, Any] = {"image": str(path), "status": "error", "overlay": None,
+                                   "heatmaps": None}
+            row.update({"layers": None} if self.layer_files else {})
+            row.update({"pixels": None, "pixels_npy": None} if self.pixels else {})
+            return {**row, "error": {"type": type(err).__name__, "message": str(err)}}
+        row = {"image": str(path), "status": "ok", "overlay": rel(files.overlay),
+               "heatmaps": rel(files.heatmaps)}
+        if self.layer_files:
+            row["layers"] = {layer: rel(f) for layer, f in files.layers.items()}
+        if self.pixels:
+            row["pixels"] = [rel(f) for f in files.pixels]
+            row["pixels_npy"] = rel(files.pixels_npy)
+        return {**row, **result.fields(), "error": None}
 
     # --- running --------------------------------------------------------------------------------
     def run(
@@ -325,16 +499,14 @@ class FolderRun:
             if result.error is None:
                 try:
                     files = self._files(path)
-                    write_outputs(result, files[0], files[1] if self.options.save_npy else None,
-                                  self.options)
-                    rel = [f.relative_to(self.out).as_posix() for f in files]
-                    rows.append({"image": str(path), "status": "ok", "overlay": rel[0],
-                                 "heatmaps": rel[1] if self.options.save_npy else None,
-                                 **result.fields(), "error": None})
+                    write_outputs(result, files.overlay, files.heatmaps, self.options,
+                                  layers=files.layers, pixels=files.pixels,
+                                  pixels_npy=files.pixels_npy)
+                    rows.append(self._row(path, files, result))
                     continue
                 except OnnxcamError as err:
                     result = Explained(error=err)
-            rows.append(_error_row(path, result.error))
+            rows.append(self._row(path, None, result))
         return rows
 
     # --- the summary ----------------------------------------------------------------------------

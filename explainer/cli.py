@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   onnxcam explain model.onnx photos/ --recursive --report --out cams/   # then open cams/index.html
   onnxcam explain model.onnx cat.jpg --target features --labels imagenet
   onnxcam export model.onnx --target auto --labels imagenet -o model.onnxcam
+  onnxcam export model.onnx --target A --target B --input-gradient -o sweep.onnxcam
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
   onnxcam check model.onnx                        # gradient vs finite differences
 
@@ -43,17 +44,24 @@ EXPLAIN_EXAMPLES = """examples:
   onnxcam explain model.onnx 'photos/**/*.jpg' --recursive --save-npy --resume --out cams/
   onnxcam explain model.onnx cat.jpg --target auto --cache-dir ~/.cache/onnxcam
   onnxcam explain resnet50.onnxcam cat.jpg --targets top3+least --providers cuda
+  onnxcam explain model.onnx cat.jpg --targets 3 --contrast 5 --score probability
+  onnxcam explain model.onnx photos/ --target A --target B --fuse max --out cams/
+  onnxcam explain model.onnx cat.jpg --method guided-backprop --save-npy --out cams/
 
 Writes OUT/NAME_cam.png per image (NAME: the image's path below the inputs' common folder),
 NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error
-per image). Exit code 0: all images explained; 1: some failed (the rest are written);
-2: a usage error. Existing outputs are replaced only with --overwrite; --resume continues
-a run that was stopped.
+per image). A layer sweep (--target repeated) adds NAME_cam_LAYER.png per layer (the top-level
+overlay is the fused map); guided-backprop/guided-gradcam add NAME_pixels.png (NAME_pixels_J.png
+per target J when several) and NAME_pixels.npy with --save-npy. Exit code 0: all images
+explained; 1: some failed (the rest are written); 2: a usage error. Existing outputs are
+replaced only with --overwrite; --resume continues a run that was stopped.
 """
 EXPORT_EXAMPLES = """examples:
   onnxcam export model.onnx -o model.onnxcam
   onnxcam export model.onnx --target features --layout NHWC --labels imagenet -o model.onnxcam
   onnxcam export model.onnx --output logits --keep-softmax -o model.onnxcam
+  onnxcam export model.onnx --target relu_8 --target features -o sweep.onnxcam   # layer sweep
+  onnxcam export model.onnx --input-gradient -o model.onnxcam   # + guided-backprop/-gradcam
 """
 INSPECT_EXAMPLES = """examples:
   onnxcam inspect model.onnx
@@ -84,7 +92,22 @@ def _export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["pre_softmax"] = False
     if getattr(args, "preprocessing", None):
         kwargs["preprocessing"] = _preprocessing(args.preprocessing)
+    if getattr(args, "input_gradient", False):
+        kwargs["input_gradient"] = True
     return kwargs
+
+
+def _target(args: argparse.Namespace) -> str | list[str]:
+    """The --target value(s): "auto" when none, one name, or a layer sweep's list of names."""
+    from .errors import UsageError
+
+    given = args.target or ["auto"]
+    if len(given) == 1:
+        return given[0]
+    if "auto" in given:
+        raise UsageError(f"--target auto cannot be part of a layer sweep ({', '.join(given)}); "
+                         "name every layer (onnxcam inspect lists them)")
+    return list(given)
 
 
 def _preprocessing(spec: str) -> Any:
@@ -114,18 +137,22 @@ def _labels(spec: str) -> str | list[str]:
 def _explainer(args: argparse.Namespace) -> Any:
     from . import Explainer
 
+    target = _target(args)
     if _is_bundle(args.model):
         flags = {"pre_softmax": "--keep-softmax"}
         ignored = [flags.get(k, f"--{k}") for k in _export_kwargs(args)]
-        if args.target != "auto":
+        if target != "auto":
             ignored.insert(0, "--target")
         if ignored:
             print(f"note: {args.model} is a bundle; {', '.join(ignored)} ignored (they apply "
                   "to .onnx files)", file=sys.stderr)
         return Explainer(args.model, providers=args.providers, threads=args.threads)
+    kwargs = _export_kwargs(args)
+    if getattr(args, "method", None) in PIXEL_METHODS:  # the guided methods need the graph
+        kwargs["input_gradient"] = True
     explainer = Explainer.from_onnx(
-        args.model, target=args.target, providers=args.providers, threads=args.threads,
-        cache_dir=args.cache_dir, **_export_kwargs(args),
+        args.model, target=target, providers=args.providers, threads=args.threads,
+        cache_dir=args.cache_dir, **kwargs,
     )
     if explainer.bundle.manifest.get("export", {}).get("preprocessing_guessed"):
         print(f"note: no --preprocessing given; assuming {explainer.preprocessing}",
@@ -135,6 +162,14 @@ def _explainer(args: argparse.Namespace) -> Any:
 
 def _targets(spec: str | None) -> str | int | None:
     return int(spec) if spec is not None and spec.lstrip("-").isdigit() else spec
+
+
+def _layers_text(manifest: dict[str, Any]) -> str:
+    """The explained layer(s) of a manifest: tensor, layer, layout and shape of each."""
+    layers = manifest.get("layers") or [manifest["target"]]
+    text = "; ".join(f"{t['tensor']!r} ({t['layer']}, {t['layout']}, shape {t.get('shape')})"
+                     for t in layers)
+    return f"layer sweep of {len(layers)}: {text}" if len(layers) > 1 else text
 
 
 def _progress_bar(args: argparse.Namespace, total: int) -> Any:
@@ -157,15 +192,15 @@ def _explain(args: argparse.Namespace) -> int:
         targets=_targets(args.targets), top_k=args.top_k, method=args.method,
         batch_size=args.batch_size, colormap=args.colormap, alpha=args.alpha,
         save_npy=args.save_npy, max_pixels=args.max_pixels, overwrite=args.overwrite,
-        resume=args.resume,
+        resume=args.resume, contrast=_targets(args.contrast), score=args.score,
+        fuse=None if args.fuse == "none" else args.fuse,
     )
     explainer = _explainer(args)
     with explainer:
         run = FolderRun(explainer, images, args.out, options, model=args.model,
                         extra_outputs=["index.html"] if args.report else [])
-        target = explainer.bundle.manifest["target"]
-        print(f"explaining {target['tensor']!r} ({target['layer']}, {target['layout']}, shape "
-              f"{target.get('shape')}): {len(run.pending)} of {len(images)} image(s)")
+        print(f"explaining {_layers_text(explainer.bundle.manifest)}: {len(run.pending)} of "
+              f"{len(images)} image(s)")
         bar = _progress_bar(args, len(run.pending))
         say = bar.write if bar is not None else print
 
@@ -194,11 +229,12 @@ def _explain(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .bridge import export_onnx
 
-    bundle = export_onnx(args.model, target=args.target, **_export_kwargs(args))
+    bundle = export_onnx(args.model, target=_target(args), **_export_kwargs(args))
     path = bundle.save(args.out_dir)
-    target, notes = bundle.manifest["target"], bundle.manifest.get("export", {})
-    print(f"target: {target['tensor']!r} ({target['layer']}, {target['layout']}, shape "
-          f"{target['shape']})")
+    notes = bundle.manifest.get("export", {})
+    print(f"target: {_layers_text(bundle.manifest)}")
+    if bundle.input_gradient is not None:
+        print("input gradient: yes (guided-backprop, guided-gradcam)")
     if notes.get("softmax"):
         print(f"output {notes['output']!r} is a {notes['softmax']}: explaining the pre-softmax "
               f"logits {notes['explained']!r}")
@@ -262,8 +298,9 @@ def _check(args: argparse.Namespace) -> int:
 
 def _model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument("model", help=model_help)
-    parser.add_argument("--target", default="auto",
-                        help="layer to explain: auto (default), a tensor name or a node name")
+    parser.add_argument("--target", action="append", default=None,
+                        help="layer to explain: auto (default), a tensor name or a node name; "
+                             "repeat it for a layer sweep (one bundle, every layer's maps)")
     parser.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC"],
                         help="layout of the target activation (default: detected)")
     parser.add_argument("--output", default=None,
@@ -282,7 +319,16 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
         help="classes: a class id, or terms like top3, least, top3+least (default: top1)")
     add("--top-k", type=int, default=None, help="explain the K top classes")
     add("--method", default="gradcam", choices=[*sorted(METHODS), *PIXEL_METHODS],
-        help="CAM method (default: gradcam)")
+        help="CAM method (default: gradcam); guided-backprop/guided-gradcam also write pixel "
+             "maps")
+    add("--contrast", default=None, metavar="SPEC",
+        help="explain each target's score minus this class's (forms of --targets; one class, "
+             "or one per target)")
+    add("--score", default="logit", metavar="{logit,probability}",
+        help="explain the logit (default) or the softmax probability")
+    add("--fuse", default="mean", metavar="{mean,max,none}",
+        help="layer sweeps: the top-level map is the mean (default) or max of the layers', or "
+             "(none) the first layer's")
     add("--out", default="onnxcam_out", help="output directory")
     add("--recursive", action="store_true", help="descend into subfolders (and '**' in patterns)")
     add("--batch-size", type=int, default=8, help="images per batch (default: 8)")
@@ -336,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--out-dir", required=True, help="bundle directory to write")
     export.add_argument("--labels", default=None,
                         help="label set name (imagenet) or a text file, one class per line")
+    export.add_argument("--input-gradient", action="store_true",
+                        help="also build the input-gradient graph (guided-backprop, "
+                             "guided-gradcam)")
     export.set_defaults(run=_export)
 
     inspect = commands.add_parser("inspect", help="list the layers a model can be explained from",

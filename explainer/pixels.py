@@ -23,12 +23,27 @@ from .explanation import softmax
 from .targets import seed_rows
 
 if TYPE_CHECKING:
+    from .bundle import Bundle
     from .runtime import Explainer, Explanation
 
-__all__ = ["PIXEL_METHODS", "pixel_maps"]
+__all__ = ["PIXEL_METHODS", "pixel_maps", "require_input_gradient"]
 
 #: pixel-space methods: name -> whether the guided gradient is multiplied by Grad-CAM
 PIXEL_METHODS = {"guided-backprop": False, "guided-gradcam": True}
+
+
+def require_input_gradient(bundle: Bundle, method: str) -> None:
+    """Check that ``bundle`` can run the pixel-space ``method`` (before any image is explained).
+
+    Raises:
+        MethodError: the bundle has no input-gradient graph (the message says how to get one).
+    """
+    if bundle.input_gradient is None:
+        raise MethodError(
+            f"method {method!r} needs the bundle's input-gradient graph; export with "
+            "input_gradient=True (export_torch / export_onnx, or onnxcam export "
+            "--input-gradient)"
+        )
 
 
 def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: str) -> np.ndarray:
@@ -38,11 +53,7 @@ def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: st
     Raises:
         MethodError: the bundle has no input-gradient graph.
     """
-    if explainer.bundle.input_gradient is None:
-        raise MethodError(
-            f"method {method!r} needs the bundle's input-gradient graph; export with "
-            "input_gradient=True (export_torch / export_onnx)"
-        )
+    require_input_gradient(explainer.bundle, method)
     batch, k = cam.class_ids.shape
     probabilities = softmax(cam.logits.astype(np.float64)) if cam.score == "probability" else None
     seeds = seed_rows(cam.class_ids, explainer.num_classes, cam.contrast_ids, probabilities)

@@ -13,6 +13,10 @@ Colormaps are piecewise-linear tables interpolated with :func:`numpy.interp`: ``
 uses matplotlib's exact segment data; ``"viridis"``, ``"inferno"`` and ``"turbo"`` are
 approximations from 17 evenly spaced anchors of matplotlib's tables (within about 7/255
 of the originals); ``"gray"`` is the identity ramp.
+
+Pixel-space maps (``Explanation.pixels`` of the guided methods, signed gradients ``(C, H, W)``)
+are drawn by :func:`pixel_image`: one scale per map, shared by its channels, with zero at mid
+grey (see there).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import VisualizeError
 
-__all__ = ["COLORMAPS", "colormap", "figure", "overlay", "save_figure"]
+__all__ = ["COLORMAPS", "colormap", "figure", "overlay", "pixel_image", "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +214,47 @@ def overlay(
     colours = _apply_colormap(values, colormap)
     blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colours.astype(np.float64)
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def pixel_image(pixels: np.ndarray) -> Image.Image:
+    """Draw a pixel-space map (a guided gradient ``(C, H, W)``, channels first) as an image.
+
+    The convention: zero is mid grey and the map is scaled by its largest absolute value,
+    taken over all its channels and positions (one scale per map, so the channels keep their
+    relative sizes and the colours their hue)::
+
+        value = round(127.5 + 127.5 * g / max|g|)   # in [0, 255]; g = 0 gives 128
+
+    An all-zero map is uniform grey. Three channels give an RGB image (in the model input's
+    channel order), one channel a greyscale image; other channel counts are averaged into a
+    greyscale image.
+
+    Args:
+        pixels: ``(C, H, W)`` real array, e.g. ``explanation.pixels[i, k]``.
+
+    Returns:
+        A ``PIL.Image.Image`` of size ``(W, H)``, mode ``"RGB"`` or ``"L"``.
+
+    Raises:
+        VisualizeError: ``pixels`` is not a non-empty 3-D real array, or holds NaN/inf.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 3 or 0 in arr.shape or arr.dtype.kind not in "biuf":
+        raise VisualizeError(
+            f"pixels must be a non-empty (C, H, W) real array, got shape {arr.shape} and "
+            f"dtype {arr.dtype}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise VisualizeError("pixels contain NaN or infinite values")
+    if arr.shape[0] not in (1, 3):
+        arr = arr.mean(axis=0, keepdims=True)
+    peak = np.abs(arr).max()
+    scaled = arr / peak if peak > 0 else np.zeros_like(arr)
+    values = np.clip(np.rint(127.5 + 127.5 * scaled), 0, 255).astype(np.uint8)
+    if values.shape[0] == 1:
+        return Image.fromarray(values[0])  # mode "L"
+    return Image.fromarray(np.ascontiguousarray(values.transpose(1, 2, 0)))  # mode "RGB"
 
 
 def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

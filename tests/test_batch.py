@@ -270,3 +270,85 @@ def test_progress_bar_on_a_terminal_only(tree, tmp_path, model):
 
     assert "2/2" in run() and "img" in run()
     assert "2/2" not in run("--quiet")
+
+
+def test_run_options_check_names_bad_values():
+    from explainer import TargetError, UsageError
+
+    with pytest.raises(TargetError, match=r"'prob'.*'logit', 'probability'"):
+        RunOptions(score="prob").check(10)
+    with pytest.raises(UsageError, match=r"'median'.*'mean', 'max'"):
+        RunOptions(fuse="median").check(10)
+    with pytest.raises(TargetError, match="3 classes per image for 2 targets"):
+        RunOptions(top_k=2, contrast="top3").check(10)
+    with pytest.raises(TargetError, match="out of range"):
+        RunOptions(contrast=12).check(10)
+    for contrast in ("least", 3, "top2"):  # one contrast class, or one per target
+        RunOptions(top_k=2, contrast=contrast, score="probability", fuse=None).check(10)
+
+
+@pytest.fixture(scope="module")
+def guided_sweep(tmp_path_factory, model) -> str:
+    """A layer sweep (relu_8, features) with the input-gradient graph."""
+    path = tmp_path_factory.mktemp("guided_sweep") / "bundle"
+    assert main(["export", model, "--target", "relu_8", "--target", "features",
+                 "--input-gradient", "-o", str(path)]) == 0
+    return str(path)
+
+
+def test_resume_and_overwrite_know_layer_and_pixel_outputs(tree, tmp_path, guided_sweep, capsys):
+    out = tmp_path / "out"
+    paths = [tree / "a" / "x.png", tree / "b" / "x.png"]
+    options = dict(top_k=2, method="guided-backprop", contrast="least", fuse="max",
+                   save_npy=True)
+    args = ["explain", guided_sweep, *map(str, paths), "--top-k", "2", "--method",
+            "guided-backprop", "--contrast", "least", "--fuse", "max", "--save-npy", "--quiet",
+            "--out", str(out)]
+    assert main(args) == 0
+    summary = _summary(out)
+    assert (summary["contrast"], summary["score"], summary["fuse"]) == ("least", "logit", "max")
+    assert summary["layers"] == ["relu_8_node", "features_node"]
+    rows = {Path(row["image"]).parent.name: row for row in summary["images"]}
+    assert rows["a"]["pixels"] == ["a/x_pixels_0.png", "a/x_pixels_1.png"]
+    assert rows["b"]["layers"] == {"relu_8_node": "b/x_cam_relu_8_node.png",
+                                   "features_node": "b/x_cam_features_node.png"}
+    images = collect_images(paths)
+
+    def pending(**changes) -> list[str]:
+        run = FolderRun(Explainer(guided_sweep), images, out,
+                        RunOptions(resume=True, **{**options, **changes}))
+        return [p.parent.name for p in run.pending]
+
+    assert pending() == []
+    os.remove(out / "a" / "x_pixels_1.png")  # a lost pixel map: that image is redone
+    os.remove(out / "b" / "x_cam_features_node.png")  # a lost layer overlay: redone
+    assert pending() == ["a", "b"]
+    assert main([*args, "--resume"]) == 0
+    assert pending() == [] and _summary(out)["images"] == summary["images"]
+    os.remove(out / "b" / "x_pixels.npy")
+    assert pending() == ["b"] and pending(save_npy=False) == []
+    for key, value in (("score", "probability"), ("fuse", "mean"), ("contrast", None),
+                       ("method", "guided-gradcam")):
+        with pytest.raises(OutputError, match=f"written with {key} "):
+            pending(**{key: value})
+    # without --overwrite, an existing pixel map is refused like any other output
+    capsys.readouterr()
+    for file in [out / "summary.json", *out.rglob("*_cam*")]:
+        os.remove(file)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "_pixels" in err and "exists" in err and "--overwrite" in err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_resume_accepts_a_summary_from_before_contrast_score_and_fuse(tree, tmp_path, bundle):
+    out = tmp_path / "out"
+    images = collect_images([tree / "b"])
+    FolderRun(Explainer(bundle), images, out, RunOptions()).run()
+    summary = _summary(out)
+    for key in ("layers", "contrast", "score", "fuse"):
+        del summary[key]
+    save_json(summary, out / "summary.json")
+    assert FolderRun(Explainer(bundle), images, out, RunOptions(resume=True)).pending == []
+    with pytest.raises(OutputError, match="score"):
+        FolderRun(Explainer(bundle), images, out, RunOptions(resume=True, score="probability"))

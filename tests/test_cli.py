@@ -207,3 +207,195 @@ def test_errors_are_one_line_with_their_exit_code(argv, code, words, tmp_path, i
     stderr = capsys.readouterr().err
     errors = [line for line in stderr.splitlines() if not line.startswith("note: ")]
     assert len(errors) == 1 and errors[0].startswith("error: ") and words in errors[0], stderr
+
+
+# --- contrast, score, layer sweeps (--target repeated, --fuse), pixel maps ----------------------
+
+SWEEP = ["relu_8", "features"]  # two layers at different resolutions (16x16, 8x8)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory) -> str:
+    return _save(make_cnn("NCHW"), tmp_path_factory.mktemp("cnn"))
+
+
+@pytest.fixture(scope="module")
+def guided_bundle(tmp_path_factory, cnn) -> str:
+    """A one-layer bundle of the corpus CNN with the input-gradient graph."""
+    path = tmp_path_factory.mktemp("guided") / "bundle"
+    assert main(["export", cnn, "--input-gradient", "-o", str(path)]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sweep_bundle(tmp_path_factory, cnn) -> str:
+    """A layer-sweep bundle (relu_8 and features) of the corpus CNN."""
+    path = tmp_path_factory.mktemp("sweep") / "bundle"
+    assert main(["export", cnn, "--target", SWEEP[0], "--target", SWEEP[1], "-o", str(path)]) == 0
+    return str(path)
+
+
+def _run(model: str, images: list[str], out: Path, *flags: str) -> tuple[dict, list[dict]]:
+    """`onnxcam explain` into ``out`` (exit 0 asserted): (summary, rows in image order)."""
+    assert main(["explain", model, *images, "--save-npy", "--quiet", "--out", str(out),
+                 *flags]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, summary["images"]
+
+
+def _api(bundle: str, image: str, **options):
+    """The same image explained through the Python API."""
+    from explainer import Explainer
+
+    with Explainer(bundle) as explainer:
+        return explainer.explain(explainer.preprocess([image]), **options)
+
+
+@pytest.mark.parametrize("flags, options, recorded", [
+    (["--contrast", "least"], {"contrast": "least"}, {"contrast": "least"}),
+    (["--contrast", "3"], {"contrast": 3}, {"contrast": "3"}),
+    (["--score", "probability"], {"score": "probability"}, {"score": "probability"}),
+    (["--contrast", "least", "--score", "probability"],
+     {"contrast": "least", "score": "probability"}, {"contrast": "least", "score": "probability"}),
+])
+def test_contrast_and_score_change_the_maps_as_the_api_does(flags, options, recorded, tmp_path,
+                                                            images, guided_bundle):
+    plain, plain_rows = _run(guided_bundle, images, tmp_path / "plain", "--top-k", "2")
+    summary, rows = _run(guided_bundle, images, tmp_path / "out", "--top-k", "2", *flags)
+    assert {key: summary[key] for key in recorded} == recorded
+    assert (plain["contrast"], plain["score"], plain["fuse"]) == (None, "logit", "mean")
+    for image, row, before in zip(images, rows, plain_rows):
+        assert row["status"] == "ok" and row["class_ids"] == before["class_ids"]
+        heatmaps = np.load(tmp_path / "out" / row["heatmaps"])
+        unchanged = np.load(tmp_path / "plain" / before["heatmaps"])
+        assert np.abs(heatmaps - unchanged).max() > 1e-2  # the flag changed the maps
+        api = _api(guided_bundle, image, top_k=2, **options)
+        assert api.class_ids[0].tolist() == row["class_ids"]
+        np.testing.assert_allclose(heatmaps, api.heatmaps[0], atol=1e-5)
+
+
+def test_export_layer_sweep_prints_every_layer(tmp_path, cnn, capsys):
+    bundle = tmp_path / "sweep"
+    assert main(["export", cnn, "--target", "features", "--target", "relu_8",
+                 "-o", str(bundle)]) == 0
+    printed = capsys.readouterr().out
+    assert "layer sweep of 2" in printed and "'relu_8'" in printed and "'features'" in printed
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert [layer["tensor"] for layer in manifest["layers"]] == SWEEP  # in graph order
+    assert "input gradient" not in printed and "input_gradient" not in manifest
+
+
+def test_layer_sweep_from_an_onnx_file_writes_each_layers_overlay(tmp_path, images, cnn,
+                                                                    sweep_bundle, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", cnn, *images, "--target", SWEEP[0], "--target", SWEEP[1],
+                 "--top-k", "2", "--save-npy", "--out", str(out)]) == 0
+    assert "layer sweep of 2" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    layers = [layer["layer"] for layer in
+              json.loads((Path(sweep_bundle) / "manifest.json").read_text())["layers"]]
+    assert summary["layers"] == layers == ["relu_8_node", "features_node"]
+    for image, row in zip(images, summary["images"]):
+        name = Path(image).stem
+        assert row["layers"] == {layer: f"{name}_cam_{layer}.png" for layer in layers}
+        with Image.open(out / row["overlay"]) as fused:
+            size = fused.size
+        for file in row["layers"].values():
+            with Image.open(out / file) as overlay:
+                assert overlay.size == size
+        api = _api(sweep_bundle, image, top_k=2)  # fuse="mean" by default
+        np.testing.assert_allclose(np.load(out / row["heatmaps"]), api.heatmaps[0], atol=1e-5)
+
+
+def test_fuse_max_and_none_match_the_api(tmp_path, images, sweep_bundle):
+    maps = {}
+    for fuse in ("mean", "max", "none"):
+        summary, rows = _run(sweep_bundle, images[:1], tmp_path / fuse, "--fuse", fuse)
+        assert summary["fuse"] == (None if fuse == "none" else fuse)
+        maps[fuse] = np.load(tmp_path / fuse / rows[0]["heatmaps"])
+        api = _api(sweep_bundle, images[0], fuse=None if fuse == "none" else fuse)
+        np.testing.assert_allclose(maps[fuse], api.heatmaps[0], atol=1e-5)
+        if fuse == "none":  # the first layer's maps
+            np.testing.assert_allclose(maps[fuse], api.layers["relu_8_node"].heatmaps[0],
+                                       atol=1e-6)
+    assert np.abs(maps["max"] - maps["mean"]).max() > 1e-2
+    assert np.abs(maps["none"] - maps["mean"]).max() > 1e-2
+
+
+@pytest.mark.parametrize("method", ["guided-backprop", "guided-gradcam"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_pixel_methods_write_pixel_maps(method, k, tmp_path, images, guided_bundle):
+    from explainer.visualize import pixel_image
+
+    out = tmp_path / "out"
+    summary, rows = _run(guided_bundle, images, out, "--method", method, "--top-k", str(k))
+    assert summary["method"] == method
+    for image, row in zip(images, rows):
+        name = Path(image).stem
+        expected = [f"{name}_pixels.png"] if k == 1 else [f"{name}_pixels_{j}.png"
+                                                         for j in range(k)]
+        assert row["pixels"] == expected and row["pixels_npy"] == f"{name}_pixels.npy"
+        api = _api(guided_bundle, image, top_k=k, method=method)
+        pixels = np.load(out / row["pixels_npy"])
+        assert pixels.shape == (k, 3, SIZE, SIZE) == api.pixels[0].shape
+        assert pixels.dtype == np.float32
+        np.testing.assert_allclose(pixels, api.pixels[0], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(api.pixels).max()))
+        for j, file in enumerate(row["pixels"]):
+            with Image.open(out / file) as png:
+                assert png.size == (SIZE, SIZE) and png.mode == "RGB"
+                drawn = np.asarray(png, dtype=np.int16)
+            reference = np.asarray(pixel_image(api.pixels[0, j]), dtype=np.int16)
+            assert np.abs(drawn - reference).max() <= 1
+        np.testing.assert_allclose(np.load(out / row["heatmaps"]), api.heatmaps[0], atol=1e-5)
+
+
+def test_pixel_method_on_an_onnx_file_builds_the_input_gradient(tmp_path, images, cnn):
+    out = tmp_path / "out"
+    summary, rows = _run(cnn, images[:1], out, "--method", "guided-backprop",
+                         "--target", SWEEP[0], "--target", SWEEP[1])
+    assert rows[0]["pixels"] == ["image0_pixels.png"] and (out / "image0_pixels.npy").is_file()
+    assert set(rows[0]["layers"]) == {"relu_8_node", "features_node"}
+
+
+def test_pixel_method_without_the_graph_fails_before_any_image(tmp_path, images, cnn, capsys):
+    bundle = tmp_path / "plain"
+    assert main(["export", cnn, "-o", str(bundle)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["explain", str(bundle), *images, "--method", "guided-gradcam",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'guided-gradcam'" in err and "input-gradient graph" in err
+    assert "--input-gradient" in err and not out.exists()
+
+
+def test_new_explain_flags_run_with_torch_unimportable(tmp_path, images, cnn):
+    """A sweep, a pixel method, contrast and score, built from the .onnx file: no torch."""
+    out = tmp_path / "out"
+    args = ["explain", cnn, images[0], "--method", "guided-gradcam", "--target", SWEEP[0],
+            "--target", SWEEP[1], "--contrast", "least", "--score", "probability", "--fuse",
+            "max", "--out", str(out)]
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = json.loads((out / "summary.json").read_text())["images"][0]
+    assert row["pixels"] and len(row["layers"]) == 2
+    assert all((out / f).is_file() for f in [*row["pixels"], *row["layers"].values()])
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--score", "prob"], ["'prob'", "'logit'", "'probability'"]),
+    (["--fuse", "median"], ["'median'", "'mean'", "'max'", "--fuse none"]),
+    (["--contrast", "top99"], ["'top99'", "between 1 and 10"]),
+    (["--contrast", "top3", "--top-k", "2"], ["'top3'", "3 classes", "2 targets"]),
+    (["--target", "auto", "--target", "features"], ["auto", "layer sweep"]),
+])
+def test_bad_contrast_score_fuse_and_sweep_exit_2(flags, words, tmp_path, images, cnn, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", cnn, images[0], "--out", str(out), *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if not line.startswith("note: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert all(word in errors[0] for word in words), errors[0]
+    assert not out.exists()

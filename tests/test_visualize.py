@@ -189,3 +189,23 @@ def test_save_figure_creates_dirs(tmp_path):
     assert path.is_file()
     with Image.open(path) as im:
         assert im.size[0] == 2 * 32 + 3 * 4
+
+
+def test_pixel_image_scales_by_the_largest_magnitude_around_grey():
+    from explainer.visualize import pixel_image
+
+    g = np.zeros((3, 2, 4), np.float32)
+    g[0, 0, 0], g[1, 0, 1], g[2, 1, 3] = 2.0, -2.0, 1.0
+    img = pixel_image(g)
+    assert img.mode == "RGB" and img.size == (4, 2)
+    rgb = np.asarray(img)
+    assert rgb[0, 0, 0] == 255 and rgb[0, 1, 1] == 0 and rgb[1, 3, 2] == 191  # one scale: 1 of 2
+    assert rgb[1, 0].tolist() == [128, 128, 128]  # zero is mid grey
+    assert np.asarray(pixel_image(np.zeros((3, 5, 5)))).tolist() == np.full((5, 5, 3), 128).tolist()
+    grey = pixel_image(-np.ones((1, 3, 3)))
+    assert grey.mode == "L" and np.asarray(grey).max() == 0
+    assert pixel_image(np.ones((4, 3, 3))).mode == "L"  # other channel counts: averaged
+    with pytest.raises(visualize.VisualizeError, match="shape"):
+        pixel_image(np.zeros((3, 3)))
+    with pytest.raises(visualize.VisualizeError, match="NaN"):
+        pixel_image(np.full((3, 2, 2), np.nan))
