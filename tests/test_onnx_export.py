@@ -139,6 +139,19 @@ def test_gradient_matches_onnx_ad(name, where):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "layercam"])
+def test_nhwc_explanation_graph_methods_equal_the_two_graphs(method):
+    """Channel-last activations are transposed before every in-graph method."""
+    bundle = export_onnx(make_cnn("NHWC"))
+    x = to_layout(np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE))
+                  .astype(np.float32), "NHWC")
+    one = Explainer(bundle).explain(x, targets="top2", method=method)
+    two = Explainer(bundle, explanation_graph=False).explain(x, targets="top2", method=method)
+    assert Explainer(bundle).graph is not None and two.cams.max() > 0
+    np.testing.assert_allclose(one.cams, two.cams, rtol=1e-4, atol=1e-5 * two.cams.max())
+    np.testing.assert_allclose(one.heatmaps, two.heatmaps, atol=1e-4)
+
+
 def test_nhwc_and_nchw_versions_give_the_same_cams():
     nchw, nhwc = Explainer(export_onnx(make_cnn("NCHW"))), Explainer(export_onnx(make_cnn("NHWC")))
     x = np.random.default_rng(3).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
