@@ -39,7 +39,7 @@ from PIL import Image
 
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_image, preprocess
-from .inputs import collect_images, output_names
+from .inputs import collect_images, output_names, unique_name
 from .layers import FUSE_MODES
 from .outputs import remove_stale_temps, save_json, save_npy, save_png
 from .pixels import PIXEL_METHODS, require_input_gradient
@@ -163,12 +163,7 @@ def layer_file_names(layers: Sequence[str]) -> dict[str, str]:
     used: set[str] = set()
     for layer in layers:
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", layer).strip("._") or "layer"
-        name, count = base, 1
-        while name.lower() in used:
-            count += 1
-            name = f"{base}_{count}"
-        used.add(name.lower())
-        names[layer] = name
+        names[layer] = unique_name(base, used)
     return names
 
 

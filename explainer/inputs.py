@@ -17,7 +17,7 @@ from PIL import Image
 
 from .errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "collect_images", "output_names"]
+__all__ = ["IMAGE_SUFFIXES", "collect_images", "output_names", "unique_name"]
 
 #: suffixes a folder scan picks up (every format Pillow can open)
 IMAGE_SUFFIXES = frozenset(
@@ -99,12 +99,18 @@ def output_names(images: Sequence[Path], taken: dict[Path, str] | None = None) -
             continue
         rel = path.relative_to(root) if root else Path(*path.parts[1:])
         base = (rel.parent / rel.stem).as_posix()
-        name, count = base, 1
-        if name.lower() in used:
-            name = f"{base}_{path.suffix.lstrip('.').lower()}"
-        while name.lower() in used:
-            count += 1
-            name = f"{base}_{count}"
-        used.add(name.lower())
-        names[path] = name
+        if base.lower() in used:
+            base = f"{base}_{path.suffix.lstrip('.').lower()}"
+        names[path] = unique_name(base, used)
     return names
+
+
+def unique_name(base: str, used: set[str]) -> str:
+    """``base``, or ``base_2``, ``base_3``... the first whose lower case is not in ``used``
+    (which it joins): output names that differ only in case would clash on some disks."""
+    name, count = base, 1
+    while name.lower() in used:
+        count += 1
+        name = f"{base}_{count}"
+    used.add(name.lower())
+    return name
