@@ -78,23 +78,47 @@ def _record(row: dict) -> None:
         json.dump(rows, f, indent=1)
 
 
-def _float32_noise_check(name, model, layer, inputs, reports) -> list[str]:
-    """Where a map misses 1e-3, ask float64 autograd who is off: PyTorch's float32 autograd or
-    our graph. The median map of ours must be within max(1e-3, 3x PyTorch float32's median) of
-    the float64 CAMs: single flipped ReLU masks are outliers either side, a wrong gradient
-    would move every map."""
+def _float64_distances(model, layer, inputs, reports) -> tuple[np.ndarray, np.ndarray]:
+    """Relative L2 of every map to float64 autograd's: (ours, PyTorch float32's)."""
     model64 = copy.deepcopy(model).double()
     ours, theirs = [], []
     for report in reports:
         truth, _ = reference_gradcam(model64, layer, inputs.astype(np.float64), report.class_ids)
         ours.extend(relative_l2(report.cams, truth).ravel())
         theirs.extend(relative_l2(report.reference, truth).ravel())
+    return np.asarray(ours), np.asarray(theirs)
+
+
+def _float32_noise_check(name, model, layer, inputs, reports) -> list[str]:
+    """Where a map misses 1e-3, ask float64 autograd who is off: PyTorch's float32 autograd or
+    our graph. The median map of ours must be within max(1e-3, 3x PyTorch float32's median) of
+    the float64 CAMs: single flipped ReLU masks are outliers either side, a wrong gradient
+    would move every map."""
+    ours, theirs = _float64_distances(model, layer, inputs, reports)
     ours_med, torch_med = float(np.median(ours)), float(np.median(theirs))
     _record({"model": name, "layer": layer, "float64_check": True,
              "onnxcam_vs_float64": ours_med, "torch32_vs_float64": torch_med})
     if ours_med > max(EARLY_TOL, FLOAT32_NOISE_FACTOR * torch_med):
         return [f"{layer}: median rel L2 to float64 autograd {ours_med:.2e} vs PyTorch "
                 f"float32's {torch_med:.2e}"]
+    return []
+
+
+def _last_stage_arbitration(name, model, layer, inputs, reports) -> list[str]:
+    """Where a last-stage map misses 1e-4 against PyTorch float32, float64 autograd decides:
+    every map of ours must be within max(1e-4, 3x PyTorch float32's distance for that map) of
+    the float64 CAMs. Float32 rounding differs by CPU (ONNX Runtime picks its kernels by
+    instruction set): seen on googlenet's inception5b on an AVX2-only machine, 1.6e-4."""
+    ours, theirs = _float64_distances(model, layer, inputs, reports)
+    bound = np.maximum(LAST_TOL, FLOAT32_NOISE_FACTOR * theirs)
+    _record({"model": name, "layer": layer, "float64_check": True, "stage": "last",
+             "onnxcam_vs_float64_max": float(ours.max()),
+             "torch32_vs_float64_max": float(theirs.max())})
+    print(f"{name} {layer}: vs float64 ours {ours.max():.2e}, PyTorch float32 {theirs.max():.2e}")
+    if np.any(ours > bound):
+        worst = int(np.argmax(ours / bound))
+        return [f"{layer}: rel L2 to float64 autograd {ours[worst]:.2e} vs PyTorch float32's "
+                f"{theirs[worst]:.2e} on map {worst}"]
     return []
 
 
@@ -160,7 +184,7 @@ def test_bundle_cams_match_pytorch_autograd(name, photos, tmp_path):
             "export_s": round(export_s, 1), "graph_vs_two_graphs": graph_error,
         })
         if depth == 0 and errors.max() > LAST_TOL:
-            failures.append(f"{layer}: max rel L2 {errors.max():.2e} > {LAST_TOL}")
+            failures.extend(_last_stage_arbitration(name, model, layer, inputs, [report, top]))
         if depth > 0:
             if errors.max() > EARLY_MAX:
                 failures.append(f"{layer}: max rel L2 {errors.max():.2e} > {EARLY_MAX}")
