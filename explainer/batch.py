@@ -40,14 +40,13 @@ from PIL import Image
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_image, preprocess
 from .inputs import collect_images, output_names, unique_name
-from .layers import FUSE_MODES
+from .layers import check_fuse
 from .outputs import remove_stale_temps, save_json, save_npy, save_png
 from .pixels import PIXEL_METHODS, require_input_gradient
-from .targets import TargetPlan, plan_targets
+from .targets import check_score, plan_targets
 from .visualize import COLORMAPS, figure, pixel_image
 
 __all__ = [
-    "SCORES",
     "SUMMARY",
     "Explained",
     "FolderRun",
@@ -55,7 +54,6 @@ __all__ = [
     "collect_images",
     "explain_batch",
     "layer_file_names",
-    "target_count",
     "write_outputs",
 ]
 
@@ -68,8 +66,6 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 _OVERLAY, _HEATMAPS = "_cam.png", "_cam.npy"
 _PIXELS, _PIXELS_NPY = "_pixels", "_pixels.npy"
-#: what ``score`` may be: the explained quantity (see :meth:`Explainer.explain`)
-SCORES = ("logit", "probability")
 #: summary settings of older runs that did not record them, as they ran
 _HEADER_DEFAULTS = {"score": "logit", "fuse": "mean"}
 
@@ -91,7 +87,7 @@ class RunOptions:
         resume: skip images a previous run in the same folder finished; replace the rest.
         contrast: contrast classes, in the forms of ``targets`` (one per image or one per
             target): explain each target's score minus its contrast class's.
-        score: ``"logit"`` or ``"probability"`` (see :data:`SCORES`).
+        score: ``"logit"`` or ``"probability"`` (see :data:`explainer.targets.SCORES`).
         fuse: how a layer sweep's top-level heatmaps combine the layers': ``"mean"``,
             ``"max"`` or None (the first layer's); see :func:`explainer.layers.fuse`.
     """
@@ -126,19 +122,15 @@ class RunOptions:
                              f"{[*sorted(METHODS), *PIXEL_METHODS]}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
-        if self.score not in SCORES:
-            raise TargetError(f"unknown score {self.score!r}; choose one of {list(SCORES)}")
-        if self.fuse not in FUSE_MODES:
-            raise UsageError(f"unknown fuse mode {self.fuse!r}; choose one of 'mean', 'max' or "
-                             "None (--fuse none: the first layer's maps)")
+        check_score(self.score)
+        check_fuse(self.fuse)
         plan = plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
         if self.contrast is not None:
-            against = target_count(plan_targets(self.contrast, None, 1, num_classes, labels))
-            if against not in (1, target_count(plan)):
+            against = plan_targets(self.contrast, None, 1, num_classes, labels).count
+            if against not in (1, plan.count):
                 raise TargetError(
                     f"contrast {self.contrast!r} gives {against} classes per image for "
-                    f"{target_count(plan)} targets; give one contrast class per image or one "
-                    "per target"
+                    f"{plan.count} targets; give one contrast class per image or one per target"
                 )
 
     @property
@@ -146,13 +138,6 @@ class RunOptions:
         """The keyword arguments of :meth:`Explainer.explain` these options set."""
         return {"targets": self.targets, "top_k": self.top_k, "method": self.method,
                 "contrast": self.contrast, "score": self.score, "fuse": self.fuse}
-
-
-def target_count(plan: TargetPlan) -> int:
-    """How many targets (columns K) a plan explains per image."""
-    if plan.class_ids is not None:
-        return int(plan.class_ids.shape[1])
-    return sum(1 if kind == "id" else k for kind, k in plan.terms)
 
 
 def layer_file_names(layers: Sequence[str]) -> dict[str, str]:
@@ -341,8 +326,8 @@ class FolderRun:
         #: a sweep's layer name -> its file-name part (empty for a one-layer bundle)
         self.layer_files = layer_file_names(layers) if len(layers) > 1 else {}
         #: targets per image (a pixel map file each)
-        self.k = target_count(plan_targets(options.targets, options.top_k, 1,
-                                           explainer.num_classes, explainer.labels))
+        self.k = plan_targets(options.targets, options.top_k, 1, explainer.num_classes,
+                              explainer.labels).count
         self.pixels = options.method in PIXEL_METHODS
         targets = options.targets
         self.header = {

@@ -18,7 +18,7 @@ from .activations import to_channels_first
 from .errors import UsageError
 from .image import normalize_maps, upsample_bilinear
 
-__all__ = ["FUSE_MODES", "LayerMaps", "fuse", "layer_maps"]
+__all__ = ["FUSE_MODES", "LayerMaps", "check_fuse", "fuse", "layer_maps"]
 
 #: how :func:`fuse` combines the layers' normalized heatmaps
 FUSE_MODES = ("mean", "max", None)
@@ -58,6 +58,13 @@ def layer_maps(
     return maps
 
 
+def check_fuse(mode: str | None) -> None:
+    """Raise :class:`UsageError` unless ``mode`` is one of :data:`FUSE_MODES`."""
+    if mode not in FUSE_MODES:
+        raise UsageError(f"unknown fuse mode {mode!r}; fuse must be one of 'mean', 'max' or None "
+                         "(--fuse none on the command line: the first layer's maps)")
+
+
 def fuse(maps: dict[str, LayerMaps], mode: str | None) -> np.ndarray:
     """The layers' normalized heatmaps combined: their ``"mean"`` or ``"max"``, renormalized
     per map; ``None`` gives the first layer's.
@@ -65,8 +72,7 @@ def fuse(maps: dict[str, LayerMaps], mode: str | None) -> np.ndarray:
     Raises:
         UsageError: an unknown mode.
     """
-    if mode not in FUSE_MODES:
-        raise UsageError(f"fuse must be one of {FUSE_MODES}, got {mode!r}")
+    check_fuse(mode)
     stacked = [m.heatmaps for m in maps.values()]
     if mode is None or len(stacked) == 1:
         return stacked[0]

@@ -30,7 +30,7 @@ import onnx.utils
 import onnxruntime as ort
 
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
+from .errors import ExplainerError, InputError, MethodError, ProviderError
 from .explanation import Explanation, contrast_ids, softmax
 from .explanation_graph import ExplanationGraph
 from .image import ImageLike, Preprocessing, preprocess
@@ -47,7 +47,7 @@ from .sessions import (
     session_options,
     to_numpy,
 )
-from .targets import TargetPlan, plan_targets, seed_rows
+from .targets import TargetPlan, check_score, plan_targets, seed_rows
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
@@ -149,11 +149,33 @@ class Explainer:
 
         Built on first use (once, even when several threads ask at the same time), so
         explaining fixed classes never holds a second copy of the head's weights."""
+        return self._logits_from(self.head_inputs)
+
+    def _logits_from(self, inputs: list[str]) -> ort.InferenceSession:
+        """The session of the head pruned to its logits, read from ``inputs`` (the head's own
+        inputs, or a later layer's tensor inside it), created on first use.
+
+        Raises:
+            MethodError: the logits also depend on head tensors not in ``inputs`` (a skip
+                connection passes a layer by).
+        """
         def pruned() -> onnx.ModelProto:
             head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
-            return head.extract_model(self.head_inputs, [self.logits_name])
+            part = head.extract_model(list(inputs), [self.logits_name])
+            known = {*inputs, *(t.name for t in part.graph.initializer)}
+            known |= {o for node in part.graph.node for o in node.output}
+            bypass = sorted({i for node in part.graph.node for i in node.input
+                             if i and i not in known})
+            if bypass:
+                raise MethodError(
+                    f"the logits do not depend on layer tensor(s) {list(inputs)} alone (the "
+                    f"head also reads {bypass} past them); this method replaces the layer's "
+                    "activation, so use it on a layer every path to the logits goes through"
+                )
+            return part
 
-        return self._pool.get("logits", pruned)
+        return self._pool.get("logits" if inputs == self.head_inputs else
+                              f"logits:{','.join(inputs)}", pruned)
 
     # --- lifetime -------------------------------------------------------------------------------
     @property
@@ -304,23 +326,7 @@ class Explainer:
                 alone (a skip connection passes it by).
         """
         self._check_open()
-
-        def from_layer() -> onnx.ModelProto:
-            part = onnx.utils.Extractor(self.bundle.head).extract_model([tensor],
-                                                                        [self.logits_name])
-            known = {tensor, *(t.name for t in part.graph.initializer)}
-            known |= {o for node in part.graph.node for o in node.output}
-            bypass = sorted({i for node in part.graph.node for i in node.input
-                             if i and i not in known})
-            if bypass:
-                raise MethodError(
-                    f"the logits do not depend on layer tensor {tensor!r} alone (the head also "
-                    f"reads {bypass} past it); this method replaces the layer's activation, so "
-                    "use it on a layer every path to the logits goes through"
-                )
-            return part
-
-        session = self._pool.get(f"logits:{tensor}", from_layer)
+        session = self._logits_from([tensor])
         return self._run(session, {tensor: activation}, [self.logits_name])[0]
 
     def run_input_gradient(self, x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -388,8 +394,7 @@ class Explainer:
         plan = plan_targets(targets, top_k, batch, self.num_classes, self.labels)
         against = None if contrast is None else plan_targets(
             contrast, None, batch, self.num_classes, self.labels)
-        if score not in ("logit", "probability"):
-            raise TargetError(f"score must be 'logit' or 'probability', got {score!r}")
+        check_score(score)
         plain = against is None and score == "logit"
         if plain and self.graph is not None and method in self.graph.methods:
             return self._explain_in_graph(x, plan, method)  # all of the below, in one run

@@ -35,9 +35,19 @@ import numpy as np
 from .errors import TargetError
 
 __all__ = [
-    "GraphTargets", "TargetError", "TargetPlan", "class_id", "one_hot_seeds", "plan_targets",
-    "seed_rows",
+    "SCORES", "GraphTargets", "TargetError", "TargetPlan", "check_score", "class_id",
+    "one_hot_seeds", "plan_targets", "seed_rows",
 ]
+
+#: what a target's score may be: its logit, or its softmax probability
+SCORES = ("logit", "probability")
+
+
+def check_score(score: str) -> None:
+    """Raise :class:`TargetError` unless ``score`` is one of :data:`SCORES`."""
+    if score not in SCORES:
+        raise TargetError(f"unknown score {score!r}; the score must be one of "
+                          f"{', '.join(map(repr, SCORES))}")
 
 _TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
 
@@ -62,6 +72,13 @@ class TargetPlan:
 
     class_ids: np.ndarray | None  # [B, K] when fixed
     terms: tuple[tuple[str, int], ...] = ()  # ("top", k) / ("least", k) / ("id", c)
+
+    @property
+    def count(self) -> int:
+        """How many targets (columns K) each image gets."""
+        if self.class_ids is not None:
+            return int(self.class_ids.shape[1])
+        return sum(1 if kind == "id" else k for kind, k in self.terms)
 
     @property
     def needs_logits(self) -> bool:

@@ -123,9 +123,11 @@ def _counterfactual(b: Builder, activation: str, gradient: str) -> str:
     return b.op("Neg", _gradcam(b, activation, gradient))
 
 
-def _channel_sums(b: Builder, activation: str) -> str:
-    """sum_ij A^c_ij as [B, 1, C, 1, 1] (broadcasts against the gradient)."""
-    return b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3]), b.const([1]))
+def _channel_sums(b: Builder, activation: str, keepdims: int = 1) -> str:
+    """sum_ij A^c_ij as [B, 1, C, 1, 1] (broadcasts against the gradient), or [B, 1, C]
+    (against channel weights) with ``keepdims=0``."""
+    return b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3], keepdims=keepdims),
+                b.const([1]))
 
 
 def _safe_divide(b: Builder, numerator: str, denominator: str) -> str:
@@ -150,9 +152,7 @@ def _xgradcam(b: Builder, activation: str, gradient: str) -> str:
     activations sum to 0 -> [B, K, C]."""
     a = b.op("Unsqueeze", activation, b.const([1]))
     weighted = b.reduce("ReduceSum", b.op("Mul", a, gradient), [3, 4], keepdims=0)
-    sums = b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3], keepdims=0),
-                b.const([1]))
-    return _safe_divide(b, weighted, sums)
+    return _safe_divide(b, weighted, _channel_sums(b, activation, keepdims=0))
 
 
 def _hirescam(b: Builder, activation: str, gradient: str) -> str:
