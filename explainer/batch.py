@@ -14,9 +14,13 @@ goes, so a killed run can be continued with ``resume=True``: images recorded as 
 files exist, are skipped.
 
 Per image the folder gets ``NAME_cam.png`` (the input and one overlay per target) and, with
-``save_npy``, ``NAME_cam.npy`` (heatmaps [K, H, W]). A layer-sweep bundle adds each layer's
-overlay figure, ``NAME_cam_LAYER.png`` (the layer name made filesystem-safe; the top-level
-overlay is the fused map). The pixel-space methods add each target's pixel map drawn by
+``save_npy``, ``NAME_cam.npy`` (heatmaps [K, H, W]). For a detector the targets are its
+detections: the figure draws each detection's box on its own overlay (and all of them, numbered,
+on the input), the summary row lists them (``detections``: box in model-input pixels,
+``image_box`` in the original image's, score, class, label), and an image with no detection
+above the threshold gets the input alone and a note, not an error. A layer-sweep bundle adds
+each layer's overlay figure, ``NAME_cam_LAYER.png`` (the layer name made filesystem-safe; the
+top-level overlay is the fused map). The pixel-space methods add each target's pixel map drawn by
 :func:`explainer.visualize.pixel_image`, ``NAME_pixels.png`` (``NAME_pixels_J.png`` for target
 column J when there are several), and with ``save_npy`` ``NAME_pixels.npy`` ([K, C, H, W]).
 """
@@ -37,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from .detection import DEFAULT_CONF, DEFAULT_IOU, check_spec
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
-from .image import ImageLike, prepare_image, preprocess
+from .image import ImageLike, prepare_with_geometry, preprocess, values_only
 from .inputs import collect_images, output_names, unique_name
 from .layers import check_fuse
 from .outputs import remove_stale_temps, save_json, save_npy, save_png
@@ -90,11 +95,13 @@ class RunOptions:
         score: ``"logit"`` or ``"probability"`` (see :data:`explainer.targets.SCORES`).
         fuse: how a layer sweep's top-level heatmaps combine the layers': ``"mean"``,
             ``"max"`` or None (the first layer's); see :func:`explainer.layers.fuse`.
+        conf: a detector's confidence threshold.
+        iou: a detector's NMS IoU threshold.
     """
 
     targets: Any = None
     top_k: int | None = None
-    method: str = "gradcam"
+    method: str | None = "gradcam"
     batch_size: int = 8
     colormap: str = "jet"
     alpha: float = 0.5
@@ -105,8 +112,11 @@ class RunOptions:
     contrast: Any = None
     score: str = "logit"
     fuse: str | None = "mean"
+    conf: float = DEFAULT_CONF
+    iou: float = DEFAULT_IOU
 
-    def check(self, num_classes: int, labels: list[str] | None = None) -> None:
+    def check(self, num_classes: int, labels: list[str] | None = None,
+              task: str = "classify") -> None:
         """Raise a :class:`UsageError` (:class:`TargetError` for targets, contrast and score)
         for options no image could satisfy."""
         from .methods import METHODS
@@ -124,6 +134,9 @@ class RunOptions:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
         check_score(self.score)
         check_fuse(self.fuse)
+        if task == "detect":
+            self._check_detect(num_classes, labels)
+            return
         plan = plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
         if self.contrast is not None:
             against = plan_targets(self.contrast, None, 1, num_classes, labels).count
@@ -133,11 +146,26 @@ class RunOptions:
                     f"{plan.count} targets; give one contrast class per image or one per target"
                 )
 
-    @property
-    def explain_options(self) -> dict[str, Any]:
+    def _check_detect(self, num_classes: int, labels: list[str] | None) -> None:
+        if self.method in PIXEL_METHODS:
+            raise UsageError(f"method {self.method!r} is for classifiers; a detector takes the "
+                             "CAM methods")
+        if self.contrast is not None:
+            raise TargetError("--contrast is for classifiers; a detector explains detections")
+        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
+            raise UsageError(f"--conf must be in [0, 1] and --iou in (0, 1], got {self.conf} "
+                             f"and {self.iou}")
+        if self.targets is not None and self.top_k is not None:
+            raise TargetError("give either --targets or --top-k, not both")
+        check_spec(self.targets, labels, num_classes)
+
+    def explain_options(self, task: str = "classify") -> dict[str, Any]:
         """The keyword arguments of :meth:`Explainer.explain` these options set."""
-        return {"targets": self.targets, "top_k": self.top_k, "method": self.method,
-                "contrast": self.contrast, "score": self.score, "fuse": self.fuse}
+        options = {"targets": self.targets, "top_k": self.top_k, "method": self.method,
+                   "score": self.score, "fuse": self.fuse}
+        if task == "detect":
+            return {**options, "conf": self.conf, "iou": self.iou}
+        return {**options, "contrast": self.contrast}
 
 
 def layer_file_names(layers: Sequence[str]) -> dict[str, str]:
@@ -169,18 +197,28 @@ class Explained:
     error: OnnxcamError | None = None
 
     def fields(self) -> dict[str, Any]:
-        """Classes, labels, scores and probabilities, as JSON-ready lists."""
+        """Classes, labels, scores and probabilities (and a detector's detections), as
+        JSON-ready lists."""
         e, i = self.explanation, self.index
-        return {"class_ids": e.class_ids[i].tolist(), "labels": e.labels[i] if e.labels else None,
-                "scores": e.scores[i].tolist(), "probabilities": e.probabilities[i].tolist()}
+        k = e.count(i)
+        row = {"class_ids": e.class_ids[i, :k].tolist(),
+               "labels": e.labels[i][:k] if e.labels else None,
+               "scores": e.scores[i, :k].tolist(),
+               "probabilities": e.probabilities[i, :k].tolist()}
+        if e.detections is not None:
+            row["detections"] = [d.to_dict() for d in e.detections[i]]
+            row["note"] = None if k else "no detection to explain"
+        return row
 
 
-def _explain_group(explainer: Any, group: list[tuple[int, Image.Image, np.ndarray]],
+def _explain_group(explainer: Any, group: list[tuple[Any, ...]],
                    options: RunOptions, results: list[Explained]) -> None:
     """Explain same-shape images in one batch; after an error, one by one to find the culprit."""
+    task = getattr(explainer, "task", "classify")
+    extra = {"geometry": [g for *_, g in group]} if task == "detect" else {}
     try:
-        explanation = explainer.explain(np.concatenate([x for _, _, x in group]),
-                                        **options.explain_options)
+        explanation = explainer.explain(np.concatenate([item[2] for item in group]),
+                                        **options.explain_options(task), **extra)
     except OnnxcamError as err:
         if len(group) == 1:
             results[group[0][0]] = Explained(error=err)
@@ -188,7 +226,7 @@ def _explain_group(explainer: Any, group: list[tuple[int, Image.Image, np.ndarra
         for item in group:
             _explain_group(explainer, [item], options, results)
         return
-    for row, (k, shown, _) in enumerate(group):
+    for row, (k, shown, *_) in enumerate(group):
         results[k] = Explained(shown, explanation, row)
 
 
@@ -205,16 +243,16 @@ def explain_batch(
     if pre is None:
         raise InputError("the bundle records no preprocessing; export it with --preprocessing")
     results = [Explained() for _ in sources]
-    groups: dict[tuple[int, ...], list[tuple[int, Image.Image, np.ndarray]]] = {}
-    normalize = dataclasses.replace(pre, resize=None, crop=None)  # `shown` is resized already
+    groups: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    normalize = values_only(pre)  # `shown` is resized already
     for k, source in enumerate(sources):
         try:
-            shown = prepare_image(source, pre, max_pixels=options.max_pixels)
+            shown, geometry = prepare_with_geometry(source, pre, max_pixels=options.max_pixels)
             x = preprocess([shown], normalize)
         except OnnxcamError as err:
             results[k] = Explained(error=err)
             continue
-        groups.setdefault(x.shape, []).append((k, shown, x))
+        groups.setdefault(x.shape, []).append((k, shown, x, geometry))
     for group in groups.values():
         _explain_group(explainer, group, options, results)
     return results
@@ -245,15 +283,20 @@ def write_outputs(
         ExplainerError: the explanation lacks the layer maps or pixel maps asked for.
     """
     e, i = result.explanation, result.index
+    k = e.count(i)
+    boxes = None if e.detections is None else [d.box for d in e.detections[i]]
 
     def draw(maps: np.ndarray, path: Path) -> None:
-        save_png(figure(result.shown, list(maps[i]), e.titles(i), colormap=options.colormap,
-                        alpha=options.alpha), path)
+        save_png(figure(result.shown, list(maps[i, :k]), e.titles(i), colormap=options.colormap,
+                        alpha=options.alpha, boxes=boxes), path)
 
     draw(e.heatmaps, overlay)
     if heatmaps is not None:
-        save_npy(np.ascontiguousarray(e.heatmaps[i], dtype=np.float32), heatmaps)
+        save_npy(np.ascontiguousarray(e.heatmaps[i, :k], dtype=np.float32), heatmaps)
     for layer, path in (layers or {}).items():
+        if e.detections is not None and k == 0:  # nothing detected: the input alone
+            draw(e.heatmaps, path)
+            continue
         if not e.layers or layer not in e.layers:
             raise ExplainerError(f"the explanation has no maps of layer {layer!r}")
         draw(e.layers[layer].heatmaps, path)
@@ -316,7 +359,10 @@ class FolderRun:
         self.explainer, self.out = explainer, Path(out)
         self.options = options or RunOptions()
         options = self.options
-        options.check(explainer.num_classes, explainer.labels)
+        self.task = getattr(explainer, "task", "classify")
+        if options.method is None:
+            options.method = getattr(explainer, "default_method", "gradcam")
+        options.check(explainer.num_classes, explainer.labels, self.task)
         if options.method in PIXEL_METHODS:  # before any image, not once per image
             require_input_gradient(explainer.bundle, options.method)
         self.images = [Path(p).resolve() for p in images]
@@ -326,8 +372,8 @@ class FolderRun:
         #: a sweep's layer name -> its file-name part (empty for a one-layer bundle)
         self.layer_files = layer_file_names(layers) if len(layers) > 1 else {}
         #: targets per image (a pixel map file each)
-        self.k = plan_targets(options.targets, options.top_k, 1, explainer.num_classes,
-                              explainer.labels).count
+        self.k = 1 if self.task == "detect" else plan_targets(
+            options.targets, options.top_k, 1, explainer.num_classes, explainer.labels).count
         self.pixels = options.method in PIXEL_METHODS
         targets = options.targets
         self.header = {
@@ -341,6 +387,10 @@ class FolderRun:
             "score": options.score,
             "fuse": options.fuse,
         }
+        if self.task == "detect":  # recorded (and compared on --resume) for detectors only
+            self.header.update({"task": "detect", "conf": options.conf, "iou": options.iou,
+                                "targets": "detections" if targets is None and not options.top_k
+                                else self.header["targets"]})
         self.rows: dict[str, dict[str, Any]] = {}
         self.pending = self._plan(list(extra_outputs))
         self._last_save = 0.0

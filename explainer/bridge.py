@@ -16,12 +16,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from exporters.onnx_frontend import auto_targets, candidate_layers, export_onnx, file_digest
+from exporters.onnx_frontend import (
+    auto_targets,
+    candidate_layers,
+    export_onnx,
+    file_digest,
+    inspect_model,
+)
 
 from .bundle import Bundle
 from .errors import BundleError
 
-__all__ = ["auto_targets", "bundle_from_onnx", "candidate_layers", "export_onnx"]
+__all__ = ["auto_targets", "bundle_from_onnx", "candidate_layers", "export_onnx",
+           "inspect_model"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ On disk a bundle is a directory::
     weights.onnx.data  every tensor of 1 KiB or more, once: the three graphs point at the same
                        offsets of this one external-data file, so the weights are not doubled
     manifest.json      schema version, input, target layer, layouts, preprocessing, labels,
-                       versions, and (schema 2) the explanation graph's inputs and outputs
+                       versions, (schema 2) the explanation graph's inputs and outputs, and
+                       (schema 3) the task: ``classify`` or ``detect`` with its ``format``
+                       and the outputs the head returns besides the explained tensor
 
 Schema-1 bundles (no explanation graph; weights inline or in ``<graph>.onnx.data``) still load.
 """
@@ -34,7 +36,7 @@ from .labels import check_labels, resolve_labels
 
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "WEIGHTS_FILE"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Tensors of at least this many bytes are saved in the shared external-data file.
 EXTERNAL_DATA_THRESHOLD = 1024
 #: The one external-data file the bundle's graphs share.
@@ -153,8 +155,30 @@ def _check_values(manifest: dict[str, Any], where: str) -> None:
             Preprocessing.from_dict(manifest["preprocessing"])
         except (TypeError, ValueError, AttributeError) as err:
             problems.append(f"preprocessing is invalid ({err})")
+    problems += _task_problems(manifest)
     if problems:
         raise BundleError(f"{where}: manifest {'; '.join(problems)}")
+
+
+#: the tasks a manifest may declare
+TASKS = ("classify", "detect")
+
+
+def _task_problems(manifest: dict[str, Any]) -> list[str]:
+    """The task fields (schema 3): ``task``, a detector's ``format``, ``head.outputs``."""
+    task = manifest.get("task", "classify")
+    if task not in TASKS:
+        return [f"task must be one of {TASKS}, got {task!r}"]
+    outputs = manifest["head"].get("outputs", [])
+    problems = []
+    if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
+        problems.append(f"head.outputs must be a list of tensor names, got {outputs!r}")
+    if task == "detect":
+        fmt = manifest.get("format")
+        if not (isinstance(fmt, dict) and isinstance(fmt.get("name"), str)
+                and isinstance(fmt.get("outputs"), dict)):
+            problems.append(f"a detect bundle needs format {{name, outputs}}, got {fmt!r}")
+    return problems
 
 
 @dataclass
@@ -201,7 +225,7 @@ class Bundle:
         for name in [*head["inputs"], head["seed"]]:
             if name not in head_inputs:
                 raise BundleError(f"tensor {name!r} is not an input of the head graph")
-        for name in (head["logits"], head["gradient"]):
+        for name in (head["logits"], head["gradient"], *head.get("outputs", [])):
             if name not in head_outputs:
                 raise BundleError(f"tensor {name!r} is not an output of the head graph")
         if self.manifest["target"]["tensor"] != head["inputs"][0]:

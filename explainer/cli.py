@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   onnxcam export model.onnx --target A --target B --input-gradient -o sweep.onnxcam
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
   onnxcam check model.onnx                        # gradient vs finite differences
+  onnxcam explain yolov8n.onnx street.jpg --targets detections --out cams/   # a detector
 
 exit codes:
   0  success
@@ -47,14 +48,21 @@ EXPLAIN_EXAMPLES = """examples:
   onnxcam explain model.onnx cat.jpg --targets 3 --contrast 5 --score probability
   onnxcam explain model.onnx photos/ --target A --target B --fuse max --out cams/
   onnxcam explain model.onnx cat.jpg --method guided-backprop --save-npy --out cams/
+  onnxcam explain yolov8n.onnx street.jpg --targets detections --conf 0.4 --out cams/
+  onnxcam explain yolov8n.onnx street.jpg --targets top3 --labels coco.txt
+  onnxcam explain yolov8n.onnx street.jpg --targets person         # all persons, one map
+  onnxcam explain yolov8n.onnx street.jpg --targets '{"box": [10, 20, 200, 300], "class": 0}'
+  onnxcam explain common_det.onnx page.png --format yolox --preprocessing pre.json
 
 Writes OUT/NAME_cam.png per image (NAME: the image's path below the inputs' common folder),
-NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error
-per image). A layer sweep (--target repeated) adds NAME_cam_LAYER.png per layer (the top-level
-overlay is the fused map); guided-backprop/guided-gradcam add NAME_pixels.png (NAME_pixels_J.png
-per target J when several) and NAME_pixels.npy with --save-npy. Exit code 0: all images
-explained; 1: some failed (the rest are written); 2: a usage error. Existing outputs are
-replaced only with --overwrite; --resume continues a run that was stopped.
+NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error per
+image; a detector's boxes, scores and labels). A detector's figure draws each explained
+detection's box on its map; an image with no detection above --conf gets the input alone and a
+note (not an error). A layer sweep (--target repeated) adds NAME_cam_LAYER.png per layer (the
+top-level overlay is the fused map); guided-backprop/guided-gradcam add NAME_pixels.png
+(NAME_pixels_J.png per target J when several) and NAME_pixels.npy with --save-npy. Exit code 0:
+all images explained; 1: some failed (the rest are written); 2: a usage error. Existing outputs
+are replaced only with --overwrite; --resume continues a run that was stopped.
 """
 EXPORT_EXAMPLES = """examples:
   onnxcam export model.onnx -o model.onnxcam
@@ -94,7 +102,26 @@ def _export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["preprocessing"] = _preprocessing(args.preprocessing)
     if getattr(args, "input_gradient", False):
         kwargs["input_gradient"] = True
+    if getattr(args, "task", "auto") != "auto":
+        kwargs["task"] = args.task
+    if getattr(args, "format", None):
+        kwargs["format"] = _format(args.format)
     return kwargs
+
+
+def _format(spec: str) -> str | dict[str, Any]:
+    """--format: a format name, or a JSON object of format parameters."""
+    from .errors import UsageError
+
+    if not spec.lstrip().startswith("{"):
+        return spec
+    try:
+        value = json.loads(spec)
+    except ValueError as err:
+        raise UsageError(f"--format {spec!r}: not a format name nor a JSON object ({err})") from err
+    if not isinstance(value, dict) or "name" not in value:
+        raise UsageError(f"--format {spec!r}: a JSON format needs a \"name\"")
+    return value
 
 
 def _target(args: argparse.Namespace) -> str | list[str]:
@@ -139,7 +166,7 @@ def _explainer(args: argparse.Namespace) -> Any:
 
     target = _target(args)
     if _is_bundle(args.model):
-        flags = {"pre_softmax": "--keep-softmax"}
+        flags = {"pre_softmax": "--keep-softmax", "input_gradient": "--input-gradient"}
         ignored = [flags.get(k, f"--{k}") for k in _export_kwargs(args)]
         if target != "auto":
             ignored.insert(0, "--target")
@@ -160,8 +187,20 @@ def _explainer(args: argparse.Namespace) -> Any:
     return explainer
 
 
-def _targets(spec: str | None) -> str | int | None:
-    return int(spec) if spec is not None and spec.lstrip("-").isdigit() else spec
+def _targets(spec: str | None) -> Any:
+    """--targets: an int, a JSON object or list (a detector's box targets), or a string."""
+    from .errors import TargetError
+
+    if spec is None:
+        return None
+    if spec.lstrip("-").isdigit():
+        return int(spec)
+    if spec.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(spec)
+        except ValueError as err:
+            raise TargetError(f"--targets {spec!r}: not valid JSON ({err})") from err
+    return spec
 
 
 def _layers_text(manifest: dict[str, Any]) -> str:
@@ -193,7 +232,7 @@ def _explain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, colormap=args.colormap, alpha=args.alpha,
         save_npy=args.save_npy, max_pixels=args.max_pixels, overwrite=args.overwrite,
         resume=args.resume, contrast=_targets(args.contrast), score=args.score,
-        fuse=None if args.fuse == "none" else args.fuse,
+        fuse=None if args.fuse == "none" else args.fuse, conf=args.conf, iou=args.iou,
     )
     explainer = _explainer(args)
     with explainer:
@@ -211,6 +250,10 @@ def _explain(args: argparse.Namespace) -> int:
             elif bar is None and not args.quiet:
                 titles = ", ".join(f"{label} {p:.3g}" for label, p in zip(
                     row["labels"] or map(str, row["class_ids"]), row["probabilities"]))
+                if row.get("note"):
+                    titles = f"note: {row['note']}"
+                elif "detections" in row:
+                    titles = f"{len(row['detections'])} detection(s): {titles}"
                 say(f"{row['image']}: {titles} -> {Path(args.out) / row['overlay']}")
 
         try:
@@ -233,6 +276,10 @@ def _export(args: argparse.Namespace) -> int:
     path = bundle.save(args.out_dir)
     notes = bundle.manifest.get("export", {})
     print(f"target: {_layers_text(bundle.manifest)}")
+    if bundle.manifest.get("task") == "detect":
+        fmt = bundle.manifest["format"]
+        print(f"task: detect, format {fmt['name']} ({fmt.get('classes')} classes), explaining "
+              f"{bundle.manifest['head']['logits']!r}")
     if bundle.input_gradient is not None:
         print("input gradient: yes (guided-backprop, guided-gradcam)")
     if notes.get("softmax"):
@@ -251,16 +298,18 @@ def _layout_text(candidate: Any) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .bridge import auto_targets, candidate_layers
+    from .bridge import inspect_model
 
-    candidates = candidate_layers(args.model, output=args.output,
-                                  pre_softmax=not args.keep_softmax)
-    auto = next(iter(auto_targets(candidates)), None)
+    candidates, spec, auto_tensors = inspect_model(
+        args.model, output=args.output, pre_softmax=not args.keep_softmax, task=args.task,
+        format=_format(args.format) if args.format else None)
+    picked = [c for c in candidates if c.tensor in auto_tensors]
+    auto = picked[0] if picked else None
     shown = candidates[-args.last:] if args.last else candidates
     rows = [("", "tensor", "shape", "node", "op", "layout", "cut", "grad", "unsupported ops")]
     for c in shown:
         rows.append((
-            "*" if c is auto else "",
+            "*" if c in picked else "",
             c.tensor,
             "[" + ", ".join(str(d) for d in c.shape) + "]",
             c.node,
@@ -275,8 +324,17 @@ def _inspect(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(candidates)} candidate layer(s)"
           + (f", showing the last {len(shown)}" if len(shown) < len(candidates) else ""))
-    print(f"auto target: {auto.tensor!r} ({auto.op_type} node {auto.node})" if auto else
-          "auto target: none (no clean-cut spatial activation with a differentiable head)")
+    if spec.task == "detect":
+        fmt = spec.format
+        print(f"task: detect, format {fmt['name']} ({fmt.get('classes')} classes; outputs "
+              f"{fmt['outputs']}; explaining the {fmt.get('explained')})")
+    else:
+        print("task: classify")
+    if len(picked) > 1:
+        print(f"auto target: the head's inputs, one per stride: {[c.tensor for c in picked]}")
+    else:
+        print(f"auto target: {auto.tensor!r} ({auto.op_type} node {auto.node})" if auto else
+              "auto target: none (no clean-cut spatial activation with a differentiable head)")
     return 0
 
 
@@ -307,20 +365,36 @@ def _model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
                         help="model output to explain when it has several")
     parser.add_argument("--keep-softmax", action="store_true",
                         help="explain softmax probabilities instead of the pre-softmax logits")
+    _task_options(parser)
     parser.add_argument("--preprocessing", default=None,
                         help="JSON object or file, e.g. '{\"resize\": [224, 224], \"crop\": "
                              "null, \"scale\": 1, \"mean\": [127, 127, 127], \"std\": [128, "
                              "128, 128]}' (default: ImageNet-style, or raw uint8 pixels)")
 
 
+def _task_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="auto", choices=["auto", "classify", "detect"],
+                        help="what the model is (default: told from its outputs)")
+    parser.add_argument("--format", default=None, metavar="FORMAT",
+                        help="a detector's output format: yolov8, yolov5, yolox, end2end, "
+                             "boxes_scores_labels, or a JSON object of its parameters "
+                             "(default: told from the outputs)")
+
+
 def _explain_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--targets", default=None,
-        help="classes: a class id, or terms like top3, least, top3+least (default: top1)")
-    add("--top-k", type=int, default=None, help="explain the K top classes")
-    add("--method", default="gradcam", choices=[*sorted(METHODS), *PIXEL_METHODS],
-        help="CAM method (default: gradcam); guided-backprop/guided-gradcam also write pixel "
-             "maps")
+        help="classes: a class id, or terms like top3, least, top3+least (default: top1); "
+             "detectors: detections (default), topK, a class id or name, or a JSON box "
+             "'{\"box\": [x1, y1, x2, y2], \"class\": NAME}'")
+    add("--top-k", type=int, default=None, help="explain the K top classes (detections)")
+    add("--method", default=None, choices=[*sorted(METHODS), *PIXEL_METHODS],
+        help="CAM method (default: gradcam; layercam for detectors); guided-backprop/"
+             "guided-gradcam also write pixel maps")
+    add("--conf", type=float, default=0.25,
+        help="detectors: confidence threshold of the detections (default: 0.25)")
+    add("--iou", type=float, default=0.45,
+        help="detectors: IoU threshold of the NMS (default: 0.45)")
     add("--contrast", default=None, metavar="SPEC",
         help="explain each target's score minus this class's (forms of --targets; one class, "
              "or one per target)")
@@ -393,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--output", default=None, help="model output to explain")
     inspect.add_argument("--keep-softmax", action="store_true",
                          help="do not look through a final softmax")
+    _task_options(inspect)
     inspect.add_argument("--last", type=int, default=None, help="show only the last N layers")
     inspect.set_defaults(run=_inspect)
 

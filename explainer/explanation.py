@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from .detection import Detection
 from .errors import TargetError
 from .layers import LayerMaps
 from .targets import TargetPlan
@@ -15,7 +17,13 @@ __all__ = ["Explanation", "contrast_ids", "softmax"]
 
 @dataclass
 class Explanation:
-    """CAMs for a batch of B images and K target classes each.
+    """CAMs for a batch of B images and K target classes (or detections) each.
+
+    For a detector (``task == "detect"``) the K columns are the explained detections:
+    ``detections[b]`` lists image b's (fewer than K where another image has more: the
+    remaining columns hold zero maps, class id -1 and NaN scores), ``scores`` are the explained
+    scores (logit or probability, as ``score`` says), ``probabilities`` the detections'
+    confidences, and ``logits`` is None.
 
     Attributes:
         heatmaps: [B, K, H, W] float32 in [0, 1] at input resolution (bilinear upsampling,
@@ -33,6 +41,11 @@ class Explanation:
             top-level ``cams`` are the first layer's, the ``heatmaps`` fused), else None.
         pixels: [B, K, C, H, W] pixel-space maps of ``guided-backprop`` / ``guided-gradcam``
             (see :mod:`explainer.pixels`), else None.
+        task: ``"classify"`` or ``"detect"``.
+        detections: for a detector, each image's explained :class:`Detection` list (column k
+            of ``heatmaps[b]`` is ``detections[b][k]``), else None.
+        notes: one line per image that had nothing to explain (no detection above the
+            threshold), else empty.
     """
 
     heatmaps: np.ndarray
@@ -41,15 +54,28 @@ class Explanation:
     scores: np.ndarray
     probabilities: np.ndarray
     labels: list[list[str]] | None
-    logits: np.ndarray
+    logits: np.ndarray | None
     method: str = "gradcam"
     contrast_ids: np.ndarray | None = None
     score: str = "logit"
     pixels: np.ndarray | None = None
     layers: dict[str, LayerMaps] | None = None
+    task: str = "classify"
+    detections: list[list[Detection]] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, index: int) -> int:
+        """How many targets image ``index`` has (K, or its detections for a detector)."""
+        if self.detections is not None:
+            return len(self.detections[index])
+        return int(self.class_ids.shape[1])
 
     def titles(self, index: int) -> list[str]:
-        """Human titles ``"<label or class id> <probability>"`` for image ``index``."""
+        """Human titles ``"<label or class id> <probability>"`` for image ``index`` (one per
+        target it has)."""
+        if self.detections is not None:
+            return [f"{d.label if d.label is not None else d.class_id} {d.score:.3g}"
+                    + (f" x{d.count}" if d.count > 1 else "") for d in self.detections[index]]
         names = self.labels[index] if self.labels else [str(c) for c in self.class_ids[index]]
         return [f"{n} {p:.3g}" for n, p in zip(names, self.probabilities[index])]
 
@@ -92,3 +118,68 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+
+
+def detection_explanation(
+    detections: list[list[Detection]],
+    plans: list[list[Any]],
+    explained: np.ndarray,
+    maps: dict[str, LayerMaps],
+    fmt: dict[str, Any],
+    score: str,
+    method: str,
+    fuse: str | None,
+    k: int,
+    shape: tuple[int, int, int],
+    notes: list[str],
+) -> Explanation:
+    """A detector's :class:`Explanation`: K = the most detections any image has; images with
+    fewer get zero maps, class id -1 and NaN scores in the remaining columns.
+
+    Args:
+        detections: each image's explained detections.
+        plans: each image's :class:`~explainer.detection.DetectionTarget` list.
+        explained: the head's explained tensor [B, ...] (the scores are read from it).
+        maps: each layer's maps ([B, max(K, 1), ...]); empty when nothing was explained.
+        fmt: the manifest's format.
+        score: ``"logit"`` or ``"probability"``.
+        method: the CAM method.
+        fuse: how a layer sweep's maps combine.
+        k: K.
+        shape: (B, H, W) of the input.
+        notes: lines about images with nothing to explain.
+    """
+    from .detection import target_scores
+    from .layers import fuse as fuse_maps
+
+    batch, h, w = shape
+    class_ids = np.full((batch, k), -1, dtype=np.int64)
+    scores = np.full((batch, k), np.nan, dtype=np.float32)
+    probabilities = np.full((batch, k), np.nan, dtype=np.float32)
+    for b, plan in enumerate(plans):
+        if plan:
+            rows = np.repeat(explained[b : b + 1], len(plan), axis=0)
+            scores[b, : len(plan)] = target_scores(rows, plan, fmt, score)
+        for j, detection in enumerate(detections[b]):
+            class_ids[b, j], probabilities[b, j] = detection.class_id, detection.score
+    if maps:
+        trimmed = {name: LayerMaps(m.cams[:, :k], m.heatmaps[:, :k]) for name, m in maps.items()}
+        for b, plan in enumerate(plans):  # padded columns: no target, no map
+            for m in trimmed.values():
+                m.cams[b, len(plan):] = 0
+                m.heatmaps[b, len(plan):] = 0
+        heatmaps = fuse_maps(trimmed, fuse)
+        for b, plan in enumerate(plans):
+            heatmaps[b, len(plan):] = 0
+        cams = next(iter(trimmed.values())).cams
+    else:
+        trimmed, heatmaps = {}, np.zeros((batch, 0, h, w), np.float32)
+        cams = np.zeros((batch, 0, 1, 1), np.float32)
+    labels = [[d.label if d.label is not None else str(d.class_id) for d in row]
+              + [""] * (k - len(row)) for row in detections]
+    return Explanation(
+        heatmaps=heatmaps, cams=cams, class_ids=class_ids, scores=scores,
+        probabilities=probabilities, labels=labels, logits=None, method=method, score=score,
+        layers=trimmed if len(trimmed) > 1 else None, task="detect", detections=detections,
+        notes=notes,
+    )

@@ -44,6 +44,16 @@ class Preprocessing:
         dtype: ``"float32"`` (scaled and normalized as above) or ``"uint8"``: raw 0..255
             pixels, ``scale``/``mean``/``std`` ignored, for models that normalize inside the
             graph (Cast from uint8, Div by 255, Sub mean).
+        letterbox: detectors' resize (Ultralytics' ``LetterBox``) instead of ``resize`` and
+            ``crop``: the image is scaled to fit, keeping its aspect ratio, and padded with
+            ``pad_value`` equally on both sides. A pair ``(h, w)`` pads to exactly that size;
+            an int scales the longer side to it and pads each side only up to a multiple of
+            ``stride`` (for models that take any size).
+        pad_value: the grey level of the letterbox padding (Ultralytics: 114).
+        stride: the multiple an int ``letterbox`` pads the image size to.
+        letterbox_align: ``"center"`` (Ultralytics: padding split between both sides) or
+            ``"topleft"`` (YOLOX: the image at the top left, padding right and below).
+        channels: ``"RGB"`` or ``"BGR"`` (models converted from OpenCV or Caffe pipelines).
     """
 
     resize: int | tuple[int, int] | None = 256
@@ -53,6 +63,11 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     layout: str = "NCHW"
     dtype: str = "float32"
+    letterbox: int | tuple[int, int] | None = None
+    pad_value: int = 114
+    stride: int = 32
+    letterbox_align: str = "center"
+    channels: str = "RGB"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "uint8"):
@@ -64,10 +79,26 @@ class Preprocessing:
         if len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
             raise ImageError(f"mean {self.mean} and std {self.std} must have equal length and "
                              "non-zero std")
+        if self.channels not in ("RGB", "BGR"):
+            raise ImageError(f"preprocessing channels must be 'RGB' or 'BGR', got "
+                             f"{self.channels!r}")
+        if self.letterbox_align not in ("center", "topleft"):
+            raise ImageError(f"letterbox_align must be 'center' or 'topleft', got "
+                             f"{self.letterbox_align!r}")
+        if self.letterbox is not None:
+            if self.resize is not None or self.crop is not None:
+                raise ImageError("letterbox replaces resize and crop; set resize and crop to "
+                                 f"None (got resize={self.resize}, crop={self.crop})")
+            sizes = _pair(self.letterbox)
+            if min(sizes) < 1 or self.stride < 1 or not 0 <= self.pad_value <= 255:
+                raise ImageError(f"letterbox {self.letterbox}, stride {self.stride} and pad "
+                                 f"value {self.pad_value} must be positive (pad value 0..255)")
 
     @property
     def size(self) -> tuple[int, int] | None:
         """The (height, width) of a preprocessed image when it is fixed."""
+        if self.letterbox is not None:
+            return None if isinstance(self.letterbox, int) else _pair(self.letterbox)
         if self.crop is not None:
             return _pair(self.crop)
         if self.resize is not None and not isinstance(self.resize, int):
@@ -82,7 +113,7 @@ class Preprocessing:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """Inverse of :meth:`to_dict`."""
         data = dict(data)
-        for key in ("resize", "crop"):
+        for key in ("resize", "crop", "letterbox"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
         for key in ("mean", "std"):

@@ -30,13 +30,25 @@ import onnx.utils
 import onnxruntime as ort
 
 from .bundle import Bundle
-from .errors import ExplainerError, InputError, MethodError, ProviderError
-from .explanation import Explanation, contrast_ids, softmax
+from .detection import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    Detection,
+    DetectionTarget,
+    check_spec,
+    decode,
+    plan_detections,
+    seed_row,
+    target_scores,
+)
+from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
+from .explanation import Explanation, contrast_ids, detection_explanation, softmax
 from .explanation_graph import ExplanationGraph
-from .image import ImageLike, Preprocessing, preprocess
+from .image import Geometry, ImageLike, Preprocessing, preprocess, preprocess_with_geometry
 from .layers import LayerMaps, layer_maps
 from .layers import fuse as fuse_maps
 from .methods import ExplainerAccess, compute_cams, get_method
+from .methods.access import Scorer
 from .pixels import PIXEL_METHODS, pixel_maps
 from .preprocessing import check_batch
 from .sessions import (
@@ -112,6 +124,10 @@ class Explainer:
         self.seed_name: str = head["seed"]
         self.logits_name: str = head["logits"]
         self.gradient_name: str = head["gradient"]
+        #: ``"classify"`` or ``"detect"`` (see :mod:`explainer.detection`)
+        self.task: str = manifest.get("task", "classify")
+        #: model outputs the head returns besides the explained tensor (a detector's)
+        self.head_outputs: list[str] = list(head.get("outputs", []))
         self.target_layout: str = manifest["target"]["layout"]
         self.input_name: str = manifest["input"]["name"]
         self.input_layout: str = manifest["input"]["layout"]
@@ -151,7 +167,14 @@ class Explainer:
         explaining fixed classes never holds a second copy of the head's weights."""
         return self._logits_from(self.head_inputs)
 
-    def _logits_from(self, inputs: list[str]) -> ort.InferenceSession:
+    @property
+    def outputs_session(self) -> ort.InferenceSession:
+        """The head pruned to the explained tensor and the model outputs it keeps (a
+        detector's prediction pass), created on first use."""
+        return self._logits_from(self.head_inputs, [self.logits_name, *self.head_outputs])
+
+    def _logits_from(self, inputs: list[str], outputs: list[str] | None = None
+                     ) -> ort.InferenceSession:
         """The session of the head pruned to its logits, read from ``inputs`` (the head's own
         inputs, or a later layer's tensor inside it), created on first use.
 
@@ -159,9 +182,11 @@ class Explainer:
             MethodError: the logits also depend on head tensors not in ``inputs`` (a skip
                 connection passes a layer by).
         """
+        wanted = outputs or [self.logits_name]
+
         def pruned() -> onnx.ModelProto:
             head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
-            part = head.extract_model(list(inputs), [self.logits_name])
+            part = head.extract_model(list(inputs), list(wanted))
             known = {*inputs, *(t.name for t in part.graph.initializer)}
             known |= {o for node in part.graph.node for o in node.output}
             bypass = sorted({i for node in part.graph.node for i in node.input
@@ -174,8 +199,15 @@ class Explainer:
                 )
             return part
 
-        return self._pool.get("logits" if inputs == self.head_inputs else
-                              f"logits:{','.join(inputs)}", pruned)
+        key = "logits" if inputs == self.head_inputs else f"logits:{','.join(inputs)}"
+        return self._pool.get(key if outputs is None else f"{key}>{','.join(wanted)}", pruned)
+
+    @property
+    def default_method(self) -> str:
+        """The CAM method :meth:`explain` uses when none is given: ``"gradcam"`` for a
+        classifier; ``"layercam"`` for a detector, whose score's gradient is local to its
+        anchor (spatially pooled, as Grad-CAM pools it, it washes out)."""
+        return "layercam" if self.task == "detect" else "gradcam"
 
     # --- lifetime -------------------------------------------------------------------------------
     @property
@@ -280,14 +312,16 @@ class Explainer:
     def _gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Head runs for seed rows [B, K, C]: (logits [B, C], {name: [B, K, ...]}) for the
-        gradient and the ``extra`` head outputs."""
+        """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
+        (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs."""
         batch, k = seeds.shape[:2]
         outputs = [self.logits_name, self.gradient_name, *extra]
-        if k > 1 and len(features) == 1 and not self.on_cuda:
-            # Only the activation crosses the cut: one run for all B*K (image, class) pairs.
+        if k > 1 and not self.on_cuda and all(
+                getattr(v, "ndim", 0) and v.shape[0] == batch and v.dtype.kind == "f"
+                for v in features.values()):
+            # Every cut tensor is a float batch: one run for all B*K (image, target) pairs.
             feeds = {name: np.repeat(value, k, axis=0) for name, value in features.items()}
-            feeds[self.seed_name] = seeds.reshape(batch * k, -1)  # image-major
+            feeds[self.seed_name] = seeds.reshape(batch * k, *seeds.shape[2:])  # image-major
             logits, *values = self._run(self.head_session, feeds, outputs)
             return logits[::k], {
                 name: v.reshape(batch, k, *v.shape[1:]) for name, v in zip(outputs[1:], values)
@@ -355,11 +389,12 @@ class Explainer:
         x: np.ndarray,
         targets: Any = None,
         top_k: int | None = None,
-        method: str = "gradcam",
+        method: str | None = None,
         *,
         contrast: Any = None,
         score: str = "logit",
         fuse: str | None = "mean",
+        **detect: Any,
     ) -> Explanation:
         """Explain a batch.
 
@@ -370,7 +405,8 @@ class Explainer:
                 such as ``"top3+least"``; class names stand for class ids (see
                 :mod:`explainer.targets`).
             top_k: explain the K most probable classes (same as ``targets="topK"``).
-            method: CAM method name (see :data:`explainer.methods.METHODS`).
+            method: CAM method name (see :data:`explainer.methods.METHODS`); None for the
+                bundle's :attr:`default_method`.
             contrast: classes in the forms of ``targets`` (one per image, or one per target):
                 explain the score of each target minus the score of its contrast class.
             score: ``"logit"`` (default) or ``"probability"``: explain the softmax
@@ -378,11 +414,24 @@ class Explainer:
             fuse: for a layer-sweep bundle, how the top-level heatmaps combine the layers'
                 (``"mean"`` or ``"max"`` of the normalized maps, or None for the first
                 layer's); each layer's maps are in ``Explanation.layers``.
+            **detect: for a detector: ``conf`` (confidence threshold, default 0.25), ``iou``
+                (NMS IoU threshold, default 0.45), ``geometry`` (one
+                :class:`~explainer.image.Geometry` per image, to give each detection its box
+                in the original image). A detector's ``targets`` are detections, classes or
+                boxes (see :mod:`explainer.detection`): default ``"detections"``; ``top_k``
+                explains the K best detections.
 
         Returns:
             An :class:`Explanation`.
         """
         self._check_open()
+        method = method or self.default_method
+        if self.task == "detect":
+            return self._explain_detections(self.check_input(x), targets, top_k, method,
+                                            score, fuse, **detect)
+        if detect:
+            raise TargetError(f"{sorted(detect)} apply to detectors; this bundle's task is "
+                              f"{self.task!r}")
         if method not in PIXEL_METHODS:
             get_method(method)  # an unknown method fails before any graph run
         x = self.check_input(x)
@@ -407,7 +456,8 @@ class Explainer:
         against_ids = contrast_ids(against, logits, class_ids)
         seeds = seed_rows(class_ids, self.num_classes, against_ids,
                           None if score == "logit" else softmax(logits.astype(np.float64)))
-        head_logits, maps = self._layer_maps(x, features, class_ids, seeds, method)
+        head_logits, maps = self._layer_maps(x, features, class_ids,
+                                             seeds.reshape(*class_ids.shape, -1), method)
         first = next(iter(maps.values()))
         return Explanation.of(
             head_logits if logits is None else logits, class_ids, self.labels,
@@ -417,28 +467,91 @@ class Explainer:
 
     def _layer_maps(
         self, x: np.ndarray, features: dict[str, Any], class_ids: np.ndarray, seeds: np.ndarray,
-        method: str,
+        method: str, scorer: Scorer | None = None,
     ) -> tuple[np.ndarray, dict[str, LayerMaps]]:
-        """The gradient head for every (image, target) pair, then each layer's CAMs and
-        heatmaps (one layer, or every layer of a sweep): (head logits, maps by layer)."""
+        """The gradient head for every (image, target) pair (seeds [B, K, ...]), then each
+        layer's CAMs and heatmaps (one layer, or every layer of a sweep): (head logits, maps by
+        layer). ``scorer`` scores the targets for the methods that run the model again (None:
+        the logit of class ``class_ids``)."""
         batch, k = class_ids.shape
         # a layer sweep's later layers: their activations and gradients are head outputs
         layers = self.bundle.manifest.get("layers") or [
             {**self.bundle.manifest["target"], "gradient": self.gradient_name}]
-        extra = [n for layer in layers[1:] for n in (layer["gradient"], layer["tensor"])]
-        logits, outputs = self._gradients(features, seeds.reshape(batch, k, -1), extra)
+        extra = [n for layer in layers[1:] for n in (layer["gradient"], layer["tensor"])
+                 if n not in self.head_inputs]  # a cut tensor's activation is a features output
+        logits, outputs = self._gradients(features, seeds, extra)
         activations = [self._to_numpy(features[self.head_inputs[0]])]
-        activations += [outputs[layer["tensor"]][:, 0] for layer in layers[1:]]
+        activations += [self._to_numpy(features[layer["tensor"]])
+                        if layer["tensor"] in self.head_inputs else outputs[layer["tensor"]][:, 0]
+                        for layer in layers[1:]]
 
         def cams_of(layer: dict[str, Any], given: np.ndarray, activation: np.ndarray,
                     gradient: np.ndarray) -> np.ndarray:
-            access = ExplainerAccess(self, x, layer, given)  # runs for methods needing more
+            access = ExplainerAccess(self, x, layer, given, features=features,
+                                     scorer=scorer)  # runs for methods needing more
             return np.stack([compute_cams(activation, gradient[:, j], method, class_ids[:, j],
                                           access) for j in range(k)], axis=1)
 
         size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
         gradients = [outputs[layer["gradient"]] for layer in layers]
         return logits, layer_maps(layers, activations, gradients, tuple(size), cams_of)
+
+    def _explain_detections(
+        self, x: np.ndarray, targets: Any, top_k: int | None, method: str, score: str,
+        fuse: str | None, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
+        geometry: Sequence[Geometry] | None = None,
+    ) -> Explanation:
+        """:meth:`explain` for a detector: decode the outputs, choose the detections, one seed
+        over the explained tensor per detection, then the same per-layer maps."""
+        fmt = self.bundle.manifest["format"]
+        get_method(method)
+        check_score(score)
+        if top_k is not None:
+            if targets is not None:
+                raise TargetError("give either targets or top_k, not both")
+            targets = f"top{int(top_k)}"
+        check_spec(targets, self.labels, self.num_classes)
+        features = self._run_features(x)
+        names = [self.logits_name, *self.head_outputs]
+        values = dict(zip(names, (self._to_numpy(v) for v in self._run(
+            self.outputs_session, features, names))))
+        explained = values[self.logits_name]
+        batch, size = x.shape[0], self._input_size(x)
+        shapes = [list(v.shape) for v in values.values()]
+        if any(v.ndim == 0 or v.shape[0] != batch for v in values.values()):
+            raise ExplainerError(f"the detector's outputs {shapes} have no batch axis of "
+                                 f"{batch}; export it with a batch axis on every output")
+        plans = [plan_detections(targets, decode({n: v[b] for n, v in values.items()}, fmt, size),
+                                 conf, iou, self.labels, size) for b in range(batch)]
+        k = max(map(len, plans), default=0)
+        notes = [f"image {b}: no detection to explain (conf {conf}, targets {targets!r})"
+                 for b, plan in enumerate(plans) if not plan]
+        seeds = np.zeros((batch, max(k, 1), *explained.shape[1:]), np.float32)
+        for b, plan in enumerate(plans):
+            for j, target in enumerate(plan):
+                seeds[b, j] = seed_row(explained[b], target, fmt, score)
+
+        def scorer(out: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+            picked = [plans[r][i] if i < len(plans[r]) else None for r, i in zip(rows, ids)]
+            scores = target_scores(out, [t or DetectionTarget(None) for t in picked], fmt, score)
+            return np.where([t is not None for t in picked], scores, 0.0)
+
+        ids = np.tile(np.arange(seeds.shape[1]), (batch, 1))
+        _, maps = self._layer_maps(x, features, ids, seeds, method, scorer) if k else (None, {})
+        detections = [[self._placed(t.detection, b, geometry) for t in plan]
+                      for b, plan in enumerate(plans)]
+        return detection_explanation(detections, plans, explained, maps, fmt, score, method,
+                                     fuse, k, (batch, *size), notes)
+
+    def _input_size(self, x: np.ndarray) -> tuple[int, int]:
+        return tuple(x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3])
+
+    @staticmethod
+    def _placed(detection: Detection, b: int, geometry: Sequence[Geometry] | None) -> Detection:
+        """The detection with its box in the original image, where the geometry is known."""
+        if geometry is None:
+            return detection
+        return replace(detection, image_box=geometry[b].to_original(detection.box))
 
     def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan, method: str) -> Explanation:
         """:meth:`explain` as one run of the bundle's explanation graph."""
@@ -457,10 +570,15 @@ class Explainer:
         images: ImageLike | Sequence[ImageLike],
         targets: Any = None,
         top_k: int | None = None,
-        method: str = "gradcam",
+        method: str | None = None,
         **options: Any,
     ) -> Explanation:
         """Preprocess image files / PIL images with the bundle's preprocessing and explain them
-        (arguments as for :meth:`explain`, ``contrast=`` and ``score=`` included)."""
-        return self.explain(self.preprocess(images), targets=targets, top_k=top_k, method=method,
-                            **options)
+        (arguments as for :meth:`explain`, ``contrast=`` and ``score=`` included). A detector's
+        detections also get their boxes in the original images' pixels (``image_box``)."""
+        if self.task == "detect" and self.preprocessing is not None:
+            x, geometry = preprocess_with_geometry(images, self.preprocessing)
+            options.setdefault("geometry", geometry)
+        else:
+            x = self.preprocess(images)
+        return self.explain(x, targets=targets, top_k=top_k, method=method, **options)

@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import VisualizeError
 
-__all__ = ["COLORMAPS", "colormap", "figure", "overlay", "pixel_image", "save_figure"]
+__all__ = ["COLORMAPS", "colormap", "draw_boxes", "figure", "overlay", "pixel_image",
+           "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +295,7 @@ def _figure_arguments(
     tile: int,
     padding: int,
     font_size: int | None,
+    allow_empty: bool = False,
 ) -> tuple[list[np.ndarray], list[str], int]:
     """Validate :func:`figure`'s arguments: (heatmaps, titles, font size)."""
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
@@ -311,7 +313,7 @@ def _figure_arguments(
                 f"heatmaps array must be 3-D (K, H, W), got shape {heatmaps.shape}"
             )
     maps = list(heatmaps)
-    if not maps:
+    if not maps and not allow_empty:
         raise VisualizeError("heatmaps must contain at least one heatmap")
     if titles is None:
         titles = [""] * len(maps)
@@ -337,6 +339,7 @@ def figure(
     colormap: str = "jet",
     padding: int = 4,
     font_size: int | None = None,
+    boxes: Sequence[Sequence[float]] | None = None,
 ) -> Image.Image:
     """Lay out the input image and one heatmap overlay per heatmap in a single row.
 
@@ -355,6 +358,8 @@ def figure(
         colormap: Colormap name, see :data:`COLORMAPS`.
         padding: Pixels of white space between and around tiles (>= 0).
         font_size: Title font size in pixels; default ``max(10, tile // 16)``.
+        boxes: one box ``(x1, y1, x2, y2)`` in the image's pixels per heatmap (a detection's),
+            drawn on its overlay; the input tile shows them all, numbered.
 
     Returns:
         An RGB ``PIL.Image.Image`` of width ``(K + 1) * tile + (K + 2) * padding``.
@@ -363,13 +368,23 @@ def figure(
         VisualizeError: No heatmaps, heatmap count differs from title count, a bad heatmap
             or image, or an invalid ``tile``/``padding``/``font_size``.
     """
-    maps, titles, size = _figure_arguments(heatmaps, titles, tile, padding, font_size)
+    maps, titles, size = _figure_arguments(heatmaps, titles, tile, padding, font_size,
+                                           allow_empty=boxes is not None)
+    if boxes is not None and len(boxes) != len(maps):
+        raise VisualizeError(f"got {len(maps)} heatmaps but {len(boxes)} boxes")
     rgb = _to_rgb_array(image)
     white = (255, 255, 255)
-    cells = [_fit_into_tile(Image.fromarray(rgb), tile, white)]
+    width_px = max(2, round(max(rgb.shape[:2]) / tile * 2))  # about 2 pixels once tiled
+    shown = Image.fromarray(rgb)
+    if boxes is not None:
+        shown = draw_boxes(shown, boxes, [str(j + 1) for j in range(len(boxes))], width_px)
+    cells = [_fit_into_tile(shown, tile, white)]
     for i, hm in enumerate(maps):
         _check_heatmap(hm, what=f"heatmaps[{i}]")
-        cells.append(_fit_into_tile(overlay(rgb, hm, alpha=alpha, colormap=colormap), tile, white))
+        panel = overlay(rgb, hm, alpha=alpha, colormap=colormap)
+        if boxes is not None:
+            panel = draw_boxes(panel, [boxes[i]], None, width_px)
+        cells.append(_fit_into_tile(panel, tile, white))
 
     font = _load_font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -391,6 +406,25 @@ def figure(
             tw = draw.textlength(text, font=font)
             draw.text((x0 + (tile - tw) / 2, max(2, padding)), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]],
+               labels: Sequence[str] | None = None, width: int = 2) -> Image.Image:
+    """A copy of ``image`` with each box ``(x1, y1, x2, y2)`` outlined (white over black, visible
+    on any map), and its label at its top left."""
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    font = _load_font(max(10, width * 6))
+    for j, box in enumerate(boxes):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=width + 2)
+        draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=width)
+        if labels:
+            tx = min(max(x1, 0.0), out.width - 1) + width + 1
+            ty = min(max(y1, 0.0), out.height - 1) + width
+            draw.text((tx, ty), labels[j], fill=(255, 255, 255), font=font,
+                      stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))
+    return out
 
 
 def save_figure(

@@ -114,6 +114,9 @@ def build_bundle(
     prefix_tokens: int | None = None,
     input_gradient: bool = False,
     layers: Sequence[tuple[str, str]] = (),
+    task: str = "classify",
+    format: dict[str, Any] | None = None,  # noqa: A002  (the manifest's word)
+    keep_outputs: Sequence[str] = (),
 ) -> Bundle:
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
@@ -138,6 +141,13 @@ def build_bundle(
         layers: a layer sweep: more (layer name, tensor) pairs after ``target``. The head
             then outputs their activations, and one backward pass gives every layer's
             gradient; ``manifest["layers"]`` lists them, ``target`` first.
+        task: ``"classify"`` (``output`` is ``[batch, classes]``) or ``"detect"``
+            (``output`` is the tensor whose seeded sum the head differentiates, any shape;
+            ``format`` says how to read the model's outputs, see
+            :mod:`explainer.detection`).
+        format: a detector's format parameters (the manifest's ``format``).
+        keep_outputs: model outputs the head also returns (a detector's outputs, decoded by
+            the runtime); recorded as ``manifest["head"]["outputs"]``.
 
     Returns:
         The bundle (features graph, gradient head, manifest and, where the model allows, the
@@ -154,11 +164,26 @@ def build_bundle(
         target_layout = activation_layout(g, target)
     outputs = [o.name for o in g.model.graph.output if o.name != target]
     output = output or (outputs[0] if outputs else None)
-    if output is None or output not in outputs:
-        raise OnnxExportError(f"output {output!r} is not among the model outputs {outputs}")
-    num_classes = _num_classes(g, output)
+    if task == "classify":
+        if output is None or output not in outputs:
+            raise OnnxExportError(f"output {output!r} is not among the model outputs {outputs}")
+        num_classes = _num_classes(g, output)
+    else:
+        if output is None or g.shape(output) is None:
+            raise OnnxExportError(f"the explained tensor {output!r} is not a tensor of the "
+                                  "model with a known shape")
+        num_classes = (format or {}).get("classes") or (
+            len(labels) if isinstance(labels, (list, tuple)) else 1)
     labels = check_labels(labels, num_classes)  # before any graph is built
-    split = split_model(g, target, [output])
+    kept = [o for o in keep_outputs if o != output]
+    # sweep layers that the first layer does not compute are cut at too (parallel head inputs)
+    computed = {o for i in g.descendants(target) for o in g.nodes[i].output}
+    also: list[str] = []
+    for _, tensor in layers:
+        if tensor not in computed:
+            also.append(tensor)
+            computed |= {o for i in g.descendants(tensor) for o in g.nodes[i].output}
+    split = split_model(g, target, [output, *kept], also=also)
     if len(split.features.graph.input) != 1:
         names = [i.name for i in split.features.graph.input]
         raise SplitError(
@@ -184,7 +209,9 @@ def build_bundle(
                    **_value_entry(g, target, target_layout, key="tensor"),
                    **_tokens(g, target, input_layout, target_layout, token_grid, prefix_tokens)},
         "head": {"inputs": split.cut_tensors, "seed": seed_name, "logits": output,
-                 "gradient": gradient_name},
+                 "gradient": gradient_name, **({"outputs": kept} if kept else {})},
+        "task": task,
+        **({"format": format} if format else {}),
         "num_classes": num_classes,
         "labels": labels,
         "preprocessing": preprocessing,
@@ -197,21 +224,26 @@ def build_bundle(
             *(_layer_entry(g, name, tensor, grad, input_layout) for name, tensor, grad in sweep),
         ]
     log.info("bundle: target %s (%s), head %d nodes", target, target_layer, len(head.graph.node))
+    if input_gradient and task != "classify":
+        raise OnnxExportError(f"input_gradient=True (--input-gradient) is for classifiers; "
+                              f"this is a {task} model")
     guided = _input_gradient(g, output, manifest) if input_gradient else None
     return Bundle(split.features, head, manifest, input_gradient=guided,
                   explanation=_explanation(split.features, head, manifest))
 
 
 def _with_outputs(g: Graph, head: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """The head with the activations of a layer sweep as extra outputs.
+    """The head with the activations of a layer sweep as extra outputs (those computed in it;
+    the others are head inputs).
 
     Raises:
-        SplitError: a layer's tensor is not computed in the head (it is not after the target).
+        SplitError: a layer's tensor is neither computed in the head nor one of its inputs.
     """
     if not tensors:
         return head
     produced = {o for node in head.graph.node for o in node.output}
-    outside = [t for t in tensors if t not in produced]
+    cut = {i.name for i in head.graph.input}
+    outside = [t for t in tensors if t not in produced and t not in cut]
     if outside:
         raise SplitError(
             f"sweep tensor(s) {outside} are not after the first layer's tensor; list the layers "
@@ -219,7 +251,7 @@ def _with_outputs(g: Graph, head: onnx.ModelProto, tensors: list[str]) -> onnx.M
         )
     model = onnx.ModelProto()
     model.CopyFrom(head)
-    model.graph.output.extend(g.value_info(t) for t in tensors)
+    model.graph.output.extend(g.value_info(t) for t in tensors if t in produced)
     return model
 
 

@@ -214,6 +214,8 @@ def explanation_blocker(manifest: dict[str, Any],
     if unknown or not methods:
         return (f"method(s) {unknown} have no in-graph form (CAM_METHODS: "
                 f"{list(CAM_METHODS)})")
+    if manifest.get("task", "classify") != "classify":
+        return f"a {manifest['task']} bundle (its targets are decoded from the outputs in numpy)"
     if manifest.get("layers"):
         return "a layer sweep (every layer's maps come from the two graphs)"
     if len(manifest["head"]["inputs"]) != 1:

@@ -82,32 +82,36 @@ def _make_model(
     return model
 
 
-def _head(g: Graph, target: str, outputs: list[str]) -> tuple[list[onnx.NodeProto], list[str]]:
-    """The head's nodes (original order) and the cut tensors (``target`` first)."""
-    downstream = g.descendants(target) & g.ancestors(outputs)
+def _head(g: Graph, targets: list[str], outputs: list[str]
+          ) -> tuple[list[onnx.NodeProto], list[str]]:
+    """The head's nodes (original order) and the cut tensors (``targets`` first)."""
+    downstream = set().union(*(g.descendants(t) for t in targets)) & g.ancestors(outputs)
     if not downstream:
-        raise SplitError(f"no model output among {outputs} depends on tensor {target!r}")
+        raise SplitError(f"no model output among {outputs} depends on tensor(s) {targets}")
     head_reads = {t for i in downstream for t in node_inputs(g.nodes[i])}
     # Constant-valued nodes the head reads are copied into the head rather than cut across.
     fixed = [t for t in head_reads if t in g.constant_tensors and t in g.producer]
     head_nodes = [g.nodes[i] for i in sorted(downstream | g.ancestors(fixed))]
     produced = {o for n in head_nodes for o in n.output}
     crossing = {t for n in head_nodes for t in node_inputs(n)}
-    cut = [target] + sorted(
-        t for t in crossing if t != target and t not in produced and t not in g.initializers
+    cut = list(targets) + sorted(
+        t for t in crossing if t not in targets and t not in produced and t not in g.initializers
     )
     return head_nodes, cut
 
 
 def split_model(
-    model: onnx.ModelProto | Graph, target: str, outputs: Sequence[str] | None = None
+    model: onnx.ModelProto | Graph, target: str, outputs: Sequence[str] | None = None,
+    also: Sequence[str] = (),
 ) -> SplitModel:
-    """Cut ``model`` at tensor ``target``.
+    """Cut ``model`` at tensor ``target`` (and at the tensors ``also``, which none of the others
+    computes: a detector's head inputs, one per stride).
 
     Args:
         model: a model with shapes inferred (value_info present for the cut tensors), or its
             :class:`~exporters.graph.Graph`.
         target: name of the tensor to cut at.
+        also: more tensors to cut at; they follow ``target`` among the cut tensors.
         outputs: the model outputs the head computes; all graph outputs other than ``target``
             by default.
 
@@ -127,12 +131,16 @@ def split_model(
             f"model {graph.name!r}; list candidates with exporters.candidate_layers()"
         )
     graph_outputs = [o.name for o in graph.output]
-    outputs = [o for o in (outputs or graph_outputs) if o != target]
+    targets = [target, *also]
+    missing = [t for t in also if t not in known]
+    if missing:
+        raise SplitError(f"tensor(s) {missing} are not tensors of model {graph.name!r}")
+    outputs = [o for o in (outputs or graph_outputs) if o not in targets]
     unknown = [o for o in outputs if o not in known]
     if unknown or not outputs:
         raise SplitError(f"outputs {unknown or outputs} are not tensors of the model")
 
-    head_nodes, cut = _head(g, target, outputs)
+    head_nodes, cut = _head(g, targets, outputs)
     features_nodes = [g.nodes[i] for i in sorted(g.ancestors(cut))]
     features_reads = {t for n in features_nodes for t in node_inputs(n)}
     features_inputs = [

@@ -18,7 +18,8 @@ import explainer
 
 PACKAGE = Path(explainer.__file__).parent
 RUNTIME_MODULES = [
-    "activations", "batch", "bundle", "errors", "explanation", "explanation_graph", "gradcheck",
+    "activations", "batch", "bundle", "detection", "errors", "explanation", "explanation_graph",
+    "gradcheck",
     "image", "layers",
     "inputs", "labels", "methods", "outputs", "pixels", "preprocessing", "ray_data", "report",
     "runtime", "sessions", "targets", "visualize",

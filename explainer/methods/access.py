@@ -9,6 +9,7 @@ methods that replace it (Ablation-CAM) run the part of the head from that tensor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,11 @@ from ..errors import MethodError
 if TYPE_CHECKING:
     from ..runtime import Explainer
 
-__all__ = ["ExplainerAccess"]
+__all__ = ["ExplainerAccess", "Scorer"]
+
+#: scores of targets from the head's explained output: (values [M, ...], image rows [M],
+#: target ids [M]) -> [M]; None means the logit of class ``ids[m]`` (a classifier)
+Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class ExplainerAccess:
@@ -33,16 +38,25 @@ class ExplainerAccess:
             ``layout``, token fields); None for the bundle's target.
         activation: that layer's activation [N, ...] in its own layout (token layouts keep
             their prefix tokens from it when an activation is replaced).
+        features: the features graph's outputs for ``inputs`` (the other tensors that cross
+            the cut are fed as they are when the activation is replaced).
+        scorer: how a target's score is read from the head's explained output (a detector's
+            detection scores); None: the logit of the target class.
     """
 
     def __init__(self, explainer: Explainer, inputs: np.ndarray,
                  layer: dict[str, Any] | None = None,
-                 activation: np.ndarray | None = None) -> None:
+                 activation: np.ndarray | None = None,
+                 features: dict[str, Any] | None = None,
+                 scorer: Scorer | None = None) -> None:
         self.explainer = explainer
         self.inputs = inputs
+        self.features = features
+        self.scorer = scorer
         self.layer = layer or explainer.bundle.manifest["target"]
         self.activation = activation
-        self.first = self.layer["tensor"] == explainer.head_inputs[0]
+        #: the layer is a cut tensor (a head input), not a tensor inside the head
+        self.first = self.layer["tensor"] in explainer.head_inputs
 
     def head_graph(self) -> tuple[onnx.ModelProto, str, str, str]:
         """(head graph, the layer's tensor, logits output name, the layer's layout)."""
@@ -55,19 +69,26 @@ class ExplainerAccess:
         """Logit ``class_ids[m]`` of the head on ``activations[m]`` (NCHW) in place of image
         ``rows[m]``'s activation at the layer: [M]."""
         e = self.explainer
-        if self.first and len(e.head_inputs) > 1:
+        others = [name for name in e.head_inputs if name != self.layer["tensor"]]
+        if self.first and others and self.features is None:
             raise MethodError(
                 f"this method replaces the activation, but the head also reads "
-                f"{e.head_inputs[1:]} from the features graph; choose a later target layer"
+                f"{others} from the features graph; choose a later target layer"
             )
         original = None if self.activation is None else self.activation[rows]
         replaced = np.ascontiguousarray(
             from_channels_first(activations, self.layer, original), dtype=np.float32)
-        if self.first:
-            logits = e.run_logits({e.head_inputs[0]: replaced})
+        if self.first:  # the other cut tensors as the image gave them
+            feeds = {name: e._to_numpy(self.features[name])[rows] for name in others}
+            logits = e.run_logits({self.layer["tensor"]: replaced, **feeds})
         else:
             logits = e.run_layer_logits(self.layer["tensor"], replaced)
-        return logits[np.arange(len(class_ids)), class_ids]
+        return self._scores(logits, rows, class_ids)
+
+    def _scores(self, values: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        if self.scorer is not None:
+            return self.scorer(values, rows, ids)
+        return values[np.arange(len(ids)), ids]
 
     def input_scores(
         self, rows: np.ndarray, masks: np.ndarray, class_ids: np.ndarray
@@ -80,7 +101,7 @@ class ExplainerAccess:
         if x.dtype == np.uint8:
             masked = np.rint(masked).astype(np.uint8)
         logits = e.run_logits(e.run_features(masked.astype(x.dtype, copy=False)))
-        return logits[np.arange(len(class_ids)), class_ids]
+        return self._scores(logits, rows, class_ids)
 
     def input_size(self) -> tuple[int, int]:
         """(H, W) of the model input."""

@@ -10,6 +10,8 @@ can explain it from. Needs onnx and numpy only (never torch). One module per job
 * :mod:`.candidates`: the candidate layers and :func:`auto_targets`, the one rule for the
   automatic target (``onnxcam inspect`` and :func:`export_onnx` both use it);
 * :mod:`.rewrites`: edits that make a cut possible (batch size read from the target);
+* :mod:`.tasks`: the task (classify, detect) and a detector's output format, told from the
+  outputs; where a detector's features enter its head (its automatic targets);
 * :mod:`.export`: :func:`export_onnx` and :func:`candidate_layers`.
 
 A model with a fixed batch size is exported as it is; the :class:`explainer.Explainer` runs it
@@ -21,7 +23,7 @@ from __future__ import annotations
 from ..errors import OnnxExportError
 from ..layouts import SUPPORTED_LAYOUTS, detect_layouts
 from .candidates import Candidate, auto_targets
-from .export import candidate_layers, export_onnx
+from .export import candidate_layers, export_onnx, inspect_model
 from .load import file_digest, load_model
 
 __all__ = [
@@ -33,5 +35,6 @@ __all__ = [
     "detect_layouts",
     "export_onnx",
     "file_digest",
+    "inspect_model",
     "load_model",
 ]

@@ -29,8 +29,9 @@ from .candidates import Candidate, analyse, auto_targets, image_input
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
 from .rewrites import read_batch_from
+from .tasks import TaskSpec, detection_explained, head_inputs, resolve_task
 
-__all__ = ["candidate_layers", "export_onnx"]
+__all__ = ["candidate_layers", "export_onnx", "inspect_model"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,25 @@ def _prepare(
     return Graph(resolved), explained, notes, weights
 
 
+def _prepare_detector(
+    model: onnx.ModelProto, spec: TaskSpec
+) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
+    """Strip the weights, infer shapes once, and find the tensor the head differentiates."""
+    light, weights = strip_weights(model)
+    g = Graph(recover_shapes(infer_shapes(light)))
+    fmt = dict(spec.format or {})
+    explained = detection_explained(g, fmt)
+    notes = {"task": "detect", "format": fmt["name"], "explained": explained,
+             "output": sorted(set(fmt["outputs"].values()))}
+    return g, explained, {**notes, "format": fmt}, weights
+
+
 def candidate_layers(
     model: str | os.PathLike[str] | onnx.ModelProto,
     output: str | None = None,
     pre_softmax: bool = True,
+    task: str = "auto",
+    format: str | dict[str, Any] | None = None,  # noqa: A002
 ) -> list[Candidate]:
     """List the spatial activations one can explain ``model`` from.
 
@@ -59,14 +75,44 @@ def candidate_layers(
         model: an ONNX file path or ModelProto.
         output: the output to explain (see :func:`export_onnx`).
         pre_softmax: look through a final Softmax (see :func:`export_onnx`).
+        task: the model's task, ``"auto"`` to tell it from the outputs (see
+            :func:`export_onnx`).
+        format: a detector's output format (see :func:`export_onnx`).
 
     Returns:
         Candidates on the path from the input to the output, in topological order;
         :func:`~exporters.onnx_frontend.candidates.auto_targets` orders those ``target="auto"``
-        tries.
+        tries (for a detector, :func:`detector_targets` gives the auto targets).
     """
-    g, explained, _, _ = _prepare(model, output, pre_softmax)
-    return analyse(g, explained)[0]
+    return inspect_model(model, output, pre_softmax, task, format)[0]
+
+
+def inspect_model(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    output: str | None = None,
+    pre_softmax: bool = True,
+    task: str = "auto",
+    format: str | dict[str, Any] | None = None,  # noqa: A002
+) -> tuple[list[Candidate], TaskSpec, list[str]]:
+    """:func:`candidate_layers`, the model's :class:`TaskSpec`, and the tensors
+    ``target="auto"`` explains (a detector's head inputs; for a classifier, the first of
+    :func:`auto_targets` when any)."""
+    loaded = load_model(model)
+    spec = resolve_task(loaded, task, format, output)
+    if spec.task == "detect":
+        g, explained, notes, _ = _prepare_detector(loaded, spec)
+        spec.format = notes["format"]
+        candidates = analyse(g, explained)[0]
+        return candidates, spec, _detector_targets(g, candidates, explained)
+    g, explained, _, _ = _prepare(loaded, output, pre_softmax)
+    candidates = analyse(g, explained)[0]
+    return candidates, spec, [c.tensor for c in auto_targets(candidates)[:1]]
+
+
+def _detector_targets(g: Graph, candidates: list[Candidate], explained: str) -> list[str]:
+    """A detector's auto targets: where its features enter the head, one tensor per stride."""
+    usable = [c.tensor for c in candidates if c.layout == "NCHW" and c.differentiable]
+    return head_inputs(g, image_input(g), explained, usable)
 
 
 def _resolve_target(g: Graph, candidates: list[Candidate], target: str) -> tuple[str, str, str]:
@@ -156,6 +202,8 @@ def _build(
         prefix_tokens=token.prefix_tokens if token else None,
         input_gradient=options["input_gradient"],
         layers=options.get("layers", ()),
+        task=options.get("task", "classify"), format=options.get("format"),
+        keep_outputs=options.get("keep_outputs", ()),
     )
     bundle.manifest["export"] = options["notes"]
     restore_weights([m for m in (bundle.features, bundle.head, bundle.input_gradient) if m],
@@ -206,8 +254,10 @@ def export_onnx(
     input_layout: str = "auto",
     pre_softmax: bool = True,
     input_gradient: bool = False,
+    task: str = "auto",
+    format: str | dict[str, Any] | None = None,  # noqa: A002  (the manifest's word)
 ) -> Bundle:
-    """Build a bundle from an ONNX classifier (no torch needed).
+    """Build a bundle from an ONNX classifier or detector (no torch needed).
 
     Args:
         model: an ONNX file (external-data weights are read from its directory) or a
@@ -229,6 +279,13 @@ def export_onnx(
             input (the logits) instead, as Grad-CAM is defined on pre-softmax scores.
         input_gradient: also build the input-gradient graph for the pixel-space methods
             (Guided Backpropagation, Guided Grad-CAM).
+        task: ``"auto"`` (told from the outputs, see :mod:`exporters.onnx_frontend.tasks`),
+            ``"classify"`` or ``"detect"``. A detector's bundle keeps its outputs, and
+            ``target="auto"`` explains where its features enter the detection head: one
+            tensor per stride, a layer sweep whose maps are fused.
+        format: a detector's output format (``"yolov8"``, ``"yolov5"``, ``"end2end"``,
+            ``"boxes_scores_labels"``; see :mod:`explainer.detection`) or a dict of its
+            parameters; None detects it.
 
     Returns:
         The bundle; ``manifest["target"]["layer"]`` names the node that produces the explained
@@ -245,7 +302,15 @@ def export_onnx(
             raise OnnxExportError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {value!r}")
     if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
         preprocessing = Preprocessing.from_dict(preprocessing)
-    g, explained, notes, weights = _prepare(model, output, pre_softmax)
+    loaded = load_model(model)
+    spec = resolve_task(loaded, task, format, output)
+    if spec.task == "detect":
+        if input_gradient:
+            raise OnnxExportError("--input-gradient (input_gradient=True) is for classifiers; "
+                                  "this model is a detector")
+        return _export_detector(loaded, model, spec, target, layout, labels, preprocessing,
+                                input_layout)
+    g, explained, notes, weights = _prepare(loaded, output, pre_softmax)
     classes = (g.shape(explained) or (None,))[-1]
     if isinstance(classes, int):
         labels = check_labels(labels, classes)  # before any graph is built
@@ -277,4 +342,62 @@ def export_onnx(
         chosen = layout if layout != "auto" else (
             layouts.get(tensor) or shape_layout(g.shape(tensor)))
     log.info("target %s (%s node %s, %s)", tensor, op, node, chosen)
+    return _build(g, (tensor, node, op), chosen, options)
+
+
+def _detector_preprocessing(g: Graph, layout: str) -> Preprocessing | None:
+    """Ultralytics' default for detectors: letterbox (grey 114) to the model size, or the
+    longer side to 640 padded to a multiple of 32 for any-size models; pixels / 255."""
+    shape = g.shape(image_input(g)) or ()
+    if shape[layout.index("C")] != 3:
+        return None
+    h, w = shape[layout.index("H")], shape[layout.index("W")]
+    size: int | tuple[int, int] = (h, w) if isinstance(h, int) and isinstance(w, int) else 640
+    dtype = "uint8" if g.elem_type(image_input(g)) == TensorProto.UINT8 else "float32"
+    pre = Preprocessing(resize=None, crop=None, letterbox=size, mean=(0.0, 0.0, 0.0),
+                        std=(1.0, 1.0, 1.0), layout=layout, dtype=dtype)
+    log.info("no preprocessing given; assuming %s", pre)
+    return pre
+
+
+def _export_detector(
+    loaded: onnx.ModelProto, source: Any, spec: TaskSpec, target: str | Sequence[str],
+    layout: str, labels: str | Sequence[str] | None, preprocessing: Preprocessing | None,
+    input_layout: str,
+) -> Bundle:
+    """:func:`export_onnx` for a detector: the head keeps the outputs and differentiates the
+    explained tensor; the auto target is the head's inputs, one per stride."""
+    g, explained, notes, weights = _prepare_detector(loaded, spec)
+    fmt = notes.pop("format")
+    notes["format"] = fmt["name"]
+    if fmt.get("classes") is None and isinstance(labels, (list, tuple)):
+        fmt["classes"] = len(labels)
+    if fmt.get("classes") is not None:
+        labels = check_labels(labels, fmt["classes"])
+    candidates, layouts = analyse(g, explained)
+    in_layout = _input_layout(g, layouts, input_layout)
+    options = {"explained": explained, "input_layout": in_layout, "labels": labels,
+               "preprocessing": preprocessing, "weights": weights, "input_gradient": False,
+               "notes": _notes(g, source, target, notes), "task": "detect", "format": fmt,
+               "keep_outputs": sorted(set(fmt["outputs"].values()))}
+    if preprocessing is None:
+        options["preprocessing"] = _detector_preprocessing(g, in_layout)
+        notes["preprocessing_guessed"] = options["preprocessing"] is not None
+    if target == "auto":
+        tensors = _detector_targets(g, candidates, explained)
+        if not tensors:
+            raise OnnxExportError(
+                f"found no feature map entering the head of {explained!r} with a "
+                "differentiable path (see `onnxcam inspect`); pass --target (target=)")
+        log.info("auto targets (the head's inputs): %s", tensors)
+    else:
+        tensors = [target] if isinstance(target, str) else list(target)
+    resolved = sorted((_resolve_target(g, candidates, t) for t in tensors),
+                      key=lambda r: g.producer.get(r[0], -1))
+    options["layers"] = [(node, tensor) for tensor, node, _ in resolved[1:]]
+    tensor, node, op = resolved[0]
+    if g.rank(tensor) != 4:
+        raise OnnxExportError(f"target tensor {tensor!r} ({op} node {node!r}) has shape "
+                              f"{g.shape(tensor)}; a detector is explained at a feature map")
+    chosen = layout if layout != "auto" else (layouts.get(tensor) or shape_layout(g.shape(tensor)))
     return _build(g, (tensor, node, op), chosen, options)

@@ -40,7 +40,8 @@ def read_batch_from(g: Graph, target: str) -> Graph:
     batch = (g.shape(target) or (None,))[0]
     if batch is None:
         return g
-    upstream = g.active(g.graph_inputs()[0]) - {target}
+    after = {o for i in g.descendants(target) for o in g.nodes[i].output}  # in the head already
+    upstream = g.active(g.graph_inputs()[0]) - {target} - after
     feeding_target = g.ancestors([target])  # such a Shape must keep its input (no cycle)
     rewrites = []
     for i, node in enumerate(g.nodes):
@@ -56,10 +57,16 @@ def read_batch_from(g: Graph, target: str) -> Graph:
     if not rewrites:
         return g
     model = copy.deepcopy(g.model)
+    rank = len(g.shape(target) or ())
     for i in rewrites:
-        log.info("batch size read from %r instead of %r (node %s)", target,
-                 model.graph.node[i].input[0], g.node_name(i))
-        model.graph.node[i].input[0] = target
+        node = model.graph.node[i]
+        log.info("batch size read from %r instead of %r (node %s)", target, node.input[0],
+                 g.node_name(i))
+        node.input[0] = target
+        if attribute(g.nodes[i], "end", None) is None:  # the whole shape: now of the target's rank
+            for info in model.graph.value_info:
+                if info.name == node.output[0]:
+                    info.type.tensor_type.shape.dim[0].dim_value = rank
     # a rewritten Shape now reads the target: sort again so it follows the target's producer
     given = {i.name for i in model.graph.input} | set(g.initializers)
     nodes = sort_topologically(list(model.graph.node), given)

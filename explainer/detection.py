@@ -1,0 +1,484 @@
+"""Object detectors: decode their outputs, choose the detections to explain, build their seeds.
+
+A detection bundle (``manifest["task"] == "detect"``) keeps the detector's outputs in its head
+and differentiates ``sum(seed * E)`` for one *explained* tensor ``E`` (``manifest["head"]
+["logits"]``): the detector's output itself, or, where the graph has it, the class logits
+before the final sigmoid. The manifest's ``format`` says how to read the outputs:
+
+=====================  =============================================  ======================
+format                 outputs                                        confidence s
+=====================  =============================================  ======================
+``yolov8``             ``[N, 4+C, A]``: centre-xywh, C class          class probability
+                       probabilities (Ultralytics YOLOv8/YOLO11)
+``yolov5``             ``[N, A, 5+C]``: centre-xywh, objectness, C    objectness x class
+                       class probabilities (YOLOv5/YOLOv7)            probability
+``yolox``              ``[N, A, 5+C]`` as ``yolov5``, the boxes still  objectness x class
+                       grid offsets and log sizes (YOLOX exported      probability
+                       without decoding: decoded here per stride)
+``end2end``            ``[N, K, 6]``: x1, y1, x2, y2, score, class    score
+                       (selection inside: YOLOv10/YOLO26 style)
+``boxes_scores_labels``  ``boxes [K, 4]``, ``scores [K]``, ``labels``   score
+                       ``[K]`` (torchvision detectors exported with
+                       their NMS inside)
+=====================  =============================================  ======================
+
+Boxes are in model-input pixels. A detection's score is its confidence ``s`` with
+``score="probability"``; with ``score="logit"`` (the default, as classifiers look through their
+softmax) it is ``log(s / (1 - s))``, which for a sigmoid score is the class logit before the
+sigmoid. Where the graph has that logit as a tensor (the YOLOv8 layout: ``Concat(boxes,
+Sigmoid(logits))``) the head explains the tensor itself; elsewhere the chain rule through the
+output gives the same gradient.
+
+Targets (:func:`plan_detections`): ``"detections"`` (every detection above ``conf`` after NMS
+at ``iou``), ``"topK"`` (the K best of those), a class id or name (all candidates of that class
+above ``conf``, one map of their summed score), a box ``{"box": (x1, y1, x2, y2), "class":
+name}`` (the candidate of that class overlapping the box most, IoU > 0.5), or a list of these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import TargetError, UsageError
+from .targets import class_id
+
+__all__ = [
+    "DEFAULT_CONF",
+    "DEFAULT_IOU",
+    "FORMATS",
+    "Candidates",
+    "Detection",
+    "DetectionTarget",
+    "decode",
+    "nms",
+    "plan_detections",
+    "seed_row",
+    "target_scores",
+]
+
+#: default confidence threshold of ``"detections"`` targets
+DEFAULT_CONF = 0.25
+#: default IoU threshold of the NMS
+DEFAULT_IOU = 0.45
+#: the most detections one image yields (as Ultralytics' ``max_det``)
+MAX_DETECTIONS = 300
+_BOX_MATCH_IOU = 0.5
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One explained detection (or, for a class target, the class's detections together).
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in model-input pixels (a class target: the box enclosing its
+            detections).
+        score: the detection's confidence (a probability).
+        class_id: its class.
+        label: the class name when the bundle has labels.
+        candidate: the row of the detector's output (anchor or kept box) it comes from; -1 for
+            a class target.
+        count: how many candidates the explained score sums (1 for a detection).
+        image_box: ``box`` in the original image's pixels, where the preprocessing is known.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    class_id: int
+    label: str | None = None
+    candidate: int = -1
+    count: int = 1
+    image_box: tuple[float, float, float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``summary.json``)."""
+        return {"box": [round(float(v), 2) for v in self.box], "score": float(self.score),
+                "class_id": int(self.class_id), "label": self.label,
+                "candidate": int(self.candidate), "count": int(self.count),
+                "image_box": None if self.image_box is None else
+                [round(float(v), 2) for v in self.image_box]}
+
+
+@dataclass
+class Candidates:
+    """A detector's decoded output for one image.
+
+    Attributes:
+        boxes: [A, 4] x1, y1, x2, y2 in model-input pixels.
+        scores: [A, C] confidence of every class (zero where a format gives one class per row).
+        selected: the rows are already the model's final detections (NMS inside the graph).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    selected: bool = False
+
+
+@dataclass
+class DetectionTarget:
+    """One explained map: what it shows and which (candidate, class) scores it sums."""
+
+    detection: Detection
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+
+
+# --- formats -------------------------------------------------------------------------------------
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    xy, wh = xywh[:, :2], xywh[:, 2:4]
+    return np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
+
+
+def _sparse_scores(scores: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    dense = np.zeros((len(scores), num_classes), dtype=np.float32)
+    ids = np.clip(classes.astype(np.int64), 0, num_classes - 1)
+    dense[np.arange(len(scores)), ids] = scores
+    return dense
+
+
+_Size = tuple[int, int]
+
+
+def _decode_yolov8(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    rows = out[p["outputs"]["predictions"]].T.astype(np.float32)  # [A, 4+C]
+    return Candidates(_xywh_to_xyxy(rows[:, :4]), rows[:, 4:])
+
+
+def _decode_yolov5(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [A, 5+C]
+    return Candidates(_xywh_to_xyxy(rows[:, :4]), rows[:, 4:5] * rows[:, 5:])
+
+
+def anchor_grid(size: _Size, strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Cell corners (x, y) [A, 2] and strides [A] of a dense head at input ``size`` (H, W),
+    stride by stride, row-major within each (ceil(H / s) x ceil(W / s) cells)."""
+    cells, steps = [], []
+    for s in strides:
+        h, w = -(-size[0] // s), -(-size[1] // s)
+        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+        steps.append(np.full(h * w, s))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
+
+
+def _decode_yolox(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [A, 5+C], raw boxes
+    grid, stride = anchor_grid(size, p.get("strides", (8, 16, 32)))
+    if len(grid) != len(rows):
+        raise UsageError(f"format yolox: {len(rows)} rows, but strides {p.get('strides')} give "
+                         f"{len(grid)} cells at {size[0]}x{size[1]}; set the format's strides")
+    xy = (rows[:, :2] + grid) * stride[:, None]
+    wh = np.exp(np.minimum(rows[:, 2:4], 20.0)) * stride[:, None]
+    return Candidates(_xywh_to_xyxy(np.concatenate([xy, wh], axis=1)),
+                      rows[:, 4:5] * rows[:, 5:])
+
+
+def _decode_end2end(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [K, 6]
+    return Candidates(rows[:, :4], _sparse_scores(rows[:, 4], rows[:, 5], _classes(p, rows[:, 5])),
+                      selected=True)
+
+
+def _decode_bsl(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    names = p["outputs"]
+    boxes = out[names["boxes"]].reshape(-1, 4).astype(np.float32)
+    scores = out[names["scores"]].reshape(-1).astype(np.float32)
+    labels = out[names["labels"]].reshape(-1)
+    return Candidates(boxes, _sparse_scores(scores, labels, _classes(p, labels)), selected=True)
+
+
+def _classes(p: dict[str, Any], ids: np.ndarray) -> int:
+    """The class count: the format's, else one past the largest class id seen."""
+    return int(p.get("classes") or (int(ids.max()) + 1 if ids.size else 1))
+
+
+# (candidate, class) -> indices into one image's explained tensor whose product is the
+# confidence (or, for a logit tensor, the index of the logit)
+_Terms = Callable[[int, int, dict[str, Any]], tuple[tuple[int, ...], ...]]
+
+
+def _terms_yolov8(a: int, c: int, p: dict[str, Any]) -> tuple[tuple[int, ...], ...]:
+    return ((c, a),) if p.get("explained") == "logits" else ((4 + c, a),)
+
+
+def _terms_yolov5(a: int, c: int, p: dict[str, Any]) -> tuple[tuple[int, ...], ...]:
+    return ((a, 4), (a, 5 + c))
+
+
+@dataclass(frozen=True)
+class _Format:
+    decode: Callable[[dict[str, np.ndarray], dict[str, Any], _Size], Candidates]
+    terms: _Terms
+
+
+#: the detection formats by manifest name
+FORMATS: dict[str, _Format] = {
+    "yolov8": _Format(_decode_yolov8, _terms_yolov8),
+    "yolov5": _Format(_decode_yolov5, _terms_yolov5),
+    "yolox": _Format(_decode_yolox, _terms_yolov5),
+    "end2end": _Format(_decode_end2end, lambda k, c, p: ((k, 4),)),
+    "boxes_scores_labels": _Format(_decode_bsl, lambda k, c, p: ((k,),)),
+}
+
+
+def _format(params: dict[str, Any]) -> _Format:
+    try:
+        return FORMATS[params["name"]]
+    except KeyError:
+        raise UsageError(f"unknown detection format {params.get('name')!r}; known formats: "
+                         f"{sorted(FORMATS)}") from None
+
+
+def decode(outputs: dict[str, np.ndarray], params: dict[str, Any], size: _Size) -> Candidates:
+    """Decode one image's outputs (each without its batch axis) with the manifest's format,
+    for a model input of ``size`` (H, W)."""
+    return _format(params).decode(outputs, params, size)
+
+
+# --- selection -----------------------------------------------------------------------------------
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box [4] with boxes [M, 4] (x1, y1, x2, y2)."""
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = np.prod(np.clip(box[2:] - box[:2], 0, None))
+    areas = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+    return inter / np.maximum(area + areas - inter, _EPS)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None,
+        limit: int = MAX_DETECTIONS) -> np.ndarray:
+    """Greedy non-maximum suppression: indices of the kept boxes, best first (class-aware when
+    ``classes`` is given: boxes of different classes never suppress each other)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < limit:
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        if not order.size:
+            break
+        overlap = box_iou(boxes[best], boxes[order])
+        same = np.ones(order.size, bool) if classes is None else classes[order] == classes[best]
+        order = order[~((overlap > iou) & same)]
+    return np.array(keep, dtype=np.int64)
+
+
+def detections(cands: Candidates, conf: float, iou: float,
+               labels: Sequence[str] | None = None) -> list[Detection]:
+    """The image's detections: each candidate's best class above ``conf``, then class-aware NMS
+    (skipped when the graph selected them already), best first."""
+    best = cands.scores.argmax(axis=1) if cands.scores.size else np.zeros(0, np.int64)
+    score = cands.scores[np.arange(len(best)), best] if cands.scores.size else np.zeros(0)
+    rows = np.flatnonzero(score >= conf)
+    if not cands.selected:
+        rows = rows[nms(cands.boxes[rows], score[rows], iou, best[rows])]
+    else:
+        rows = rows[np.argsort(-score[rows], kind="stable")][:MAX_DETECTIONS]
+    return [_detection(cands, int(a), int(best[a]), labels) for a in rows]
+
+
+def _detection(cands: Candidates, a: int, c: int, labels: Sequence[str] | None) -> Detection:
+    return Detection(tuple(float(v) for v in cands.boxes[a]), float(cands.scores[a, c]), c,
+                     _label(labels, c), candidate=a)
+
+
+def _label(labels: Sequence[str] | None, c: int) -> str | None:
+    return labels[c] if labels is not None and 0 <= c < len(labels) else None
+
+
+_TOP = re.compile(r"^top(\d*)$")
+
+
+def _class_target(cands: Candidates, c: int, conf: float, iou: float,
+                  labels: Sequence[str] | None) -> DetectionTarget | None:
+    """All candidates of class ``c`` above ``conf``: one summed score (None when there is none)."""
+    n = cands.scores.shape[1]
+    if not 0 <= c < n:
+        raise TargetError(f"class id {c} is out of range: the detector has {n} classes (valid "
+                          f"ids 0..{n - 1})")
+    rows = np.flatnonzero(cands.scores[:, c] >= conf)
+    if not rows.size:
+        return None
+    kept = rows if cands.selected else rows[nms(cands.boxes[rows], cands.scores[rows, c], iou)]
+    boxes = cands.boxes[kept]
+    box = (float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()),
+           float(boxes[:, 3].max()))
+    detection = Detection(box, float(cands.scores[rows, c].max()), c, _label(labels, c),
+                          count=len(rows))
+    return DetectionTarget(detection, [(int(a), c) for a in rows])
+
+
+def _box_target(cands: Candidates, spec: dict[str, Any], conf: float, iou: float,
+                labels: Sequence[str] | None, size: tuple[int, int] | None) -> DetectionTarget:
+    """The detection (else the candidate) of the given class overlapping ``spec["box"]`` most,
+    with IoU > 0.5, as pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` matches boxes."""
+    try:
+        box = np.asarray(spec["box"], dtype=np.float64).reshape(4)
+    except (KeyError, TypeError, ValueError) as err:
+        raise TargetError(f"a box target needs 'box': (x1, y1, x2, y2), got {spec!r}") from err
+    if not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        raise TargetError(f"box {box.tolist()} is empty or not finite; give x1 < x2, y1 < y2")
+    if size is not None:
+        h, w = size
+        if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
+            raise TargetError(f"box {box.tolist()} lies outside the {w}x{h} model input")
+    wanted, num_classes = spec.get("class"), cands.scores.shape[1]
+    c = None
+    if wanted is not None:
+        c = class_id(wanted, labels) if isinstance(wanted, str) else int(wanted)
+        if not 0 <= c < num_classes:
+            raise TargetError(f"class {wanted!r} is out of range: the detector has "
+                              f"{num_classes} classes")
+    found = [d for d in detections(cands, conf, iou, labels) if c is None or d.class_id == c]
+    if found:  # the detector's own detections first
+        rows = np.array([d.candidate for d in found])
+        classes = np.array([d.class_id for d in found])
+    else:
+        rows = np.arange(len(cands.boxes))
+        classes = (cands.scores.argmax(axis=1) if c is None
+                   else np.full(len(rows), c, dtype=np.int64))
+    overlap = box_iou(box, cands.boxes[rows].astype(np.float64)) if rows.size else np.zeros(0)
+    if not overlap.size or overlap.max() <= _BOX_MATCH_IOU:
+        what = f"of class {wanted!r} " if wanted is not None else ""
+        raise TargetError(f"no candidate {what}overlaps box {box.tolist()} with IoU > "
+                          f"{_BOX_MATCH_IOU}; give the box in model-input pixels")
+    j = int(np.argmax(overlap))
+    a, k = int(rows[j]), int(classes[j])
+    return DetectionTarget(_detection(cands, a, k, labels), [(a, k)])
+
+
+def _terms(spec: Any) -> list[Any]:
+    if spec is None:
+        return ["detections"]
+    if isinstance(spec, str):
+        return [t.strip() for t in spec.split("+") if t.strip()] or ["detections"]
+    if isinstance(spec, dict):
+        return [spec]
+    if isinstance(spec, (list, tuple)):
+        return [t for item in spec for t in _terms(item)]
+    return [spec]
+
+
+def plan_detections(
+    spec: Any,
+    cands: Candidates,
+    conf: float = DEFAULT_CONF,
+    iou: float = DEFAULT_IOU,
+    labels: Sequence[str] | None = None,
+    size: tuple[int, int] | None = None,
+) -> list[DetectionTarget]:
+    """What to explain on one image (see the module docstring for the forms of ``spec``).
+
+    Args:
+        spec: the target spec.
+        cands: the image's decoded candidates.
+        conf: confidence threshold.
+        iou: NMS IoU threshold.
+        labels: class names (names may stand for class ids).
+        size: the model input's (H, W), to refuse boxes outside it.
+
+    Raises:
+        TargetError: a malformed term, an unknown class, a box no candidate matches.
+    """
+    if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0:
+        raise TargetError(f"conf must be in [0, 1] and iou in (0, 1], got conf={conf}, iou={iou}")
+    found = None
+    targets: list[DetectionTarget] = []
+    for term in _terms(spec):
+        if isinstance(term, dict):
+            targets.append(_box_target(cands, term, conf, iou, labels, size))
+            continue
+        if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
+            target = _class_target(cands, int(term), conf, iou, labels)
+            targets += [target] if target else []
+            continue
+        if not isinstance(term, str):
+            raise TargetError(f"cannot read detection target {term!r}; use 'detections', "
+                              "'top3', a class id or name, or {'box': (x1, y1, x2, y2)}")
+        raw = term.replace(" ", "").lower()
+        top = _TOP.match(raw)
+        if raw in ("detections", "all") or top:
+            if found is None:
+                found = detections(cands, conf, iou, labels)
+            chosen = found if not top else found[: int(top.group(1) or 1)]
+            targets += [DetectionTarget(d, [(d.candidate, d.class_id)]) for d in chosen]
+            continue
+        c = int(raw) if raw.isdigit() else class_id(term, labels)
+        target = _class_target(cands, c, conf, iou, labels)
+        targets += [target] if target else []
+    return targets
+
+
+def check_spec(spec: Any, labels: Sequence[str] | None, num_classes: int) -> None:
+    """Validate a detection target spec before any image (names, ids, term syntax).
+
+    Raises:
+        TargetError: naming the term at fault.
+    """
+    for term in _terms(spec):
+        if isinstance(term, dict):
+            if "box" not in term:
+                raise TargetError(f"a box target needs 'box': (x1, y1, x2, y2), got {term!r}")
+            wanted = term.get("class")
+            if isinstance(wanted, str):
+                class_id(wanted, labels)
+            continue
+        if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
+            c = int(term)
+        elif isinstance(term, str):
+            raw = term.replace(" ", "").lower()
+            if raw in ("detections", "all") or _TOP.match(raw):
+                continue
+            c = int(raw) if raw.isdigit() else class_id(term, labels)
+        else:
+            raise TargetError(f"cannot read detection target {term!r}")
+        if not 0 <= c < num_classes:
+            raise TargetError(f"class id {c} is out of range: the detector has {num_classes} "
+                              f"classes (valid ids 0..{num_classes - 1})")
+
+
+# --- scores and seeds ----------------------------------------------------------------------------
+def _pair_terms(pairs: list[tuple[int, int]], params: dict[str, Any]):
+    terms = _format(params).terms
+    return [terms(a, c, params) for a, c in pairs]
+
+
+def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
+             score: str) -> np.ndarray:
+    """The seed over one image's explained tensor whose vector-Jacobian product is the gradient
+    of the target's score (``"logit"`` or ``"probability"``, summed over its pairs)."""
+    seed = np.zeros(explained.shape, dtype=np.float64)
+    logits = params.get("explained") == "logits"
+    for indices in _pair_terms(target.pairs, params):
+        values = np.array([explained[i] for i in indices], dtype=np.float64)
+        if logits:  # a logit tensor: d z = 1, d sigmoid(z) = s (1 - s)
+            s = 1.0 / (1.0 + np.exp(-values[0]))
+            seed[indices[0]] += 1.0 if score == "logit" else s * (1 - s)
+            continue
+        s = float(np.prod(values))
+        scale = 1.0 if score == "probability" else 1.0 / max(s * (1 - s), _EPS)
+        for k, index in enumerate(indices):  # d prod = sum_k prod_{j != k} v_j
+            seed[index] += scale * float(np.prod(np.delete(values, k)))
+    return seed.astype(np.float32)
+
+
+def target_scores(explained: np.ndarray, targets: Sequence[DetectionTarget],
+                  params: dict[str, Any], score: str) -> np.ndarray:
+    """Each target's score on the matching row of ``explained`` [M, ...] (one row per target):
+    the sum over its pairs of the logit or the confidence."""
+    logits = params.get("explained") == "logits"
+    out = np.zeros(len(targets), dtype=np.float64)
+    for m, target in enumerate(targets):
+        for indices in _pair_terms(target.pairs, params):
+            values = np.array([explained[m][i] for i in indices], dtype=np.float64)
+            if logits:
+                z = values[0]
+                out[m] += z if score == "logit" else 1.0 / (1.0 + np.exp(-z))
+                continue
+            s = float(np.prod(values))
+            out[m] += s if score == "probability" else np.log(max(s, _EPS) / max(1 - s, _EPS))
+    return out
