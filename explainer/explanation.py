@@ -183,3 +183,52 @@ def detection_explanation(
         layers=trimmed if len(trimmed) > 1 else None, task="detect", detections=detections,
         notes=notes,
     )
+
+
+def stack_explanations(parts: list[Explanation]) -> Explanation:
+    """Detector explanations of single images as one batch (K: the most any image has; the
+    others padded with zero maps, class id -1 and NaN scores, as :func:`detection_explanation`
+    pads them)."""
+    k = max(p.heatmaps.shape[1] for p in parts)
+
+    def pad(array: np.ndarray, value: float) -> np.ndarray:
+        extra = k - array.shape[1]
+        if not extra:
+            return array
+        shape = (array.shape[0], extra, *array.shape[2:])
+        return np.concatenate([array, np.full(shape, value, dtype=array.dtype)], axis=1)
+
+    def stacked(name: str, value: float) -> np.ndarray:
+        arrays = [pad(getattr(p, name), value) for p in parts]
+        if name == "cams":  # images with no map have 1x1 placeholders
+            size = max((a.shape[2:] for a in arrays), key=lambda s: s[0] * s[1])
+            arrays = [a if a.shape[2:] == size else np.zeros((*a.shape[:2], *size), a.dtype)
+                      for a in arrays]
+        return np.concatenate(arrays)
+
+    layers = None
+    names = next((list(p.layers) for p in parts if p.layers), None)
+    if names:
+        layers = {}
+        for name in names:
+            maps = [p.layers[name] if p.layers else LayerMaps(
+                np.zeros((1, k, 1, 1), np.float32), np.zeros((1, k, *p.heatmaps.shape[2:]),
+                                                              np.float32)) for p in parts]
+            cams = [pad(m.cams, 0.0) for m in maps]
+            size = max((c.shape[2:] for c in cams), key=lambda s: s[0] * s[1])
+            cams = [c if c.shape[2:] == size else np.zeros((*c.shape[:2], *size), c.dtype)
+                    for c in cams]
+            layers[name] = LayerMaps(np.concatenate(cams),
+                                     np.concatenate([pad(m.heatmaps, 0.0) for m in maps]))
+    first = parts[0]
+    return Explanation(
+        heatmaps=stacked("heatmaps", 0.0), cams=stacked("cams", 0.0),
+        class_ids=stacked("class_ids", -1), scores=stacked("scores", np.nan),
+        probabilities=stacked("probabilities", np.nan),
+        labels=[(p.labels[0] if p.labels else []) + [""] * (k - p.heatmaps.shape[1])
+                for p in parts],
+        logits=None, method=first.method, score=first.score, layers=layers, task=first.task,
+        detections=[p.detections[0] for p in parts],
+        notes=[note.replace("image 0", f"image {b}") for b, p in enumerate(parts)
+               for note in p.notes],
+    )

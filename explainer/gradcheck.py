@@ -163,7 +163,8 @@ def check_gradients(
         eps: relative step(s) (each element moves by about ``eps`` times the activation's
             RMS); with several, each error is taken at its best step (see module docstring).
         seed: seed of the random directions.
-        class_ids: the class differentiated for each image (default: the top-1 class).
+        class_ids: the class differentiated for each image (default: the top-1 class); for a
+            detector, the flat index into its explained tensor (default: its largest element).
         tolerance: the largest relative error :attr:`GradientCheckReport.passed` accepts.
         jitter: the check runs at the activation plus Gaussian noise of this size relative to
             its RMS (0 for none), so that it does not sit on a kink: a ReLU's exact zeros that
@@ -186,13 +187,16 @@ def check_gradients(
     activation = _jittered(features[target].astype(np.float32), jitter, rng)
     features[target] = activation
     batch = activation.shape[0]
-    if class_ids is None:
-        ids = np.argmax(explainer.run_logits(features), axis=1)
+    explained = explainer.run_logits(features)  # [B, classes], or a detector's tensor [B, ...]
+    if class_ids is None:  # the largest element of the explained tensor (the top-1 class)
+        ids = np.argmax(explained.reshape(batch, -1), axis=1)
     else:
         ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
         if ids.shape[0] != batch:
             raise GradientCheckError(f"{ids.shape[0]} class ids for a batch of {batch}")
-    _, gradient = explainer.run_head(features, one_hot_seeds(ids[:, None], explainer.num_classes))
+    size = int(np.prod(explained.shape[1:]))
+    seeds = one_hot_seeds(ids[:, None], size).reshape(explained.shape)
+    _, gradient = explainer.run_head(features, seeds)
     flat_g = gradient.reshape(batch, -1).astype(np.float64)
     v = _directions(activation, flat_g, directions, rng)  # [B, D, n]
     analytic = np.einsum("bn,bdn->bd", flat_g, v)
@@ -203,7 +207,7 @@ def check_gradients(
         """Logits of the explained classes at activation + direction [B, n]."""
         shifted = (activation.reshape(batch, -1) + direction).reshape(activation.shape)
         logits = explainer.run_logits({**features, target: shifted.astype(np.float32)})
-        return logits.astype(np.float64)[np.arange(batch), ids]
+        return logits.reshape(batch, -1).astype(np.float64)[np.arange(batch), ids]
 
     errors, numeric, used = _ladder(score, v, analytic, typical, steps)
     report = GradientCheckReport(

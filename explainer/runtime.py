@@ -42,7 +42,13 @@ from .detection import (
     target_scores,
 )
 from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
-from .explanation import Explanation, contrast_ids, detection_explanation, softmax
+from .explanation import (
+    Explanation,
+    contrast_ids,
+    detection_explanation,
+    softmax,
+    stack_explanations,
+)
 from .explanation_graph import ExplanationGraph
 from .image import Geometry, ImageLike, Preprocessing, preprocess, preprocess_with_geometry
 from .layers import LayerMaps, layer_maps
@@ -427,8 +433,14 @@ class Explainer:
         self._check_open()
         method = method or self.default_method
         if self.task == "detect":
-            return self._explain_detections(self.check_input(x), targets, top_k, method,
-                                            score, fuse, **detect)
+            x = self.check_input(x)
+            if self.static_batch == 1 and x.shape[0] > 1:  # outputs sized per image
+                geometry = detect.pop("geometry", None)
+                return stack_explanations([self._explain_detections(
+                    x[b : b + 1], targets, top_k, method, score, fuse, **detect,
+                    geometry=None if geometry is None else geometry[b : b + 1])
+                    for b in range(x.shape[0])])
+            return self._explain_detections(x, targets, top_k, method, score, fuse, **detect)
         if detect:
             raise TargetError(f"{sorted(detect)} apply to detectors; this bundle's task is "
                               f"{self.task!r}")

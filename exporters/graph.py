@@ -106,8 +106,10 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     """Names a node reads: its inputs, and what its subgraphs (If/Loop/Scan) capture."""
     names = [i for i in node.input if i]
     for graph in _subgraphs(node):
+        local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        local |= {o for inner in graph.node for o in inner.output}
         for inner in graph.node:
-            names.extend(node_inputs(inner))
+            names.extend(n for n in node_inputs(inner) if n not in local)
     return names
 
 

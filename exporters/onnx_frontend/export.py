@@ -28,7 +28,7 @@ from ..shapes import recover_shapes
 from .candidates import Candidate, analyse, auto_targets, image_input
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
-from .rewrites import read_batch_from
+from .rewrites import add_batch_axis, read_batch_from
 from .tasks import TaskSpec, detection_explained, head_inputs, resolve_task
 
 __all__ = ["candidate_layers", "export_onnx", "inspect_model"]
@@ -97,7 +97,7 @@ def inspect_model(
     """:func:`candidate_layers`, the model's :class:`TaskSpec`, and the tensors
     ``target="auto"`` explains (a detector's head inputs; for a classifier, the first of
     :func:`auto_targets` when any)."""
-    loaded = load_model(model)
+    loaded = add_batch_axis(load_model(model))
     spec = resolve_task(loaded, task, format, output)
     if spec.task == "detect":
         g, explained, notes, _ = _prepare_detector(loaded, spec)
@@ -302,7 +302,7 @@ def export_onnx(
             raise OnnxExportError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {value!r}")
     if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
         preprocessing = Preprocessing.from_dict(preprocessing)
-    loaded = load_model(model)
+    loaded = add_batch_axis(load_model(model))
     spec = resolve_task(loaded, task, format, output)
     if spec.task == "detect":
         if input_gradient:

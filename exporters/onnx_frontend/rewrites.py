@@ -5,9 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
 from ..graph import Graph, attribute, sort_topologically
 
-__all__ = ["read_batch_from"]
+__all__ = ["add_batch_axis", "read_batch_from"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +77,73 @@ def read_batch_from(g: Graph, target: str) -> Graph:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return Graph(model)
+
+
+def add_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model whose one image input is rank 3 ``[C, H, W]`` (torchvision's detectors take a
+    list of such images, and torch.onnx exports one), given a batch axis of 1: a new input
+    ``[1, C, H, W]`` of the same name, squeezed into the old one, and every output unsqueezed to
+    ``[1, ...]``. Other models are returned as they are.
+
+    The runtime then treats the model as one with a static batch of 1 (one image per run).
+    """
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        return model
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 3 or dims[0].dim_value not in (1, 3, 4):
+        return model
+    out = copy.deepcopy(model)
+    graph = out.graph
+    source = next(i for i in graph.input if i.name == inputs[0].name)
+    name = source.name
+    inner = _fresh(out, f"{name}_chw")
+    _rename(graph, name, inner)
+    new_dims = [1, *[d.dim_value or d.dim_param or None for d in dims]]
+    source.CopyFrom(helper.make_tensor_value_info(
+        name, source.type.tensor_type.elem_type, new_dims))
+    axes = _fresh(out, "batch_axis")
+    graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+    nodes = [helper.make_node("Squeeze", [name, axes], [inner], name=f"{inner}_squeeze")]
+    for output in graph.output:
+        raw = _fresh(out, f"{output.name}_unbatched")
+        _rename(graph, output.name, raw, outputs=False)
+        graph.node.append(helper.make_node("Unsqueeze", [raw, axes], [output.name],
+                                           name=f"{raw}_unsqueeze"))
+        kind = output.type.tensor_type
+        old_dims = [d.dim_value or d.dim_param or None for d in kind.shape.dim]
+        output.CopyFrom(helper.make_tensor_value_info(
+            output.name, kind.elem_type, [1, *old_dims] if kind.HasField("shape") else None))
+    graph.node.insert(0, nodes[0])
+    log.info("input %r is [C, H, W]: given a batch axis of 1 (and every output)", name)
+    return out
+
+
+def _fresh(model: onnx.ModelProto, base: str) -> str:
+    graph = model.graph
+    taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+    taken |= {t.name for t in graph.initializer}
+    taken |= {n for node in graph.node for n in [*node.input, *node.output, node.name]}
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str, outputs: bool = True) -> None:
+    """Rename tensor ``old`` to ``new`` in the nodes (and value infos) of ``graph`` and its
+    subgraphs; graph outputs keep their names unless ``outputs``."""
+    for node in graph.node:
+        for seq in (node.input, node.output):
+            for k, value in enumerate(seq):
+                if value == old:
+                    seq[k] = new
+        for attr in node.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                _rename(sub, old, new, outputs=False)
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
