@@ -47,10 +47,14 @@ class GradientRule:
         fn: ``fn(ctx) -> list of gradient names (or None)``, one per node input.
         unbroadcast: whether ``fn`` returns gradients in the shape of output 0, which the
             engine then sums back to each input's shape (broadcasting ops).
+        held: positions of float inputs held constant, like indices: no gradient flows into
+            them even when they depend on ``wrt`` (``RoiAlign``'s boxes, which torchvision
+            detaches), and what reaches the output only through them is off the path.
     """
 
     fn: Callable[[GradContext], Sequence[str | None]]
     unbroadcast: bool = False
+    held: frozenset[int] = frozenset()
 
     def __call__(self, ctx: GradContext) -> Sequence[str | None]:
         return self.fn(ctx)
@@ -61,13 +65,16 @@ class GradientRule:
 RULES: dict[str, GradientRule] = {}
 
 
-def register(*op_types: str, unbroadcast: bool = False) -> Callable[[Callable], Callable]:
+def register(
+    *op_types: str, unbroadcast: bool = False, held: Sequence[int] = ()
+) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn`` as the gradient rule of ``op_types``.
 
     Args:
         *op_types: ONNX op types (default domain) the rule differentiates.
         unbroadcast: the rule returns gradients in output 0's shape; the engine reduces
             them to the inputs' shapes.
+        held: input positions held constant (see :class:`GradientRule`).
 
     Returns:
         The decorator; it returns ``fn`` unchanged.
@@ -75,7 +82,7 @@ def register(*op_types: str, unbroadcast: bool = False) -> Callable[[Callable], 
 
     def decorator(fn: Callable[[GradContext], Sequence[str | None]]) -> Callable:
         for op_type in op_types:
-            RULES[op_type] = GradientRule(fn, unbroadcast)
+            RULES[op_type] = GradientRule(fn, unbroadcast, frozenset(held))
         return fn
 
     return decorator
@@ -88,12 +95,18 @@ def differentiable(node: onnx.NodeProto) -> bool:
     return is_default_domain(node) and node.op_type in RULES
 
 
-def gradient_path(graph: Graph, wrt: str, output: str) -> tuple[list[int], set[str]]:
+def gradient_path(
+    graph: Graph, wrt: str, output: str, rules: Mapping[str, GradientRule] | None = None
+) -> tuple[list[int], set[str]]:
     """Nodes (indices, topological order) on the float path ``wrt -> output`` and its tensors.
+
+    Integer tensors (``Shape``, ``NonZero``, ``ArgMax``, ``TopK`` indices, the selection of a
+    ``NonMaxSuppression``) are off the float path, and so are the nodes reaching ``output`` only
+    through inputs that their rule (from ``rules``, default :data:`RULES`) holds constant.
 
     Raises:
         GradientError: ``wrt`` or ``output`` is not a value of the model, or ``output`` does
-            not depend on ``wrt`` through float tensors.
+            not depend on ``wrt`` through float tensors (or only through held inputs).
     """
     known = {i.name for i in graph.model.graph.input} | set(graph.initializers)
     known |= set(graph.producer)
@@ -101,6 +114,20 @@ def gradient_path(graph: Graph, wrt: str, output: str) -> tuple[list[int], set[s
         if name not in known:
             raise GradientError(f"{role} tensor '{name}' is not a value of the model")
     nodes, tensors = graph.path(wrt, output)
+    held = [(i, (rules or RULES).get(graph.nodes[i].op_type)) for i in nodes]
+    if any(rule is not None and rule.held for _, rule in held):
+        needed, kept = {output}, []
+        for i, rule in reversed(held):
+            node = graph.nodes[i]
+            if any(o in needed for o in node.output if o):
+                kept.append(i)
+                needed.update(x for k, x in enumerate(node.input)
+                              if x in tensors and not (rule and k in rule.held))
+        if wrt not in needed:
+            holders = sorted({graph.nodes[i].op_type for i, rule in held if rule and rule.held})
+            raise GradientError(f"'{output}' depends on '{wrt}' only through inputs held "
+                                f"constant (by {', '.join(holders)})")
+        nodes, tensors = kept[::-1], needed
     if not nodes and wrt != output:
         raise GradientError(f"'{output}' does not depend on '{wrt}' through float tensors")
     return nodes, tensors
@@ -149,7 +176,7 @@ def build_gradient_graph(
     graph = model if isinstance(model, Graph) else Graph(model, infer=True)
     if graph.opset < MIN_OPSET:
         raise GradientError(f"opset {graph.opset} is not supported; need {MIN_OPSET}+")
-    paths = [gradient_path(graph, w, output) for w in wrts]
+    paths = [gradient_path(graph, w, output, table) for w in wrts]
     nodes = sorted(set().union(*(set(n) for n, _ in paths)))
     on_path = set().union(*(t for _, t in paths))
     for i in nodes:
@@ -189,7 +216,7 @@ def _backward(
         dxs = list(rule(ctx))
         dxs += [None] * (len(node.input) - len(dxs))
         for k, (name, dx) in enumerate(zip(node.input, dxs, strict=False)):
-            if not ctx.needs(k):
+            if not ctx.needs(k) or k in rule.held:
                 continue
             if dx is None:
                 raise ctx.error(f"the rule gives no gradient for input {k} ('{name}')")

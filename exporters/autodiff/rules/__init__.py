@@ -8,20 +8,29 @@ sums them back to the inputs' shapes.  Rules may reuse the op's own output
 (``Sigmoid``, ``Tanh``, ``Softmax``...).
 
 Adding an op = one ``@register`` function in the module of its family (elementwise, shape,
-conv, linear, quantize) + one row in ``tests/test_autodiff_rules.py``.
+conv, linear, indexing, sampling, quantize) + one row in ``tests/test_autodiff_rules.py``.
 
 Opset notes: every rule emits ops valid from opset 13 (the engine's minimum) and
 follows the model's opset where forms differ (``Reduce*`` axes as attribute or input,
-``Split`` sizes as input).  ``MaxPool`` and ``Gather`` scatter-add their gradients with
-``ScatterElements``/``ScatterND`` ``reduction='add'``, which needs opset 16; below that
-they raise :class:`~exporters.autodiff.engine.GradientError`.
+``Split`` sizes as input).  ``MaxPool``, ``Gather``, ``GatherElements`` and ``GatherND``
+scatter-add their gradients with ``ScatterElements``/``ScatterND`` ``reduction='add'``, which
+needs opset 16; below that they raise :class:`~exporters.autodiff.engine.GradientError`.
+
+Indices are never differentiated (``TopK``'s indices output, the selection of a
+``NonMaxSuppression`` or ``NonZero``): integer tensors are off the float path, so a detector is
+differentiated with its selection held at the forward's values. ``RoiAlign`` holds its boxes
+constant too (``held=(1,)``: torchvision detaches the region proposals).
 
 Limitations (each raises ``GradientError`` naming the node): gradients w.r.t. weights,
 biases, normalization statistics, ``Clip`` bounds and ``PRelu`` slopes; ``Pad`` modes
 other than ``constant``; ``MaxPool`` with ``storage_order=1``; ``BatchNormalization`` in
-training mode; ``Slice`` with non-constant starts/ends/axes/steps or a sliced axis of
-symbolic size; ``Conv``/``AveragePool`` with symbolic spatial sizes (only the batch may
-be symbolic).
+training mode; ``Slice`` with non-constant axes/steps, or with a step other than 1 where the
+starts/ends are computed at run time or the sliced axis has a symbolic size; ``AveragePool``
+with ``ceil_mode=1`` and symbolic spatial sizes; ``ConvTranspose`` with ``auto_pad`` SAME or
+``output_shape``; ``Resize`` in ``tf_crop_and_resize`` mode or with a
+``keep_aspect_ratio_policy``; ``RoiAlign`` in ``max`` mode or with adaptive sampling
+(``sampling_ratio=0``); ``ScatterElements``/``ScatterND`` reductions other than ``none`` and
+``add`` (with ``none``, indices are assumed distinct).
 
 Conventions at kinks follow ``torch.autograd``: ties of ``Max``/``Min`` and
 ``ReduceMax``/``ReduceMin`` share the gradient evenly; ``MaxPool``/``GlobalMaxPool`` give
@@ -31,6 +40,14 @@ its bounds (like ``relu6``/``hardtanh``).
 
 from __future__ import annotations
 
-from . import conv, elementwise, linear, quantize, shape  # noqa: F401  (registering fills RULES)
+from . import (  # noqa: F401  (registering fills RULES)
+    conv,
+    elementwise,
+    indexing,
+    linear,
+    quantize,
+    sampling,
+    shape,
+)
 
 __all__: list[str] = []

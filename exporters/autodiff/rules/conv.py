@@ -126,6 +126,44 @@ def _conv(ctx: GradContext) -> Grads:
     return [_transpose_window(ctx, ctx.dy, w, ctx.attr("group", 1), kernel), None, None]
 
 
+@register("ConvTranspose")
+def _conv_transpose(ctx: GradContext) -> Grads:
+    """dX = Conv(dY, W) with the node's strides, dilations, group and begin pads.
+
+    ``ConvTranspose`` is the adjoint of that ``Conv`` (its weight ``[C_in, C_out / group, k...]``
+    is the Conv's ``[M, C / group, k...]`` as it is). The output's trailing rows that only
+    ``output_padding`` adds take no part in it: the end pads shrink by ``output_padding``
+    (clamped at 0), which makes the Conv's output exactly the input's size, symbolic sizes
+    included.
+    """
+    if ctx.needs(1) or ctx.needs(2):
+        raise ctx.error("gradients w.r.t. ConvTranspose weights/bias are not supported")
+    if ctx.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") or ctx.attr("output_shape"):
+        raise ctx.error("auto_pad SAME_* and output_shape are not supported (explicit pads only)")
+    w = ctx.inputs[1]
+    kernel = list(ctx.attr("kernel_shape") or ctx.static_shape(w)[2:])
+    n = len(kernel)
+    strides = list(ctx.attr("strides") or [1] * n)
+    output_padding = list(ctx.attr("output_padding") or [0] * n)
+    pads = [0] * (2 * n) if ctx.attr("auto_pad", "NOTSET") == "VALID" else list(
+        ctx.attr("pads") or [0] * (2 * n)
+    )
+    if any(p >= s for p, s in zip(output_padding, strides, strict=True)):
+        raise ctx.error(f"output_padding {output_padding} must be smaller than the strides")
+    end = [max(0, pads[n + i] - output_padding[i]) for i in range(n)]
+    dx = ctx.op(
+        "Conv",
+        ctx.dy,
+        w,
+        kernel_shape=kernel,
+        strides=strides,
+        dilations=list(ctx.attr("dilations") or [1] * n),
+        group=ctx.attr("group", 1),
+        pads=pads[:n] + end,
+    )
+    return [dx, None, None]
+
+
 @register("AveragePool")
 def _average_pool(ctx: GradContext) -> Grads:
     """Divide by each window's divisor, then scatter with a depthwise ones kernel."""
@@ -221,23 +259,41 @@ def _batch_norm(ctx: GradContext) -> Grads:
     return [ctx.op("Mul", ctx.dy, ctx.cast_like(factor, x))]
 
 
+def _normalized_gradient(ctx: GradContext, x: str, g: str, axes: list[int], eps: str) -> str:
+    """Gradient of ``xhat = (x - mean) / std`` over ``axes`` given ``g = d xhat``:
+    ``(g - mean(g) - xhat * mean(g * xhat)) / std``."""
+    mean = ctx.reduce("ReduceMean", x, axes)
+    centered = ctx.op("Sub", x, mean)
+    var = ctx.reduce("ReduceMean", ctx.op("Mul", centered, centered), axes)
+    inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, eps)))
+    xhat = ctx.op("Mul", centered, inv_std)
+    mean_g = ctx.reduce("ReduceMean", g, axes)
+    mean_gx = ctx.reduce("ReduceMean", ctx.op("Mul", g, xhat), axes)
+    inner = ctx.op("Sub", ctx.op("Sub", g, mean_g), ctx.op("Mul", xhat, mean_gx))
+    return ctx.op("Mul", inner, inv_std)
+
+
 @register("LayerNormalization")
 def _layer_norm(ctx: GradContext) -> Grads:
     """dx = r * (g - mean(g) - xhat * mean(g * xhat)), g = dy * scale, r = 1/std."""
     if ctx.needs(1) or ctx.needs(2):
         raise ctx.error("gradients w.r.t. scale/bias are not supported")
     x, scale = ctx.inputs[:2]
-    rank = ctx.rank(x)
-    axis = ctx.axis(-1)
-    axes = list(range(axis, rank))
-    mean = ctx.reduce("ReduceMean", x, axes)
-    centered = ctx.op("Sub", x, mean)
-    var = ctx.reduce("ReduceMean", ctx.op("Mul", centered, centered), axes)
+    axes = list(range(ctx.axis(-1), ctx.rank(x)))
     eps = ctx.scalar(ctx.attr("epsilon", 1e-5), x)
-    inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, eps)))
-    xhat = ctx.op("Mul", centered, inv_std)
     g = ctx.op("Mul", ctx.dy_or_zeros(0), scale)
-    mean_g = ctx.reduce("ReduceMean", g, axes)
-    mean_gx = ctx.reduce("ReduceMean", ctx.op("Mul", g, xhat), axes)
-    inner = ctx.op("Sub", ctx.op("Sub", g, mean_g), ctx.op("Mul", xhat, mean_gx))
-    return [ctx.op("Mul", inner, inv_std), None, None]
+    return [_normalized_gradient(ctx, x, g, axes, eps), None, None]
+
+
+@register("InstanceNormalization")
+def _instance_norm(ctx: GradContext) -> Grads:
+    """As LayerNormalization over the spatial axes of each (sample, channel), with a per-channel
+    scale (GroupNorm exports as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add)."""
+    if ctx.needs(1) or ctx.needs(2):
+        raise ctx.error("gradients w.r.t. scale/bias are not supported")
+    x, scale = ctx.inputs[:2]
+    rank = ctx.rank(x)
+    eps = ctx.scalar(ctx.attr("epsilon", 1e-5), x)
+    scale = ctx.op("Reshape", scale, ctx.ints([-1] + [1] * (rank - 2)))
+    g = ctx.op("Mul", ctx.dy, scale)
+    return [_normalized_gradient(ctx, x, g, list(range(2, rank)), eps), None, None]

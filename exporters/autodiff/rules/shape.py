@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from onnx import TensorProto
 
 from ..emitter import GradContext
 from ..engine import register
@@ -61,16 +62,27 @@ def _split(ctx: GradContext) -> Grads:
 
 @register("Slice")
 def _slice(ctx: GradContext) -> Grads:
-    """Step 1: ``Pad`` the gradient back; other steps: pad a zero slab, ``Gather`` back."""
+    """Step 1: ``Pad`` the gradient back; other steps: pad a zero slab, ``Gather`` back.
+
+    Starts and ends computed at run time (a detector slicing its concatenated levels), or a
+    sliced axis of symbolic size, take :func:`_slice_dynamic` (step 1 only).
+    """
     x = ctx.inputs[0]
     names = (ctx.inputs + [""] * 5)[1:5]
     values = [ctx.constant_value(n) if n else None for n in names]
-    if any(n and v is None for n, v in zip(names, values, strict=True)):
-        raise ctx.error("starts/ends/axes/steps must be constants")
+    if any(n and v is None for n, v in zip(names[2:], values[2:], strict=True)):
+        raise ctx.error("axes/steps must be constants")
     starts, ends, axes, steps = values
     shape, rank = ctx.shape(x), ctx.rank(x)
-    axes = [int(a) % rank for a in (axes if axes is not None else range(len(starts)))]
-    steps = [int(s) for s in (steps if steps is not None else [1] * len(starts))]
+    count = len(starts) if starts is not None else len(ends) if ends is not None else None
+    if axes is None and count is None:
+        count = ctx.static_shape(names[0])[0]
+    axes = [int(a) % rank for a in (axes if axes is not None else range(count))]
+    steps = [int(s) for s in (steps if steps is not None else [1] * len(axes))]
+    if starts is None or ends is None or any(
+        not isinstance(shape[a], int) for a in axes
+    ):
+        return [_slice_dynamic(ctx, axes, steps)]
     g = ctx.dy
     pads = [0] * (2 * rank)
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
@@ -92,6 +104,37 @@ def _slice(ctx: GradContext) -> Grads:
     if any(pads):
         g = ctx.op("Pad", g, ctx.ints(pads))
     return [g]
+
+
+def _slice_dynamic(ctx: GradContext, axes: list[int], steps: list[int]) -> str:
+    """``Pad`` the gradient back with pads computed at run time (ONNX's clamping of negative
+    and out-of-range starts/ends, step 1)."""
+    if any(step != 1 for step in steps):
+        raise ctx.error("with run-time starts/ends or symbolic sizes, only step 1 is supported")
+    x, starts, ends = ctx.inputs[:3]
+    rank = ctx.rank(x)
+    shape = ctx.shape(x)
+    dims = [shape[a] if isinstance(shape[a], int) else None for a in axes]
+    if all(d is not None for d in dims):
+        size = ctx.ints(dims)  # type: ignore[arg-type]
+    else:
+        size = ctx.op("Gather", ctx.op("Shape", x), ctx.ints(axes))
+    zero = ctx.ints([0] * len(axes))
+
+    def clamp(bound: str) -> str:
+        bound = ctx.op("Cast", bound, to=TensorProto.INT64)
+        wrapped = ctx.op("Where", ctx.op("Less", bound, zero), ctx.op("Add", bound, size), bound)
+        return ctx.op("Min", ctx.op("Max", wrapped, zero), size)
+
+    begin = clamp(starts)
+    end = ctx.op("Max", clamp(ends), begin)
+    after = ctx.op("Sub", size, end)
+    parts = []
+    for side in (begin, after):
+        for k in range(rank):
+            parts.append(ctx.op("Slice", side, ctx.ints([axes.index(k)]),
+                                ctx.ints([axes.index(k) + 1])) if k in axes else ctx.ints([0]))
+    return ctx.op("Pad", ctx.dy, ctx.op("Concat", *parts, axis=0))
 
 
 @register("Pad")
@@ -122,8 +165,10 @@ def _gather(ctx: GradContext) -> Grads:
         idx = ctx.const(np.where(idx < 0, idx + dim, idx).astype(np.int64))
     else:
         idx = ctx.op("Cast", indices, to=7)  # int64
-        n = ctx.op("Gather", ctx.op("Shape", data), ctx.ints([axis]))
-        idx = ctx.op("Where", ctx.op("Less", idx, ctx.ints([0])), ctx.op("Add", idx, n), idx)
+        # 0-d size and zero: the normalized indices keep their rank (scalar indices included)
+        n = ctx.op("Gather", ctx.op("Shape", data), ctx.const(axis, np.int64))
+        zero = ctx.const(0, np.int64)
+        idx = ctx.op("Where", ctx.op("Less", idx, zero), ctx.op("Add", idx, n), idx)
     # dy: data[:axis] + indices + data[axis+1:]; move the indices' axes to the front
     perm = [*range(axis, axis + idx_rank), *range(axis)]
     perm += range(axis + idx_rank, rank - 1 + idx_rank)
