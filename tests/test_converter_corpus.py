@@ -2,11 +2,11 @@
 
 The corpus (``tests/converter_corpus.py``) holds ONNX files from tf2onnx (Keras 3), torch.onnx
 (dynamo and TorchScript, timm and Hugging Face models), onnxslim, float16 conversion and int8
-QDQ quantization, each with the Grad-CAM its source framework computes by its own autograd. It
-is built once per session into ``build/converters`` (``ONNXCAM_CONVERTER_CORPUS`` to choose
-another folder; ``ONNXCAM_CONVERTER_FULL=1`` adds the slowest exports) and reused while it
-exists. This module does not import torch: where torch is missing, the entries already built
-are tested and the others skip.
+QDQ quantization, each with the Grad-CAM its source framework computes by its own autograd. An
+entry is built into ``build/converters`` the first time a test asks for it
+(``ONNXCAM_CONVERTER_CORPUS`` to choose another folder; ``ONNXCAM_CONVERTER_FULL=1`` adds the
+slowest exports) and reused while it exists. This module does not import torch: where torch
+is missing, the entries already built are tested and the others skip.
 
 For every entry ``export_onnx`` runs with the automatic target and the raw CAMs
 (``Explanation.cams``) of the reference classes are compared with the reference:
@@ -14,8 +14,13 @@ For every entry ``export_onnx`` runs with the automatic target and the raw CAMs
 * float32 graphs (converters' outputs and their onnxslim rewrites): relative L2 error at most
   1e-4 for every map, and :func:`exporters.check_gradients` passes;
 * float16 and int8 graphs are explained as they run (their own activations and gradients, the
-  reference classes): the Pearson correlation of the top-1 map with the float32 reference must
-  reach a bound measured on this corpus (:data:`MIN_CORRELATION`);
+  reference classes) and compared with a reference through the same graph: the activation the
+  bundle's features graph computed on this CPU, and the gradient of the model's own head from
+  that tensor by an independent autodiff (``onnx-ad``, float64, straight-through through
+  Quantize/DequantizeLinear; see :func:`same_graph_cams`), with the tolerances of the float32
+  graphs. Their maps' Pearson correlation with the float32 reference is recorded, not bounded:
+  it is a property of the quantization, and ONNX Runtime's int8 kernels differ by CPU (VNNI or
+  not), so no bound on it holds on every CPU;
 * ViT/DeiT (token transformers): ``target="auto"`` picks the patch embedding, the only spatial
   tensor, and the CAM there is compared with the source framework's (every transformer block
   is in the head); targets at token tensors (the reference's last-block ``norm1``) are next.
@@ -31,12 +36,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -55,21 +65,6 @@ pytestmark = pytest.mark.slow
 #: TensorFlow float32 is 1.5e-4 from float64 on one map).
 MAX_REL_L2 = 1e-4
 ARBITRATION_FACTOR = 3.0
-#: Smallest Pearson correlation with the float32 reference of a reduced-precision graph's map
-#: for its top-1 class, on images where its top-1 class is the float32 model's (measured on
-#: this corpus: fp16 >= 0.994 on those maps, 0.986 on every map; int8 QDQ (per-tensor
-#: activations, 4 calibration images, random weights): resnet50 >= 0.995, mobilenetv2 0.42 and
-#: efficientnet_b0 0.84 -- depthwise networks lose most of their maps to int8 activations, and
-#: efficientnet_b0's top-1 class changes on one of the two images).
-MIN_CORRELATION = {"fp16": 0.98, "int8": 0.3}
-MIN_CORRELATION_OF = {
-    "timm-resnet50-dynamo-int8": 0.98,
-    "timm-efficientnet_b0-torchscript-int8": 0.7,
-    # ONNX Runtime's int8 kernels depend on the instruction set: 0.42 on both images where the
-    # table in the README was measured, 0.093 and 0.416 on an AVX2-only machine (no VNNI)
-    "tf2onnx-mobilenetv2-int8": 0.05,
-}
-
 FULL = os.environ.get("ONNXCAM_CONVERTER_FULL", "") not in ("", "0")
 CORPUS_DIR = Path(os.environ.get("ONNXCAM_CONVERTER_CORPUS", corpus.DEFAULT_DIR))
 REPORT = corpus.ROOT / "build" / "converter_corpus.md"
@@ -99,44 +94,53 @@ def correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> dict:
-    """Build the missing entries once; {"dir": path, "errors": {entry: why}, "times": {...}}."""
-    wanted = corpus.selected(None, full=FULL)
-    missing = [n for n in wanted if not corpus.is_built(CORPUS_DIR, n)]
-    errors: dict[str, str] = {}
-    times: dict[str, float] = {}
-    if missing and not HAS_TORCH:
-        for n in missing:
-            errors[n] = (f"skip: {n} is not built in {CORPUS_DIR} and torch is not installed here "
-                         "(build it with `python tests/converter_corpus.py`)")
-        missing = []
-    keras = [n for n in missing if corpus.ENTRIES[n].family == "keras"]
-    variants_of_keras = [n for n in missing if corpus.ENTRIES[n].parent in keras]
-    if keras:
-        if corpus.keras_python() is None:
-            for n in keras + variants_of_keras:
-                errors[n] = ("skip: the tf2onnx entries need the TensorFlow environment .venv-tf "
-                             "(`make venv-tf`; it could not be built or is missing)")
-        else:
-            t0 = time.perf_counter()
-            try:
-                times.update(corpus.build(CORPUS_DIR, keras))
-            except Exception as err:  # each entry's test reports it
-                for n in keras:
-                    errors[n] = f"building the Keras entries failed: {err}"
-            times["keras (all)"] = time.perf_counter() - t0
-    for n in missing:
-        if n in errors or corpus.ENTRIES[n].family == "keras":
-            continue
-        parent = corpus.ENTRIES[n].parent
-        if parent and parent in errors:
-            errors[n] = f"{'skip: ' if errors[parent].startswith('skip') else ''}parent " \
-                        f"{parent}: {errors[parent]}"
-            continue
+    """The corpus, built lazily: {"dir": path, "errors": {entry: why}, "times": {...}}.
+
+    An entry (and its parent) is built the first time a test asks for it (:func:`_entry`), so
+    running one test builds one entry; the Keras entries are built together, by one
+    TensorFlow subprocess.
+    """
+    return {"dir": CORPUS_DIR, "errors": {}, "times": {}}
+
+
+def _build_missing(corpus_dir: dict, name: str) -> None:
+    """Build ``name`` (its parent first) unless it is built; failures go to ``errors``."""
+    errors, times, folder = corpus_dir["errors"], corpus_dir["times"], corpus_dir["dir"]
+    if name in errors or corpus.is_built(folder, name):
+        return
+    entry = corpus.ENTRIES[name]
+    if entry.parent:
+        _build_missing(corpus_dir, entry.parent)
+        parent_error = errors.get(entry.parent)
+        if parent_error is not None:
+            skip = "skip: " if parent_error.startswith("skip") else ""
+            errors[name] = f"{skip}parent {entry.parent}: {parent_error}"
+            return
+    if not HAS_TORCH:
+        errors[name] = (f"skip: {name} is not built in {folder} and torch is not installed here "
+                        "(build it with `python tests/converter_corpus.py`)")
+        return
+    if entry.family != "keras":
         try:
-            times.update(corpus.build(CORPUS_DIR, [n]))
+            times.update(corpus.build(folder, [name]))
         except Exception as err:
-            errors[n] = f"building {n} failed: {type(err).__name__}: {err}"
-    return {"dir": CORPUS_DIR, "errors": errors, "times": times}
+            errors[name] = f"building {name} failed: {type(err).__name__}: {err}"
+        return
+    keras = [n for n in corpus.selected(None, full=FULL)
+             if corpus.ENTRIES[n].family == "keras" and not corpus.is_built(folder, n)]
+    keras += [] if name in keras else [name]
+    if corpus.keras_python() is None:
+        for n in keras:
+            errors[n] = ("skip: the tf2onnx entries need the TensorFlow environment .venv-tf "
+                         "(`make venv-tf`; it could not be built or is missing)")
+        return
+    t0 = time.perf_counter()
+    try:
+        times.update(corpus.build(folder, keras))
+    except Exception as err:  # each entry's test reports it
+        for n in keras:
+            errors[n] = f"building the Keras entries failed: {err}"
+    times["keras (all)"] = time.perf_counter() - t0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,6 +166,7 @@ def _entry(corpus_dir: dict, name: str) -> dict:
     entry = corpus.ENTRIES[name]
     if entry.full_only and not FULL:
         pytest.skip(f"{name} is a slow export: set ONNXCAM_CONVERTER_FULL=1")
+    _build_missing(corpus_dir, name)
     error = corpus_dir["errors"].get(name)
     if error is not None:
         if error.startswith("skip:") or "skip: " in error:
@@ -170,13 +175,13 @@ def _entry(corpus_dir: dict, name: str) -> dict:
     return corpus.load_entry(corpus.entry_dir(corpus_dir["dir"], name))
 
 
-def _explain(data: dict):
+def _explain(data: dict, explanation_graph: bool = True):
     from explainer import Explainer
 
     t0 = time.perf_counter()
     bundle = export_onnx(data["model"])
     seconds = time.perf_counter() - t0
-    explainer = Explainer(bundle, threads=2)
+    explainer = Explainer(bundle, threads=2, explanation_graph=explanation_graph)
     explanation = explainer.explain(data["inputs"], targets=data["class_ids"])
     return bundle, explainer, explanation, seconds
 
@@ -255,22 +260,263 @@ def test_float32_matches_source_framework(corpus_dir: dict, name: str) -> None:
     _matches_source(data, bundle, explainer, explanation, seconds)
 
 
+# --------------------------------------------------------------------------- same-graph reference
+# A reduced-precision graph's map differs from the float32 model's by what the quantization
+# does, and ONNX Runtime's int8 kernels differ per instruction set, so the float32 maps are no
+# yardstick for it. The reference below goes through the same graph instead: the activation
+# the bundle's features graph computed (on this CPU), and the gradient of the model's own
+# head, from the target tensor to the explained logits, by onnx-ad (an independent autodiff)
+# evaluated by ONNX's numpy reference runtime. Quantize/DequantizeLinear pairs get the
+# straight-through gradient (the convention onnxcam's rules document): each pair becomes
+# ``x * mask + delta`` with ``mask`` 1 where ``x`` does not saturate and ``delta`` the constant
+# that makes the value the pair's own output, so forward values are the quantized graph's.
+
+
+def _along(value: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """A per-axis (1-d) quantization parameter shaped to broadcast along ``axis``."""
+    if value.ndim == 1 and value.size > 1:
+        shape = [1] * rank
+        shape[axis % rank] = -1
+        return value.reshape(shape)
+    return value
+
+
+def _dequantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None = None,
+                axis: int = 1) -> np.ndarray:
+    """``(x - zero_point) * scale`` in the scale's dtype (ONNX DequantizeLinear)."""
+    zero = np.zeros((), np.int64) if zero_point is None else zero_point.astype(np.int64)
+    q = x.astype(np.int64) - _along(zero, axis, x.ndim)
+    return (q.astype(scale.dtype) * _along(scale, axis, x.ndim)).astype(scale.dtype)
+
+
+class DequantizeLinear(OpRun):
+    """:func:`_dequantize` for ONNX's numpy reference runtime (it has no opset-13 one)."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, zero_point=None, axis=1, block_size=0, output_dtype=None):
+        return (_dequantize(x, scale, zero_point, axis),)
+
+
+class QuantizeLinear(OpRun):
+    """``saturate(round_half_even(x / scale) + zero_point)`` for the numpy reference runtime."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, zero_point=None, axis=1, saturate=1, block_size=0, output_dtype=0,
+             precision=0):
+        zero = np.zeros((), np.uint8) if zero_point is None else zero_point
+        info = np.iinfo(zero.dtype)
+        q = np.rint(x / _along(scale, axis, x.ndim)) + _along(zero.astype(np.int64), axis,
+                                                                x.ndim)
+        return (np.clip(q, info.min, info.max).astype(zero.dtype),)
+
+
+_QDQ = [DequantizeLinear, QuantizeLinear]
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def _head_of(path: Path, tensor: str, output: str) -> onnx.ModelProto:
+    """The model's own subgraph from ``tensor`` to ``output`` (onnx's extractor)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    return onnx.utils.Extractor(model).extract_model([tensor], [output])
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _straight_through(head: onnx.ModelProto, activation: np.ndarray) -> onnx.ModelProto:
+    """``head`` without Quantize/DequantizeLinear: weights dequantized into constants, each
+    activation pair turned into ``x * mask + delta`` (values of ``head`` at ``activation``)."""
+    graph = head.graph
+    constants = _constants(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    pairs = [n for n in graph.node if n.op_type == "DequantizeLinear"
+             and n.input[0] not in constants]
+    values: dict[str, np.ndarray] = {}
+    if pairs:  # the forward values: what each pair reads and what it gives
+        probe = onnx.ModelProto()
+        probe.CopyFrom(head)
+        del probe.graph.output[:]
+        names = [t for n in pairs for t in (producers[n.input[0]].input[0], n.output[0])]
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names)
+        run = ReferenceEvaluator(probe, new_ops=_QDQ)
+        values = dict(zip(names, run.run(None, {graph.input[0].name: activation}), strict=True))
+    nodes, added = [], []
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            continue  # only its DequantizeLinear consumers read it (checked below)
+        if node.op_type != "DequantizeLinear":
+            nodes.append(node)
+            continue
+        inputs = [constants.get(t) if t else None for t in node.input]
+        if inputs[0] is not None:  # a quantized weight or bias: its float value
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            weight = _dequantize(*inputs, axis=axis)
+            added.append(numpy_helper.from_array(weight, node.output[0]))
+            continue
+        quantize = producers.get(node.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear":
+            raise NotImplementedError(f"DequantizeLinear {node.name!r} reads no QuantizeLinear")
+        x, y = quantize.input[0], node.output[0]
+        scale = constants[quantize.input[1]]
+        zero = constants[quantize.input[2]] if len(quantize.input) > 2 and quantize.input[2] \
+            else np.zeros((), np.uint8)
+        if scale.size != 1:
+            raise NotImplementedError(f"per-axis activation quantization at {x!r}")
+        info = np.iinfo(zero.dtype)
+        level = values[x] / scale + zero.astype(np.float64)
+        mask = ((level > info.min - 0.5) & (level < info.max + 0.5)).astype(values[y].dtype)
+        delta = values[y] - values[x] * mask
+        added += [numpy_helper.from_array(mask, f"{y}__mask"),
+                  numpy_helper.from_array(delta, f"{y}__delta")]
+        nodes += [helper.make_node("Mul", [x, f"{y}__mask"], [f"{y}__masked"]),
+                  helper.make_node("Add", [f"{y}__masked", f"{y}__delta"], [y])]
+    read = {t for n in nodes for t in n.input}
+    stray = [n.output[0] for n in graph.node if n.op_type == "QuantizeLinear"
+             and n.output[0] in read]
+    if stray:
+        raise NotImplementedError(f"QuantizeLinear outputs {stray} are read by other ops")
+    out = helper.make_model(
+        helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output),
+                          [*graph.initializer, *added]),
+        opset_imports=head.opset_import,
+    )
+    out.ir_version = head.ir_version
+    return out
+
+
+def _as_float64(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every floating-point constant, cast and graph input/output of ``model`` in float64."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    for init in graph.initializer:
+        if init.data_type in _FLOATS:
+            value = numpy_helper.to_array(init).astype(np.float64)
+            init.CopyFrom(numpy_helper.from_array(value, init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i in _FLOATS:
+                attr.i = TensorProto.DOUBLE
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOATS:
+                attr.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type in _FLOATS:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return out
+
+
+def _static(model: onnx.ModelProto, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """``model`` with its input fixed to ``shape`` (onnx-ad's Conv rule needs static shapes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for dim, size in zip(out.graph.input[0].type.tensor_type.shape.dim, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = int(size)
+    for value in out.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    del out.graph.value_info[:]
+    return out
+
+
+def same_graph_gradients(path: Path, tensor: str, output: str, activation: np.ndarray,
+                         class_ids: np.ndarray, float64: bool) -> np.ndarray:
+    """Gradients [B, K, ...] of ``output[b, class_ids[b, k]]`` with respect to ``tensor`` set
+    to ``activation``, through the model's own head (float64, or the head's own precision)."""
+    import onnx_ad
+
+    head = _straight_through(_head_of(path, tensor, output), activation)
+    x = activation.astype(np.float64) if float64 else activation
+    head = _static(_as_float64(head) if float64 else head, activation.shape)
+    (logits,) = ReferenceEvaluator(head).run(None, {tensor: x})
+    adjoint = onnx_ad.reverse(head, inputs=[tensor], outputs=[output], layout="onnx")
+    (seed_name,) = [i.name for i in adjoint.graph.input if i.name != tensor]
+    batch, k = class_ids.shape
+    seed = np.zeros((*logits.shape, k), logits.dtype)
+    for j in range(k):
+        seed[np.arange(batch), class_ids[:, j], j] = 1
+    (gradient,) = ReferenceEvaluator(adjoint).run([adjoint.graph.output[-1].name],
+                                                  {tensor: x, seed_name: seed})
+    return np.moveaxis(gradient, -1, 1)
+
+
+def same_graph_cams(data: dict, bundle, explainer) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM through the same graph: (float64 maps, the head's own precision maps).
+
+    The activation is what the bundle's features graph gives on this CPU. The float64 maps
+    take the gradient and the weighted sum in float64; the other ones the gradient in the
+    head's own precision (float16 for a float16 graph) and the weighted sum in the
+    activation's dtype, as the explainer computes it today: how far such a graph resolves a
+    map, the float64 arbitration of :func:`_compare`.
+    """
+    target = bundle.manifest["target"]
+    activation = explainer.run_features(data["inputs"])[target["tensor"]]
+    maps = []
+    for float64 in (True, False):
+        gradient = same_graph_gradients(data["model"], target["tensor"], explainer.logits_name,
+                                        activation, data["class_ids"], float64)
+        a = activation.astype(np.float64) if float64 else activation
+        g = gradient.astype(np.float64) if float64 else gradient.astype(activation.dtype)
+        if target["layout"] == "NHWC":
+            a, g = np.moveaxis(a, -1, 1), np.moveaxis(g, -1, 2)
+        weights = g.mean(axis=(-2, -1))  # [B, K, C]
+        maps.append(np.maximum(np.einsum("bkc,bchw->bkhw", weights, a), 0))
+    return maps[0], maps[1]
+
+
+def _cpu() -> str:
+    """The CPU's model name and its VNNI flags (ONNX Runtime's int8 kernels depend on them)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    vnni = [f for f in flags if "vnni" in f]
+    return f"{model} ({', '.join(vnni) if vnni else 'no VNNI'})"
+
+
 @pytest.mark.parametrize("name", REDUCED)
-def test_reduced_precision_correlates_with_float32(corpus_dir: dict, name: str) -> None:
+def test_reduced_precision_matches_its_own_graph(corpus_dir: dict, name: str) -> None:
+    """float16 and int8 QDQ graphs: the maps equal Grad-CAM through the same graph (see
+    :func:`same_graph_cams`) within :data:`MAX_REL_L2`, or within :data:`ARBITRATION_FACTOR`
+    times that graph's own precision where it is coarser. Their correlation with the float32
+    model's maps and the top-1 agreement are recorded in the report, not asserted."""
+    pytest.importorskip("onnx_ad")
+    from explainer import Explainer
+
     data = _entry(corpus_dir, name)
-    bundle, _, explanation, seconds = _explain(data)
+    # the two graphs: the map is made from the very activation the reference reads
+    bundle, explainer, explanation, seconds = _explain(data, explanation_graph=False)
     assert explanation.cams.shape == data["cams"].shape
+    cams64, cams_own = same_graph_cams(data, bundle, explainer)
+    errors = relative_l2(explanation.cams, cams64)
+    own = relative_l2(cams_own, cams64)
+    failed = errors > np.maximum(MAX_REL_L2, ARBITRATION_FACTOR * own)
+    text = f"{errors.max():.1e} (same graph, float64; its own precision {own.max():.1e})"
+    # the one-run explanation graph: ONNX Runtime may fuse the int8 ops around the cut
+    # differently there (an activation a quantization step apart), so it is recorded only
+    in_graph = Explainer(bundle, threads=2).explain(data["inputs"], targets=data["class_ids"])
     corr = correlation(explanation.cams, data["cams"])
-    errors = relative_l2(explanation.cams, data["cams"])
     agree = explanation.logits.argmax(1) == data["class_ids"][:, 0]
     top1 = corr[agree, 0]
-    bound = MIN_CORRELATION_OF.get(name, MIN_CORRELATION[corpus.ENTRIES[name].exporter])
-    _row(data, bundle, seconds, max_rel_l2=f"{errors.max():.1e}",
+    _row(data, bundle, seconds, max_rel_l2=text,
          min_corr=f"{top1.min() if top1.size else float('nan'):.4f} (all maps {corr.min():.4f})",
-         gradients=f"top-1 agrees on {int(agree.sum())}/{agree.size}")
-    assert np.all(np.isfinite(explanation.cams))
-    assert agree.any(), "the reduced-precision model's top-1 class differs on every image"
-    assert top1.min() >= bound, corr
+         gradients=f"top-1 agrees on {int(agree.sum())}/{agree.size}",
+         float32_correlation=corr.round(4).tolist(),
+         float32_rel_l2=relative_l2(explanation.cams, data["cams"]).round(4).tolist(),
+         explanation_graph_rel_l2=float(f"{relative_l2(in_graph.cams, cams64).max():.2e}"),
+         cpu=_cpu())
+    assert not failed.any(), (text, errors)
 
 
 @pytest.mark.parametrize("name", TOKENS)
