@@ -383,3 +383,46 @@ def _externalize(tensor: onnx.TensorProto, data: Any, offsets: dict[bytes, tuple
     for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", length)):
         tensor.external_data.add(key=key, value=str(value))
     tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """What a node reads: its inputs and what its subgraphs capture from outside them."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            local |= {o for inner in sub.node for o in inner.output}
+            names |= {n for inner in sub.node for n in _reads(inner) if n not in local}
+    return names
+
+
+def extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str]
+            ) -> tuple[onnx.ModelProto, list[str]]:
+    """The part of ``model`` that computes ``outputs`` from ``inputs`` (and its initializers),
+    subgraph captures included (onnx's extractor drops the producers of tensors an ``If``
+    branch reads). Returns the model and the tensors it still needs that are neither
+    ``inputs`` nor computed (empty when ``inputs`` suffice)."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    needed, kept = set(outputs), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o) and not set(node.output) <= set(inputs):
+            kept.append(node)
+            needed |= _reads(node) - set(inputs)
+    kept.reverse()
+    produced = {o for node in kept for o in node.output}
+    missing = sorted(n for n in needed if n not in produced and n not in initializers
+                     and n not in inputs and n not in outputs)
+    types = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
+    used = set().union(*(_reads(node) for node in kept)) if kept else set()
+    part = onnx.helper.make_graph(
+        kept, graph.name,
+        [types.get(n) or onnx.ValueInfoProto(name=n) for n in inputs],
+        [types.get(n) or onnx.ValueInfoProto(name=n) for n in outputs],
+        initializer=[t for t in graph.initializer if t.name in used],
+        value_info=[v for v in graph.value_info if v.name in produced],
+    )
+    result = onnx.helper.make_model(part, opset_imports=list(model.opset_import),
+                                    ir_version=model.ir_version)
+    result.functions.extend(model.functions)
+    return result, missing

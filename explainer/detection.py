@@ -20,6 +20,11 @@ format                 outputs                                        confidence
 ``boxes_scores_labels``  ``boxes [K, 4]``, ``scores [K]``, ``labels``   score
                        ``[K]`` (torchvision detectors exported with
                        their NMS inside)
+``picodet``            per stride ``[N, A_s, C]`` class probabilities     class probability
+                       and ``[N, A_s, 4 (R+1)]`` box distributions
+                       (PicoDet/NanoDet/GFL; decoded here: softmax
+                       over R+1 bins, expectation x stride, distances
+                       from the cell centre)
 =====================  =============================================  ======================
 
 Boxes are in model-input pixels. A detection's score is its confidence ``s`` with
@@ -191,6 +196,24 @@ def _decode_bsl(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> C
     return Candidates(boxes, _sparse_scores(scores, labels, _classes(p, labels)), selected=True)
 
 
+def _decode_picodet(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
+    names, strides, bins = p["outputs"], p["strides"], p["reg_max"] + 1
+    scores = np.concatenate([out[n].reshape(-1, out[n].shape[-1]) for n in names["scores"]])
+    boxes = []
+    for name, stride in zip(names["boxes"], strides, strict=True):
+        dist = out[name].reshape(-1, 4, bins).astype(np.float64)
+        dist = np.exp(dist - dist.max(axis=2, keepdims=True))
+        dist /= dist.sum(axis=2, keepdims=True)
+        ltrb = (dist * np.arange(bins)).sum(axis=2) * stride  # [A_s, 4]
+        cells, _ = anchor_grid(size, (stride,))
+        if len(cells) != len(ltrb):
+            raise UsageError(f"format picodet: output {name!r} has {len(ltrb)} rows, but stride "
+                             f"{stride} gives {len(cells)} cells at {size[0]}x{size[1]}")
+        centre = (cells + 0.5) * stride
+        boxes.append(np.concatenate([centre - ltrb[:, :2], centre + ltrb[:, 2:]], axis=1))
+    return Candidates(np.concatenate(boxes).astype(np.float32), scores.astype(np.float32))
+
+
 def _classes(p: dict[str, Any], ids: np.ndarray) -> int:
     """The class count: the format's, else one past the largest class id seen."""
     return int(p.get("classes") or (int(ids.max()) + 1 if ids.size else 1))
@@ -222,6 +245,7 @@ FORMATS: dict[str, _Format] = {
     "yolox": _Format(_decode_yolox, _terms_yolov5),
     "end2end": _Format(_decode_end2end, lambda k, c, p: ((k, 4),)),
     "boxes_scores_labels": _Format(_decode_bsl, lambda k, c, p: ((k,),)),
+    "picodet": _Format(_decode_picodet, lambda a, c, p: ((a, c),)),
 }
 
 

@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx.utils
 import onnxruntime as ort
 
-from .bundle import Bundle
+from .bundle import Bundle, extract
 from .detection import (
     DEFAULT_CONF,
     DEFAULT_IOU,
@@ -191,12 +190,7 @@ class Explainer:
         wanted = outputs or [self.logits_name]
 
         def pruned() -> onnx.ModelProto:
-            head = onnx.utils.Extractor(self.bundle.head)  # onnx's own dead-node removal
-            part = head.extract_model(list(inputs), list(wanted))
-            known = {*inputs, *(t.name for t in part.graph.initializer)}
-            known |= {o for node in part.graph.node for o in node.output}
-            bypass = sorted({i for node in part.graph.node for i in node.input
-                             if i and i not in known})
+            part, bypass = extract(self.bundle.head, list(inputs), list(wanted))
             if bypass:
                 raise MethodError(
                     f"the logits do not depend on layer tensor(s) {list(inputs)} alone (the "

@@ -103,6 +103,9 @@ def run_chunked(session: ort.InferenceSession, feeds: dict[str, Any], outputs: l
     for start in range(0, rows, size):
         chunk = {}
         for name, value in feeds.items():
+            if value.ndim == 0 or value.shape[0] != rows:  # not per row (a scale, a size)
+                chunk[name] = value
+                continue
             part = value[start : start + size]
             if part.shape[0] < size:
                 pad = np.repeat(part[-1:], size - part.shape[0], axis=0)
@@ -111,7 +114,8 @@ def run_chunked(session: ort.InferenceSession, feeds: dict[str, Any], outputs: l
         values = run_once(session, chunk, outputs, on_cuda)
         for result, value in zip(results, values, strict=True):
             result.append(to_numpy(value))
-    return [np.concatenate(parts)[:rows] for parts in results]
+    return [parts[-1] if parts[-1].ndim == 0 else np.concatenate(parts)[:rows]
+            for parts in results]
 
 
 class SessionPool:

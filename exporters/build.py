@@ -183,6 +183,11 @@ def build_bundle(
         if tensor not in computed:
             also.append(tensor)
             computed |= {o for i in g.descendants(tensor) for o in g.nodes[i].output}
+    outside = [o for o in kept if o not in computed]
+    if outside:
+        raise SplitError(f"output(s) {outside} do not depend on the cut tensors "
+                         f"{[target, *also]}; cut before the head branches that compute them "
+                         "(an earlier target)")
     split = split_model(g, target, [output, *kept], also=also)
     if len(split.features.graph.input) != 1:
         names = [i.name for i in split.features.graph.input]

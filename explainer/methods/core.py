@@ -107,7 +107,9 @@ def weighted_sum(activation: np.ndarray, weights: np.ndarray | Weights) -> np.nd
     """
     if not isinstance(weights, Weights):
         weights = Weights(np.asarray(weights))
-    w = weights.weights
+    # float16 graphs: sum in float32 (a float16 einsum rounds every partial sum)
+    activation = activation.astype(np.float32, copy=False)
+    w = weights.weights.astype(np.float32, copy=False)
     if w.ndim == 2:
         cams = np.einsum("nc,nchw->nhw", w, activation)
     elif w.shape == activation.shape:

@@ -29,7 +29,14 @@ from .candidates import Candidate, analyse, auto_targets, image_input
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
 from .rewrites import add_batch_axis, read_batch_from
-from .tasks import TaskSpec, detection_explained, head_inputs, resolve_task
+from .tasks import (
+    TaskSpec,
+    add_score_concat,
+    detection_explained,
+    format_outputs,
+    head_inputs,
+    resolve_task,
+)
 
 __all__ = ["candidate_layers", "export_onnx", "inspect_model"]
 
@@ -54,11 +61,12 @@ def _prepare_detector(
 ) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
     """Strip the weights, infer shapes once, and find the tensor the head differentiates."""
     light, weights = strip_weights(model)
-    g = Graph(recover_shapes(infer_shapes(light)))
     fmt = dict(spec.format or {})
+    add_score_concat(light, fmt)
+    g = Graph(recover_shapes(infer_shapes(light)))
     explained = detection_explained(g, fmt)
     notes = {"task": "detect", "format": fmt["name"], "explained": explained,
-             "output": sorted(set(fmt["outputs"].values()))}
+             "output": format_outputs(fmt)}
     return g, explained, {**notes, "format": fmt}, weights
 
 
@@ -103,16 +111,19 @@ def inspect_model(
         g, explained, notes, _ = _prepare_detector(loaded, spec)
         spec.format = notes["format"]
         candidates = analyse(g, explained)[0]
-        return candidates, spec, _detector_targets(g, candidates, explained)
+        return candidates, spec, _detector_targets(g, candidates, explained,
+                                                   format_outputs(spec.format))
     g, explained, _, _ = _prepare(loaded, output, pre_softmax)
     candidates = analyse(g, explained)[0]
     return candidates, spec, [c.tensor for c in auto_targets(candidates)[:1]]
 
 
-def _detector_targets(g: Graph, candidates: list[Candidate], explained: str) -> list[str]:
-    """A detector's auto targets: where its features enter the head, one tensor per stride."""
+def _detector_targets(g: Graph, candidates: list[Candidate], explained: str,
+                      outputs: Sequence[str] = ()) -> list[str]:
+    """A detector's auto targets: where its features enter the head (which computes the
+    explained tensor and the decoded ``outputs``), one tensor per stride."""
     usable = [c.tensor for c in candidates if c.layout == "NCHW" and c.differentiable]
-    return head_inputs(g, image_input(g), explained, usable)
+    return head_inputs(g, image_input(g), [explained, *outputs], usable)
 
 
 def _resolve_target(g: Graph, candidates: list[Candidate], target: str) -> tuple[str, str, str]:
@@ -379,12 +390,12 @@ def _export_detector(
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
                "preprocessing": preprocessing, "weights": weights, "input_gradient": False,
                "notes": _notes(g, source, target, notes), "task": "detect", "format": fmt,
-               "keep_outputs": sorted(set(fmt["outputs"].values()))}
+               "keep_outputs": format_outputs(fmt)}
     if preprocessing is None:
         options["preprocessing"] = _detector_preprocessing(g, in_layout)
         notes["preprocessing_guessed"] = options["preprocessing"] is not None
     if target == "auto":
-        tensors = _detector_targets(g, candidates, explained)
+        tensors = _detector_targets(g, candidates, explained, options["keep_outputs"])
         if not tensors:
             raise OnnxExportError(
                 f"found no feature map entering the head of {explained!r} with a "

@@ -15,6 +15,10 @@ order:
   when the probe's box centres stay near zero instead of spreading over the image (YOLOX
   exported without box decoding: grid offsets, decoded by the runtime);
 * a rank-3 ``[N, K, 6]`` output otherwise: ``end2end`` (x1, y1, x2, y2, score, class);
+* rank-3 outputs in pairs per stride, ``[N, A_s, C]`` scores (in [0, 1] on the probe) and
+  ``[N, A_s, 4 * (reg_max + 1)]`` box distributions, A_s the cells of strides 8/16/32(/64):
+  ``picodet`` (PicoDet/NanoDet/GFL heads; the explained tensor is the scores concatenated over
+  the strides, a node the export adds);
 * one float output with one axis of size > 1 past the batch: ``classify``.
 
 Anything else raises :class:`OnnxExportError` listing every output with its shape and the
@@ -36,16 +40,16 @@ from onnx import TensorProto, helper
 from ..errors import OnnxExportError
 from ..graph import FLOAT_TYPES, Graph, value_shape
 
-__all__ = ["DETECT_FORMATS", "TASKS", "TaskSpec", "detection_explained", "head_inputs",
-           "resolve_task"]
+__all__ = ["DETECT_FORMATS", "TASKS", "TaskSpec", "add_score_concat", "detection_explained",
+           "format_outputs", "head_inputs", "resolve_task"]
 
 log = logging.getLogger(__name__)
 
 #: the tasks a bundle can have
 TASKS = ("classify", "detect")
 #: detection output formats (see :mod:`explainer.detection`)
-DETECT_FORMATS = ("yolov8", "yolov5", "yolox", "end2end", "boxes_scores_labels")
-_STRIDES = ((8, 16, 32), (8, 16, 32, 64))
+DETECT_FORMATS = ("yolov8", "yolov5", "yolox", "end2end", "boxes_scores_labels", "picodet")
+_STRIDES = ((8, 16, 32, 64), (8, 16, 32))
 _PROBE_SIZE = 320  # symbolic H/W are probed at this size
 _PASS_THROUGH = ("Identity", "Cast")
 _LAYOUTS = {"yolov8": "[N, 4+C, A]", "yolov5": "[N, A, 5+C]", "yolox": "[N, A, 5+C]",
@@ -188,6 +192,34 @@ def _detect_format(shapes: dict[str, list[Any]], types: dict[str, int],
         if (types.get(name) in FLOAT_TYPES and shape is not None and len(shape) == 3
                 and shape[2] == 6):
             return {"name": "end2end", "outputs": {"predictions": name}}
+    if hw and values is not None:
+        return _picodet(shapes, types, hw, values)
+    return None
+
+
+def _picodet(shapes: dict[str, list[Any]], types: dict[str, int], hw: tuple[int, int],
+             values: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Per-stride score and box-distribution outputs (see the module docstring)."""
+    dense = {n: s for n, s in shapes.items()
+             if types.get(n) in FLOAT_TYPES and s is not None and len(s) == 3}
+    for strides in _STRIDES:
+        cells = [math.ceil(hw[0] / s) * math.ceil(hw[1] / s) for s in strides]
+        scores, boxes = [], []
+        for count in cells:
+            level = [n for n, s in dense.items() if s[1] == count]
+            probs = [n for n in level if 0.0 <= values[n].min() and values[n].max() <= 1.0]
+            dists = [n for n in level if n not in probs and dense[n][2] % 4 == 0]
+            if len(probs) != 1 or len(dists) != 1:
+                break
+            scores.append(probs[0])
+            boxes.append(dists[0])
+        else:
+            bins = {dense[n][2] // 4 for n in boxes}
+            classes = {dense[n][2] for n in scores}
+            if len(bins) == 1 and len(classes) == 1:
+                return {"name": "picodet", "outputs": {"scores": scores, "boxes": boxes},
+                        "strides": list(strides), "reg_max": bins.pop() - 1,
+                        "classes": classes.pop()}
     return None
 
 
@@ -274,6 +306,10 @@ def _given_format(name: str, shapes: dict[str, list[Any]], types: dict[str, int]
                 f"format boxes_scores_labels needs a [K, 4] float, a [K] float and a [K] int "
                 f"output; the model has {_listing(shapes, types)}")
         return {"name": name, "outputs": roles}
+    if name == "picodet":
+        raise OnnxExportError(
+            "format picodet needs per-stride [N, A_s, C] scores in [0, 1] and [N, A_s, "
+            f"4 * (reg_max + 1)] box outputs; the model has {_listing(shapes, types)}")
     dense = [n for n, s in shapes.items() if types.get(n) in FLOAT_TYPES and s and len(s) == 3]
     if not dense:
         raise OnnxExportError(f"format {name!r} needs a rank-3 float output; the model has "
@@ -298,6 +334,28 @@ def _classes(fmt: dict[str, Any], shapes: dict[str, list[Any]]) -> int | None:
     return None  # from the labels, or the probe's largest class id
 
 
+def format_outputs(fmt: dict[str, Any]) -> list[str]:
+    """The model outputs a format decodes, sorted."""
+    names: set[str] = set()
+    for value in fmt["outputs"].values():
+        names.update([value] if isinstance(value, str) else value)
+    return sorted(names)
+
+
+def add_score_concat(model: onnx.ModelProto, fmt: dict[str, Any]) -> None:
+    """For ``picodet``: a ``Concat`` of the per-stride score outputs over the anchors (in
+    place), the one tensor the head differentiates (``fmt["scores_tensor"]``)."""
+    if fmt["name"] != "picodet":
+        return
+    taken = {n for node in model.graph.node for n in [*node.input, *node.output]}
+    name = "onnxcam_scores"
+    while name in taken:
+        name += "_"
+    model.graph.node.append(helper.make_node("Concat", list(fmt["outputs"]["scores"]), [name],
+                                             axis=1, name=f"{name}_concat"))
+    fmt["scores_tensor"] = name
+
+
 # --- where the head differentiates and where it is cut ------------------------------------------
 def detection_explained(g: Graph, fmt: dict[str, Any]) -> str:
     """The tensor the head differentiates: the YOLOv8 layout's class logits before the
@@ -308,6 +366,9 @@ def detection_explained(g: Graph, fmt: dict[str, Any]) -> str:
     if fmt["name"] == "boxes_scores_labels":
         fmt["explained"] = "probabilities"
         return outputs["scores"]
+    if fmt["name"] == "picodet":
+        fmt["explained"] = "probabilities"
+        return fmt["scores_tensor"]
     out = outputs["predictions"]
     fmt["explained"] = "probabilities"
     if fmt["name"] != "yolov8":
@@ -331,7 +392,8 @@ def detection_explained(g: Graph, fmt: dict[str, Any]) -> str:
     return logits
 
 
-def head_inputs(g: Graph, source: str, explained: str, candidates: Sequence[str]) -> list[str]:
+def head_inputs(g: Graph, source: str, explained: str | Sequence[str],
+                candidates: Sequence[str]) -> list[str]:
     """The tensors where a detector's features enter its head, in topological order.
 
     Exporters name nodes by module scope (torch.onnx: ``/model.22/cv3.0/...``,
@@ -345,25 +407,30 @@ def head_inputs(g: Graph, source: str, explained: str, candidates: Sequence[str]
     Args:
         g: the shape-inferred graph.
         source: the image input.
-        explained: the tensor the head differentiates.
+        explained: the tensor the head differentiates, or it and the outputs it decodes (the
+            head computes them all).
         candidates: rank-4 spatial tensors on the path (topological order) with a known layout.
     """
-    nodes, _ = g.path(source, explained)
+    ends = [explained] if isinstance(explained, str) else list(explained)
+    nodes = sorted(set().union(*(g.path(source, e)[0] for e in ends)))
     order = {t: k for k, t in enumerate(candidates)}
     scoped = _scope_inputs(g, nodes, set(candidates))
     if scoped:
         return sorted(scoped, key=order.__getitem__)
     on_path = set(nodes)
-    size = {t: tuple(g.shape(t) or ())[2:] for t in candidates}
+    maps = [o for i in nodes for o in g.nodes[i].output if o and g.rank(o) == 4]
+    position = {t: k for k, t in enumerate(maps)}
+    size = {t: tuple(g.shape(t) or ())[2:] for t in maps}
     exits: dict[tuple[Any, ...], list[str]] = {}
-    for t in candidates:
+    for t in maps:
         outs = [o for i in g.consumers.get(t, []) if i in on_path for o in g.nodes[i].output]
         if any(g.rank(o) not in (None, 4) for o in outs):
             exits.setdefault(size[t], []).append(t)
     picked = []
     for level, ends in exits.items():
-        same = [t for t in candidates if size[t] == level and t not in ends
-                and order[t] < max(map(order.get, ends))]
+        last = max(position[e] for e in ends)
+        same = [t for t in candidates if size.get(t) == level and t not in ends
+                and position[t] < last]
         found = next((t for t in reversed(same) if _dominates(g, source, t, ends, on_path)), None)
         if found is not None:
             picked.append(found)
