@@ -276,32 +276,40 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None,
         limit: int = MAX_DETECTIONS) -> np.ndarray:
-    """Greedy non-maximum suppression: indices of the kept boxes, best first (class-aware when
-    ``classes`` is given: boxes of different classes never suppress each other)."""
+    """Greedy non-maximum suppression: indices of the kept boxes, best first, at most
+    ``limit`` (class-aware when ``classes`` is given: boxes of different classes never suppress
+    each other, by Ultralytics' offset of each class's boxes)."""
+    boxes = boxes.astype(np.float64)
+    if classes is not None and len(boxes):
+        span = float(np.abs(boxes).max()) * 2 + 1
+        boxes = boxes + (classes.astype(np.float64) * span)[:, None]
+    x1, y1, x2, y2 = boxes.T
+    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
     while order.size and len(keep) < limit:
         best, order = order[0], order[1:]
         keep.append(int(best))
-        if not order.size:
-            break
-        overlap = box_iou(boxes[best], boxes[order])
-        same = np.ones(order.size, bool) if classes is None else classes[order] == classes[best]
-        order = order[~((overlap > iou) & same)]
+        w = np.clip(np.minimum(x2[best], x2[order]) - np.maximum(x1[best], x1[order]), 0, None)
+        h = np.clip(np.minimum(y2[best], y2[order]) - np.maximum(y1[best], y1[order]), 0, None)
+        inter = w * h
+        overlap = inter / np.maximum(areas[best] + areas[order] - inter, _EPS)
+        order = order[overlap <= iou]
     return np.array(keep, dtype=np.int64)
 
 
 def detections(cands: Candidates, conf: float, iou: float,
-               labels: Sequence[str] | None = None) -> list[Detection]:
+               labels: Sequence[str] | None = None,
+               limit: int = MAX_DETECTIONS) -> list[Detection]:
     """The image's detections: each candidate's best class above ``conf``, then class-aware NMS
-    (skipped when the graph selected them already), best first."""
+    (skipped when the graph selected them already), best first, at most ``limit``."""
     best = cands.scores.argmax(axis=1) if cands.scores.size else np.zeros(0, np.int64)
     score = cands.scores[np.arange(len(best)), best] if cands.scores.size else np.zeros(0)
     rows = np.flatnonzero(score >= conf)
     if not cands.selected:
-        rows = rows[nms(cands.boxes[rows], score[rows], iou, best[rows])]
+        rows = rows[nms(cands.boxes[rows], score[rows], iou, best[rows], limit)]
     else:
-        rows = rows[np.argsort(-score[rows], kind="stable")][:MAX_DETECTIONS]
+        rows = rows[np.argsort(-score[rows], kind="stable")][:limit]
     return [_detection(cands, int(a), int(best[a]), labels) for a in rows]
 
 
@@ -410,7 +418,7 @@ def plan_detections(
     """
     if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0:
         raise TargetError(f"conf must be in [0, 1] and iou in (0, 1], got conf={conf}, iou={iou}")
-    found = None
+    found, found_limit = None, 0
     targets: list[DetectionTarget] = []
     for term in _terms(spec):
         if isinstance(term, dict):
@@ -426,9 +434,11 @@ def plan_detections(
         raw = term.replace(" ", "").lower()
         top = _TOP.match(raw)
         if raw in ("detections", "all") or top:
-            if found is None:
-                found = detections(cands, conf, iou, labels)
-            chosen = found if not top else found[: int(top.group(1) or 1)]
+            want = int(top.group(1) or 1) if top else MAX_DETECTIONS
+            if found is None or (len(found) < want and found_limit < MAX_DETECTIONS):
+                found_limit = want if top else MAX_DETECTIONS  # NMS stops after K boxes
+                found = detections(cands, conf, iou, labels, found_limit)
+            chosen = found[:want]
             targets += [DetectionTarget(d, [(d.candidate, d.class_id)]) for d in chosen]
             continue
         c = int(raw) if raw.isdigit() else class_id(term, labels)

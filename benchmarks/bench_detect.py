@@ -1,0 +1,131 @@
+"""Cost of detection maps relative to one inference, beside pytorch-grad-cam's recipes.
+
+One run on one machine: an Ultralytics YOLOv8n built from its YAML with seeded random weights
+(BatchNorm recalibrated, ``tests/yolo_models.py``), exported by Ultralytics' own exporter
+(``dynamic=True``), 640x640 (``--size``), batch 1, 2 threads (``--threads``). onnxcam explains
+the ``.onnx`` file at its automatic target (the three tensors entering the Detect head, fused);
+pytorch-grad-cam 1.5.7 runs on the same torch model object with the same three layers as
+``target_layers``.
+
+Rows, in milliseconds (median over ``--rounds`` of block medians, as ``bench_gradcam``):
+
+* ``inference``: plain ONNX Runtime on the same ``.onnx`` file at its default settings (threads
+  aside: spinning on), the baseline a user would run;
+* ``onnxcam <method> xK``: ``Explainer.explain(x, targets="topK", method=..., conf=0)``: the
+  features graph, the prediction pass, the NMS in numpy, one backward pass per detection
+  (all K in one head run) and the maps (upsampled, fused over the three layers);
+* ``pytorch-grad-cam EigenCAM``: its YOLO recipe (no target, one map);
+* ``pytorch-grad-cam <method> xK``: the method with a detection target (the class probability
+  of the detection's anchor, as its ``FasterRCNNBoxScoreTarget`` scores a box): K maps as one
+  call on the image repeated K times, one target per row (its fastest way to K maps).
+
+Usage: ``python benchmarks/bench_detect.py [--size 640] [--detections 1 10] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from bench_gradcam import block_median_ms
+
+from explainer import Explainer
+from explainer.bridge import export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import yolo_models as ym  # noqa: E402
+
+
+def _plain(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _Score:
+    """pytorch-grad-cam target: the class probability of one anchor of one image's output."""
+
+    def __init__(self, anchor: int, cls: int) -> None:
+        self.anchor, self.cls = anchor, cls
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[4 + self.cls, self.anchor]
+
+
+def _peer(method: str, model: torch.nn.Module, xt: torch.Tensor, picks: list[tuple[int, int]]):
+    import pytorch_grad_cam as pgc
+
+    layers = [model.model[i] for i in model.model[-1].f]
+    cam = getattr(pgc, method)(model=model, target_layers=layers)
+    if method == "EigenCAM":
+        return cam, lambda: cam(xt, targets=None)
+    batch = xt.repeat(len(picks), 1, 1, 1)
+    targets = [_Score(a, c) for a, c in picks]
+    return cam, lambda: cam(batch, targets=targets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--detections", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--methods", nargs="+", default=["layercam", "gradcam"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+
+    model = ym.build_yolo("yolov8n.yaml", seed=0)
+    model.model[-1].export = True  # the torch model returns [N, 4+C, A], as its ONNX file
+    model.requires_grad_(True)  # as a trained model is loaded (the fused model freezes them)
+    folder = Path(tempfile.mkdtemp(prefix="onnxcam-bench-"))
+    path = ym.export_yolo(model, folder / "yolov8n.onnx", args.size)
+    explainer = Explainer(export_onnx(path), threads=args.threads)
+    x = np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    plain = _plain(path, args.threads)
+    name = plain.get_inputs()[0].name
+
+    runs: dict[str, Any] = {"inference": lambda: plain.run(None, {name: x})}
+    keep = []
+    for k in args.detections:
+        found = explainer.explain(x, targets=f"top{k}", conf=0.0).detections[0]
+        picks = [(d.candidate, d.class_id) for d in found]
+        for method in args.methods:
+            runs[f"onnxcam {method} x{k}"] = (
+                lambda k=k, m=method: explainer.explain(x, targets=f"top{k}", method=m, conf=0.0))
+            peer_name = {"layercam": "LayerCAM", "gradcam": "GradCAM"}[method]
+            cam, call = _peer(peer_name, model, xt, picks)
+            keep.append(cam)
+            runs[f"pytorch-grad-cam {peer_name} x{k}"] = call
+    runs["onnxcam eigencam x1"] = lambda: explainer.explain(x, targets="top1", method="eigencam",
+                                                            conf=0.0)
+    cam, call = _peer("EigenCAM", model, xt, [])
+    keep.append(cam)
+    runs["pytorch-grad-cam EigenCAM"] = call
+
+    times = block_median_ms(runs, args.rounds, args.block)
+    base = times["inference"]
+    rows = [{"row": key, "ms": round(ms, 2), "vs_inference": round(ms / base, 3),
+             "size": args.size, "threads": args.threads} for key, ms in times.items()]
+    print(f"| YOLOv8n {args.size}x{args.size}, batch 1, {args.threads} threads | ms | "
+          "x inference |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['row']} | {row['ms']:.1f} | {row['vs_inference']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
