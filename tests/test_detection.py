@@ -4,7 +4,9 @@ planning, and seeds that are the gradients of the scores they claim (finite diff
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from explainer.detection import (
     Candidates,
@@ -156,3 +158,47 @@ def test_letterbox_geometry_maps_boxes_back() -> None:
     assert isinstance(crop, Geometry) and crop.offset == (-25.0, 0.0)
     with pytest.raises(Exception, match="letterbox replaces resize"):
         Preprocessing(letterbox=320)
+
+
+def _model(outputs: list[tuple[str, str, list[int]]]) -> onnx.ModelProto:
+    """An image model [1, 3, 32, 32] -> outputs made by Reshape/ArgMax of a pooled map."""
+
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"])]
+    inits, infos = [], []
+    for k, (name, kind, shape) in enumerate(outputs):
+        if kind == "int":
+            nodes.append(helper.make_node("ArgMax", ["pooled"], [name], axis=1, keepdims=0))
+            infos.append(helper.make_tensor_value_info(name, TensorProto.INT64, shape))
+            continue
+        size = int(np.prod(shape))
+        inits += [numpy_helper.from_array(np.ones((1, 3, 1, size), np.float32), f"w{k}"),
+                  numpy_helper.from_array(np.array(shape, np.int64), f"s{k}")]
+        nodes += [helper.make_node("Mul", ["pooled", f"w{k}"], [f"m{k}"]),
+                  helper.make_node("ReduceMean", [f"m{k}"], [f"r{k}"], axes=[1], keepdims=0),
+                  helper.make_node("Reshape", [f"r{k}", f"s{k}"], [name])]
+        infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                   ["n"] + [None] * (len(shape) - 1)))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        infos, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_task_is_told_from_the_outputs_or_refused_with_all_of_them_listed() -> None:
+    from exporters.errors import OnnxExportError
+    from exporters.onnx_frontend.tasks import resolve_task
+
+    anchors = 4 * 4 + 2 * 2 + 1  # strides 8, 16, 32 at 32x32
+    v8 = resolve_task(_model([("out", "float", [1, 6, anchors])]))
+    assert v8.task == "detect" and v8.format["name"] == "yolov8" and v8.format["classes"] == 2
+    v5 = resolve_task(_model([("out", "float", [1, 3 * anchors, 7])]))
+    assert v5.format["name"] in ("yolov5", "yolox") and v5.format["classes"] == 2
+    with pytest.raises(OnnxExportError, match=r"'labels' \[1, 1, 1\] int64.*--task"):
+        resolve_task(_model([("labels", "int", [1])]))  # argmax only: nothing to differentiate
+    with pytest.raises(OnnxExportError) as err:
+        resolve_task(_model([(f"o{k}", "float", [1, 5, 7, 3]) for k in range(3)]))
+    assert all(f"'o{k}' [1, 5, 7, 3]" in str(err.value) for k in range(3))
+    with pytest.raises(OnnxExportError, match="contradicts"):
+        resolve_task(_model([("out", "float", [1, 6, anchors])]), format="yolov5")
+    with pytest.raises(OnnxExportError, match="unknown detection format 'ssd'"):
+        resolve_task(_model([("out", "float", [1, 6, anchors])]), format="ssd")
