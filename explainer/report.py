@@ -78,7 +78,26 @@ def _display_name(row: dict[str, Any], root: str) -> str:
     return os.path.relpath(image, root) if root else image
 
 
+def _detections_table(row: dict[str, Any]) -> str:
+    """A detector's row: each explained detection (numbered as on the figure) and its box in the
+    original image, or the note that there was none."""
+    if not row["detections"]:
+        return f"<p class='note'>{_e(row.get('note') or 'no detection')}</p>"
+    lines = ["<table class='classes'><tr><th>#</th><th>class</th><th>score</th><th></th>"
+             "<th>box (x1, y1, x2, y2)</th></tr>"]
+    for k, d in enumerate(row["detections"], 1):
+        label = d["label"] if d["label"] is not None else d["class_id"]
+        box = d["image_box"] or d["box"]
+        lines.append(
+            f"<tr><td>{k}</td><td>{_e(label)}</td><td>{d['score']:.4f}</td><td><div "
+            f"class='bar'><i style='width:{100 * d['score']:.1f}%'></i></div></td>"
+            f"<td>{_e(', '.join(f'{v:.0f}' for v in box))}</td></tr>")
+    return "".join(lines) + "</table>"
+
+
 def _classes_table(row: dict[str, Any]) -> str:
+    if "detections" in row:
+        return _detections_table(row)
     labels = row.get("labels") or [None] * len(row["class_ids"])
     lines = ["<table class='classes'><tr><th>class</th><th>id</th><th>probability</th><th></th>"
              "<th>logit</th></tr>"]
