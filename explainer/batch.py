@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .detection import DEFAULT_CONF, DEFAULT_IOU, check_spec
+from .detection import DEFAULT_CONF, DEFAULT_IOU, check_renormalize, check_spec
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_with_geometry, preprocess, values_only
 from .inputs import collect_images, output_names, unique_name
@@ -97,6 +97,7 @@ class RunOptions:
             ``"max"`` or None (the first layer's); see :func:`explainer.layers.fuse`.
         conf: a detector's confidence threshold.
         iou: a detector's NMS IoU threshold.
+        renormalize: ``"boxes"``: each detection's map rescaled inside its box, zero outside.
     """
 
     targets: Any = None
@@ -114,6 +115,7 @@ class RunOptions:
     fuse: str | None = "mean"
     conf: float = DEFAULT_CONF
     iou: float = DEFAULT_IOU
+    renormalize: str | None = None
 
     def check(self, num_classes: int, labels: list[str] | None = None,
               task: str = "classify") -> None:
@@ -157,6 +159,7 @@ class RunOptions:
                              f"and {self.iou}")
         if self.targets is not None and self.top_k is not None:
             raise TargetError("give either --targets or --top-k, not both")
+        check_renormalize(self.renormalize)
         check_spec(self.targets, labels, num_classes)
 
     def explain_options(self, task: str = "classify") -> dict[str, Any]:
@@ -164,7 +167,8 @@ class RunOptions:
         options = {"targets": self.targets, "top_k": self.top_k, "method": self.method,
                    "score": self.score, "fuse": self.fuse}
         if task == "detect":
-            return {**options, "conf": self.conf, "iou": self.iou}
+            return {**options, "conf": self.conf, "iou": self.iou,
+                    "renormalize": self.renormalize}
         return {**options, "contrast": self.contrast}
 
 
@@ -389,6 +393,7 @@ class FolderRun:
         }
         if self.task == "detect":  # recorded (and compared on --resume) for detectors only
             self.header.update({"task": "detect", "conf": options.conf, "iou": options.iou,
+                                "renormalize": options.renormalize,
                                 "targets": "detections" if targets is None and not options.top_k
                                 else self.header["targets"]})
         self.rows: dict[str, dict[str, Any]] = {}

@@ -233,6 +233,7 @@ def _explain(args: argparse.Namespace) -> int:
         save_npy=args.save_npy, max_pixels=args.max_pixels, overwrite=args.overwrite,
         resume=args.resume, contrast=_targets(args.contrast), score=args.score,
         fuse=None if args.fuse == "none" else args.fuse, conf=args.conf, iou=args.iou,
+        renormalize=args.renormalize,
     )
     explainer = _explainer(args)
     with explainer:
@@ -395,6 +396,8 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
         help="detectors: confidence threshold of the detections (default: 0.25)")
     add("--iou", type=float, default=0.45,
         help="detectors: IoU threshold of the NMS (default: 0.45)")
+    add("--renormalize", default=None, metavar="boxes",
+        help="detectors: rescale each detection's map inside its box, zero outside")
     add("--contrast", default=None, metavar="SPEC",
         help="explain each target's score minus this class's (forms of --targets; one class, "
              "or one per target)")

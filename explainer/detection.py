@@ -447,6 +447,17 @@ def plan_detections(
     return targets
 
 
+#: what ``renormalize=`` may be
+RENORMALIZE = (None, "boxes")
+
+
+def check_renormalize(mode: str | None) -> None:
+    """Raise :class:`UsageError` unless ``mode`` is one of :data:`RENORMALIZE`."""
+    if mode not in RENORMALIZE:
+        raise UsageError(f"unknown renormalize {mode!r}; renormalize must be 'boxes' or None "
+                         "(--renormalize boxes on the command line)")
+
+
 def check_spec(spec: Any, labels: Sequence[str] | None, num_classes: int) -> None:
     """Validate a detection target spec before any image (names, ids, term syntax).
 

@@ -232,3 +232,29 @@ def stack_explanations(parts: list[Explanation]) -> Explanation:
         notes=[note.replace("image 0", f"image {b}") for b, p in enumerate(parts)
                for note in p.notes],
     )
+
+
+def renormalized_in_boxes(explanation: Explanation) -> Explanation:
+    """A detector's explanation whose heatmaps are each zero outside its detection's box and
+    min-max scaled to [0, 1] inside it (pytorch-grad-cam's ``renormalize_cam_in_bounding_boxes``,
+    per detection); every layer's heatmaps likewise. The raw ``cams`` are unchanged."""
+    from dataclasses import replace
+
+    def rescale(heatmaps: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(heatmaps)
+        h, w = heatmaps.shape[-2:]
+        for b, row in enumerate(explanation.detections or []):
+            for k, detection in enumerate(row):
+                x1, y1, x2, y2 = detection.box
+                top, left = min(max(int(np.floor(y1)), 0), h), min(max(int(np.floor(x1)), 0), w)
+                bottom, right = min(max(int(np.ceil(y2)), 0), h), min(max(int(np.ceil(x2)), 0), w)
+                region = heatmaps[b, k, top:bottom, left:right]
+                if region.size:
+                    low, span = region.min(), region.max() - region.min()
+                    out[b, k, top:bottom, left:right] = (region - low) / span if span > 0 else 0
+        return out
+
+    layers = None if explanation.layers is None else {
+        name: LayerMaps(maps.cams, rescale(maps.heatmaps))
+        for name, maps in explanation.layers.items()}
+    return replace(explanation, heatmaps=rescale(explanation.heatmaps), layers=layers)

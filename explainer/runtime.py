@@ -34,6 +34,7 @@ from .detection import (
     DEFAULT_IOU,
     Detection,
     DetectionTarget,
+    check_renormalize,
     check_spec,
     decode,
     plan_detections,
@@ -45,6 +46,7 @@ from .explanation import (
     Explanation,
     contrast_ids,
     detection_explanation,
+    renormalized_in_boxes,
     softmax,
     stack_explanations,
 )
@@ -417,7 +419,10 @@ class Explainer:
             **detect: for a detector: ``conf`` (confidence threshold, default 0.25), ``iou``
                 (NMS IoU threshold, default 0.45), ``geometry`` (one
                 :class:`~explainer.image.Geometry` per image, to give each detection its box
-                in the original image). A detector's ``targets`` are detections, classes or
+                in the original image), ``renormalize`` (``"boxes"``: each map zero outside its
+                detection's box and min-max scaled inside it, as pytorch-grad-cam's
+                ``renormalize_cam_in_bounding_boxes``; the raw ``cams`` are kept). A detector's
+                ``targets`` are detections, classes or
                 boxes (see :mod:`explainer.detection`): default ``"detections"``; ``top_k``
                 explains the K best detections.
 
@@ -505,7 +510,7 @@ class Explainer:
     def _explain_detections(
         self, x: np.ndarray, targets: Any, top_k: int | None, method: str, score: str,
         fuse: str | None, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
-        geometry: Sequence[Geometry] | None = None,
+        geometry: Sequence[Geometry] | None = None, renormalize: str | None = None,
     ) -> Explanation:
         """:meth:`explain` for a detector: decode the outputs, choose the detections, one seed
         over the explained tensor per detection, then the same per-layer maps."""
@@ -517,6 +522,7 @@ class Explainer:
                 raise TargetError("give either targets or top_k, not both")
             targets = f"top{int(top_k)}"
         check_spec(targets, self.labels, self.num_classes)
+        check_renormalize(renormalize)
         features = self._run_features(x)
         names = [self.logits_name, *self.head_outputs]
         values = dict(zip(names, (self._to_numpy(v) for v in self._run(
@@ -546,8 +552,9 @@ class Explainer:
         _, maps = self._layer_maps(x, features, ids, seeds, method, scorer) if k else (None, {})
         detections = [[self._placed(t.detection, b, geometry) for t in plan]
                       for b, plan in enumerate(plans)]
-        return detection_explanation(detections, plans, explained, maps, fmt, score, method,
-                                     fuse, k, (batch, *size), notes)
+        explanation = detection_explanation(detections, plans, explained, maps, fmt, score,
+                                            method, fuse, k, (batch, *size), notes)
+        return renormalized_in_boxes(explanation) if renormalize else explanation
 
     def _input_size(self, x: np.ndarray) -> tuple[int, int]:
         return tuple(x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3])

@@ -74,6 +74,24 @@ def test_detections_are_the_packages_and_their_maps_lie_in_their_boxes(bundle: B
     assert explanation.method == "layercam"  # the detectors' default
 
 
+def test_maps_renormalized_in_their_boxes(bundle: Bundle) -> None:
+    image = [wm.sample_image()]
+    plain = Explainer(bundle).explain_images(image, targets="top2", conf=0.1)
+    boxed = Explainer(bundle).explain_images(image, targets="top2", conf=0.1,
+                                             renormalize="boxes")
+    np.testing.assert_array_equal(plain.cams, boxed.cams)
+    for k, detection in enumerate(boxed.detections[0]):
+        x1, y1 = (int(np.floor(v)) for v in detection.box[:2])
+        x2, y2 = (int(np.ceil(v)) for v in detection.box[2:])
+        inside = boxed.heatmaps[0, k, y1:y2, x1:x2]
+        assert inside.max() == pytest.approx(1.0) and inside.min() == pytest.approx(0.0)
+        outside = boxed.heatmaps[0, k].copy()
+        outside[max(y1 - 1, 0):y2 + 2, max(x1 - 1, 0):x2 + 2] = 0
+        assert not outside.any()
+    with pytest.raises(Exception, match="renormalize"):
+        Explainer(bundle).explain_images(image, conf=0.1, renormalize="box")
+
+
 def test_every_method_explains_a_detection(bundle: Bundle) -> None:
     explainer = Explainer(bundle)
     image = [wm.sample_image()]
