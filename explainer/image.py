@@ -104,6 +104,9 @@ def _decode_file(path: Path, max_pixels: int | None) -> Image.Image:
         raise
     except UnidentifiedImageError as err:
         raise ImageError(f"{path}: not an image file in a format Pillow reads ({err})") from err
+    except ImportError as err:  # a plugin patched into Image.open (Ultralytics' HEIF) is missing
+        raise ImageError(f"{path}: not an image file in a format Pillow reads (an image plugin "
+                         f"tried for it is not installed: {err})") from err
     except Image.DecompressionBombError as err:
         raise ImageError(
             f"{path}: {err} This is Pillow's own hard limit (twice PIL.Image.MAX_IMAGE_PIXELS, "

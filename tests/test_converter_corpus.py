@@ -452,18 +452,24 @@ def same_graph_cams(data: dict, bundle, explainer) -> tuple[np.ndarray, np.ndarr
 
     The activation is what the bundle's features graph gives on this CPU. The float64 maps
     take the gradient and the weighted sum in float64; the other ones the gradient in the
-    head's own precision (float16 for a float16 graph) and the weighted sum in the
-    activation's dtype, as the explainer computes it today: how far such a graph resolves a
-    map, the float64 arbitration of :func:`_compare`.
+    head's own precision (float16 for a float16 graph) and the weighted sum in float32, as
+    the explainer computes it: how far such a graph resolves a map, the float64 arbitration
+    of :func:`_compare`.
     """
     target = bundle.manifest["target"]
     activation = explainer.run_features(data["inputs"])[target["tensor"]]
+    output = explainer.logits_name
+    producer = {o: n for n in bundle.head.graph.node for o in n.output}.get(output)
+    if producer is not None and producer.op_type == "Cast" and output not in {
+            o for n in onnx.load(str(data["model"]), load_external_data=False).graph.node
+            for o in n.output}:
+        output = producer.input[0]  # the float16 logits before the export's Cast to float32
     maps = []
     for float64 in (True, False):
-        gradient = same_graph_gradients(data["model"], target["tensor"], explainer.logits_name,
+        gradient = same_graph_gradients(data["model"], target["tensor"], output,
                                         activation, data["class_ids"], float64)
-        a = activation.astype(np.float64) if float64 else activation
-        g = gradient.astype(np.float64) if float64 else gradient.astype(activation.dtype)
+        a = activation.astype(np.float64 if float64 else np.float32)
+        g = gradient.astype(np.float64 if float64 else np.float32)
         if target["layout"] == "NHWC":
             a, g = np.moveaxis(a, -1, 1), np.moveaxis(g, -1, 2)
         weights = g.mean(axis=(-2, -1))  # [B, K, C]

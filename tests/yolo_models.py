@@ -49,13 +49,25 @@ if "YOLO_CONFIG_DIR" not in os.environ:  # Ultralytics writes its settings file 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 os.environ.setdefault("YOLO_VERBOSE", "False")
+_OMP_THREADS = os.environ.get("OMP_NUM_THREADS")  # Ultralytics sets it to 1 on import
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from ultralytics.engine.exporter import Exporter  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.utils import patches as _patches  # noqa: E402
+
+# Importing Ultralytics replaces PIL.Image.open process-wide (a HEIF fallback that imports
+# pi_heif) and sets OMP_NUM_THREADS; the other tests of the session keep Pillow's own and the
+# environment they had.
+Image.open = getattr(_patches, "_image_open", Image.open)
+if _OMP_THREADS is None:
+    os.environ.pop("OMP_NUM_THREADS", None)
+else:
+    os.environ["OMP_NUM_THREADS"] = _OMP_THREADS
 
 __all__ = [
     "YOLOV5_ANCHORS",
@@ -244,7 +256,11 @@ def export_yolo(
     # The exporter names its file after model.pt_path (else the YAML, in the working directory).
     model.pt_path = str(path)
     try:
-        written = Exporter(overrides=overrides)(model)
+        threads = torch.get_num_threads()  # the exporter's device selection resets them
+        try:
+            written = Exporter(overrides=overrides)(model)
+        finally:
+            torch.set_num_threads(threads)
     finally:
         del model.pt_path
     if Path(written).resolve() != path.resolve():

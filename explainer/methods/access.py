@@ -70,7 +70,11 @@ class ExplainerAccess:
         ``rows[m]``'s activation at the layer: [M]."""
         e = self.explainer
         others = [name for name in e.head_inputs if name != self.layer["tensor"]]
-        if self.first and others and self.features is None:
+        rows_of = len(self.inputs)
+        per_row = self.features is not None and all(
+            getattr(self.features[name], "ndim", 0) and self.features[name].shape[0] == rows_of
+            and e._to_numpy(self.features[name]).dtype.kind == "f" for name in others)
+        if self.first and others and not per_row:  # a size or an index crosses the cut
             raise MethodError(
                 f"this method replaces the activation, but the head also reads "
                 f"{others} from the features graph; choose a later target layer"
