@@ -41,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .detection import DEFAULT_CONF, DEFAULT_IOU, check_renormalize, check_spec
+from .detection import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    check_renormalize,
+    check_spec,
+    check_thresholds,
+    target_spec,
+)
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_with_geometry, preprocess, values_only
 from .inputs import collect_images, output_names, unique_name
@@ -154,13 +161,9 @@ class RunOptions:
                              "CAM methods")
         if self.contrast is not None:
             raise TargetError("--contrast is for classifiers; a detector explains detections")
-        if not 0.0 <= self.conf <= 1.0 or not 0.0 < self.iou <= 1.0:
-            raise UsageError(f"--conf must be in [0, 1] and --iou in (0, 1], got {self.conf} "
-                             f"and {self.iou}")
-        if self.targets is not None and self.top_k is not None:
-            raise TargetError("give either --targets or --top-k, not both")
+        check_thresholds(self.conf, self.iou)
         check_renormalize(self.renormalize)
-        check_spec(self.targets, labels, num_classes)
+        check_spec(target_spec(self.targets, self.top_k), labels, num_classes)
 
     def explain_options(self, task: str = "classify") -> dict[str, Any]:
         """The keyword arguments of :meth:`Explainer.explain` these options set."""

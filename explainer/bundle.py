@@ -34,7 +34,8 @@ from .activations import LAYOUTS
 from .errors import BundleError
 from .labels import check_labels, resolve_labels
 
-__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "WEIGHTS_FILE"]
+__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "WEIGHTS_FILE",
+           "extract", "node_inputs", "subgraphs"]
 
 SCHEMA_VERSION = 3
 #: Tensors of at least this many bytes are saved in the shared external-data file.
@@ -385,14 +386,25 @@ def _externalize(tensor: onnx.TensorProto, data: Any, offsets: dict[bytes, tuple
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """What a node reads: its inputs and what its subgraphs capture from outside them."""
-    names = {i for i in node.input if i}
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (If branches, Loop and Scan bodies)."""
+    graphs: list[onnx.GraphProto] = []
     for attr in node.attribute:
-        for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            local |= {o for inner in sub.node for o in inner.output}
-            names |= {n for inner in sub.node for n in _reads(inner) if n not in local}
+        graphs.extend(attr.graphs)
+        if attr.HasField("g"):
+            graphs.append(attr.g)
+    return graphs
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names a node reads: its inputs, and what its subgraphs (If/Loop/Scan) capture from
+    outside them (names a subgraph defines itself are not reads)."""
+    names = [i for i in node.input if i]
+    for graph in subgraphs(node):
+        local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+        local |= {o for inner in graph.node for o in inner.output}
+        for inner in graph.node:
+            names.extend(n for n in node_inputs(inner) if n not in local)
     return names
 
 
@@ -408,13 +420,13 @@ def extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str]
     for node in reversed(graph.node):
         if any(o in needed for o in node.output if o) and not set(node.output) <= set(inputs):
             kept.append(node)
-            needed |= _reads(node) - set(inputs)
+            needed |= set(node_inputs(node)) - set(inputs)
     kept.reverse()
     produced = {o for node in kept for o in node.output}
     missing = sorted(n for n in needed if n not in produced and n not in initializers
                      and n not in inputs and n not in outputs)
     types = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
-    used = set().union(*(_reads(node) for node in kept)) if kept else set()
+    used = {n for node in kept for n in node_inputs(node)}
     part = onnx.helper.make_graph(
         kept, graph.name,
         [types.get(n) or onnx.ValueInfoProto(name=n) for n in inputs],

@@ -378,7 +378,7 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
                         help="what the model is (default: told from its outputs)")
     parser.add_argument("--format", default=None, metavar="FORMAT",
                         help="a detector's output format: yolov8, yolov5, yolox, end2end, "
-                             "boxes_scores_labels, or a JSON object of its parameters "
+                             "boxes_scores_labels, picodet, or a JSON object of its parameters "
                              "(default: told from the outputs)")
 
 

@@ -416,8 +416,7 @@ def plan_detections(
     Raises:
         TargetError: a malformed term, an unknown class, a box no candidate matches.
     """
-    if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0:
-        raise TargetError(f"conf must be in [0, 1] and iou in (0, 1], got conf={conf}, iou={iou}")
+    check_thresholds(conf, iou)
     found, found_limit = None, 0
     targets: list[DetectionTarget] = []
     for term in _terms(spec):
@@ -445,6 +444,26 @@ def plan_detections(
         target = _class_target(cands, c, conf, iou, labels)
         targets += [target] if target else []
     return targets
+
+
+def check_thresholds(conf: float, iou: float) -> None:
+    """Raise :class:`TargetError` unless ``conf`` is in [0, 1] and ``iou`` in (0, 1]."""
+    if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0:
+        raise TargetError(f"conf (--conf) must be in [0, 1] and iou (--iou) in (0, 1], got "
+                          f"conf={conf}, iou={iou}")
+
+
+def target_spec(targets: Any, top_k: int | None) -> Any:
+    """The detection target spec of ``targets`` or ``top_k`` (``"topK"``); never both.
+
+    Raises:
+        TargetError: both are given.
+    """
+    if top_k is None:
+        return targets
+    if targets is not None:
+        raise TargetError("give either targets or top_k (--targets or --top-k), not both")
+    return f"top{int(top_k)}"
 
 
 #: what ``renormalize=`` may be

@@ -168,9 +168,7 @@ def detection_explanation(
             for m in trimmed.values():
                 m.cams[b, len(plan):] = 0
                 m.heatmaps[b, len(plan):] = 0
-        heatmaps = fuse_maps(trimmed, fuse)
-        for b, plan in enumerate(plans):
-            heatmaps[b, len(plan):] = 0
+        heatmaps = fuse_maps(trimmed, fuse)  # zero where every layer's map is
         cams = next(iter(trimmed.values())).cams
     else:
         trimmed, heatmaps = {}, np.zeros((batch, 0, h, w), np.float32)
@@ -185,42 +183,38 @@ def detection_explanation(
     )
 
 
+def _stack(arrays: list[np.ndarray], k: int, value: float) -> np.ndarray:
+    """Per-image arrays [1, K_b, ...] as one [B, K, ...]: columns padded with ``value``, and the
+    1x1 placeholders of images without maps given the others' map size."""
+    size = max((a.shape[2:] for a in arrays), key=lambda s: int(np.prod(s)))
+    out = []
+    for a in arrays:
+        if a.shape[2:] != size:  # an all-zero placeholder
+            a = np.zeros((*a.shape[:2], *size), a.dtype)
+        pad = np.full((a.shape[0], k - a.shape[1], *size), value, a.dtype)
+        out.append(np.concatenate([a, pad], axis=1))
+    return np.concatenate(out)
+
+
 def stack_explanations(parts: list[Explanation]) -> Explanation:
     """Detector explanations of single images as one batch (K: the most any image has; the
     others padded with zero maps, class id -1 and NaN scores, as :func:`detection_explanation`
     pads them)."""
     k = max(p.heatmaps.shape[1] for p in parts)
-
-    def pad(array: np.ndarray, value: float) -> np.ndarray:
-        extra = k - array.shape[1]
-        if not extra:
-            return array
-        shape = (array.shape[0], extra, *array.shape[2:])
-        return np.concatenate([array, np.full(shape, value, dtype=array.dtype)], axis=1)
-
-    def stacked(name: str, value: float) -> np.ndarray:
-        arrays = [pad(getattr(p, name), value) for p in parts]
-        if name == "cams":  # images with no map have 1x1 placeholders
-            size = max((a.shape[2:] for a in arrays), key=lambda s: s[0] * s[1])
-            arrays = [a if a.shape[2:] == size else np.zeros((*a.shape[:2], *size), a.dtype)
-                      for a in arrays]
-        return np.concatenate(arrays)
-
     layers = None
     names = next((list(p.layers) for p in parts if p.layers), None)
     if names:
-        layers = {}
-        for name in names:
-            maps = [p.layers[name] if p.layers else LayerMaps(
-                np.zeros((1, k, 1, 1), np.float32), np.zeros((1, k, *p.heatmaps.shape[2:]),
-                                                              np.float32)) for p in parts]
-            cams = [pad(m.cams, 0.0) for m in maps]
-            size = max((c.shape[2:] for c in cams), key=lambda s: s[0] * s[1])
-            cams = [c if c.shape[2:] == size else np.zeros((*c.shape[:2], *size), c.dtype)
-                    for c in cams]
-            layers[name] = LayerMaps(np.concatenate(cams),
-                                     np.concatenate([pad(m.heatmaps, 0.0) for m in maps]))
+        empty = [LayerMaps(np.zeros((1, 0, 1, 1), np.float32), p.heatmaps) for p in parts]
+        maps = {name: [p.layers[name] if p.layers else e for p, e in zip(parts, empty)]
+                for name in names}
+        layers = {name: LayerMaps(_stack([m.cams for m in row], k, 0.0),
+                                  _stack([m.heatmaps for m in row], k, 0.0))
+                  for name, row in maps.items()}
     first = parts[0]
+
+    def stacked(name: str, value: float) -> np.ndarray:
+        return _stack([getattr(p, name) for p in parts], k, value)
+
     return Explanation(
         heatmaps=stacked("heatmaps", 0.0), cams=stacked("cams", 0.0),
         class_ids=stacked("class_ids", -1), scores=stacked("scores", np.nan),

@@ -36,10 +36,12 @@ from .detection import (
     DetectionTarget,
     check_renormalize,
     check_spec,
+    check_thresholds,
     decode,
     plan_detections,
     seed_row,
     target_scores,
+    target_spec,
 )
 from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
 from .explanation import (
@@ -503,9 +505,8 @@ class Explainer:
             return np.stack([compute_cams(activation, gradient[:, j], method, class_ids[:, j],
                                           access) for j in range(k)], axis=1)
 
-        size = x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3]
         gradients = [outputs[layer["gradient"]] for layer in layers]
-        return logits, layer_maps(layers, activations, gradients, tuple(size), cams_of)
+        return logits, layer_maps(layers, activations, gradients, self._input_size(x), cams_of)
 
     def _explain_detections(
         self, x: np.ndarray, targets: Any, top_k: int | None, method: str, score: str,
@@ -517,11 +518,9 @@ class Explainer:
         fmt = self.bundle.manifest["format"]
         get_method(method)
         check_score(score)
-        if top_k is not None:
-            if targets is not None:
-                raise TargetError("give either targets or top_k, not both")
-            targets = f"top{int(top_k)}"
+        targets = target_spec(targets, top_k)
         check_spec(targets, self.labels, self.num_classes)
+        check_thresholds(conf, iou)
         check_renormalize(renormalize)
         features = self._run_features(x)
         names = [self.logits_name, *self.head_outputs]
@@ -544,9 +543,9 @@ class Explainer:
                 seeds[b, j] = seed_row(explained[b], target, fmt, score)
 
         def scorer(out: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-            picked = [plans[r][i] if i < len(plans[r]) else None for r, i in zip(rows, ids)]
-            scores = target_scores(out, [t or DetectionTarget(None) for t in picked], fmt, score)
-            return np.where([t is not None for t in picked], scores, 0.0)
+            empty = DetectionTarget(None)  # a padded column: no pairs, score 0
+            return target_scores(out, [plans[r][i] if i < len(plans[r]) else empty
+                                       for r, i in zip(rows, ids)], fmt, score)
 
         ids = np.tile(np.arange(seeds.shape[1]), (batch, 1))
         _, maps = self._layer_maps(x, features, ids, seeds, method, scorer) if k else (None, {})

@@ -159,6 +159,9 @@ def build_bundle(
         SplitError: the model cannot be cut at ``target``.
         exporters.autodiff.GradientError: the head cannot be differentiated.
     """
+    if input_gradient and task != "classify":  # before any graph is built
+        raise OnnxExportError(f"input_gradient=True (--input-gradient) is for classifiers; "
+                              f"this is a {task} model")
     g = model if isinstance(model, Graph) else Graph(model, infer=True)
     if target_layout == "auto":
         target_layout = activation_layout(g, target)
@@ -229,9 +232,6 @@ def build_bundle(
             *(_layer_entry(g, name, tensor, grad, input_layout) for name, tensor, grad in sweep),
         ]
     log.info("bundle: target %s (%s), head %d nodes", target, target_layer, len(head.graph.node))
-    if input_gradient and task != "classify":
-        raise OnnxExportError(f"input_gradient=True (--input-gradient) is for classifiers; "
-                              f"this is a {task} model")
     guided = _input_gradient(g, output, manifest) if input_gradient else None
     return Bundle(split.features, head, manifest, input_gradient=guided,
                   explanation=_explanation(split.features, head, manifest))

@@ -46,7 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExportError
-from .graph import default_opset, prune
+from .graph import default_opset, prune, rename_values
 
 __all__ = ["CAM_METHODS", "InGraphMethod", "build_explanation_graph", "explanation_blocker"]
 
@@ -189,14 +189,8 @@ CAM_METHODS: dict[str, InGraphMethod] = {
 # --- composition ----------------------------------------------------------------------------------
 def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
     """Rename every tensor and node of ``graph`` (subgraphs included) in place."""
-    for node in graph.node:
-        node.name = rename(node.name) if node.name else node.name
-        node.input[:] = [rename(n) if n else n for n in node.input]
-        node.output[:] = [rename(n) if n else n for n in node.output]
-        for attr in node.attribute:
-            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                _rename(sub, rename)
-    for field in (graph.input, graph.output, graph.value_info, graph.initializer):
+    rename_values(graph, rename, node_names=True)
+    for field in (graph.input, graph.output, graph.initializer):
         for item in field:
             item.name = rename(item.name)
 

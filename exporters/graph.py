@@ -11,13 +11,15 @@ Needs onnx and numpy only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from explainer.bundle import node_inputs, subgraphs
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -30,6 +32,7 @@ __all__ = [
     "infer_shapes",
     "is_default_domain",
     "node_inputs",
+    "rename_values",
     "prune",
     "sort_topologically",
     "unique_name",
@@ -93,24 +96,24 @@ def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    graphs: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        graphs.extend(attr.graphs)
-        if attr.HasField("g"):
-            graphs.append(attr.g)
-    return graphs
-
-
-def node_inputs(node: onnx.NodeProto) -> list[str]:
-    """Names a node reads: its inputs, and what its subgraphs (If/Loop/Scan) capture."""
-    names = [i for i in node.input if i]
-    for graph in _subgraphs(node):
-        local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-        local |= {o for inner in graph.node for o in inner.output}
-        for inner in graph.node:
-            names.extend(n for n in node_inputs(inner) if n not in local)
-    return names
+def rename_values(graph: onnx.GraphProto, rename: Callable[[str], str],
+                  node_names: bool = False) -> None:
+    """Rename, in place, the values ``graph``'s nodes read and write and its value infos (and
+    with ``node_names`` the nodes), and everything of its subgraphs, their own inputs, outputs
+    and initializers included: one consistent renaming. ``graph``'s own inputs, outputs and
+    initializers are left to the caller."""
+    for node in graph.node:
+        if node_names and node.name:
+            node.name = rename(node.name)
+        node.input[:] = [rename(n) if n else n for n in node.input]
+        node.output[:] = [rename(n) if n else n for n in node.output]
+        for sub in subgraphs(node):
+            rename_values(sub, rename, node_names)
+            for field in (sub.input, sub.output, sub.initializer):
+                for item in field:
+                    item.name = rename(item.name)
+    for info in graph.value_info:
+        info.name = rename(info.name)
 
 
 def unique_name(name: str, taken: set[str]) -> str:

