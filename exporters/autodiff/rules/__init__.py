@@ -8,7 +8,8 @@ sums them back to the inputs' shapes.  Rules may reuse the op's own output
 (``Sigmoid``, ``Tanh``, ``Softmax``...).
 
 Adding an op = one ``@register`` function in the module of its family (elementwise, shape,
-conv, linear, indexing, sampling, quantize) + one row in ``tests/test_autodiff_rules.py``.
+conv, linear, indexing, sampling, quantize, recurrent) + one row in
+``tests/test_autodiff_rules.py``.
 
 Opset notes: every rule emits ops valid from opset 13 (the engine's minimum) and
 follows the model's opset where forms differ (``Reduce*`` axes as attribute or input,
@@ -30,7 +31,10 @@ with ``ceil_mode=1`` and symbolic spatial sizes; ``ConvTranspose`` with ``auto_p
 ``output_shape``; ``Resize`` in ``tf_crop_and_resize`` mode or with a
 ``keep_aspect_ratio_policy``; ``RoiAlign`` in ``max`` mode or with adaptive sampling
 (``sampling_ratio=0``); ``ScatterElements``/``ScatterND`` reductions other than ``none`` and
-``add`` (with ``none``, indices are assumed distinct).
+``add`` (with ``none``, indices are assumed distinct); ``LSTM``/``GRU`` with peepholes, ``clip``,
+``input_forget``, non-default activations, or a ``sequence_lens`` other than a constant equal to a
+static sequence length (their gradients w.r.t. ``X``, ``initial_h`` and ``initial_c`` replay the
+recurrence in ``Scan`` loops, so the sequence length may be symbolic).
 
 Conventions at kinks follow ``torch.autograd``: ties of ``Max``/``Min`` and
 ``ReduceMax``/``ReduceMin`` share the gradient evenly; ``MaxPool``/``GlobalMaxPool`` give
@@ -46,6 +50,7 @@ from . import (  # noqa: F401  (registering fills RULES)
     indexing,
     linear,
     quantize,
+    recurrent,
     sampling,
     shape,
 )
