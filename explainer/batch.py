@@ -41,21 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from .detection import (
-    DEFAULT_CONF,
-    DEFAULT_IOU,
-    check_renormalize,
-    check_spec,
-    check_thresholds,
-    target_spec,
-)
+from .detection import DEFAULT_CONF, DEFAULT_IOU, check_renormalize
 from .errors import ExplainerError, InputError, OnnxcamError, OutputError, TargetError, UsageError
 from .image import ImageLike, prepare_with_geometry, preprocess, values_only
 from .inputs import collect_images, output_names, unique_name
 from .layers import check_fuse
 from .outputs import remove_stale_temps, save_json, save_npy, save_png
 from .pixels import PIXEL_METHODS, require_input_gradient
+from .segmentation import DEFAULT_THRESHOLD
 from .targets import check_score, plan_targets
+from .tasks import planner
 from .visualize import COLORMAPS, figure, pixel_image
 
 __all__ = [
@@ -104,7 +99,9 @@ class RunOptions:
             ``"max"`` or None (the first layer's); see :func:`explainer.layers.fuse`.
         conf: a detector's confidence threshold.
         iou: a detector's NMS IoU threshold.
-        renormalize: ``"boxes"``: each detection's map rescaled inside its box, zero outside.
+        renormalize: ``"boxes"``: each detection's (region's, character's) map rescaled
+            inside its box, zero outside.
+        threshold: a binary segmentation map's probability threshold.
     """
 
     targets: Any = None
@@ -123,9 +120,10 @@ class RunOptions:
     conf: float = DEFAULT_CONF
     iou: float = DEFAULT_IOU
     renormalize: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
 
     def check(self, num_classes: int, labels: list[str] | None = None,
-              task: str = "classify") -> None:
+              task: str = "classify", fmt: dict[str, Any] | None = None) -> None:
         """Raise a :class:`UsageError` (:class:`TargetError` for targets, contrast and score)
         for options no image could satisfy."""
         from .methods import METHODS
@@ -143,8 +141,8 @@ class RunOptions:
             raise UsageError(f"max pixels must be positive, got {self.max_pixels}")
         check_score(self.score)
         check_fuse(self.fuse)
-        if task == "detect":
-            self._check_detect(num_classes, labels)
+        if task != "classify":
+            self._check_task(task, num_classes, labels, fmt or {})
             return
         plan = plan_targets(self.targets, self.top_k, 1, num_classes, labels)  # before any image
         if self.contrast is not None:
@@ -155,24 +153,32 @@ class RunOptions:
                     f"{plan.count} targets; give one contrast class per image or one per target"
                 )
 
-    def _check_detect(self, num_classes: int, labels: list[str] | None) -> None:
+    def _check_task(self, task: str, num_classes: int, labels: list[str] | None,
+                    fmt: dict[str, Any]) -> None:
         if self.method in PIXEL_METHODS:
-            raise UsageError(f"method {self.method!r} is for classifiers; a detector takes the "
-                             "CAM methods")
+            raise UsageError(f"method {self.method!r} is for classifiers; a {task} model takes "
+                             "the CAM methods")
         if self.contrast is not None:
-            raise TargetError("--contrast is for classifiers; a detector explains detections")
-        check_thresholds(self.conf, self.iou)
+            raise TargetError(f"--contrast is for classifiers; a {task} model explains its "
+                              "own targets")
         check_renormalize(self.renormalize)
-        check_spec(target_spec(self.targets, self.top_k), labels, num_classes)
+        options = self.explain_options(task)
+        planner(task, fmt, labels, num_classes, options.pop("targets"), self.score,
+                **{k: v for k, v in options.items()
+                   if k not in ("method", "score", "fuse", "renormalize")})
 
     def explain_options(self, task: str = "classify") -> dict[str, Any]:
         """The keyword arguments of :meth:`Explainer.explain` these options set."""
         options = {"targets": self.targets, "top_k": self.top_k, "method": self.method,
                    "score": self.score, "fuse": self.fuse}
+        if task == "classify":
+            return {**options, "contrast": self.contrast}
+        options["renormalize"] = self.renormalize
         if task == "detect":
-            return {**options, "conf": self.conf, "iou": self.iou,
-                    "renormalize": self.renormalize}
-        return {**options, "contrast": self.contrast}
+            return {**options, "conf": self.conf, "iou": self.iou}
+        if task == "segment":
+            return {**options, "threshold": self.threshold}
+        return options
 
 
 def layer_file_names(layers: Sequence[str]) -> dict[str, str]:
@@ -212,9 +218,16 @@ class Explained:
                "labels": e.labels[i][:k] if e.labels else None,
                "scores": e.scores[i, :k].tolist(),
                "probabilities": e.probabilities[i, :k].tolist()}
-        if e.detections is not None:
-            row["detections"] = [d.to_dict() for d in e.detections[i]]
-            row["note"] = None if k else "no detection to explain"
+        if e.items is None:
+            return row
+        key = {"detect": "detections", "segment": "regions", "sequence": "characters"}[e.task]
+        row[key] = [item.to_dict() for item in e.items[i]]
+        if e.sequence is not None:
+            row["text"] = e.sequence[i].text
+            row["text_score"] = e.sequence[i].score
+        nothing = {"detect": "no detection to explain", "segment": "no region to explain",
+                   "sequence": "no character decoded"}[e.task]
+        row["note"] = None if k else nothing
         return row
 
 
@@ -222,7 +235,7 @@ def _explain_group(explainer: Any, group: list[tuple[Any, ...]],
                    options: RunOptions, results: list[Explained]) -> None:
     """Explain same-shape images in one batch; after an error, one by one to find the culprit."""
     task = getattr(explainer, "task", "classify")
-    extra = {"geometry": [g for *_, g in group]} if task == "detect" else {}
+    extra = {"geometry": [g for *_, g in group]} if task != "classify" else {}
     try:
         explanation = explainer.explain(np.concatenate([item[2] for item in group]),
                                         **options.explain_options(task), **extra)
@@ -291,7 +304,7 @@ def write_outputs(
     """
     e, i = result.explanation, result.index
     k = e.count(i)
-    boxes = None if e.detections is None else [d.box for d in e.detections[i]]
+    boxes = None if e.items is None else [item.box for item in e.items[i]]
 
     def draw(maps: np.ndarray, path: Path) -> None:
         save_png(figure(result.shown, list(maps[i, :k]), e.titles(i), colormap=options.colormap,
@@ -301,7 +314,7 @@ def write_outputs(
     if heatmaps is not None:
         save_npy(np.ascontiguousarray(e.heatmaps[i, :k], dtype=np.float32), heatmaps)
     for layer, path in (layers or {}).items():
-        if e.detections is not None and k == 0:  # nothing detected: the input alone
+        if e.items is not None and k == 0:  # nothing to explain: the input alone
             draw(e.heatmaps, path)
             continue
         if not e.layers or layer not in e.layers:
@@ -369,7 +382,8 @@ class FolderRun:
         self.task = getattr(explainer, "task", "classify")
         if options.method is None:
             options.method = getattr(explainer, "default_method", "gradcam")
-        options.check(explainer.num_classes, explainer.labels, self.task)
+        options.check(explainer.num_classes, explainer.labels, self.task,
+                      explainer.bundle.manifest.get("format"))
         if options.method in PIXEL_METHODS:  # before any image, not once per image
             require_input_gradient(explainer.bundle, options.method)
         self.images = [Path(p).resolve() for p in images]
@@ -379,7 +393,7 @@ class FolderRun:
         #: a sweep's layer name -> its file-name part (empty for a one-layer bundle)
         self.layer_files = layer_file_names(layers) if len(layers) > 1 else {}
         #: targets per image (a pixel map file each)
-        self.k = 1 if self.task == "detect" else plan_targets(
+        self.k = 1 if self.task != "classify" else plan_targets(
             options.targets, options.top_k, 1, explainer.num_classes, explainer.labels).count
         self.pixels = options.method in PIXEL_METHODS
         targets = options.targets
@@ -391,14 +405,21 @@ class FolderRun:
             "targets": f"top{options.top_k}" if options.top_k else
             (str(targets) if targets is not None else "top1"),
             "contrast": None if options.contrast is None else str(options.contrast),
-            "score": options.score,
+            # what was explained: a head that outputs probabilities explains them
+            "score": "probability" if getattr(explainer, "output_score", "logit")
+            == "probability" else options.score,
             "fuse": options.fuse,
         }
-        if self.task == "detect":  # recorded (and compared on --resume) for detectors only
-            self.header.update({"task": "detect", "conf": options.conf, "iou": options.iou,
-                                "renormalize": options.renormalize,
-                                "targets": "detections" if targets is None and not options.top_k
-                                else self.header["targets"]})
+        if self.task != "classify":  # recorded (and compared on --resume) for these tasks
+            default = {"detect": "detections", "sequence": "characters", "segment": "regions"
+                       if (manifest.get("format") or {}).get("name") == "binary" else "classes"}
+            self.header.update({"task": self.task, "renormalize": options.renormalize,
+                                "targets": default[self.task] if targets is None
+                                and not options.top_k else self.header["targets"]})
+            if self.task == "detect":
+                self.header.update({"conf": options.conf, "iou": options.iou})
+            if self.task == "segment":
+                self.header["threshold"] = options.threshold
         self.rows: dict[str, dict[str, Any]] = {}
         self.pending = self._plan(list(extra_outputs))
         self._last_save = 0.0

@@ -11,8 +11,9 @@ On disk a bundle is a directory::
                        offsets of this one external-data file, so the weights are not doubled
     manifest.json      schema version, input, target layer, layouts, preprocessing, labels,
                        versions, (schema 2) the explanation graph's inputs and outputs, and
-                       (schema 3) the task: ``classify`` or ``detect`` with its ``format``
-                       and the outputs the head returns besides the explained tensor
+                       (schema 3) the task: ``classify``, ``detect``, ``segment`` or
+                       ``sequence``, with its ``format`` and the outputs the head returns
+                       besides the explained tensor
 
 Schema-1 bundles (no explanation graph; weights inline or in ``<graph>.onnx.data``) still load.
 """
@@ -138,6 +139,8 @@ def _check_values(manifest: dict[str, Any], where: str) -> None:
                        ("input.name", model_input["name"]), ("target.tensor", target["tensor"])]:
         if not isinstance(value, str):
             problems.append(f"{key} must be a tensor name (a string), got {value!r}")
+    if head.get("score", "logit") not in ("logit", "probability"):
+        problems.append(f"head.score must be 'logit' or 'probability', got {head['score']!r}")
     for key, value, allowed in (("input.layout", model_input["layout"], _LAYOUTS),
                                 ("target.layout", target["layout"], LAYOUTS)):
         if value not in allowed:
@@ -162,7 +165,7 @@ def _check_values(manifest: dict[str, Any], where: str) -> None:
 
 
 #: the tasks a manifest may declare
-TASKS = ("classify", "detect")
+TASKS = ("classify", "detect", "segment", "sequence")
 
 
 def _task_problems(manifest: dict[str, Any]) -> list[str]:
@@ -174,11 +177,11 @@ def _task_problems(manifest: dict[str, Any]) -> list[str]:
     problems = []
     if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
         problems.append(f"head.outputs must be a list of tensor names, got {outputs!r}")
-    if task == "detect":
+    if task != "classify":
         fmt = manifest.get("format")
         if not (isinstance(fmt, dict) and isinstance(fmt.get("name"), str)
                 and isinstance(fmt.get("outputs"), dict)):
-            problems.append(f"a detect bundle needs format {{name, outputs}}, got {fmt!r}")
+            problems.append(f"a {task} bundle needs format {{name, outputs}}, got {fmt!r}")
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,8 @@ EXAMPLES = """examples:
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
   onnxcam check model.onnx                        # gradient vs finite differences
   onnxcam explain yolov8n.onnx street.jpg --targets detections --out cams/   # a detector
+  onnxcam explain ch_PP-OCRv4_det_infer.onnx page.png --threshold 0.3   # text regions (DBNet)
+  onnxcam explain ch_PP-OCRv4_rec_infer.onnx line.png --labels keys.txt  # one map per character
 
 exit codes:
   0  success
@@ -53,16 +56,21 @@ EXPLAIN_EXAMPLES = """examples:
   onnxcam explain yolov8n.onnx street.jpg --targets person         # all persons, one map
   onnxcam explain yolov8n.onnx street.jpg --targets '{"box": [10, 20, 200, 300], "class": 0}'
   onnxcam explain common_det.onnx page.png --format yolox --preprocessing pre.json
+  onnxcam explain deeplab.onnx street.jpg --targets person         # a class over its mask
+  onnxcam explain dbnet.onnx page.png --targets regions --threshold 0.3
+  onnxcam explain rec.onnx line.png --targets string+characters --labels keys.txt
 
 Writes OUT/NAME_cam.png per image (NAME: the image's path below the inputs' common folder),
 NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error per
-image; a detector's boxes, scores and labels). A detector's figure draws each explained
-detection's box on its map; an image with no detection above --conf gets the input alone and a
-note (not an error). A layer sweep (--target repeated) adds NAME_cam_LAYER.png per layer (the
-top-level overlay is the fused map); guided-backprop/guided-gradcam add NAME_pixels.png
-(NAME_pixels_J.png per target J when several) and NAME_pixels.npy with --save-npy. Exit code 0:
-all images explained; 1: some failed (the rest are written); 2: a usage error. Existing outputs
-are replaced only with --overwrite; --resume continues a run that was stopped.
+image; a detector's boxes, scores and labels; a segmenter's regions; a text recognizer's
+string and characters). A detector's figure draws each explained detection's box on its map (a
+segmenter's regions and a recognizer's characters likewise); an image with nothing to explain
+gets the input alone and a note (not an error). A layer sweep (--target repeated) adds
+NAME_cam_LAYER.png per layer (the top-level overlay is the fused map); guided-backprop/
+guided-gradcam add NAME_pixels.png (NAME_pixels_J.png per target J when several) and
+NAME_pixels.npy with --save-npy. Exit code 0: all images explained; 1: some failed (the rest are
+written); 2: a usage error. Existing outputs are replaced only with --overwrite; --resume
+continues a run that was stopped.
 """
 EXPORT_EXAMPLES = """examples:
   onnxcam export model.onnx -o model.onnxcam
@@ -70,6 +78,8 @@ EXPORT_EXAMPLES = """examples:
   onnxcam export model.onnx --output logits --keep-softmax -o model.onnxcam
   onnxcam export model.onnx --target relu_8 --target features -o sweep.onnxcam   # layer sweep
   onnxcam export model.onnx --input-gradient -o model.onnxcam   # + guided-backprop/-gradcam
+  onnxcam export cls.onnx --bgr --preprocessing '{"resize": [48, 192], "crop": null}' -o b/
+  onnxcam export common_old.onnx --input-layout NCHW -o old.onnxcam   # a [1, 1, 64, W] input
 """
 INSPECT_EXAMPLES = """examples:
   onnxcam inspect model.onnx
@@ -98,8 +108,13 @@ def _export_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["labels"] = _labels(args.labels)
     if getattr(args, "keep_softmax", False):
         kwargs["pre_softmax"] = False
-    if getattr(args, "preprocessing", None):
-        kwargs["preprocessing"] = _preprocessing(args.preprocessing)
+    pre = _preprocessing(args.preprocessing) if getattr(args, "preprocessing", None) else None
+    if getattr(args, "bgr", False):  # the rest from --preprocessing, else the model's default
+        pre = {**(pre or {}), "channels": "BGR"}
+    if pre is not None:
+        kwargs["preprocessing"] = pre
+    if getattr(args, "input_layout", "auto") != "auto":
+        kwargs["input_layout"] = args.input_layout
     if getattr(args, "input_gradient", False):
         kwargs["input_gradient"] = True
     if getattr(args, "task", "auto") != "auto":
@@ -137,15 +152,20 @@ def _target(args: argparse.Namespace) -> str | list[str]:
     return list(given)
 
 
-def _preprocessing(spec: str) -> Any:
-    """Preprocessing from inline JSON or a JSON file (keys of explainer.Preprocessing)."""
+def _preprocessing(spec: str) -> dict[str, Any]:
+    """Preprocessing from inline JSON or a JSON file (keys of explainer.Preprocessing),
+    checked, as a dict: the keys it leaves out (``layout``...) the export takes from the
+    model (see explainer.preprocessing.complete_preprocessing)."""
     from .errors import ImageError
     from .preprocessing import Preprocessing
 
     try:
         data = json.loads(spec) if spec.lstrip().startswith("{") else json.loads(
             Path(spec).read_text())
-        return Preprocessing.from_dict(data)
+        if not isinstance(data, dict):
+            raise TypeError(f"got a JSON {type(data).__name__}")
+        Preprocessing.from_dict(data, base=Preprocessing())  # its errors now, before the model
+        return data
     except (OSError, ValueError, TypeError) as err:
         if isinstance(err, ImageError):
             raise
@@ -166,7 +186,9 @@ def _explainer(args: argparse.Namespace) -> Any:
 
     target = _target(args)
     if _is_bundle(args.model):
-        flags = {"pre_softmax": "--keep-softmax", "input_gradient": "--input-gradient"}
+        flags = {"pre_softmax": "--keep-softmax", "input_gradient": "--input-gradient",
+                 "input_layout": "--input-layout",
+                 "preprocessing": "--preprocessing" if args.preprocessing else "--bgr"}
         ignored = [flags.get(k, f"--{k}") for k in _export_kwargs(args)]
         if target != "auto":
             ignored.insert(0, "--target")
@@ -233,7 +255,7 @@ def _explain(args: argparse.Namespace) -> int:
         save_npy=args.save_npy, max_pixels=args.max_pixels, overwrite=args.overwrite,
         resume=args.resume, contrast=_targets(args.contrast), score=args.score,
         fuse=None if args.fuse == "none" else args.fuse, conf=args.conf, iou=args.iou,
-        renormalize=args.renormalize,
+        renormalize=args.renormalize, threshold=args.threshold,
     )
     explainer = _explainer(args)
     with explainer:
@@ -246,7 +268,7 @@ def _explain(args: argparse.Namespace) -> int:
 
         def on_row(row: dict[str, Any]) -> None:
             if row["status"] == "error":
-                image, message = row["image"], row["error"]["message"]
+                image, message = row["image"], cli_message(row["error"]["message"])
                 say(f"failed: {message if image in message else f'{image}: {message}'}")
             elif bar is None and not args.quiet:
                 titles = ", ".join(f"{label} {p:.3g}" for label, p in zip(
@@ -255,6 +277,10 @@ def _explain(args: argparse.Namespace) -> int:
                     titles = f"note: {row['note']}"
                 elif "detections" in row:
                     titles = f"{len(row['detections'])} detection(s): {titles}"
+                elif "regions" in row:
+                    titles = f"{len(row['regions'])} region(s): {titles}"
+                elif "text" in row:
+                    titles = f"read {row['text']!r}: {len(row['characters'])} map(s)"
                 say(f"{row['image']}: {titles} -> {Path(args.out) / row['overlay']}")
 
         try:
@@ -277,15 +303,19 @@ def _export(args: argparse.Namespace) -> int:
     path = bundle.save(args.out_dir)
     notes = bundle.manifest.get("export", {})
     print(f"target: {_layers_text(bundle.manifest)}")
-    if bundle.manifest.get("task") == "detect":
+    if bundle.manifest.get("task", "classify") != "classify":
         fmt = bundle.manifest["format"]
-        print(f"task: detect, format {fmt['name']} ({fmt.get('classes')} classes), explaining "
-              f"{bundle.manifest['head']['logits']!r}")
+        print(f"task: {bundle.manifest['task']}, format {fmt['name']} ({fmt.get('classes')} "
+              f"classes), explaining {bundle.manifest['head']['logits']!r} (the "
+              f"{fmt.get('explained')})")
     if bundle.input_gradient is not None:
         print("input gradient: yes (guided-backprop, guided-gradcam)")
     if notes.get("softmax"):
         print(f"output {notes['output']!r} is a {notes['softmax']}: explaining the pre-softmax "
               f"logits {notes['explained']!r}")
+    if bundle.manifest["head"].get("score") == "probability":
+        print(f"output {notes.get('output')!r} holds softmax probabilities (no logits found): "
+              "explaining and showing them as they are")
     print(f"bundle: {path}")
     return 0
 
@@ -303,7 +333,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     candidates, spec, auto_tensors = inspect_model(
         args.model, output=args.output, pre_softmax=not args.keep_softmax, task=args.task,
-        format=_format(args.format) if args.format else None)
+        format=_format(args.format) if args.format else None, input_layout=args.input_layout)
     picked = [c for c in candidates if c.tensor in auto_tensors]
     auto = picked[0] if picked else None
     shown = candidates[-args.last:] if args.last else candidates
@@ -325,12 +355,19 @@ def _inspect(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(candidates)} candidate layer(s)"
           + (f", showing the last {len(shown)}" if len(shown) < len(candidates) else ""))
-    if spec.task == "detect":
+    if spec.task != "classify":
         fmt = spec.format
-        print(f"task: detect, format {fmt['name']} ({fmt.get('classes')} classes; outputs "
+        print(f"task: {spec.task}, format {fmt['name']} ({fmt.get('classes')} classes; outputs "
               f"{fmt['outputs']}; explaining the {fmt.get('explained')})")
     else:
         print("task: classify")
+    source = getattr(spec, "input", None)
+    if source is not None:
+        name, shape, layout = source
+        dims = "[" + ", ".join(str(d) for d in shape) + "]"
+        print(f"input: {name!r} {dims}, " + (
+            f"{layout} ({'given' if args.input_layout != 'auto' else 'detected'})" if layout
+            else "layout unknown: export it with --input-layout NCHW or NHWC"))
     if len(picked) > 1:
         print(f"auto target: the head's inputs, one per stride: {[c.tensor for c in picked]}")
     else:
@@ -370,16 +407,30 @@ def _model_options(parser: argparse.ArgumentParser, model_help: str) -> None:
     parser.add_argument("--preprocessing", default=None,
                         help="JSON object or file, e.g. '{\"resize\": [224, 224], \"crop\": "
                              "null, \"scale\": 1, \"mean\": [127, 127, 127], \"std\": [128, "
-                             "128, 128]}' (default: ImageNet-style, or raw uint8 pixels)")
+                             "128, 128]}' (default: ImageNet-style, or raw uint8 pixels; keys "
+                             "left out, \"layout\" included, come from the model)")
+    parser.add_argument("--bgr", action="store_true",
+                        help="the model takes BGR channels (OpenCV/Caffe pipelines): the same as "
+                             "\"channels\": \"BGR\" in --preprocessing (recorded in the "
+                             "bundle)")
+    _input_layout_option(parser)
+
+
+def _input_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-layout", default="auto", choices=["auto", "NCHW", "NHWC"],
+                        help="layout of the model input (default: detected; needed when the "
+                             "input's shape does not tell, e.g. 1-channel [1, 1, 64, W])")
 
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="auto", choices=["auto", "classify", "detect"],
+    parser.add_argument("--task", default="auto",
+                        choices=["auto", "classify", "detect", "segment", "sequence"],
                         help="what the model is (default: told from its outputs)")
     parser.add_argument("--format", default=None, metavar="FORMAT",
-                        help="a detector's output format: yolov8, yolov5, yolox, end2end, "
-                             "boxes_scores_labels, picodet, or a JSON object of its parameters "
-                             "(default: told from the outputs)")
+                        help="the output format: detectors yolov8, yolov5, yolox, end2end, "
+                             "boxes_scores_labels, picodet; segmenters masks, binary; text "
+                             "recognizers ctc; or a JSON object of its parameters (default: "
+                             "told from the outputs)")
 
 
 def _explain_options(parser: argparse.ArgumentParser) -> None:
@@ -387,17 +438,24 @@ def _explain_options(parser: argparse.ArgumentParser) -> None:
     add("--targets", default=None,
         help="classes: a class id, or terms like top3, least, top3+least (default: top1); "
              "detectors: detections (default), topK, a class id or name, or a JSON box "
-             "'{\"box\": [x1, y1, x2, y2], \"class\": NAME}'")
+             "'{\"box\": [x1, y1, x2, y2], \"class\": NAME}'; segmenters: classes, regions, "
+             "topK, a class, a JSON box or mask; text recognizers: characters (default), "
+             "string, a position")
     add("--top-k", type=int, default=None, help="explain the K top classes (detections)")
     add("--method", default=None, choices=[*sorted(METHODS), *PIXEL_METHODS],
-        help="CAM method (default: gradcam; layercam for detectors); guided-backprop/"
+        help="CAM method (default: gradcam; layercam for detectors, segmenters and text "
+             "recognizers); guided-backprop/"
              "guided-gradcam also write pixel maps")
     add("--conf", type=float, default=0.25,
         help="detectors: confidence threshold of the detections (default: 0.25)")
     add("--iou", type=float, default=0.45,
         help="detectors: IoU threshold of the NMS (default: 0.45)")
     add("--renormalize", default=None, metavar="boxes",
-        help="detectors: rescale each detection's map inside its box, zero outside")
+        help="detectors, segmenters, text recognizers: rescale each map inside its box "
+             "(detection, region, character columns), zero outside")
+    add("--threshold", type=float, default=0.5,
+        help="segmenters with one sigmoid map (DBNet): the probability a region's pixels "
+             "exceed (default: 0.5)")
     add("--contrast", default=None, metavar="SPEC",
         help="explain each target's score minus this class's (forms of --targets; one class, "
              "or one per target)")
@@ -471,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--keep-softmax", action="store_true",
                          help="do not look through a final softmax")
     _task_options(inspect)
+    _input_layout_option(inspect)
     inspect.add_argument("--last", type=int, default=None, help="show only the last N layers")
     inspect.set_defaults(run=_inspect)
 
@@ -492,6 +551,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Python argument -> command-line flag, for messages the library writes for Python callers
+_FLAGS = {
+    "input_layout": "--input-layout", "layout": "--layout", "target": "--target",
+    "output": "--output", "labels": "--labels", "preprocessing": "--preprocessing",
+    "task": "--task", "format": "--format", "targets": "--targets", "top_k": "--top-k",
+    "contrast": "--contrast", "score": "--score", "method": "--method", "conf": "--conf",
+    "iou": "--iou", "renormalize": "--renormalize", "fuse": "--fuse",
+    "max_pixels": "--max-pixels", "cache_dir": "--cache-dir", "providers": "--providers",
+    "threads": "--threads",
+}
+_SWITCHES = {"pre_softmax=False": "--keep-softmax", "input_gradient=True": "--input-gradient"}
+_ARGUMENT = re.compile(r"(?<![\w.-])(" + "|".join(_FLAGS) + r")="
+                       r"(?:'([\w.-]*)'(?: or '([\w.-]*)')?)?")
+
+
+def cli_message(message: str) -> str:
+    """``message`` as a command-line user reads it: each Python argument it suggests
+    (``target=``, ``input_layout='NCHW' or 'NHWC'``, ``pre_softmax=False``) becomes its flag
+    (``--target``, ``--input-layout NCHW or NHWC``, ``--keep-softmax``), unless the message
+    names that flag already."""
+    for python, flag in _SWITCHES.items():
+        if flag not in message:
+            message = message.replace(python, flag)
+
+    def flag_of(match: re.Match[str]) -> str:
+        flag = _FLAGS[match.group(1)]
+        if re.search(re.escape(flag) + r"(?![\w-])", message):
+            return match.group(0)  # named both ways already: "--target (target=)"
+        values = [v for v in match.groups()[1:] if v]
+        return " or ".join([f"{flag} {values[0]}", *values[1:]]) if values else flag
+
+    return _ARGUMENT.sub(flag_of, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onnxcam`` console script; returns the exit code (see ``--help``)."""
     args = build_parser().parse_args(argv)
@@ -499,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except OnnxcamError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {cli_message(str(err))}", file=sys.stderr)
         return err.exit_code
 
 

@@ -10,6 +10,8 @@ import numpy as np
 from .detection import Detection
 from .errors import TargetError
 from .layers import LayerMaps
+from .segmentation import Region
+from .sequence import Transcript
 from .targets import TargetPlan
 
 __all__ = ["Explanation", "contrast_ids", "softmax"]
@@ -19,11 +21,12 @@ __all__ = ["Explanation", "contrast_ids", "softmax"]
 class Explanation:
     """CAMs for a batch of B images and K target classes (or detections) each.
 
-    For a detector (``task == "detect"``) the K columns are the explained detections:
-    ``detections[b]`` lists image b's (fewer than K where another image has more: the
-    remaining columns hold zero maps, class id -1 and NaN scores), ``scores`` are the explained
-    scores (logit or probability, as ``score`` says), ``probabilities`` the detections'
-    confidences, and ``logits`` is None.
+    For a detector, segmenter or text recognizer the K columns are the explained items
+    (detections, regions, characters): ``items[b]`` lists image b's (fewer than K where another
+    image has more: the remaining columns hold zero maps, class id -1 and NaN scores),
+    ``scores`` are the explained scores (logit or probability, as ``score`` says; summed over a
+    region's pixels or a character's timesteps), ``probabilities`` the items' confidences (a
+    region's or character's mean probability), and ``logits`` is None.
 
     Attributes:
         heatmaps: [B, K, H, W] float32 in [0, 1] at input resolution (bilinear upsampling,
@@ -41,11 +44,18 @@ class Explanation:
             top-level ``cams`` are the first layer's, the ``heatmaps`` fused), else None.
         pixels: [B, K, C, H, W] pixel-space maps of ``guided-backprop`` / ``guided-gradcam``
             (see :mod:`explainer.pixels`), else None.
-        task: ``"classify"`` or ``"detect"``.
+        task: ``"classify"``, ``"detect"``, ``"segment"`` or ``"sequence"``.
         detections: for a detector, each image's explained :class:`Detection` list (column k
             of ``heatmaps[b]`` is ``detections[b][k]``), else None.
         notes: one line per image that had nothing to explain (no detection above the
-            threshold), else empty.
+            threshold, no predicted region, no decoded character), else empty.
+        regions: for a segmenter, each image's explained
+            :class:`~explainer.segmentation.Region` list (column k is ``regions[b][k]``).
+        sequence: for a text recognizer, each image's
+            :class:`~explainer.sequence.Transcript` (the decoded string and its characters).
+        items: for every task but classification, what each column explains: the
+            detections, the regions, or the characters (a
+            :class:`~explainer.sequence.Character` with ``index == -1`` is the whole string).
     """
 
     heatmaps: np.ndarray
@@ -63,11 +73,14 @@ class Explanation:
     task: str = "classify"
     detections: list[list[Detection]] | None = None
     notes: list[str] = field(default_factory=list)
+    regions: list[list[Region]] | None = None
+    sequence: list[Transcript] | None = None
+    items: list[list[Any]] | None = None
 
     def count(self, index: int) -> int:
-        """How many targets image ``index`` has (K, or its detections for a detector)."""
-        if self.detections is not None:
-            return len(self.detections[index])
+        """How many targets image ``index`` has (K, or its detections, regions or characters)."""
+        if self.items is not None:
+            return len(self.items[index])
         return int(self.class_ids.shape[1])
 
     def titles(self, index: int) -> list[str]:
@@ -76,16 +89,22 @@ class Explanation:
         if self.detections is not None:
             return [f"{d.label if d.label is not None else d.class_id} {d.score:.3g}"
                     + (f" x{d.count}" if d.count > 1 else "") for d in self.detections[index]]
+        if self.items is not None:
+            return [item.title() for item in self.items[index]]
         names = self.labels[index] if self.labels else [str(c) for c in self.class_ids[index]]
         return [f"{n} {p:.3g}" for n, p in zip(names, self.probabilities[index])]
 
     @classmethod
     def of(
-        cls, logits: np.ndarray, class_ids: np.ndarray, names: list[str] | None, **maps: object
+        cls, logits: np.ndarray, class_ids: np.ndarray, names: list[str] | None,
+        probabilities_given: bool = False, **maps: object
     ) -> Explanation:
         """An explanation of ``class_ids`` [B, K] given the logits [B, C] (scores,
-        probabilities and labels follow) and the maps (``heatmaps``, ``cams``...)."""
-        probabilities = softmax(logits.astype(np.float64)).astype(np.float32)
+        probabilities and labels follow) and the maps (``heatmaps``, ``cams``...).
+        ``probabilities_given``: ``logits`` are already a softmax's probabilities (a bundle
+        whose ``head.score`` is ``"probability"``), shown as they are."""
+        probabilities = logits.astype(np.float32) if probabilities_given else softmax(
+            logits.astype(np.float64)).astype(np.float32)
         return cls(
             class_ids=class_ids,
             scores=np.take_along_axis(logits, class_ids, axis=1),
@@ -120,66 +139,62 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 
-def detection_explanation(
-    detections: list[list[Detection]],
-    plans: list[list[Any]],
-    explained: np.ndarray,
+def task_explanation(
+    task: str,
+    items: list[list[Any]],
+    scores: np.ndarray,
     maps: dict[str, LayerMaps],
-    fmt: dict[str, Any],
     score: str,
     method: str,
     fuse: str | None,
-    k: int,
     shape: tuple[int, int, int],
     notes: list[str],
+    transcripts: list[Any] | None = None,
 ) -> Explanation:
-    """A detector's :class:`Explanation`: K = the most detections any image has; images with
-    fewer get zero maps, class id -1 and NaN scores in the remaining columns.
+    """A detector's, segmenter's or text recognizer's :class:`Explanation`: K = the most items
+    any image has; images with fewer get zero maps, class id -1 and NaN scores in the remaining
+    columns.
 
     Args:
-        detections: each image's explained detections.
-        plans: each image's :class:`~explainer.detection.DetectionTarget` list.
-        explained: the head's explained tensor [B, ...] (the scores are read from it).
+        task: the bundle's task.
+        items: each image's explained items (detections, regions, characters).
+        scores: [B, K] the explained scores (NaN in padded columns).
         maps: each layer's maps ([B, max(K, 1), ...]); empty when nothing was explained.
-        fmt: the manifest's format.
         score: ``"logit"`` or ``"probability"``.
         method: the CAM method.
         fuse: how a layer sweep's maps combine.
-        k: K.
         shape: (B, H, W) of the input.
         notes: lines about images with nothing to explain.
+        transcripts: a text recognizer's decoded strings, one per image.
     """
-    from .detection import target_scores
     from .layers import fuse as fuse_maps
 
     batch, h, w = shape
+    k = scores.shape[1]
     class_ids = np.full((batch, k), -1, dtype=np.int64)
-    scores = np.full((batch, k), np.nan, dtype=np.float32)
     probabilities = np.full((batch, k), np.nan, dtype=np.float32)
-    for b, plan in enumerate(plans):
-        if plan:
-            rows = np.repeat(explained[b : b + 1], len(plan), axis=0)
-            scores[b, : len(plan)] = target_scores(rows, plan, fmt, score)
-        for j, detection in enumerate(detections[b]):
-            class_ids[b, j], probabilities[b, j] = detection.class_id, detection.score
+    for b, row in enumerate(items):
+        for j, item in enumerate(row):
+            class_ids[b, j], probabilities[b, j] = item.class_id, item.score
     if maps:
         trimmed = {name: LayerMaps(m.cams[:, :k], m.heatmaps[:, :k]) for name, m in maps.items()}
-        for b, plan in enumerate(plans):  # padded columns: no target, no map
+        for b, row in enumerate(items):  # padded columns: no target, no map
             for m in trimmed.values():
-                m.cams[b, len(plan):] = 0
-                m.heatmaps[b, len(plan):] = 0
+                m.cams[b, len(row):] = 0
+                m.heatmaps[b, len(row):] = 0
         heatmaps = fuse_maps(trimmed, fuse)  # zero where every layer's map is
         cams = next(iter(trimmed.values())).cams
     else:
         trimmed, heatmaps = {}, np.zeros((batch, 0, h, w), np.float32)
         cams = np.zeros((batch, 0, 1, 1), np.float32)
-    labels = [[d.label if d.label is not None else str(d.class_id) for d in row]
-              + [""] * (k - len(row)) for row in detections]
+    labels = [[item.label if item.label is not None else str(item.class_id) for item in row]
+              + [""] * (k - len(row)) for row in items]
     return Explanation(
-        heatmaps=heatmaps, cams=cams, class_ids=class_ids, scores=scores,
+        heatmaps=heatmaps, cams=cams, class_ids=class_ids, scores=scores.astype(np.float32),
         probabilities=probabilities, labels=labels, logits=None, method=method, score=score,
-        layers=trimmed if len(trimmed) > 1 else None, task="detect", detections=detections,
-        notes=notes,
+        layers=trimmed if len(trimmed) > 1 else None, task=task, notes=notes, items=items,
+        detections=items if task == "detect" else None,
+        regions=items if task == "segment" else None, sequence=transcripts,
     )
 
 
@@ -197,9 +212,9 @@ def _stack(arrays: list[np.ndarray], k: int, value: float) -> np.ndarray:
 
 
 def stack_explanations(parts: list[Explanation]) -> Explanation:
-    """Detector explanations of single images as one batch (K: the most any image has; the
-    others padded with zero maps, class id -1 and NaN scores, as :func:`detection_explanation`
-    pads them)."""
+    """Per-image explanations of a detector, segmenter or text recognizer as one batch (K: the
+    most any image has; the others padded with zero maps, class id -1 and NaN scores, as
+    :func:`task_explanation` pads them)."""
     k = max(p.heatmaps.shape[1] for p in parts)
     layers = None
     names = next((list(p.layers) for p in parts if p.layers), None)
@@ -222,14 +237,17 @@ def stack_explanations(parts: list[Explanation]) -> Explanation:
         labels=[(p.labels[0] if p.labels else []) + [""] * (k - p.heatmaps.shape[1])
                 for p in parts],
         logits=None, method=first.method, score=first.score, layers=layers, task=first.task,
-        detections=[p.detections[0] for p in parts],
+        items=[p.items[0] for p in parts],
+        detections=None if first.detections is None else [p.detections[0] for p in parts],
+        regions=None if first.regions is None else [p.regions[0] for p in parts],
+        sequence=None if first.sequence is None else [p.sequence[0] for p in parts],
         notes=[note.replace("image 0", f"image {b}") for b, p in enumerate(parts)
                for note in p.notes],
     )
 
 
 def renormalized_in_boxes(explanation: Explanation) -> Explanation:
-    """A detector's explanation whose heatmaps are each zero outside its detection's box and
+    """An explanation whose heatmaps are each zero outside its detection's box and
     min-max scaled to [0, 1] inside it (pytorch-grad-cam's ``renormalize_cam_in_bounding_boxes``,
     per detection); every layer's heatmaps likewise. The raw ``cams`` are unchanged."""
     from dataclasses import replace
@@ -237,9 +255,9 @@ def renormalized_in_boxes(explanation: Explanation) -> Explanation:
     def rescale(heatmaps: np.ndarray) -> np.ndarray:
         out = np.zeros_like(heatmaps)
         h, w = heatmaps.shape[-2:]
-        for b, row in enumerate(explanation.detections or []):
-            for k, detection in enumerate(row):
-                x1, y1, x2, y2 = detection.box
+        for b, row in enumerate(explanation.items or []):
+            for k, item in enumerate(row):
+                x1, y1, x2, y2 = item.box
                 top, left = min(max(int(np.floor(y1)), 0), h), min(max(int(np.floor(x1)), 0), w)
                 bottom, right = min(max(int(np.ceil(y2)), 0), h), min(max(int(np.ceil(x2)), 0), w)
                 region = heatmaps[b, k, top:bottom, left:right]

@@ -55,7 +55,9 @@ def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: st
     """
     require_input_gradient(explainer.bundle, method)
     batch, k = cam.class_ids.shape
-    probabilities = softmax(cam.logits.astype(np.float64)) if cam.score == "probability" else None
+    probabilities = None  # explaining logits, or probabilities the head outputs itself
+    if cam.score == "probability" and getattr(explainer, "output_score", "logit") == "logit":
+        probabilities = softmax(cam.logits.astype(np.float64))
     seeds = seed_rows(cam.class_ids, explainer.num_classes, cam.contrast_ids, probabilities)
     gradient = explainer.run_input_gradient(np.repeat(x, k, axis=0), seeds)
     gradient = gradient.reshape(batch, k, *gradient.shape[1:])

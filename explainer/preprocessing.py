@@ -5,15 +5,19 @@ Plain data (no Pillow), so the exporters can record it without loading the image
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import ImageError, InputError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "check_batch"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "check_batch",
+           "complete_preprocessing"]
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,9 +114,18 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, data: dict[str, Any], base: Preprocessing | None = None) -> Preprocessing:
+        """Inverse of :meth:`to_dict`. Keys ``data`` leaves out come from ``base`` when given
+        (else the defaults above); a ``letterbox`` it sets clears ``base``'s resize and crop,
+        and a resize or crop it sets clears ``base``'s letterbox."""
         data = dict(data)
+        if base is not None:
+            fill = base.to_dict()
+            if data.get("letterbox") is not None:
+                fill.update(resize=None, crop=None)
+            elif "resize" in data or "crop" in data:
+                fill["letterbox"] = None
+            data = {**fill, **data}
         for key in ("resize", "crop", "letterbox"):
             if isinstance(data.get(key), list):
                 data[key] = tuple(data[key])
@@ -120,6 +133,49 @@ class Preprocessing:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+#: keys that only say how pixels are ordered and typed: a preprocessing given as just these
+#: still takes its sizes and normalization from the model's default
+_ORDER_KEYS = frozenset({"channels", "layout", "dtype"})
+
+
+def complete_preprocessing(
+    given: Preprocessing | dict[str, Any] | None,
+    layout: str,
+    guess: Callable[[], Preprocessing | None],
+) -> tuple[Preprocessing | None, bool]:
+    """The preprocessing a bundle records for a model input of ``layout`` (NCHW or NHWC).
+
+    Args:
+        given: None (the model's default, ``guess()``), a dict (a JSON ``--preprocessing``:
+            the keys it leaves out come from ``guess()``, or the defaults of
+            :class:`Preprocessing` where the model has none; ``"layout"`` left out is the
+            model's), or a :class:`Preprocessing` (as it is).
+        layout: the model input's layout. The batch must have it: a preprocessing that says
+            otherwise is given it, with a warning.
+        guess: the model's default preprocessing (None where none fits, e.g. 1-channel inputs).
+
+    Returns:
+        (the preprocessing or None, whether its sizes and normalization were guessed: nothing
+        given, or a dict of only ``channels``/``layout``/``dtype``).
+    """
+    if given is None:
+        pre = guess()
+        return pre, pre is not None
+    if isinstance(given, Preprocessing):
+        pre, guessed = given, False
+    else:
+        data = dict(given)
+        guessed = not set(data) - _ORDER_KEYS
+        data.setdefault("layout", layout)
+        pre = Preprocessing.from_dict(data, base=guess())
+    if pre.layout != layout:
+        log.warning("the preprocessing says layout %s but the model input is %s; the batch is "
+                    "made %s (pass input_layout= / --input-layout if the input is %s)",
+                    pre.layout, layout, layout, pre.layout)
+        pre = replace(pre, layout=layout)
+    return pre, guessed
 
 
 def check_batch(

@@ -97,7 +97,8 @@ class ExplainBatch:
         if self.explainer.task != "classify":  # a table row holds K classes, fixed per dataset
             raise UsageError(
                 f"Ray Data explains classifiers; this bundle is a {self.explainer.task} model, "
-                "whose images have different numbers of detections: use `onnxcam explain` or "
+                "whose images have different numbers of targets (detections, regions, "
+                "characters): use `onnxcam explain` or "
                 "explainer.batch.FolderRun")
         self.options = RunOptions(targets=targets, top_k=top_k, method=method, colormap=colormap,
                                   alpha=alpha, save_npy=save_npy, max_pixels=max_pixels)

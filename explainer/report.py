@@ -95,9 +95,35 @@ def _detections_table(row: dict[str, Any]) -> str:
     return "".join(lines) + "</table>"
 
 
+def _items_table(row: dict[str, Any], key: str) -> str:
+    """A segmenter's regions or a text recognizer's characters (numbered as on the figure)."""
+    items = row[key]
+    text = f"<p>read: <b>{_e(row['text'])}</b></p>" if "text" in row else ""
+    if not items:
+        return text + f"<p class='note'>{_e(row.get('note') or 'nothing to explain')}</p>"
+    name = "class" if key == "regions" else "character"
+    extra = "area" if key == "regions" else "timesteps"
+    lines = [text, f"<table class='classes'><tr><th>#</th><th>{name}</th><th>score</th><th>"
+             f"</th><th>{extra}</th><th>box (x1, y1, x2, y2)</th></tr>"]
+    for k, item in enumerate(items, 1):
+        label = item.get("label") if key == "regions" else item["text"]
+        label = label if label is not None else item.get("class_id")
+        more = f"{item['area']:.0f}" if key == "regions" else \
+            f"{item['timesteps'][0]}-{item['timesteps'][-1]}"
+        box = item["image_box"] or item["box"]
+        lines.append(
+            f"<tr><td>{k}</td><td>{_e(label)}</td><td>{item['score']:.4f}</td><td><div "
+            f"class='bar'><i style='width:{100 * item['score']:.1f}%'></i></div></td>"
+            f"<td>{more}</td><td>{_e(', '.join(f'{v:.0f}' for v in box))}</td></tr>")
+    return "".join(lines) + "</table>"
+
+
 def _classes_table(row: dict[str, Any]) -> str:
     if "detections" in row:
         return _detections_table(row)
+    for key in ("regions", "characters"):
+        if key in row:
+            return _items_table(row, key)
     labels = row.get("labels") or [None] * len(row["class_ids"])
     lines = ["<table class='classes'><tr><th>class</th><th>id</th><th>probability</th><th></th>"
              "<th>logit</th></tr>"]

@@ -29,28 +29,15 @@ import onnx
 import onnxruntime as ort
 
 from .bundle import Bundle, extract
-from .detection import (
-    DEFAULT_CONF,
-    DEFAULT_IOU,
-    Detection,
-    DetectionTarget,
-    check_renormalize,
-    check_spec,
-    check_thresholds,
-    decode,
-    plan_detections,
-    seed_row,
-    target_scores,
-    target_spec,
-)
+from .detection import check_renormalize
 from .errors import ExplainerError, InputError, MethodError, ProviderError, TargetError
 from .explanation import (
     Explanation,
     contrast_ids,
-    detection_explanation,
     renormalized_in_boxes,
     softmax,
     stack_explanations,
+    task_explanation,
 )
 from .explanation_graph import ExplanationGraph
 from .image import Geometry, ImageLike, Preprocessing, preprocess, preprocess_with_geometry
@@ -60,6 +47,7 @@ from .methods import ExplainerAccess, compute_cams, get_method
 from .methods.access import Scorer
 from .pixels import PIXEL_METHODS, pixel_maps
 from .preprocessing import check_batch
+from .seeds import embedding_score, embedding_seed
 from .sessions import (
     SessionPool,
     resolve_providers,
@@ -68,7 +56,8 @@ from .sessions import (
     session_options,
     to_numpy,
 )
-from .targets import TargetPlan, check_score, plan_targets, seed_rows
+from .targets import GraphTargets, TargetPlan, check_score, plan_targets, seed_rows
+from .tasks import graph_classes, planner
 
 __all__ = ["Explainer", "Explanation", "ExplainerError", "ProviderError", "InputError"]
 
@@ -147,6 +136,9 @@ class Explainer:
         pre = manifest.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(pre) if pre else None
         self.labels = self.bundle.labels
+        #: what the head's ``logits`` hold: ``"logit"``, or ``"probability"`` (a softmax's
+        #: output whose logits the export could not find: shown as they are, and explained)
+        self.output_score: str = head.get("score", "logit")
 
         self._pool = SessionPool(self.providers, options)  # the two graphs' sessions
         self.graph: ExplanationGraph | None = None
@@ -209,9 +201,10 @@ class Explainer:
     @property
     def default_method(self) -> str:
         """The CAM method :meth:`explain` uses when none is given: ``"gradcam"`` for a
-        classifier; ``"layercam"`` for a detector, whose score's gradient is local to its
-        anchor (spatially pooled, as Grad-CAM pools it, it washes out)."""
-        return "layercam" if self.task == "detect" else "gradcam"
+        classifier; ``"layercam"`` for detectors, segmenters and text recognizers, whose
+        scores' gradients are local to an anchor, a region or a character's timesteps
+        (spatially pooled, as Grad-CAM pools them, they wash out)."""
+        return "gradcam" if self.task == "classify" else "layercam"
 
     # --- lifetime -------------------------------------------------------------------------------
     @property
@@ -398,6 +391,7 @@ class Explainer:
         contrast: Any = None,
         score: str = "logit",
         fuse: str | None = "mean",
+        seeds: dict[str, Any] | None = None,
         **detect: Any,
     ) -> Explanation:
         """Explain a batch.
@@ -407,17 +401,26 @@ class Explainer:
                 normalize inside the graph; see :meth:`preprocess`).
             targets: None (top-1), an int, a length-B sequence, a [B, K] array, or a string
                 such as ``"top3+least"``; class names stand for class ids (see
-                :mod:`explainer.targets`).
+                :mod:`explainer.targets`). ``{"embedding": vector}`` explains the dot product
+                of the explained output (an embedding [B, D]) with a reference vector of D
+                values (``score="cosine"``: the cosine similarity). Detectors, segmenters and
+                text recognizers take their own targets (see :mod:`explainer.tasks`).
             top_k: explain the K most probable classes (same as ``targets="topK"``).
             method: CAM method name (see :data:`explainer.methods.METHODS`); None for the
                 bundle's :attr:`default_method`.
             contrast: classes in the forms of ``targets`` (one per image, or one per target):
                 explain the score of each target minus the score of its contrast class.
             score: ``"logit"`` (default) or ``"probability"``: explain the softmax
-                probability instead of the logit.
+                probability instead of the logit; for an embedding target ``"dot"``
+                (the default) or ``"cosine"``.
             fuse: for a layer-sweep bundle, how the top-level heatmaps combine the layers'
                 (``"mean"`` or ``"max"`` of the normalized maps, or None for the first
                 layer's); each layer's maps are in ``Explanation.layers``.
+            seeds: ``{output name: array}``: explain ``sum(seed * output)`` for any bundle
+                (a regression output, one pixel of a depth map): the array has the explained
+                output's shape past the batch (the same seed for every image), or ``[B,
+                ...]``, or ``[B, K, ...]`` for K maps per image. The name is the explained
+                tensor (``manifest["head"]["logits"]``) or the model output it stands for.
             **detect: for a detector: ``conf`` (confidence threshold, default 0.25), ``iou``
                 (NMS IoU threshold, default 0.45), ``geometry`` (one
                 :class:`~explainer.image.Geometry` per image, to give each detection its box
@@ -433,15 +436,22 @@ class Explainer:
         """
         self._check_open()
         method = method or self.default_method
-        if self.task == "detect":
+        if seeds is not None or (isinstance(targets, dict) and "embedding" in targets):
+            if detect or contrast is not None or top_k is not None:
+                given = [*detect, *(["contrast"] if contrast is not None else []),
+                         *(["top_k"] if top_k is not None else [])]
+                raise TargetError(f"{given} do not apply to seeds= or an embedding target")
+            return self._explain_seeded(self.check_input(x), targets, seeds, method, score,
+                                        fuse)
+        if self.task != "classify":
             x = self.check_input(x)
             if self.static_batch == 1 and x.shape[0] > 1:  # outputs sized per image
                 geometry = detect.pop("geometry", None)
-                return stack_explanations([self._explain_detections(
+                return stack_explanations([self._explain_task(
                     x[b : b + 1], targets, top_k, method, score, fuse, **detect,
                     geometry=None if geometry is None else geometry[b : b + 1])
                     for b in range(x.shape[0])])
-            return self._explain_detections(x, targets, top_k, method, score, fuse, **detect)
+            return self._explain_task(x, targets, top_k, method, score, fuse, **detect)
         if detect:
             raise TargetError(f"{sorted(detect)} apply to detectors; this bundle's task is "
                               f"{self.task!r}")
@@ -457,7 +467,9 @@ class Explainer:
         against = None if contrast is None else plan_targets(
             contrast, None, batch, self.num_classes, self.labels)
         check_score(score)
-        plain = against is None and score == "logit"
+        given = self.output_score == "probability"
+        score = "probability" if given else score  # no logits to explain: the probabilities
+        plain = against is None and (score == "logit" or given)
         if plain and self.graph is not None and method in self.graph.methods:
             return self._explain_in_graph(x, plan, method)  # all of the below, in one run
 
@@ -468,12 +480,12 @@ class Explainer:
         class_ids = plan.resolve(logits) if plan.needs_logits else plan.class_ids
         against_ids = contrast_ids(against, logits, class_ids)
         seeds = seed_rows(class_ids, self.num_classes, against_ids,
-                          None if score == "logit" else softmax(logits.astype(np.float64)))
+                          None if score == "logit" or given else softmax(logits.astype(np.float64)))
         head_logits, maps = self._layer_maps(x, features, class_ids,
                                              seeds.reshape(*class_ids.shape, -1), method)
         first = next(iter(maps.values()))
         return Explanation.of(
-            head_logits if logits is None else logits, class_ids, self.labels,
+            head_logits if logits is None else logits, class_ids, self.labels, given,
             heatmaps=fuse_maps(maps, fuse), cams=first.cams, method=method,
             contrast_ids=against_ids, score=score, layers=maps if len(maps) > 1 else None,
         )
@@ -508,20 +520,23 @@ class Explainer:
         gradients = [outputs[layer["gradient"]] for layer in layers]
         return logits, layer_maps(layers, activations, gradients, self._input_size(x), cams_of)
 
-    def _explain_detections(
+    def _explain_task(
         self, x: np.ndarray, targets: Any, top_k: int | None, method: str, score: str,
-        fuse: str | None, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
-        geometry: Sequence[Geometry] | None = None, renormalize: str | None = None,
+        fuse: str | None, geometry: Sequence[Geometry] | None = None, **options: Any,
     ) -> Explanation:
-        """:meth:`explain` for a detector: decode the outputs, choose the detections, one seed
-        over the explained tensor per detection, then the same per-layer maps."""
-        fmt = self.bundle.manifest["format"]
+        """:meth:`explain` for a detector, segmenter or text recognizer: read the outputs,
+        choose each image's targets (:mod:`explainer.tasks`), one seed over the explained
+        tensor per target, then the same per-layer maps."""
         get_method(method)
         check_score(score)
-        targets = target_spec(targets, top_k)
-        check_spec(targets, self.labels, self.num_classes)
-        check_thresholds(conf, iou)
+        renormalize = options.pop("renormalize", None)
         check_renormalize(renormalize)
+        plan = planner(self.task, self.bundle.manifest["format"], self.labels,
+                       self.num_classes, targets, score, top_k=top_k, **options)
+        classes = graph_classes(plan) if not renormalize else None
+        if (classes is not None and self.graph is not None and method in self.graph.methods
+                and score == "logit"):
+            return self._segment_in_graph(x, plan, classes, method, geometry)
         features = self._run_features(x)
         names = [self.logits_name, *self.head_outputs]
         values = dict(zip(names, (self._to_numpy(v) for v in self._run(
@@ -530,40 +545,141 @@ class Explainer:
         batch, size = x.shape[0], self._input_size(x)
         shapes = [list(v.shape) for v in values.values()]
         if any(v.ndim == 0 or v.shape[0] != batch for v in values.values()):
-            raise ExplainerError(f"the detector's outputs {shapes} have no batch axis of "
+            raise ExplainerError(f"the model's outputs {shapes} have no batch axis of "
                                  f"{batch}; export it with a batch axis on every output")
-        plans = [plan_detections(targets, decode({n: v[b] for n, v in values.items()}, fmt, size),
-                                 conf, iou, self.labels, size) for b in range(batch)]
+        planned = [plan.plan({n: v[b] for n, v in values.items()}, explained[b], size)
+                   for b in range(batch)]
+        plans = [p for p, _ in planned]
         k = max(map(len, plans), default=0)
-        notes = [f"image {b}: no detection to explain (conf {conf}, targets {targets!r})"
-                 for b, plan in enumerate(plans) if not plan]
+        notes = [plan.nothing(b) for b, p in enumerate(plans) if not p] + plan.notes()
         seeds = np.zeros((batch, max(k, 1), *explained.shape[1:]), np.float32)
-        for b, plan in enumerate(plans):
-            for j, target in enumerate(plan):
-                seeds[b, j] = seed_row(explained[b], target, fmt, score)
+        scores = np.full((batch, k), np.nan, np.float32)
+        for b, row in enumerate(plans):
+            for j, target in enumerate(row):
+                seeds[b, j] = plan.seed(explained[b], target)
+            if row:
+                scores[b, : len(row)] = plan.scores(
+                    np.repeat(explained[b : b + 1], len(row), axis=0), row)
 
         def scorer(out: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-            empty = DetectionTarget(None)  # a padded column: no pairs, score 0
-            return target_scores(out, [plans[r][i] if i < len(plans[r]) else empty
-                                       for r, i in zip(rows, ids)], fmt, score)
+            return plan.scores(out, [plans[r][i] if i < len(plans[r]) else None
+                                     for r, i in zip(rows, ids)])
 
         ids = np.tile(np.arange(seeds.shape[1]), (batch, 1))
         _, maps = self._layer_maps(x, features, ids, seeds, method, scorer) if k else (None, {})
-        detections = [[self._placed(t.detection, b, geometry) for t in plan]
-                      for b, plan in enumerate(plans)]
-        explanation = detection_explanation(detections, plans, explained, maps, fmt, score,
-                                            method, fuse, k, (batch, *size), notes)
-        return renormalized_in_boxes(explanation) if renormalize else explanation
+        items = [[self._placed(plan.item(t), b, geometry) for t in row]
+                 for b, row in enumerate(plans)]
+        transcripts = [t for _, t in planned] if self.task == "sequence" else None
+        explanation = task_explanation(self.task, items, scores, maps, score, method, fuse,
+                                       (batch, *size), notes, transcripts)
+        if renormalize:
+            return renormalized_in_boxes(explanation)
+        return explanation
+
+    def _segment_in_graph(self, x: np.ndarray, plan: Any, classes: list[int], method: str,
+                          geometry: Sequence[Geometry] | None) -> Explanation:
+        """:meth:`explain` of a segmenter's classes as one run of its explanation graph (the
+        mask of each class held constant inside the graph); a class an image does not
+        predict gets no column, as in the two-graph path."""
+        out = self.graph.run(x, GraphTargets(0, 0, np.array([classes], np.int64)), method)
+        batch, size = x.shape[0], self._input_size(x)
+        items, columns = [], []
+        for b in range(batch):
+            targets = plan.plan({}, out["logits"][b], size)[0]
+            items.append([self._placed(t.item, b, geometry) for t in targets])
+            columns.append([classes.index(t.item.class_id) for t in targets])
+        k = max(map(len, columns), default=0)
+        maps = {}
+        if k:
+            picked = {key: np.zeros((batch, k, *out[key].shape[2:]), np.float32)
+                      for key in ("cams", "heatmaps")}
+            for b, row in enumerate(columns):
+                for key in picked:
+                    picked[key][b, : len(row)] = out[key][b, row]
+            layer = self.bundle.manifest["target"]["layer"]
+            maps = {layer: LayerMaps(picked["cams"], picked["heatmaps"])}
+        scores = np.full((batch, k), np.nan, np.float32)
+        for b, row in enumerate(columns):
+            scores[b, : len(row)] = out["scores"][b, row]
+        notes = [plan.nothing(b) for b, row in enumerate(columns) if not row]
+        return task_explanation(self.task, items, scores, maps, "logit", method, None,
+                                (batch, *size), notes)
+
+    def _explain_seeded(self, x: np.ndarray, targets: Any, seeds: dict[str, Any] | None,
+                        method: str, score: str, fuse: str | None) -> Explanation:
+        """:meth:`explain` for ``seeds=`` or an ``{"embedding": vector}`` target: one given
+        (or computed) seed over the explained tensor per map."""
+        get_method(method)
+        features = self._run_features(x)
+        (explained,) = self._run(self.outputs_session, features, [self.logits_name])
+        explained = self._to_numpy(explained)
+        batch = x.shape[0]
+        if seeds is not None:
+            if targets is not None:
+                raise TargetError("give either targets or seeds=, not both")
+            rows = self._seed_rows(seeds, explained)
+            score = "seed"
+        else:
+            vector = targets["embedding"]
+            score = "dot" if score == "logit" else score
+            rows = np.stack([embedding_seed(explained[b], vector, score)
+                             for b in range(batch)])[:, None]
+        k = rows.shape[1]
+
+        def scored(out: np.ndarray, r: np.ndarray, ids: np.ndarray) -> np.ndarray:
+            if seeds is None:
+                return np.array([embedding_score(o, targets["embedding"], score) for o in out])
+            return np.array([float((rows[b, j] * o).sum()) for o, b, j in zip(out, r, ids)])
+
+        ids = np.tile(np.arange(k), (batch, 1))
+        _, maps = self._layer_maps(x, features, ids, rows, method, scored)
+        values = scored(np.repeat(explained, k, axis=0), np.repeat(np.arange(batch), k),
+                        np.tile(np.arange(k), batch)).reshape(batch, k).astype(np.float32)
+        first = next(iter(maps.values()))
+        return Explanation(
+            heatmaps=fuse_maps(maps, fuse), cams=first.cams, class_ids=np.full((batch, k), -1),
+            scores=values, probabilities=np.full((batch, k), np.nan, np.float32),
+            labels=None, logits=explained if explained.ndim == 2 else None, method=method,
+            score=score, layers=maps if len(maps) > 1 else None, task=self.task,
+        )
+
+    def _seed_rows(self, seeds: dict[str, Any], explained: np.ndarray) -> np.ndarray:
+        """``seeds=`` as rows [B, K, ...] over the explained tensor.
+
+        Raises:
+            TargetError: another output named, or a seed of the wrong shape.
+        """
+        output = (self.bundle.manifest.get("export") or {}).get("output")
+        names = {self.logits_name, *(output if isinstance(output, list) else [output])} - {None}
+        if not isinstance(seeds, dict) or len(seeds) != 1 or next(iter(seeds)) not in names:
+            raise TargetError(f"seeds= takes one array by output name; this bundle "
+                              f"differentiates {self.logits_name!r} (the model output "
+                              f"{sorted(names - {self.logits_name}) or [self.logits_name]}), "
+                              f"got {list(seeds) if isinstance(seeds, dict) else seeds!r}")
+        seed = np.asarray(next(iter(seeds.values())), dtype=np.float32)
+        shape = explained.shape
+        if seed.shape == shape[1:]:
+            seed = np.broadcast_to(seed, shape)
+        if seed.shape == shape:
+            seed = seed[:, None]
+        if seed.shape[:1] + seed.shape[2:] != shape or seed.ndim != len(shape) + 1:
+            raise TargetError(f"a seed for {next(iter(seeds))!r} must have shape "
+                              f"{list(shape[1:])}, {list(shape)} or [B, K, "
+                              f"{', '.join(map(str, shape[1:]))}], got {list(seed.shape)}")
+        if not np.isfinite(seed).all():
+            raise TargetError("the seed has NaN or infinite values")
+        return np.ascontiguousarray(seed)
 
     def _input_size(self, x: np.ndarray) -> tuple[int, int]:
         return tuple(x.shape[2:4] if self.input_layout == "NCHW" else x.shape[1:3])
 
     @staticmethod
-    def _placed(detection: Detection, b: int, geometry: Sequence[Geometry] | None) -> Detection:
-        """The detection with its box in the original image, where the geometry is known."""
+    def _placed(item: Any, b: int, geometry: Sequence[Geometry] | None) -> Any:
+        """The detection, region or character with its box in the original image, where the
+        geometry is known."""
         if geometry is None:
-            return detection
-        return replace(detection, image_box=geometry[b].to_original(detection.box))
+            return item
+        return replace(item, image_box=geometry[b].to_original(item.box))
 
     def _explain_in_graph(self, x: np.ndarray, plan: TargetPlan, method: str) -> Explanation:
         """:meth:`explain` as one run of the bundle's explanation graph."""
@@ -575,6 +691,7 @@ class Explainer:
             heatmaps=out["heatmaps"], cams=out["cams"], class_ids=out["target_ids"],
             scores=out["scores"], probabilities=out["probabilities"], labels=labels,
             logits=out["logits"], method=method,
+            score="probability" if self.output_score == "probability" else "logit",
         )
 
     def explain_images(
@@ -588,7 +705,7 @@ class Explainer:
         """Preprocess image files / PIL images with the bundle's preprocessing and explain them
         (arguments as for :meth:`explain`, ``contrast=`` and ``score=`` included). A detector's
         detections also get their boxes in the original images' pixels (``image_box``)."""
-        if self.task == "detect" and self.preprocessing is not None:
+        if self.task != "classify" and self.preprocessing is not None:
             x, geometry = preprocess_with_geometry(images, self.preprocessing)
             options.setdefault("geometry", geometry)
         else:

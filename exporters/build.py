@@ -42,12 +42,24 @@ def producer_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
+def _outputs_text(g: Graph) -> str:
+    """Every graph output with its shape (``?`` unknown), for messages."""
+    def dims(name: str) -> str:
+        shape = g.shape(name)
+        return "[?]" if shape is None else "[" + ", ".join(
+            "?" if d is None else str(d) for d in shape) + "]"
+
+    return ", ".join(f"{o.name!r} {dims(o.name)}" for o in g.model.graph.output)
+
+
 def _num_classes(g: Graph, output: str) -> int:
     shape = g.shape(output)
     if shape is None or len(shape) != 2 or not isinstance(shape[-1], int):
+        several = len(g.model.graph.output) > 1
         raise OnnxExportError(
             f"output {output!r} has shape {None if shape is None else list(shape)}; expected "
             "[batch, num_classes] with a static number of classes"
+            + (f" (the model's outputs: {_outputs_text(g)})" if several else "")
         )
     return shape[-1]
 
@@ -117,6 +129,7 @@ def build_bundle(
     task: str = "classify",
     format: dict[str, Any] | None = None,  # noqa: A002  (the manifest's word)
     keep_outputs: Sequence[str] = (),
+    score: str = "logit",
 ) -> Bundle:
     """Split ``model`` at tensor ``target`` and give the head its gradient.
 
@@ -148,6 +161,10 @@ def build_bundle(
         format: a detector's format parameters (the manifest's ``format``).
         keep_outputs: model outputs the head also returns (a detector's outputs, decoded by
             the runtime); recorded as ``manifest["head"]["outputs"]``.
+        score: what ``output`` holds: ``"logit"`` (scores before a softmax) or
+            ``"probability"`` (a softmax's output whose logits could not be found); recorded
+            as ``manifest["head"]["score"]`` when not ``"logit"``, so the runtime shows these
+            probabilities as they are instead of a softmax of them.
 
     Returns:
         The bundle (features graph, gradient head, manifest and, where the model allows, the
@@ -159,6 +176,8 @@ def build_bundle(
         SplitError: the model cannot be cut at ``target``.
         exporters.autodiff.GradientError: the head cannot be differentiated.
     """
+    if score not in ("logit", "probability"):
+        raise OnnxExportError(f"score must be 'logit' or 'probability', got {score!r}")
     if input_gradient and task != "classify":  # before any graph is built
         raise OnnxExportError(f"input_gradient=True (--input-gradient) is for classifiers; "
                               f"this is a {task} model")
@@ -169,7 +188,8 @@ def build_bundle(
     output = output or (outputs[0] if outputs else None)
     if task == "classify":
         if output is None or output not in outputs:
-            raise OnnxExportError(f"output {output!r} is not among the model outputs {outputs}")
+            raise OnnxExportError(f"output {output!r} is not among the model outputs "
+                                  f"{_outputs_text(g)}")
         num_classes = _num_classes(g, output)
     else:
         if output is None or g.shape(output) is None:
@@ -217,7 +237,8 @@ def build_bundle(
                    **_value_entry(g, target, target_layout, key="tensor"),
                    **_tokens(g, target, input_layout, target_layout, token_grid, prefix_tokens)},
         "head": {"inputs": split.cut_tensors, "seed": seed_name, "logits": output,
-                 "gradient": gradient_name, **({"outputs": kept} if kept else {})},
+                 "gradient": gradient_name, **({"outputs": kept} if kept else {}),
+                 **({"score": score} if score != "logit" else {})},
         "task": task,
         **({"format": format} if format else {}),
         "num_classes": num_classes,

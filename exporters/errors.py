@@ -35,7 +35,14 @@ class ExportError(OnnxcamError, RuntimeError):
 
 
 class GradientError(OnnxcamError):
-    """A gradient graph could not be built (unknown names, shapes a rule needs, opset...)."""
+    """A gradient graph could not be built (unknown names, shapes a rule needs, opset...).
+
+    Attributes:
+        node_index: where a rule failed, the index of its node in the differentiated graph
+            (set by the engine), else None.
+    """
+
+    node_index: int | None = None
 
 
 class MissingGradientRule(GradientError):

@@ -25,7 +25,8 @@ The targets are the columns ``top_k | least | class_ids``, in that order (K = to
 N). Top-1 is ``top_k=[1], least=[0], class_ids=[1, 0]``.
 
 Outputs: ``logits`` [B, C], ``target_ids`` [B, K] int64, ``scores`` [B, K] (logits),
-``probabilities`` [B, K] (softmax), ``cams`` [B, K, h, w], ``heatmaps`` [B, K, H, W] in [0, 1].
+``probabilities`` [B, K] (softmax; the logits themselves where ``head.score`` says the head's output
+is already a probability), ``cams`` [B, K, h, w], ``heatmaps`` [B, K, H, W] in [0, 1].
 
 The CAM part is a table (:data:`CAM_METHODS`): a method name maps to a function that emits
 ONNX nodes from the activation and the gradient to channel weights (or per-position weights).
@@ -208,11 +209,13 @@ def explanation_blocker(manifest: dict[str, Any],
     if unknown or not methods:
         return (f"method(s) {unknown} have no in-graph form (CAM_METHODS: "
                 f"{list(CAM_METHODS)})")
-    if manifest.get("task", "classify") != "classify":
-        return f"a {manifest['task']} bundle (its targets are decoded from the outputs in numpy)"
+    task = manifest.get("task", "classify")
+    if task not in ("classify", "segment"):
+        return f"a {task} bundle (its targets are decoded from the outputs in numpy)"
     if manifest.get("layers"):
         return "a layer sweep (every layer's maps come from the two graphs)"
     if len(manifest["head"]["inputs"]) != 1:
+        # even integer ones: a size read from the input's shape may hold the batch size
         return "more than one tensor crosses the cut (the head runs once per target column)"
     batch = (manifest["input"].get("shape") or [None])[0]
     if isinstance(batch, int):
@@ -222,9 +225,10 @@ def explanation_blocker(manifest: dict[str, Any],
     return None
 
 
-def _select_targets(b: Builder, logits: str, num_classes: int, batch: str) -> str:
-    """target ids [B, K] = top_k best | least worst | class_ids (each image's ranking)."""
-    order = b.op("TopK", logits, b.const([num_classes]), outputs=2, axis=1, largest=1,
+def _select_targets(b: Builder, ranking: str, num_classes: int, batch: str) -> str:
+    """target ids [B, K] = top_k best | least worst | class_ids (each image's ranking of the
+    classes: the logits, or a segmenter's predicted areas)."""
+    order = b.op("TopK", ranking, b.const([num_classes]), outputs=2, axis=1, largest=1,
                  sorted=1)[1]
     axis1 = b.const([1])
     top = b.op("Slice", order, b.const([0]), INPUTS["top_k"], axis1)
@@ -247,6 +251,51 @@ def _gradient_rows(b: Builder, activation: str, targets: str, num_classes: int):
                     b.op("Concat", batch, k, rest, axis=0))
     rows = b.op("Reshape", expanded, b.op("Concat", b.const([-1]), rest, axis=0))
     return seeds, rows, b.op("Concat", b.const([-1]), k, rest, axis=0)
+
+
+def _segment_areas(b: Builder, scores: str, fmt: dict[str, Any], num_classes: int
+                   ) -> tuple[str, str, str]:
+    """A segmenter's (predicted mask [B, 1, h, w]: the class per pixel, -1 where none;
+    probabilities [B, C, h, w]; areas [B, C]: each class's predicted pixels), as
+    :func:`explainer.segmentation.predicted` computes them (a binary map at threshold 0.5)."""
+    logits = fmt.get("explained", "logits") == "logits"
+    if fmt["name"] == "binary":
+        probabilities = b.op("Sigmoid", scores) if logits else scores
+        inside = b.op("Greater", probabilities, b.const(0.5, np.float32))
+        predicted = b.op("Sub", b.op("Cast", inside, to=TensorProto.INT64), b.const(1))
+        area = b.reduce("ReduceSum", b.op("Cast", inside, to=TensorProto.FLOAT), [2, 3],
+                        keepdims=0)
+        return predicted, probabilities, area
+    probabilities = b.op("Softmax", scores, axis=1) if logits else scores
+    predicted = b.op("ArgMax", scores, axis=1, keepdims=1)
+    one_hot = b.op("OneHot", predicted, b.const(num_classes),
+                   b.const([0.0, 1.0], np.float32), axis=1)  # [B, C, 1, h, w]
+    area = b.reduce("ReduceSum", one_hot, [2, 3, 4], keepdims=0)
+    return predicted, probabilities, area
+
+
+def _segment_seeds(b: Builder, scores: str, predicted: str, probabilities: str, targets: str,
+                   num_classes: int) -> tuple[str, str]:
+    """Seeds [B*K, C, h, w]: each target's class channel under its predicted mask (held
+    constant); and each target's (score: the summed scores under the mask, mean probability)
+    [B, K] into ``scores`` / ``probabilities`` outputs."""
+    ids = b.op("Unsqueeze", targets, b.const([2, 3]))  # [B, K, 1, 1]
+    mask = b.op("Cast", b.op("Equal", predicted, ids), to=TensorProto.FLOAT)  # [B, K, h, w]
+    one_hot = b.op("OneHot", ids, b.const(num_classes), b.const([0.0, 1.0], np.float32),
+                   axis=2)  # [B, K, C, 1, 1]
+    seeds = b.op("Mul", one_hot, b.op("Unsqueeze", mask, b.const([2])))
+    shape = b.op("Shape", scores)
+    rows = b.op("Reshape", seeds, b.op("Concat", b.const([-1]), b.dims(shape, 1, 4), axis=0))
+    index = b.op("Expand", ids, b.op("Shape", mask))
+    picked = b.op("GatherElements", scores, index, axis=1)  # [B, K, h, w]
+    b.op("ReduceSum", b.op("Mul", mask, picked), b.const([2, 3]), keepdims=0,
+         out=OUTPUTS["scores"])
+    mean = b.op("GatherElements", probabilities, index, axis=1)
+    area = b.reduce("ReduceSum", mask, [2, 3], keepdims=0)
+    total = b.reduce("ReduceSum", b.op("Mul", mask, mean), [2, 3], keepdims=0)
+    b.op("Div", total, b.op("Max", area, b.const(1.0, np.float32)),
+         out=OUTPUTS["probabilities"])
+    return rows, mask
 
 
 def _method_cams(b: Builder, method: InGraphMethod, activation: str, gradient: str,
@@ -347,6 +396,7 @@ def _head_copies(
 
 
 def _outputs(manifest: dict[str, Any]) -> list[onnx.ValueInfoProto]:
+    """The graph outputs (a segmenter's ``logits`` are its scores [B, C, h, w])."""
     in_shape = list(manifest["input"]["shape"])
     batch = in_shape[0] if isinstance(in_shape[0], str) else "batch"
     spatial = in_shape[2:4] if manifest["input"]["layout"] == "NCHW" else in_shape[1:3]
@@ -355,7 +405,10 @@ def _outputs(manifest: dict[str, Any]) -> list[onnx.ValueInfoProto]:
     small = [d if isinstance(d, int) else None for d in small]
     pair = [batch, "targets"]
     float_, int64 = TensorProto.FLOAT, TensorProto.INT64
-    return [_io(OUTPUTS["logits"], float_, [batch, manifest["num_classes"]]),
+    logits = [batch, manifest["num_classes"]]
+    if manifest.get("task") == "segment":
+        logits += ["mask_height", "mask_width"]
+    return [_io(OUTPUTS["logits"], float_, logits),
             _io(OUTPUTS["target_ids"], int64, pair), _io(OUTPUTS["scores"], float_, pair),
             _io(OUTPUTS["probabilities"], float_, pair),
             _io(OUTPUTS["cams"], float_, [*pair, *small]),
@@ -402,14 +455,32 @@ def build_explanation_graph(
     shared = {t.name for t in features.graph.initializer}
     activation = f"features/{manifest['target']['tensor']}"
     targets = OUTPUTS["target_ids"]  # computed below, from the logits pass
-    seeds, rows, grad_shape = _gradient_rows(b, activation, targets, manifest["num_classes"])
+    classes = manifest["num_classes"]
+    segment = manifest.get("task") == "segment"
+    if not segment:
+        seeds, rows, grad_shape = _gradient_rows(b, activation, targets, classes)
+    else:  # a class over its predicted mask: seeds from the scores, not one-hot rows
+        b.nodes = []
+        predicted, probabilities, areas = _segment_areas(b, OUTPUTS["logits"],
+                                                         manifest["format"], classes)
+        ranking = b.nodes
+        b.nodes = []
+        seeds, _ = _segment_seeds(b, OUTPUTS["logits"], predicted, probabilities, targets,
+                                  classes)
+        glue = b.nodes
+        b.nodes = []
+        _, rows, grad_shape = _gradient_rows(b, activation, targets, classes)
+        glue += b.nodes
+        b.nodes = []
     logits_nodes, gradient_nodes, head_weights = _head_copies(
         head, manifest, shared, activation, rows, seeds)
-    glue = b.nodes
+    if not segment:
+        glue = b.nodes
+        ranking, areas = [], OUTPUTS["logits"]
     b.nodes = []
     batch = b.dims(b.op("Shape", OUTPUTS["logits"]), 0, 1)
-    _select_targets(b, OUTPUTS["logits"], manifest["num_classes"], batch)
-    select = b.nodes
+    _select_targets(b, areas, classes, batch)
+    select = ranking + b.nodes
     b.nodes = []
     gradient = b.op("Reshape", "cam/gradient_rows", grad_shape)
     nchw = activation
@@ -418,9 +489,15 @@ def build_explanation_graph(
         gradient = b.op("Transpose", gradient, perm=[0, 1, 4, 2, 3])
     cams = _cams(b, methods, nchw, gradient)
     _heatmaps(b, cams, input_name, manifest["input"]["layout"])
-    probabilities = b.op("Softmax", OUTPUTS["logits"], axis=1)
-    b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
-    b.op("GatherElements", OUTPUTS["logits"], targets, axis=1, out=OUTPUTS["scores"])
+    if segment:
+        pass  # scores and probabilities come with the seeds
+    elif manifest["head"].get("score", "logit") == "probability":  # the model's own
+        probabilities = b.op("Identity", OUTPUTS["logits"])
+    else:
+        probabilities = b.op("Softmax", OUTPUTS["logits"], axis=1)
+    if not segment:
+        b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
+        b.op("GatherElements", OUTPUTS["logits"], targets, axis=1, out=OUTPUTS["scores"])
     nodes = [*body.node, *logits_nodes, *select, *glue, *gradient_nodes, *b.nodes]
     graph = helper.make_graph(
         nodes, "onnxcam_explanation", graph_inputs, _outputs(manifest),

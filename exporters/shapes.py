@@ -16,10 +16,14 @@ spatial grid and its layout). Two steps, each only when needed:
    onnxruntime wheel and needs no weights): it evaluates shape arithmetic on symbols, so
    ``Shape(x)[0:1] ++ [-1]`` stays ``[batch, 25088]``. Cheap (tf2onnx VGG16: ~10 ms on the
    weight-stripped model) and it keeps the batch dimension symbolic.
-2. **A probe run** (``probe=True``, only when the inputs' dims after the batch are static): the
-   model runs in ONNX Runtime on zeros of the declared input size at batch sizes 1 and 2, with
-   the still incomplete values as extra outputs. A dim equal in both runs is static, one that
-   goes from 1 to 2 is the batch symbol, anything else (``batch * 197``...) stays unknown.
+2. **A probe run** (``probe=True``): the model runs in ONNX Runtime on zeros of the declared
+   input size at batch sizes 1 and 2, with the still incomplete values as extra outputs. A dim
+   equal in both runs is static, one that goes from 1 to 2 is the batch symbol, anything else
+   (``batch * 197``...) stays unknown. Input dims the model leaves open after the batch
+   (PaddleOCR's ``[-1, 3, ?, ?]``) run at :data:`PROBE_SIZES` ``[0]``, and once more at
+   ``[1]``: a dim that changes with them stays unknown, but the rank is found (the ``Reshape``
+   that flattens PaddlePaddle's pooled features to ``[batch, 200]`` hides it from both
+   inferences).
    Initializers whose data was stripped are fed as zeros (a classifier's shapes never depend on
    its weight values). It costs two forward passes at batch 1 and 2 (Swin-T: ~0.3 s).
 
@@ -31,6 +35,9 @@ better known one. The recovered shapes are written as ``value_info``, which late
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .graph import value_shape
 
-__all__ = ["missing_shapes", "recover_shapes"]
+__all__ = ["failure_reason", "missing_shapes", "recover_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +96,23 @@ def missing_shapes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
-def _static_input(model: onnx.ModelProto) -> bool:
-    """Whether every graph input has static dims after the batch (the probe's condition)."""
+#: sizes a probe run gives the input dims after the batch that the model leaves open (two, so a
+#: dim that follows them is told from a static one); multiples of 32, as strided CNNs want
+PROBE_SIZES = (64, 160)
+
+
+def _probe_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int | str | None], int]] | None:
+    """(name, declared dims, elem type) of each graph input, or None when one has no shape."""
     initializers = {t.name for t in model.graph.initializer}
+    inputs = []
     for info in model.graph.input:
         if info.name in initializers:
             continue
         shape = value_shape(info.type)
-        if shape is None or not all(isinstance(d, int) for d in shape[1:]):
-            return False
-    return True
+        if shape is None:
+            return None
+        inputs.append((info.name, shape, info.type.tensor_type.elem_type))
+    return inputs
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -110,10 +124,24 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     }
 
 
+def failure_reason(err: BaseException) -> str:
+    """What went wrong, never empty: the exception's type and text, and for a bare
+    ``assert`` (``AssertionError()``) the function that raised it (onnxruntime's symbolic shape
+    inference asserts ``axis == 0`` in ``_infer_Concat``, say)."""
+    text = str(err).strip()
+    reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+    if frames and not text:
+        last = frames[-1]
+        reason += f" in {last.name} ({Path(last.filename).name}:{last.lineno})"
+    return reason
+
+
 def _symbolic(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int]]:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:  # pragma: no cover - onnxruntime always ships it
+    except ImportError as err:  # onnxruntime ships it, but it needs sympy
+        log.info("symbolic shape inference unavailable (%s)", failure_reason(err))
         return {}, {}
     ort_log = logging.getLogger(SymbolicShapeInference.__module__)
     level = ort_log.level
@@ -121,7 +149,7 @@ def _symbolic(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str
     try:
         inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception as err:  # best effort: unsupported ops, odd graphs
-        log.info("symbolic shape inference failed (%s)", err)
+        log.info("symbolic shape inference failed (%s)", failure_reason(err))
         return {}, {}
     finally:
         ort_log.setLevel(level)
@@ -130,13 +158,16 @@ def _symbolic(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str
     return _known_shapes(inferred), _elem_types(inferred)
 
 
-def _probe(model: onnx.ModelProto, names: list[str]) -> tuple[dict[str, Shape], dict[str, int]]:
-    """Shapes of ``names`` from runs at batch sizes 1 and 2 on zero inputs."""
+def _probe(model: onnx.ModelProto, names: list[str], size: tuple[int, int] | None = None
+           ) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Shapes of ``names`` from runs at batch sizes 1 and 2 on zero inputs (and, when an
+    input leaves dims after the batch open, a third run with those at another size: a dim
+    that changes with them stays unknown). ``size``: the (H, W) the model is known to run at
+    (its open dims take H, then W); the third run then adds 32 to both, or to W alone where
+    the model refuses another H (a text recognizer's fixed height)."""
     import onnxruntime as ort
 
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    inputs = _probe_inputs(model) or []
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for tensor in probe.graph.initializer:  # stripped weights: zeros of the same dims
@@ -152,42 +183,60 @@ def _probe(model: onnx.ModelProto, names: list[str]) -> tuple[dict[str, Shape], 
     )
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a size the model refuses fails quietly (reported below)
     session = ort.InferenceSession(probe.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    runs = []
-    batch_symbol: str | None = None
-    for batch in (1, 2):
+    batch_symbol = next((shape[0] for _, shape, _ in inputs
+                         if shape and isinstance(shape[0], str)), None)
+    open_sizes = any(not (isinstance(d, int) and d > 0) for _, shape, _ in inputs
+                     for d in shape[1:])
+    first = size or (PROBE_SIZES[0], PROBE_SIZES[0])
+    settings = [[(1, first)], [(2, first)]]
+    if open_sizes:
+        settings.append([(1, (first[0] + 32, first[1] + 32)), (1, (first[0], first[1] + 32))]
+                        if size else [(1, (PROBE_SIZES[1], PROBE_SIZES[1]))])
+
+    def run(batch: int, hw: tuple[int, int]) -> list[Any]:
         feeds = {}
-        for info in inputs:
-            shape = value_shape(info.type) or []
-            if shape and not isinstance(shape[0], int):
-                batch_symbol = batch_symbol or shape[0]
-            dims = [batch if k == 0 and not isinstance(d, int) else (d or 1)
-                    for k, d in enumerate(shape)]
-            dtype = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-            feeds[info.name] = np.zeros(dims, dtype)
-        outputs = session.run(names, feeds)
+        for name, shape, elem_type in inputs:
+            sizes = iter(hw)
+            dims = [d if isinstance(d, int) and d > 0 else batch if k == 0 else
+                    next(sizes, hw[-1]) for k, d in enumerate(shape)]
+            feeds[name] = np.zeros(dims, helper.tensor_dtype_to_np_dtype(elem_type))
+        return session.run(names, feeds)
+
+    runs = []
+    for tries in settings:
+        for k, (batch, hw) in enumerate(tries):
+            try:
+                outputs = run(batch, hw)
+                break
+            except Exception:  # ORT's own types; the last try's error goes to the caller
+                if k == len(tries) - 1:
+                    raise
         runs.append([np.shape(v) for v in outputs])
     types = {n: helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype)
              for n, v in zip(names, outputs, strict=True)}
     shapes: dict[str, Shape] = {}
-    for name, one, two in zip(names, *runs, strict=True):
-        if len(one) != len(two):
+    for name, *seen in zip(names, *runs, strict=True):
+        one, two = seen[0], seen[1]
+        other = seen[2] if open_sizes else one
+        if not len(one) == len(two) == len(other):
             continue
-        # equal: static; 1 -> 2: the batch; anything else (batch * k...): unknown
-        shapes[name] = [a if a == b else (batch_symbol if (a, b) == (1, 2) else None)
-                        for a, b in zip(one, two, strict=True)]
+        # equal: static; 1 -> 2: the batch; anything else (batch * k, a size): unknown
+        shapes[name] = [a if a == b == c else batch_symbol if (a, b) == (1, 2)
+                        and a == c else None for a, b, c in zip(one, two, other, strict=True)]
     return shapes, types
 
 
-def recover_shapes(model: onnx.ModelProto, *, probe: bool = True) -> onnx.ModelProto:
+def recover_shapes(model: onnx.ModelProto, *, probe: bool = True,
+                   size: tuple[int, int] | None = None) -> onnx.ModelProto:
     """Fill in the shapes ``onnx.shape_inference`` left unknown (see the module docstring).
 
     Args:
         model: a model after ``onnx.shape_inference.infer_shapes``.
-        probe: run the model on zeros when symbolic inference still leaves values incomplete
-            (only when the inputs' dims after the batch are static).
+        probe: run the model on zeros when symbolic inference still leaves values incomplete.
+        size: the input (H, W) the model is known to run at, for those runs.
 
     Returns:
         ``model`` itself when nothing is missing, else a copy with more ``value_info``.
@@ -215,14 +264,14 @@ def recover_shapes(model: onnx.ModelProto, *, probe: bool = True) -> onnx.ModelP
     for name in missing:
         offer(name, symbolic.get(name))
     still = [n for n in missing if _incomplete(found.get(n, known.get(n)), batch)]
-    if probe and still and _static_input(model):
+    if probe and still and _probe_inputs(model):
         try:
-            probed, probed_types = _probe(model, still)
+            probed, probed_types = _probe(model, still, size)
             for name, shape in probed.items():
                 offer(name, shape)
             types = {**probed_types, **types}
         except Exception as err:  # best effort
-            log.info("probe run for shapes failed (%s)", err)
+            log.info("probe run for shapes failed (%s)", failure_reason(err))
     if not found:
         return model
     log.info("recovered shapes of %d values (%d without a rank before)", len(found),

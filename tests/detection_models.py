@@ -66,8 +66,10 @@ class Reference:
     gradients: list[np.ndarray]
 
 
-def _recalibrate(model: nn.Module, size: int, modules: Callable[[torch.Tensor], object]) -> None:
-    """Re-estimate BatchNorm statistics by running ``modules`` (backbone, head) in train mode."""
+def recalibrate(model: nn.Module, forward: Callable[[torch.Tensor], object],
+                shape: tuple[int, ...], rounds: int = 2) -> None:
+    """Re-estimate BatchNorm statistics by running ``forward`` in train mode on ``rounds``
+    batches of 2 random inputs of ``shape`` (past the batch)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
@@ -75,9 +77,14 @@ def _recalibrate(model: nn.Module, size: int, modules: Callable[[torch.Tensor], 
     generator = torch.Generator().manual_seed(0)
     model.train()
     with torch.no_grad():
-        for _ in range(2):
-            modules(torch.randn(2, 3, size, size, generator=generator))
+        for _ in range(rounds):
+            forward(torch.randn(2, *shape[1:], generator=generator))
     model.eval()
+
+
+def _recalibrate(model: nn.Module, size: int, modules: Callable[[torch.Tensor], object]) -> None:
+    """Re-estimate BatchNorm statistics by running ``modules`` (backbone, head) in train mode."""
+    recalibrate(model, modules, (1, 3, size, size))
 
 
 def _image(size: int, seed: int) -> torch.Tensor:

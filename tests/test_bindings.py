@@ -102,12 +102,12 @@ def _site(tmp_path: Path, bundle: Path, photo: Path) -> Path:
     return site
 
 
-@pytest.mark.slow
-def test_web_example_gives_pythons_heatmaps(lite0_dir, lite0_bundle, tmp_path):
+def _run_page(site: Path, query: str, screenshot: str | None = None) -> dict:
+    """Serve ``site``, open its page with ``query`` in headless Chromium and return
+    ``window.onnxcam`` (the page's result)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    site = _site(tmp_path, lite0_bundle, lite0_dir / "chelsea.png")
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Handler, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -116,18 +116,94 @@ def test_web_example_gives_pythons_heatmaps(lite0_dir, lite0_bundle, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1000, "height": 420})
-            page.goto(f"http://127.0.0.1:{server.server_port}/index.html?topk=3")
+            page.goto(f"http://127.0.0.1:{server.server_port}/index.html?{query}")
             page.wait_for_function("window.onnxcam || window.onnxcamError", timeout=180_000)
             error = page.evaluate("window.onnxcamError || null")
             assert error is None, error
             result = page.evaluate("window.onnxcam")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "web_example.png"), full_page=True)
+            if screenshot:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
             browser.close()
     finally:
         server.shutdown()
+    return result
+
+
+@pytest.mark.slow
+def test_web_example_gives_pythons_heatmaps(lite0_dir, lite0_bundle, tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    result = _run_page(_site(tmp_path, lite0_bundle, lite0_dir / "chelsea.png"), "topk=3",
+                       "web_example.png")
     x = np.asarray(result["input"], np.float32).reshape(result["inputShape"])
     heatmaps = np.asarray(result["heatmaps"], np.float32).reshape(result["heatmapShape"])
     expected = Explainer(lite0_bundle).explain(x, top_k=3)
     assert result["classIds"] == expected.class_ids[0].tolist()
     assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def segmenter_bundle(tmp_path_factory) -> Path:
+    """A small segmenter (tests/test_segmentation.py's) saved as a bundle with its
+    explanation graph: its top_k targets are the classes with the largest predicted areas."""
+    from test_segmentation import segmenter
+
+    from exporters.onnx_frontend import export_onnx
+
+    folder = tmp_path_factory.mktemp("segmenter")
+    segmenter(folder / "seg.onnx", classes=3)
+    bundle = export_onnx(folder / "seg.onnx", labels=["sky", "road", "car"],
+                         preprocessing={"resize": [24, 20], "crop": None})
+    assert bundle.explanation is not None
+    return bundle.save(folder / "bundle")
+
+
+def _segmenter_expected(bundle: Path, x: np.ndarray, ids: list[list[int]], method: str):
+    """Python's two-graph maps of each image's graph-chosen classes it predicts."""
+    explainer = Explainer(bundle)
+    explainer.graph = None
+    out = []
+    for b, row in enumerate(ids):
+        e = explainer.explain(x[b : b + 1], targets=row, method=method)
+        shown = [r.class_id for r in e.regions[0]]
+        out.append({c: e.heatmaps[0, shown.index(c)] for c in shown})
+    return out
+
+
+@pytest.mark.slow
+def test_node_example_explains_a_segmenter_like_python(segmenter_bundle, tmp_path):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    folder = _npm_install("node")
+    x = np.random.default_rng(1).normal(size=(2, 3, 24, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        ["node", str(folder / "explain.mjs"), str(segmenter_bundle), str(tmp_path / "x.npy"),
+         str(tmp_path / "heatmaps.npy"), "--top-k", "2", "--method", "layercam"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ids = [[t["class_id"] for t in json.loads(line)] for line in result.stdout.splitlines()]
+    heatmaps = np.load(tmp_path / "heatmaps.npy")
+    assert heatmaps.shape == (2, 2, 24, 20)
+    expected = _segmenter_expected(segmenter_bundle, x, ids, "layercam")
+    assert expected[0] and expected[1]
+    for b, row in enumerate(ids):
+        for j, c in enumerate(row):
+            if c in expected[b]:  # a class the image predicts (else a zero map)
+                assert np.abs(heatmaps[b, j] - expected[b][c]).max() <= 1e-4
+            else:
+                assert not heatmaps[b, j].any()
+
+
+@pytest.mark.slow
+def test_web_example_explains_a_segmenter_like_python(segmenter_bundle, lite0_dir, tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    result = _run_page(_site(tmp_path, segmenter_bundle, lite0_dir / "chelsea.png"), "topk=2")
+    x = np.asarray(result["input"], np.float32).reshape(result["inputShape"])
+    heatmaps = np.asarray(result["heatmaps"], np.float32).reshape(result["heatmapShape"])
+    ids = [result["classIds"]]
+    expected = _segmenter_expected(segmenter_bundle, x, ids, "gradcam")[0]  # the page's default
+    assert expected and heatmaps.shape == (1, 2, 24, 20)
+    for j, c in enumerate(ids[0]):
+        if c in expected:
+            assert np.abs(heatmaps[0, j] - expected[c]).max() <= 1e-4

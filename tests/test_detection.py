@@ -200,5 +200,5 @@ def test_the_task_is_told_from_the_outputs_or_refused_with_all_of_them_listed() 
     assert all(f"'o{k}' [1, 5, 7, 3]" in str(err.value) for k in range(3))
     with pytest.raises(OnnxExportError, match="contradicts"):
         resolve_task(_model([("out", "float", [1, 6, anchors])]), format="yolov5")
-    with pytest.raises(OnnxExportError, match="unknown detection format 'ssd'"):
+    with pytest.raises(OnnxExportError, match="unknown format 'ssd'"):
         resolve_task(_model([("out", "float", [1, 6, anchors])]), format="ssd")

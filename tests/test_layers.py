@@ -22,7 +22,7 @@ RUNTIME_MODULES = [
     "gradcheck",
     "image", "layers",
     "inputs", "labels", "methods", "outputs", "pixels", "preprocessing", "ray_data", "report",
-    "runtime", "sessions", "targets", "visualize",
+    "runtime", "seeds", "segmentation", "sequence", "sessions", "targets", "tasks", "visualize",
 ]
 
 

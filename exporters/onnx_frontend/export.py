@@ -18,20 +18,28 @@ from onnx import TensorProto
 
 from explainer.bundle import Bundle
 from explainer.labels import check_labels
-from explainer.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from explainer.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    complete_preprocessing,
+)
+from explainer.sequence import sequence_labels
 
 from ..build import build_bundle
 from ..errors import GradientError, OnnxExportError, SplitError
 from ..graph import Graph, infer_shapes
 from ..layouts import SUPPORTED_LAYOUTS, shape_layout
 from ..shapes import recover_shapes
-from .candidates import Candidate, analyse, auto_targets, image_input
+from .candidates import Candidate, analyse, auto_targets, gradient_checked, image_input
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
-from .rewrites import add_batch_axis, read_batch_from
+from .rewrites import add_batch_axis, fold_softmax_wrappers, read_batch_from
 from .tasks import (
     TaskSpec,
+    add_dense_explained,
     add_score_concat,
+    dense_targets,
     detection_explained,
     format_outputs,
     head_inputs,
@@ -46,14 +54,16 @@ log = logging.getLogger(__name__)
 _AUTO_TRIES = 3
 
 
-def _analysed(model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None
+def _analysed(model: onnx.ModelProto, edit: Callable[[onnx.ModelProto], None] | None = None,
+              size: tuple[int, int] | None = None
               ) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
     """The loaded model without its large weights (``edit``-ed), shapes inferred once (the one
-    shape inference of the export), and the weights to restore."""
+    shape inference of the export; ``size``: an input (H, W) the model runs at, for probe
+    runs), and the weights to restore."""
     light, weights = strip_weights(model)
     if edit is not None:
         edit(light)
-    return recover_shapes(infer_shapes(light)), weights
+    return fold_softmax_wrappers(recover_shapes(infer_shapes(light), size=size)), weights
 
 
 def _prepare(
@@ -65,15 +75,23 @@ def _prepare(
     return Graph(resolved), explained, notes, weights
 
 
-def _prepare_detector(
+def _prepare_task(
     model: onnx.ModelProto, spec: TaskSpec
 ) -> tuple[Graph, str, dict[str, Any], dict[str, onnx.TensorProto]]:
-    """Strip the weights, infer shapes once, and find the tensor the head differentiates."""
+    """For a detector, segmenter or text recognizer: strip the weights, infer shapes once, and
+    find the tensor the head differentiates."""
     fmt = dict(spec.format or {})
-    inferred, weights = _analysed(model, lambda light: add_score_concat(light, fmt))
-    g = Graph(inferred)
-    explained = detection_explained(g, fmt)
-    notes = {"task": "detect", "format": fmt["name"], "explained": explained,
+    if spec.task == "detect":
+        inferred, weights = _analysed(model, lambda light: add_score_concat(light, fmt),
+                                      spec.size)
+        g = Graph(inferred)
+        explained = detection_explained(g, fmt)
+    else:
+        inferred, weights = _analysed(
+            model, lambda light: add_dense_explained(light, spec.task, fmt), spec.size)
+        g = Graph(inferred)
+        explained = fmt["tensor"]
+    notes = {"task": spec.task, "format": fmt["name"], "explained": explained,
              "output": format_outputs(fmt)}
     return g, explained, {**notes, "format": fmt}, weights
 
@@ -109,29 +127,49 @@ def inspect_model(
     pre_softmax: bool = True,
     task: str = "auto",
     format: str | dict[str, Any] | None = None,  # noqa: A002
+    *,
+    input_layout: str = "auto",
 ) -> tuple[list[Candidate], TaskSpec, list[str]]:
     """:func:`candidate_layers`, the model's :class:`TaskSpec`, and the tensors
     ``target="auto"`` explains (a detector's head inputs; for a classifier, the first of
-    :func:`auto_targets` when any)."""
+    :func:`auto_targets` when any). The candidates' ``differentiable`` is the export's own
+    check (:func:`~exporters.onnx_frontend.candidates.gradient_checked`). ``spec.input`` is
+    ``(input name, shape, layout)``: ``input_layout`` when given, else the detected layout, or
+    None when the export could not tell it (it then needs ``input_layout``)."""
     loaded = add_batch_axis(load_model(model))
     spec = resolve_task(loaded, task, format, output)
-    if spec.task == "detect":
-        g, explained, notes, _ = _prepare_detector(loaded, spec)
+    if spec.task != "classify":
+        g, explained, notes, _ = _prepare_task(loaded, spec)
         spec.format = notes["format"]
-        candidates = analyse(g, explained)[0]
-        return candidates, spec, _detector_targets(g, candidates, explained,
-                                                   format_outputs(spec.format))
-    g, explained, _, _ = _prepare(loaded, output, pre_softmax)
-    candidates = analyse(g, explained)[0]
+    else:
+        g, explained, _, _ = _prepare(loaded, output, pre_softmax)
+    candidates, layouts = analyse(g, explained)
+    candidates = gradient_checked(g, candidates, explained)  # as the export checks them
+    try:
+        found: str | None = _input_layout(g, layouts, input_layout)
+    except OnnxExportError:
+        found = None
+    spec.input = (image_input(g), list(g.shape(image_input(g)) or []), found)
+    if spec.task != "classify":
+        return candidates, spec, _task_targets(g, spec.task, candidates, explained,
+                                               format_outputs(spec.format))
     return candidates, spec, [c.tensor for c in auto_targets(candidates)[:1]]
 
 
-def _detector_targets(g: Graph, candidates: list[Candidate], explained: str,
-                      outputs: Sequence[str] = ()) -> list[str]:
-    """A detector's auto targets: where its features enter the head (which computes the
-    explained tensor and the decoded ``outputs``), one tensor per stride."""
+def _task_targets(g: Graph, task: str, candidates: list[Candidate], explained: str,
+                  outputs: Sequence[str] = ()) -> list[str]:
+    """The auto targets of a detector (where its features enter the head, which computes
+    the explained tensor and the decoded ``outputs``: one tensor per stride), a segmenter
+    (where they enter its decoder, see :func:`dense_targets`), or a text recognizer (the last
+    explainable feature map, as for a classifier)."""
     usable = [c.tensor for c in candidates if c.layout == "NCHW" and c.differentiable]
-    return head_inputs(g, image_input(g), [explained, *outputs], usable)
+    if task == "detect":
+        return head_inputs(g, image_input(g), [explained, *outputs], usable)
+    if task == "segment":
+        found = dense_targets(g, image_input(g), explained, usable)
+        if found:
+            return found
+    return [c.tensor for c in auto_targets(candidates)[:1] if c.layout != "NLC"]
 
 
 def _resolve_target(g: Graph, candidates: list[Candidate], target: str) -> tuple[str, str, str]:
@@ -223,6 +261,7 @@ def _build(
         layers=options.get("layers", ()),
         task=options.get("task", "classify"), format=options.get("format"),
         keep_outputs=options.get("keep_outputs", ()),
+        score=options["notes"].get("score", "logit"),
     )
     bundle.manifest["export"] = options["notes"]
     restore_weights([m for m in (bundle.features, bundle.head, bundle.input_gradient) if m],
@@ -293,6 +332,10 @@ def export_onnx(
         preprocessing: how images become inputs. When None a default is recorded for 3-channel
             inputs: resize/crop to the input size, ImageNet mean/std for float inputs, raw
             0..255 pixels for uint8 inputs (which normalize inside the graph); it is logged.
+            A dict (a JSON ``--preprocessing``) takes the keys it leaves out from that default,
+            and its layout, when it leaves it out, from the model input; a layout it gives is
+            the input's (as ``input_layout``). See
+            :func:`explainer.preprocessing.complete_preprocessing`.
         input_layout: layout of the model input, ``"auto"`` (detected), ``"NCHW"`` or ``"NHWC"``.
         pre_softmax: when the output is a Softmax/LogSoftmax over the classes, explain its
             input (the logits) instead, as Grad-CAM is defined on pre-softmax scores.
@@ -319,13 +362,19 @@ def export_onnx(
     for name, value in (("layout", layout), ("input_layout", input_layout)):
         if value not in ("auto", *SUPPORTED_LAYOUTS):
             raise OnnxExportError(f"{name} must be 'auto', 'NCHW' or 'NHWC', got {value!r}")
-    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
-        preprocessing = Preprocessing.from_dict(preprocessing)
+    given = preprocessing  # a dict leaves what it does not set (the layout...) to the model
+    if isinstance(given, dict):
+        if given.get("layout") and input_layout == "auto":
+            input_layout = given["layout"]  # the layout of the batch is the input's
+        preprocessing = Preprocessing.from_dict(given, base=Preprocessing())  # checked now
+        if not {"resize", "crop", "letterbox"} & set(given):
+            preprocessing = None  # no size given: the task probe picks its own
     loaded = add_batch_axis(load_model(model))
-    spec = resolve_task(loaded, task, format, output)
-    if spec.task == "detect":
-        return _export_detector(loaded, model, spec, target, layout, labels, preprocessing,
-                                input_layout, input_gradient)
+    spec = resolve_task(loaded, task, format, output,
+                        preprocessing.size if preprocessing is not None else None)
+    if spec.task != "classify":
+        return _export_task(loaded, model, spec, target, layout, labels, given,
+                            input_layout, input_gradient)
     g, explained, notes, weights = _prepare(loaded, output, pre_softmax)
     classes = (g.shape(explained) or (None,))[-1]
     if isinstance(classes, int):
@@ -336,9 +385,8 @@ def export_onnx(
                "preprocessing": preprocessing, "weights": weights,
                "input_gradient": input_gradient,
                "notes": _notes(g, model, target, notes)}
-    if preprocessing is None:
-        options["preprocessing"] = _guess_preprocessing(g, in_layout)
-        notes["preprocessing_guessed"] = options["preprocessing"] is not None
+    options["preprocessing"], notes["preprocessing_guessed"] = complete_preprocessing(
+        given, in_layout, lambda: _guess_preprocessing(g, in_layout))
     if target == "auto":
         return _build_auto(g, candidates, layout, options)
     if not isinstance(target, str):  # a layer sweep: cut at the first in graph order
@@ -361,31 +409,67 @@ def export_onnx(
     return _build(g, (tensor, node, op), chosen, options)
 
 
-def _detector_preprocessing(g: Graph, layout: str) -> Preprocessing | None:
-    """Ultralytics' default for detectors: letterbox (grey 114) to the model size, or the
-    longer side to 640 padded to a multiple of 32 for any-size models; pixels / 255."""
+def _task_preprocessing(g: Graph, task: str, layout: str) -> Preprocessing | None:
+    """The default preprocessing of 3-channel inputs.
+
+    Detectors and segmenters: letterboxed (the aspect ratio kept) to the model size, or for
+    any-size models the longer side to 640 padded to a multiple of 32; detectors as Ultralytics
+    (grey 114 padding, pixels / 255), segmenters with ImageNet mean/std. Text recognizers: the
+    line scaled to the model's height (48, PP-OCR's, when it takes any height), or letterboxed
+    at the top left into a fixed size, pixels scaled to [-1, 1] (CRNN and PP-OCR)."""
     shape = g.shape(image_input(g)) or ()
     if shape[layout.index("C")] != 3:
         return None
     h, w = shape[layout.index("H")], shape[layout.index("W")]
-    size: int | tuple[int, int] = (h, w) if isinstance(h, int) and isinstance(w, int) else 640
+    fixed = isinstance(h, int) and isinstance(w, int)
     dtype = "uint8" if g.elem_type(image_input(g)) == TensorProto.UINT8 else "float32"
-    pre = Preprocessing(resize=None, crop=None, letterbox=size, mean=(0.0, 0.0, 0.0),
-                        std=(1.0, 1.0, 1.0), layout=layout, dtype=dtype)
+    if task == "sequence":
+        half = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        if fixed:
+            pre = Preprocessing(resize=None, crop=None, letterbox=(h, w), layout=layout,
+                                dtype=dtype, letterbox_align="topleft", pad_value=128, **half)
+        else:
+            pre = Preprocessing(resize=h if isinstance(h, int) else 48, crop=None,
+                                layout=layout, dtype=dtype, **half)
+        log.info("no preprocessing given; assuming %s", pre)
+        return pre
+    size: int | tuple[int, int] = (h, w) if fixed else 640
+    normalize = {} if task == "detect" else {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    pre = Preprocessing(**{"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), **normalize},
+                        resize=None, crop=None, letterbox=size, layout=layout, dtype=dtype)
     log.info("no preprocessing given; assuming %s", pre)
     return pre
 
 
-def _export_detector(
+def _task_labels(loaded: onnx.ModelProto, task: str, fmt: dict[str, Any],
+                 labels: str | Sequence[str] | None) -> str | list[str] | None:
+    """A text recognizer's vocabulary (given, else the ``character`` metadata PaddleOCR
+    writes; see :func:`explainer.sequence.sequence_labels`); other tasks' labels as given."""
+    if task != "sequence":
+        return labels if labels is None or isinstance(labels, str) else list(labels)
+    if labels is None:
+        meta = {p.key: p.value for p in loaded.metadata_props}
+        if "character" in meta:
+            labels = meta["character"].split("\n")
+            log.info("vocabulary: %d characters from the model's 'character' metadata",
+                     len(labels))
+    if isinstance(labels, str):
+        labels = [line.rstrip("\r\n") for line in Path(labels).read_text("utf-8").splitlines()]
+    return sequence_labels(labels, int(fmt["classes"]), int(fmt.get("blank", 0)))
+
+
+def _export_task(
     loaded: onnx.ModelProto, source: Any, spec: TaskSpec, target: str | Sequence[str],
-    layout: str, labels: str | Sequence[str] | None, preprocessing: Preprocessing | None,
-    input_layout: str, input_gradient: bool,
+    layout: str, labels: str | Sequence[str] | None,
+    preprocessing: Preprocessing | dict[str, Any] | None, input_layout: str, input_gradient: bool,
 ) -> Bundle:
-    """:func:`export_onnx` for a detector: the head keeps the outputs and differentiates the
-    explained tensor; the auto target is the head's inputs, one per stride."""
-    g, explained, notes, weights = _prepare_detector(loaded, spec)
+    """:func:`export_onnx` for a detector, segmenter or text recognizer: the head
+    differentiates the explained tensor (and keeps a detector's outputs); the auto target is
+    where the features enter the head (see :func:`_task_targets`)."""
+    g, explained, notes, weights = _prepare_task(loaded, spec)
     fmt = notes.pop("format")
     notes["format"] = fmt["name"]
+    labels = _task_labels(loaded, spec.task, fmt, labels)
     if fmt.get("classes") is None and isinstance(labels, (list, tuple)):
         fmt["classes"] = len(labels)
     if fmt.get("classes") is not None:
@@ -394,14 +478,13 @@ def _export_detector(
     in_layout = _input_layout(g, layouts, input_layout)
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
                "preprocessing": preprocessing, "weights": weights,
-               "input_gradient": input_gradient,  # build_bundle refuses it for a detector
-               "notes": _notes(g, source, target, notes), "task": "detect", "format": fmt,
-               "keep_outputs": format_outputs(fmt)}
-    if preprocessing is None:
-        options["preprocessing"] = _detector_preprocessing(g, in_layout)
-        notes["preprocessing_guessed"] = options["preprocessing"] is not None
+               "input_gradient": input_gradient,  # build_bundle refuses it for these tasks
+               "notes": _notes(g, source, target, notes), "task": spec.task, "format": fmt,
+               "keep_outputs": format_outputs(fmt) if spec.task == "detect" else []}
+    options["preprocessing"], notes["preprocessing_guessed"] = complete_preprocessing(
+        preprocessing, in_layout, lambda: _task_preprocessing(g, spec.task, in_layout))
     if target == "auto":
-        tensors = _detector_targets(g, candidates, explained, options["keep_outputs"])
+        tensors = _task_targets(g, spec.task, candidates, explained, options["keep_outputs"])
         if not tensors:
             raise OnnxExportError(
                 f"found no feature map entering the head of {explained!r} with a "
@@ -415,6 +498,7 @@ def _export_detector(
     tensor, node, op = resolved[0]
     if g.rank(tensor) != 4:
         raise OnnxExportError(f"target tensor {tensor!r} ({op} node {node!r}) has shape "
-                              f"{g.shape(tensor)}; a detector is explained at a feature map")
+                              f"{g.shape(tensor)}; a {spec.task} model is explained at a "
+                              "feature map [N, C, H, W] (see `onnxcam inspect`)")
     chosen = layout if layout != "auto" else (layouts.get(tensor) or shape_layout(g.shape(tensor)))
     return _build(g, (tensor, node, op), chosen, options)

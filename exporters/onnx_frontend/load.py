@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import OnnxExportError
-from ..graph import FLOAT_TYPES, MIN_OPSET, default_opset
+from ..graph import FLOAT_TYPES, MIN_OPSET, default_opset, rename_values, unique_name
 
 __all__ = ["file_digest", "load_model", "restore_weights", "strip_weights"]
 
@@ -60,7 +60,8 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
         OnnxExportError: the file is missing or unreadable, a ModelProto refers to external
             data that was not loaded, or an old opset cannot be converted.
     """
-    if isinstance(model, onnx.ModelProto):
+    given = isinstance(model, onnx.ModelProto)  # the caller's: edited only in a copy
+    if given:
         missing = _external_tensors(model)
         if missing:
             raise OnnxExportError(
@@ -76,9 +77,11 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
             model = onnx.load(str(path))
         except Exception as err:  # DecodeError, missing external data...
             raise OnnxExportError(f"{path}: cannot be read as ONNX ({err})") from err
+    model = _open_dims(model, copy=given)
     opset = default_opset(model)
     if opset < MIN_OPSET:
         log.warning("model opset %d is older than %d; converting it", opset, MIN_OPSET)
+        original = model
         try:
             model = onnx.version_converter.convert_version(model, MIN_OPSET)
         except Exception as err:
@@ -86,7 +89,86 @@ def load_model(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelPro
                 f"model opset {opset} is older than {MIN_OPSET} and could not be converted "
                 f"({err}); convert it with onnx.version_converter.convert_version(model, 13)"
             ) from err
+        model = _name_converted(original, model)
     return model
+
+
+def _name_converted(original: onnx.ModelProto, converted: onnx.ModelProto) -> onnx.ModelProto:
+    """``converted`` with the values onnx's version converter added (``_v_570``...) named after
+    the tensor they come from, and its unnamed nodes named, so that a message about them names
+    the user's tensor: the ``Flatten`` it writes before an opset-11 ``Softmax`` of ``logits``
+    gives ``logits/Flatten``."""
+    graph = original.graph
+    known = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+    known.update(t.name for t in graph.initializer)
+    known.update(o for node in graph.node for o in node.output)
+    added = [(node, k) for node in converted.graph.node for k, o in enumerate(node.output)
+             if o and o not in known]
+    made_by = {o: node.op_type for node in graph.node for o in node.output}
+    # the converter's own nodes (another op now makes the value); the user's keep their names
+    unnamed = [node for node in converted.graph.node if not node.name and any(
+        o and made_by.get(o) != node.op_type for o in node.output)]
+    if not added and not unnamed:
+        return converted
+    taken = {n for node in converted.graph.node for n in (*node.input, *node.output, node.name)}
+    taken |= known
+    renamed: dict[str, str] = {}
+    for node, k in added:
+        source = next((renamed.get(i, i) for i in node.input if i), node.op_type)
+        suffix = node.op_type if len(node.output) == 1 else f"{node.op_type}_{k}"
+        renamed[node.output[k]] = unique_name(f"{source}/{suffix}", taken)
+    rename_values(converted.graph, lambda n: renamed.get(n, n))
+    for node in unnamed:
+        out = node.output[0] if node.output else ""
+        base = out if out.endswith(f"/{node.op_type}") else f"{out}/{node.op_type}"
+        node.name = unique_name(f"{base}_node", taken)
+    return converted
+
+
+#: dim names exporters write for "any size" (PaddlePaddle: ``?``), not one shared size
+_ANY_SIZE = ("?", "-1")
+
+
+def _open_dims(model: onnx.ModelProto, copy: bool = True) -> onnx.ModelProto:
+    """``model`` with the "any size" dims of its inputs and outputs written as ONNX means them.
+
+    PaddlePaddle exports write ``dim_value: -1`` for the batch and ``dim_param: "?"`` for every
+    other open size (``x: [-1, 3, ?, ?]``): a negative size is invalid, and one name for height
+    and width says they are equal. Each becomes its own name (``batch`` for an input's first
+    axis, ``<input>_dim<axis>`` for the others); an output's become unknown. Other models are
+    returned as they are; ``copy=False`` edits ``model`` itself.
+    """
+    def open_dim(info: onnx.ValueInfoProto) -> bool:
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else []
+        return any((d.HasField("dim_value") and d.dim_value < 0) or d.dim_param in _ANY_SIZE
+                   for d in dims)
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if not any(open_dim(info) for info in [*inputs, *model.graph.output]):
+        return model
+    out = model
+    if copy:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+    taken = {d.dim_param for info in [*out.graph.input, *out.graph.output]
+             for d in info.type.tensor_type.shape.dim}
+    for info in out.graph.input:
+        if info.name in initializers or not open_dim(info):
+            continue
+        for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+            if (dim.HasField("dim_value") and dim.dim_value < 0) or dim.dim_param in _ANY_SIZE:
+                name = "batch" if axis == 0 and "batch" not in taken else f"{info.name}_dim{axis}"
+                taken.add(name)
+                dim.Clear()
+                dim.dim_param = name
+        log.info("input %r has open sizes; written as %s", info.name,
+                 [d.dim_value or d.dim_param for d in info.type.tensor_type.shape.dim])
+    for info in out.graph.output:
+        for dim in info.type.tensor_type.shape.dim:
+            if (dim.HasField("dim_value") and dim.dim_value < 0) or dim.dim_param in _ANY_SIZE:
+                dim.Clear()
+    return out
 
 
 def strip_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:

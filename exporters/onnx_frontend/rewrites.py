@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import Graph, attribute, rename_values, sort_topologically, unique_name
 
-__all__ = ["add_batch_axis", "read_batch_from"]
+__all__ = ["add_batch_axis", "fold_softmax_wrappers", "read_batch_from"]
 
 log = logging.getLogger(__name__)
 
@@ -119,4 +119,120 @@ def add_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
         output.CopyFrom(helper.make_tensor_value_info(
             output.name, kind.elem_type, [1, *old_dims] if kind.HasField("shape") else None))
     log.info("input %r is [C, H, W]: given a batch axis of 1 (and every output)", name)
+    return out
+
+
+#: ops that pass a softmax through unchanged (where the rank of a wrapped softmax may be read)
+_SAME_SHAPE_OPS = ("Identity", "Cast", "QuantizeLinear", "DequantizeLinear")
+
+
+def _wrapped_softmax(g: Graph, index: int) -> tuple[int, int, int | None] | None:
+    """For a ``Reshape`` node ``index``: (its Softmax node, the Flatten node, the Shape node)
+    when it closes the wrapper onnx's version converter writes around an opset < 13
+    ``Softmax``/``LogSoftmax``/``Hardmax``: ``Reshape(Softmax(Flatten(x, axis)), Shape(x))``."""
+    reshape = g.nodes[index]
+    if reshape.op_type != "Reshape" or len(reshape.input) < 2:
+        return None
+    inner = g.producer.get(reshape.input[0])
+    if inner is None or g.nodes[inner].op_type not in ("Softmax", "LogSoftmax", "Hardmax"):
+        return None
+    flatten = g.producer.get(g.nodes[inner].input[0])
+    if flatten is None or g.nodes[flatten].op_type != "Flatten":
+        return None
+    source = g.nodes[flatten].input[0]
+    shape = g.producer.get(reshape.input[1])
+    if shape is None or g.nodes[shape].op_type != "Shape" or g.nodes[shape].input[0] != source:
+        return None
+    if attribute(g.nodes[shape], "start", 0) != 0 or attribute(g.nodes[shape], "end") is not None:
+        return None
+    if attribute(g.nodes[inner], "axis", -1) not in (-1, 1):
+        return None
+    private = [g.nodes[inner].output[0], g.nodes[flatten].output[0]]
+    if any(len(g.consumers.get(name, [])) != 1 for name in private):
+        return None
+    return inner, flatten, shape
+
+
+def _softmax_rank(g: Graph, source: str, output: str) -> tuple[int, ...] | None:
+    """The shape of the wrapped softmax's input (that of its output too): known on the input,
+    on the output, or on what passes the output on unchanged up to a graph output."""
+    for name in (source, output):
+        if g.shape(name) is not None:
+            return g.shape(name)
+    name = output
+    while len(g.consumers.get(name, [])) == 1:
+        node = g.nodes[g.consumers[name][0]]
+        if node.op_type not in _SAME_SHAPE_OPS:
+            break
+        name = node.output[0]
+        if g.shape(name) is not None:
+            return g.shape(name)
+    return None
+
+
+def fold_softmax_wrappers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Undo the ``Flatten -> Softmax -> Reshape`` wrapper of opset < 13 softmaxes.
+
+    Up to opset 12, ``Softmax(x, axis=a)`` is a softmax over the axes from ``a`` on, flattened;
+    onnx's version converter keeps that meaning at opset 13 by writing
+    ``Reshape(Softmax(Flatten(x, axis=a), axis=-1), Shape(x))``. When ``a`` is the last axis
+    of ``x`` (a classifier's ``[batch, classes]`` scores: PaddleOCR's direction classifier, Keras
+    conversions) that is one opset-13 ``Softmax(x, axis=-1)``: this writes it so, under the
+    original node's name, so the softmax look-through finds it and its gradient needs no rank of
+    the converter's intermediate values. ``x`` gets the output's shape where inference left it
+    unknown (a ``Reshape`` to ``Shape(x)`` gives ``x``'s shape).
+
+    Args:
+        model: a shape-inferred model.
+
+    Returns:
+        ``model`` itself when it holds no such wrapper, else a rewritten copy.
+    """
+    g = Graph(model)
+    folds = []
+    for i, node in enumerate(g.nodes):
+        found = _wrapped_softmax(g, i)
+        if found is None:
+            continue
+        inner, flatten, shape_node = found
+        source = g.nodes[flatten].input[0]
+        shape = _softmax_rank(g, source, node.output[0])
+        axis = attribute(g.nodes[flatten], "axis", 1)
+        if shape is None or axis not in (len(shape) - 1, -1):
+            continue
+        folds.append((i, inner, flatten, shape_node, source, shape))
+    if not folds:
+        return model
+    out = copy.deepcopy(model)
+    graph = out.graph
+    dropped: set[int] = set()
+    removed: set[str] = set()
+    infos = []
+    for reshape, inner, flatten, shape_node, source, shape in folds:
+        old = g.nodes[inner]
+        folded = helper.make_node(old.op_type, [source], [g.nodes[reshape].output[0]],
+                                  name=old.name or g.node_name(inner), axis=-1)
+        graph.node[reshape].CopyFrom(folded)
+        dropped |= {inner, flatten}
+        removed |= {g.nodes[inner].output[0], g.nodes[flatten].output[0]}
+        if g.consumers.get(g.nodes[shape_node].output[0]) == [reshape]:
+            dropped.add(shape_node)
+            removed.add(g.nodes[shape_node].output[0])
+        dims = [d if not isinstance(d, int) or d > 0 else None for d in shape]
+        elem_type = g.elem_type(source) or g.elem_type(g.nodes[reshape].output[0])
+        for name in (source, g.nodes[reshape].output[0]):
+            if g.shape(name) is None and elem_type:
+                infos.append(helper.make_tensor_value_info(name, elem_type, dims))
+        log.info("opset-converter softmax wrapper around %r folded into one %s (node %s)",
+                 source, old.op_type, folded.name)
+    kept = [n for k, n in enumerate(graph.node) if k not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    added = {info.name for info in infos}
+    values = [v for v in graph.value_info if v.name not in removed and v.name not in added]
+    del graph.value_info[:]
+    graph.value_info.extend([*values, *infos])
+    for output in graph.output:
+        if output.name in added and not output.type.tensor_type.HasField("shape"):
+            output.CopyFrom(next(info for info in infos if info.name == output.name))
     return out

@@ -1,5 +1,5 @@
-"""What a deployed model's outputs are: its task (classify, detect) and, for detectors, the
-output format, told from the outputs' shapes and names before any shape inference.
+"""What a deployed model's outputs are: its task (classify, detect, segment, sequence) and
+the output format, told from the outputs' shapes and names before any shape inference.
 
 Declared output shapes are often symbolic (Ultralytics declares ``['batch',
 'Concatoutput0_dim_1', 'anchors']``), so where they do not settle it one probe run of the
@@ -19,7 +19,15 @@ order:
   ``[N, A_s, 4 * (reg_max + 1)]`` box distributions, A_s the cells of strides 8/16/32(/64):
   ``picodet`` (PicoDet/NanoDet/GFL heads; the explained tensor is the scores concatenated over
   the strides, a node the export adds);
-* one float output with one axis of size > 1 past the batch: ``classify``.
+* one float output with one axis of size > 1 past the batch: ``classify``;
+* a rank-4 float output ``[N, C, h, w]`` (h, w > 1): ``segment``, format ``binary`` when C is 1
+  (a sigmoid map), else ``masks`` (the first such output: torchvision's ``out`` before ``aux``);
+* a rank-3 float output ``[N, T, V]`` (or ``[T, N, V]``, told by the axis of size N = 1 on the
+  probe): ``sequence``, format ``ctc``.
+
+Segmenters and text recognizers are explained at their scores before a final ``Sigmoid`` or
+``Softmax`` over the classes where the graph has them (also through the ``Flatten`` /
+``Softmax`` / ``Reshape`` that onnx's version converter writes for an old-opset softmax).
 
 Anything else raises :class:`OnnxExportError` listing every output with its shape and the
 ``task=`` / ``format=`` (``--task`` / ``--format``) to pass.
@@ -40,17 +48,25 @@ from onnx import TensorProto, helper
 from ..errors import OnnxExportError
 from ..graph import FLOAT_TYPES, Graph, value_shape
 
-__all__ = ["DETECT_FORMATS", "TASKS", "TaskSpec", "add_score_concat", "detection_explained",
-           "format_outputs", "head_inputs", "resolve_task"]
+__all__ = ["DETECT_FORMATS", "FORMATS", "SEGMENT_FORMATS", "SEQUENCE_FORMATS", "TASKS",
+           "TaskSpec", "add_dense_explained", "add_score_concat", "dense_targets",
+           "detection_explained", "format_outputs", "head_inputs", "resolve_task"]
 
 log = logging.getLogger(__name__)
 
 #: the tasks a bundle can have
-TASKS = ("classify", "detect")
+TASKS = ("classify", "detect", "segment", "sequence")
 #: detection output formats (see :mod:`explainer.detection`)
 DETECT_FORMATS = ("yolov8", "yolov5", "yolox", "end2end", "boxes_scores_labels", "picodet")
+#: segmentation formats (see :mod:`explainer.segmentation`) and text recognition formats
+#: (see :mod:`explainer.sequence`)
+SEGMENT_FORMATS = ("masks", "binary")
+SEQUENCE_FORMATS = ("ctc",)
+#: every format, by task
+FORMATS = {"detect": DETECT_FORMATS, "segment": SEGMENT_FORMATS, "sequence": SEQUENCE_FORMATS}
 _STRIDES = ((8, 16, 32, 64), (8, 16, 32))
 _PROBE_SIZE = 320  # symbolic H/W are probed at this size
+_PROBE_SIZES = ((_PROBE_SIZE, _PROBE_SIZE), (48, 320), (32, 320), (64, 256))
 _PASS_THROUGH = ("Identity", "Cast")
 _LAYOUTS = {"yolov8": "[N, 4+C, A]", "yolov5": "[N, A, 5+C]", "yolox": "[N, A, 5+C]",
             "end2end": "[N, K, 6]"}
@@ -65,11 +81,13 @@ class TaskSpec:
         format: ``{"name": ..., "outputs": {role: output name}, "classes": C, ...}`` for a
             detector, None for a classifier.
         shapes: each output's shape as declared or probed (for messages).
+        size: the input (H, W) the probe ran at, where it ran (a size the model accepts).
     """
 
     task: str
     format: dict[str, Any] | None = None
     shapes: dict[str, list[Any]] = field(default_factory=dict)
+    size: tuple[int, int] | None = None
 
 
 def _outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -88,7 +106,8 @@ def _listing(shapes: dict[str, Any], types: dict[str, int]) -> str:
     return "; ".join(f"{name!r} {shape} {dtype(name)}" for name, shape in shapes.items())
 
 
-def _probe_input(model: onnx.ModelProto) -> tuple[str, np.ndarray]:
+def _probe_input(model: onnx.ModelProto, size: tuple[int, int] = (_PROBE_SIZE, _PROBE_SIZE)
+                 ) -> tuple[str, np.ndarray]:
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1:
@@ -97,12 +116,14 @@ def _probe_input(model: onnx.ModelProto) -> tuple[str, np.ndarray]:
     info = inputs[0]
     shape = value_shape(info.type) or []
     dims = []
+    spatial = iter(size)
+    channels = _channel_axis(shape) if len(shape) == 4 else None
     for k, d in enumerate(shape):
-        if isinstance(d, int) and d > 0:
-            dims.append(d)
-        else:
-            dims.append(1 if k == 0 else (3 if len(shape) == 4 and k in (1, 3) and
-                                          _channel_axis(shape) == k else _PROBE_SIZE))
+        if k == 0 or k == channels:
+            dims.append(d if isinstance(d, int) and d > 0 else (1 if k == 0 else 3))
+            continue
+        given = next(spatial, _PROBE_SIZE)
+        dims.append(d if isinstance(d, int) and d > 0 else given)
     dtype = helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
     return info.name, np.zeros(dims, dtype)
 
@@ -115,20 +136,32 @@ def _channel_axis(shape: Sequence[Any]) -> int:
     return 1
 
 
-def _probe(model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """The outputs of one run on a zero image, and the (H, W) it ran at."""
+def _probe(model: onnx.ModelProto, size: tuple[int, int] | None = None
+           ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """The outputs of one run on a zero image, and the (H, W) it ran at: symbolic sizes are
+    ``size`` (the preprocessing's), else the first of :data:`_PROBE_SIZES` the model runs at
+    (a text recognizer wants its own height)."""
     import onnxruntime as ort
 
-    name, x = _probe_input(model)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a size the model refuses is tried quietly
     try:
         session = ort.InferenceSession(model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
-        values = session.run(None, {name: x})
     except Exception as err:  # ORT raises its own exception types
-        raise OnnxExportError(f"cannot run the model once to read its output sizes ({err}); "
-                              "pass task= and format= (--task, --format)") from err
+        raise OnnxExportError(f"ONNX Runtime cannot load the model ({err})") from err
+    errors = []
+    for hw in [size] if size else _PROBE_SIZES:
+        name, x = _probe_input(model, hw)
+        try:
+            values = session.run(None, {name: x})
+            break
+        except Exception as err:  # ORT raises its own exception types
+            errors.append(f"{list(x.shape)}: {err}")
+    else:
+        raise OnnxExportError(f"cannot run the model once to read its output sizes ("
+                              f"{'; '.join(errors)}); pass task= and format= (--task, --format) "
+                              "or a preprocessing with the input size")
     names = [o.name for o in session.get_outputs()]
     hw = (x.shape[1], x.shape[2]) if x.ndim == 4 and _channel_axis(x.shape) == 3 else \
         (x.shape[-2], x.shape[-1])
@@ -235,6 +268,7 @@ def resolve_task(
     task: str = "auto",
     format: str | dict[str, Any] | None = None,  # noqa: A002  (the manifest's word)
     output: str | None = None,
+    size: tuple[int, int] | None = None,
 ) -> TaskSpec:
     """Tell the model's task (and a detector's format) from its outputs (see the module
     docstring), before any shape inference.
@@ -246,6 +280,7 @@ def resolve_task(
             ``outputs``, ``classes``...), or None to detect it.
         output: the output a classifier explains (given outputs count as classifiers'
             unless ``task``/``format`` say otherwise).
+        size: the (H, W) a probe run uses for symbolic sizes (the preprocessing's size).
 
     Raises:
         OnnxExportError: an unknown task or format, or a task that cannot be told (the message
@@ -255,19 +290,38 @@ def resolve_task(
         raise OnnxExportError(f"unknown task {task!r}; choose one of {['auto', *TASKS]} "
                               "(--task)")
     name = format.get("name") if isinstance(format, dict) else format
-    if name is not None and name not in DETECT_FORMATS:
-        raise OnnxExportError(f"unknown detection format {name!r}; choose one of "
-                              f"{list(DETECT_FORMATS)} (--format)")
-    if name is not None and task == "classify":
-        raise OnnxExportError(f"format {name!r} is a detection format; it contradicts "
-                              "task='classify' (--task classify)")
+    if name is not None:
+        owner = next((t for t, names in FORMATS.items() if name in names), None)
+        if owner is None:
+            raise OnnxExportError(f"unknown format {name!r}; choose one of "
+                                  f"{[n for names in FORMATS.values() for n in names]} "
+                                  "(--format)")
+        if task not in ("auto", owner):
+            raise OnnxExportError(f"format {name!r} is a {owner} format; it contradicts "
+                                  f"task={task!r} (--task {task})")
+        task = owner
     types = {o.name: o.type.tensor_type.elem_type for o in _outputs(model)}
     declared = _declared(model)
+    batch = _input_batch(model)
     if task == "classify" or (task == "auto" and name is None and (
-            output is not None or _classify_declared(declared, types))):
+            output is not None or _classify_declared(declared, types, batch))):
         return TaskSpec("classify", None, declared)
-    values, hw = _probe(model)
+    values, hw = _probe(model, size)
     shapes = {n: list(v.shape) for n, v in values.items()}
+    if task == "auto" and name is None and _time_major(shapes, types, batch or 1):
+        task = "sequence"  # [T, N, V]: before the classifier and end2end rules
+    if task in ("segment", "sequence"):
+        found = _dense_format(task, shapes, types, values, name, output, hw)
+        if found is None:
+            want = "[N, C, h, w]" if task == "segment" else "[N, T, V] or [T, N, V]"
+            raise OnnxExportError(
+                f"task {task!r} needs a float output {want}; the model has "
+                f"{_listing(shapes, types)} (probed at {hw[0]}x{hw[1]})"
+                + ("" if output is None else f"; output {output!r} was asked for (--output)"))
+        if isinstance(format, dict):
+            found = {**found, **format}
+        log.info("task %s, format %s (output %s)", task, found["name"], found["outputs"])
+        return TaskSpec(task, found, shapes, hw)
     found = _detect_format(shapes, types, hw, values)
     if name is not None and (found is None or found["name"] != name):
         found = _given_format(name, shapes, types, hw)
@@ -275,22 +329,102 @@ def resolve_task(
         found = {**(found or {}), **format}
     if found is None:
         if task == "auto" and _classify(shapes, types):
-            return TaskSpec("classify", None, declared)
+            return TaskSpec("classify", None, declared, hw)
+        if task == "auto":
+            for dense in ("segment", "sequence"):
+                fmt = _dense_format(dense, shapes, types, values, None, output, hw, False)
+                if fmt is not None:
+                    log.info("task %s, format %s (output %s)", dense, fmt["name"],
+                             fmt["outputs"])
+                    return TaskSpec(dense, fmt, shapes, hw)
         raise OnnxExportError(
             f"cannot tell what the model's outputs are: {_listing(shapes, types)} (probed at "
-            f"{hw[0]}x{hw[1]}); pass --task classify or --task detect with --format "
-            f"{{{','.join(DETECT_FORMATS)}}} (Python: task=, format=)")
+            f"{hw[0]}x{hw[1]}); pass --task classify, --task segment, --task sequence, or "
+            f"--task detect with --format {{{','.join(DETECT_FORMATS)}}} (Python: task=, "
+            "format=)")
     found.setdefault("classes", _classes(found, shapes))
     log.info("task detect, format %s (outputs %s)", found["name"], found["outputs"])
-    return TaskSpec("detect", found, shapes)
+    return TaskSpec("detect", found, shapes, hw)
 
 
-def _classify_declared(declared: dict[str, list[Any] | None], types: dict[str, int]) -> bool:
-    """One float output whose declared shape is a classifier's [N, C] (or [N, 1, ..., C])."""
+def _dense_format(task: str, shapes: dict[str, list[Any]], types: dict[str, int],
+                  values: dict[str, np.ndarray], name: str | None, output: str | None,
+                  hw: tuple[int, int], given: bool = True) -> dict[str, Any] | None:
+    """A segmenter's or text recognizer's format from the probed outputs at input size ``hw``
+    (None if no output fits; ``given``: the user named the task). Integer outputs (an argmax
+    mask) are refused with a message that says why."""
+    floats = [n for n in shapes if types.get(n) in FLOAT_TYPES and (output in (None, n))]
+    if task == "segment":
+        for n in floats:
+            shape = shapes[n]
+            # a mask covers the image at a quarter of its size or more (raw detection heads'
+            # per-stride maps are an eighth or less)
+            if len(shape) == 4 and shape[2] > 1 and shape[3] > 1 and (
+                    given or (4 * shape[2] >= hw[0] and 4 * shape[3] >= hw[1])):
+                fmt = "binary" if shape[1] == 1 else "masks"
+                if name not in (None, fmt):
+                    need = "[N, 1, h, w]" if name == "binary" else "C > 1 classes"
+                    raise OnnxExportError(f"format {name!r} contradicts output {n!r} of shape "
+                                          f"{shape}: it needs {need}")
+                return {"name": fmt, "outputs": {"masks": n}, "classes": int(shape[1]),
+                        **_value_kind(values[n], 0, fmt == "masks")}
+        ints = [f"{n!r} {shapes[n]}" for n in shapes if types.get(n) not in FLOAT_TYPES
+                and len(shapes[n]) in (3, 4) and min(shapes[n][-2:]) > 1]
+        if ints and (output is None or output in shapes):
+            raise OnnxExportError(
+                f"the segmentation output {', '.join(ints)} holds integer class ids (an argmax "
+                "mask): it has no gradient. Export the model without its final ArgMax, so it "
+                "outputs the class scores [N, C, h, w]")
+        return None
+    for n in floats:
+        shape = shapes[n]
+        if len(shape) != 3 or shape[2] < 2:
+            continue
+        layout = "TNV" if shape[1] == 1 and shape[0] > 1 else "NTV"
+        return {"name": "ctc", "outputs": {"logits": n}, "layout": layout, "blank": 0,
+                "classes": int(shape[2]), **_value_kind(values[n], 2, True)}
+    return None
+
+
+def _value_kind(value: np.ndarray, axis: int, exclusive: bool) -> dict[str, Any]:
+    """Whether a probed output holds probabilities or scores, before the export looks for the
+    activation in the graph: a softmax shows in the values (in [0, 1], summing to 1 over
+    ``axis``, C > 1); anything else counts as scores (logits) unless the graph ends in a
+    Sigmoid (values in [0, 1] prove nothing: an untrained model's zero-image logits are)."""
+    v = value.astype(np.float64)
+    if (exclusive and v.shape[axis] > 1 and v.size and np.isfinite(v).all()
+            and v.min() >= 0.0 and v.max() <= 1.0
+            and np.allclose(v.sum(axis=axis), 1.0, atol=1e-3)):
+        return {"explained": "probabilities", "activation": "softmax"}
+    return {"explained": "logits", "activation": "softmax" if exclusive else "sigmoid"}
+
+
+def _input_batch(model: onnx.ModelProto) -> int | None:
+    """The image input's static batch size (None when symbolic)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    shape = value_shape(inputs[0].type) if len(inputs) == 1 else None
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def _time_major(shapes: dict[str, list[Any]], types: dict[str, int], batch: int) -> bool:
+    """One float output ``[T, N, V]`` (T > 1 where the probe's batch N sits at axis 1): a
+    time-major text recognizer, not a classifier's ``[N, 1, C]``."""
+    floats = [s for n, s in shapes.items() if types.get(n) in FLOAT_TYPES]
+    return (len(floats) == 1 and len(floats[0]) == 3 and floats[0][1] == batch
+            and floats[0][0] != batch and floats[0][0] > 1 and floats[0][2] > 1)
+
+
+def _classify_declared(declared: dict[str, list[Any] | None], types: dict[str, int],
+                       batch: int | None = None) -> bool:
+    """One float output whose declared shape is a classifier's [N, C] (or [N, 1, ..., C]),
+    N the input's batch where both are static."""
     floats = [s for n, s in declared.items() if types.get(n) in FLOAT_TYPES]
     if len(floats) != 1 or floats[0] is None or len(floats[0]) < 2:
         return False
     shape = floats[0]
+    if batch is not None and isinstance(shape[0], int) and shape[0] != batch:
+        return False
     if len(shape) == 2:
         return True
     return all(isinstance(d, int) for d in shape[1:]) and sum(1 for d in shape[1:] if d != 1) <= 1
@@ -437,19 +571,32 @@ def head_inputs(g: Graph, source: str, explained: str | Sequence[str],
     return sorted(set(picked), key=order.__getitem__)
 
 
-def _scope(name: str) -> str | None:
-    """The outermost module scope of a node name (``/model.22/cv3.0/Conv`` -> ``model.22``)."""
+def _scope(name: str, depth: int = 0) -> str | None:
+    """The module scope of a node name below ``depth`` wrapping scopes (``/model.22/cv3.0/Conv``
+    -> ``model.22``; at depth 1, ``/model/classifier/0/Conv`` -> ``model/classifier``)."""
     parts = [p for p in name.split("/") if p]
-    return parts[0] if len(parts) >= 2 else None
+    return "/".join(parts[: depth + 1]) if len(parts) >= depth + 2 else None
+
+
+def _wrapping_depth(names: list[str]) -> int:
+    """How many leading scopes every scoped node name shares (a wrapper module around the
+    model, e.g. ``/model/...`` for everything of a ``forward`` that calls ``self.model``)."""
+    scoped = [[p for p in n.split("/") if p][:-1] for n in names if n.count("/") >= 2]
+    depth = 0
+    while scoped and all(len(parts) > depth for parts in scoped) and len(
+            {parts[depth] for parts in scoped}) == 1 and any(len(p) > depth + 1 for p in scoped):
+        depth += 1
+    return depth
 
 
 def _scope_inputs(g: Graph, nodes: list[int], candidates: set[str]) -> list[str]:
     """Candidates read by the head's scope from outside it (see :func:`head_inputs`)."""
-    head = next((_scope(g.nodes[i].name) for i in reversed(nodes)
-                 if _scope(g.nodes[i].name)), None)
+    depth = _wrapping_depth([g.nodes[i].name for i in nodes])
+    head = next((_scope(g.nodes[i].name, depth) for i in reversed(nodes)
+                 if _scope(g.nodes[i].name, depth)), None)
     if head is None:
         return []
-    inside = {i for i in nodes if _scope(g.nodes[i].name) == head}
+    inside = {i for i in nodes if _scope(g.nodes[i].name, depth) == head}
     found = []
     for i in sorted(inside):
         for t in g.nodes[i].input:
@@ -470,3 +617,88 @@ def _dominates(g: Graph, source: str, tensor: str, ends: list[str], on_path: set
     return not any(e in reached for e in ends)
 
 
+
+
+# --- segmenters and text recognizers -------------------------------------------------------------
+def _activation_input(producer: dict[str, onnx.NodeProto], name: str, rank: int, axis: int
+                      ) -> tuple[str, str] | None:
+    """(the scores before a final Sigmoid, or a Softmax/LogSoftmax over ``axis``; the
+    activation) of output ``name``, through pass-through ops and the ``Flatten`` / ``Softmax``
+    / ``Reshape`` of onnx's version converter; None when the output has no such activation."""
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Identity", "Cast"):
+        node = producer.get(node.input[0])
+    if node is None:
+        return None
+    if node.op_type == "Sigmoid":
+        return node.input[0], "sigmoid"
+    if node.op_type == "Reshape":  # Reshape(Softmax(Flatten(x, axis=k))): softmax over x's
+        inner = producer.get(node.input[0])  # axes k.. (one axis when k == rank - 1)
+        flat = producer.get(inner.input[0]) if inner is not None else None
+        if (inner is not None and inner.op_type in ("Softmax", "LogSoftmax") and flat is not None
+                and flat.op_type == "Flatten" and axis == rank - 1
+                and _attr(flat, "axis", 1) % rank == rank - 1):
+            return flat.input[0], "softmax"
+        return None
+    if node.op_type in ("Softmax", "LogSoftmax") and _attr(node, "axis", -1) % rank == axis:
+        return node.input[0], "softmax"
+    return None
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
+
+
+def add_dense_explained(model: onnx.ModelProto, task: str, fmt: dict[str, Any]) -> None:
+    """For a segmenter or text recognizer (in place, before shape inference): find the tensor
+    the head differentiates (the scores before the output's activation where the graph has
+    them, else the output) and, for a ``[T, N, V]`` output, add a ``Transpose`` to ``[N, T,
+    V]``. Sets ``fmt["tensor"]``, ``fmt["explained"]`` (``"logits"``/``"probabilities"``),
+    ``fmt["activation"]`` and ``fmt["axis"]`` (the class axis of one image's tensor)."""
+    out = fmt["outputs"]["masks" if task == "segment" else "logits"]
+    rank, axis = (4, 1) if task == "segment" else (3, 2)
+    producer = {o: node for node in model.graph.node for o in node.output}
+    found = _activation_input(producer, out, rank, axis)
+    tensor = out
+    if found is not None:
+        tensor, activation = found
+        fmt.update(explained="logits", activation=activation)
+        log.info("explaining the scores %r before the %s of %r", tensor, activation, out)
+    if fmt.get("layout") == "TNV":
+        taken = {n for node in model.graph.node for n in [*node.input, *node.output]}
+        name = tensor + "_ntv"
+        while name in taken:
+            name += "_"
+        model.graph.node.append(helper.make_node("Transpose", [tensor], [name], perm=[1, 0, 2],
+                                                 name=name + "_transpose"))
+        tensor = name
+    fmt["tensor"], fmt["axis"] = tensor, (0 if task == "segment" else -1)
+
+
+def dense_targets(g: Graph, source: str, explained: str, candidates: Sequence[str]
+                  ) -> list[str]:
+    """A segmenter's auto targets: where its features enter the decoder. Module scopes
+    decide where the exporter wrote them (see :func:`head_inputs`: torchvision's
+    ``classifier``, Segformer's ``decode_head``); otherwise the output of the last node that
+    merges branches (a Concat or Add every path to the output goes through: an FPN's fused
+    map, an ASPP, a residual stage), moved past the shape-keeping ops after it (its ReLU)."""
+    nodes = sorted(g.path(source, explained)[0])
+    order = {t: k for k, t in enumerate(candidates)}
+    scoped = _scope_inputs(g, nodes, set(candidates))
+    if scoped:
+        return sorted(scoped, key=order.__getitem__)
+    on_path = set(nodes)
+    reached = {o for i in nodes for o in g.nodes[i].output}
+    dominators = [t for t in candidates if _dominates(g, source, t, [explained], on_path)]
+    merges = [t for t in dominators if g.producer.get(t) is not None and sum(
+        1 for x in g.nodes[g.producer[t]].input if x in reached or x == source) >= 2
+        and g.nodes[g.producer[t]].op_type in ("Concat", "Add", "Sum")]
+    if not merges:
+        return []
+    chosen = merges[-1]
+    for t in dominators[dominators.index(chosen) + 1:]:
+        if g.shape(t) != g.shape(chosen):
+            break
+        chosen = t
+    return [chosen]

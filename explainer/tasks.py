@@ -1,0 +1,217 @@
+"""What one explained map of a detector, segmenter or text recognizer is, per task.
+
+Every task other than ``classify`` goes the same way in :meth:`Explainer.explain`: the head's
+outputs of one image -> the targets of that image (a planner's :meth:`~Planner.plan`) -> one
+seed over the explained tensor per target -> one gradient-head row per target -> the CAMs.
+A planner knows its task's targets, seeds and scores; adding a task is one planner here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .detection import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    DetectionTarget,
+    check_spec,
+    check_thresholds,
+    decode,
+    plan_detections,
+    seed_row,
+    target_scores,
+    target_spec,
+)
+from .errors import TargetError
+from .seeds import weighted_scores, weighted_seed
+from .segmentation import DEFAULT_THRESHOLD, check_region_spec, plan_regions
+from .segmentation import class_of as _class_of
+from .sequence import check_sequence_spec, ctc_decode, plan_characters
+
+__all__ = ["Planner", "graph_classes", "planner"]
+
+
+class Planner:
+    """A task's targets for one image, their seeds and their scores.
+
+    Attributes:
+        task: the bundle's task.
+        fmt: the manifest's format.
+        labels: class names (a text recognizer's vocabulary).
+        score: ``"logit"`` or ``"probability"``.
+    """
+
+    task = ""
+    #: the task's own keyword options (besides ``top_k``)
+    options: tuple[str, ...] = ()
+
+    def __init__(self, fmt: dict[str, Any], labels: Sequence[str] | None, num_classes: int,
+                 spec: Any, score: str) -> None:
+        self.fmt, self.labels, self.num_classes = fmt, labels, num_classes
+        self.spec, self.score = spec, score
+
+    def plan(self, outputs: dict[str, np.ndarray], explained: np.ndarray,
+             size: tuple[int, int]) -> tuple[list[Any], Any]:
+        """(targets, what the image's outputs read as: a transcript, or None) of one image."""
+        raise NotImplementedError
+
+    def seed(self, explained: np.ndarray, target: Any) -> np.ndarray:
+        """The seed over one image's explained tensor for ``target``."""
+        return weighted_seed(explained, target.weights, self.fmt, self.score)
+
+    def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
+        """Each target's score on the matching row of ``explained`` [M, ...]; None targets
+        (padding) score 0."""
+        empty = np.zeros(explained.shape[1:], np.float32)
+        return weighted_scores(explained, [t.weights if t is not None else empty
+                                           for t in targets], self.fmt, self.score)
+
+    @staticmethod
+    def item(target: Any) -> Any:
+        """What the target's map shows (a Detection, Region or Character)."""
+        return target.item
+
+    def nothing(self, b: int) -> str:
+        """The note for an image with nothing to explain."""
+        return f"image {b}: nothing to explain (targets {self.spec!r})"
+
+    def notes(self) -> list[str]:
+        """Notes about the whole batch (e.g. what is missing to name the targets)."""
+        return []
+
+
+class DetectPlanner(Planner):
+    """Detections (see :mod:`explainer.detection`)."""
+
+    task = "detect"
+
+    options = ("conf", "iou")
+
+    def __init__(self, *args: Any, conf: float = DEFAULT_CONF, iou: float = DEFAULT_IOU,
+                 top_k: int | None = None) -> None:
+        super().__init__(*args)
+        self.spec = target_spec(self.spec, top_k)
+        check_spec(self.spec, self.labels, self.num_classes)
+        check_thresholds(conf, iou)
+        self.conf, self.iou = conf, iou
+
+    def plan(self, outputs: dict[str, np.ndarray], explained: np.ndarray,
+             size: tuple[int, int]) -> tuple[list[Any], Any]:
+        cands = decode(outputs, self.fmt, size)
+        return plan_detections(self.spec, cands, self.conf, self.iou, self.labels, size), None
+
+    def seed(self, explained: np.ndarray, target: DetectionTarget) -> np.ndarray:
+        return seed_row(explained, target, self.fmt, self.score)
+
+    def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
+        return target_scores(explained, [t if t is not None else DetectionTarget(None)
+                                         for t in targets], self.fmt, self.score)
+
+    @staticmethod
+    def item(target: DetectionTarget) -> Any:
+        return target.detection
+
+    def nothing(self, b: int) -> str:
+        return f"image {b}: no detection to explain (conf {self.conf}, targets {self.spec!r})"
+
+
+class SegmentPlanner(Planner):
+    """Classes and regions of a mask output (see :mod:`explainer.segmentation`)."""
+
+    task = "segment"
+    options = ("threshold",)
+
+    def __init__(self, *args: Any, threshold: float = DEFAULT_THRESHOLD,
+                 top_k: int | None = None) -> None:
+        super().__init__(*args)
+        if top_k is not None:
+            if self.spec is not None:
+                raise TargetError("give either targets or top_k (--targets or --top-k), "
+                                  "not both")
+            self.spec = f"top{int(top_k)}"
+        check_region_spec(self.spec, self.fmt, self.labels)
+        if not 0.0 < threshold < 1.0:
+            raise TargetError(f"threshold (--threshold) must be in (0, 1), got {threshold}")
+        self.threshold = threshold
+
+    def plan(self, outputs: dict[str, np.ndarray], explained: np.ndarray,
+             size: tuple[int, int]) -> tuple[list[Any], Any]:
+        return plan_regions(self.spec, explained, self.fmt, self.labels, size,
+                            self.threshold), None
+
+    def nothing(self, b: int) -> str:
+        what = "region above the threshold" if self.fmt["name"] == "binary" else "class"
+        return f"image {b}: no predicted {what} to explain (targets {self.spec!r})"
+
+
+class SequencePlanner(Planner):
+    """Decoded characters of a CTC output (see :mod:`explainer.sequence`)."""
+
+    task = "sequence"
+
+    def __init__(self, *args: Any, top_k: int | None = None) -> None:
+        super().__init__(*args)
+        if top_k is not None:
+            raise TargetError("top_k (--top-k) is for classes and detections; a text "
+                              "recognizer's targets are 'characters', 'string' or positions")
+        check_sequence_spec(self.spec)
+
+    def plan(self, outputs: dict[str, np.ndarray], explained: np.ndarray,
+             size: tuple[int, int]) -> tuple[list[Any], Any]:
+        transcript = ctc_decode(explained, self.fmt, self.labels, size[1], size[0])
+        return plan_characters(self.spec, transcript, explained.shape), transcript
+
+    def nothing(self, b: int) -> str:
+        return f"image {b}: no character decoded (every timestep is the blank)"
+
+    def notes(self) -> list[str]:
+        if self.labels is not None:
+            return []
+        return ["the bundle has no character list: characters are shown as their vocabulary "
+                "indices (#i); export with labels= (--labels keys.txt)"]
+
+
+_PLANNERS = {p.task: p for p in (DetectPlanner, SegmentPlanner, SequencePlanner)}
+
+
+def planner(task: str, fmt: dict[str, Any], labels: Sequence[str] | None, num_classes: int,
+            spec: Any, score: str, **options: Any) -> Planner:
+    """The planner of ``task``; ``options`` are the task's own (``conf``, ``iou``,
+    for detectors, ``threshold`` for segmenters, ``top_k``).
+
+    Raises:
+        TargetError: an option another task takes, or a malformed spec.
+    """
+    cls = _PLANNERS[task]
+    unknown = sorted(set(options) - {"top_k", *cls.options})
+    if unknown:
+        flags = ", ".join(f"--{o.replace('_', '-')}" for o in unknown)
+        raise TargetError(f"{unknown} ({flags}) do not apply to a {task} bundle; its options: "
+                          f"{list(cls.options) or 'none'} and top_k")
+    return cls(fmt, labels, num_classes, spec, score, **options)
+
+
+
+def graph_classes(plan: Planner) -> list[int] | None:
+    """The class ids a segmenter's explanation graph can explain for ``plan`` (classes over
+    their predicted masks, given by id or name, at the graph's threshold of 0.5), else None."""
+    if not isinstance(plan, SegmentPlanner) or plan.threshold != DEFAULT_THRESHOLD:
+        return None
+    terms = plan.spec if isinstance(plan.spec, (list, tuple)) else [plan.spec]
+    terms = [t for term in terms for t in (term.split("+") if isinstance(term, str) else [term])]
+    classes = []
+    for term in terms:
+        if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
+            classes.append(int(term))
+        elif isinstance(term, str) and term.strip().lower() not in ("classes", "regions") \
+                and not term.strip().lower().startswith("top"):
+            try:
+                classes.append(_class_of(term.strip(), plan.labels, plan.num_classes))
+            except TargetError:
+                return None
+        else:
+            return None
+    return classes if classes and len(set(classes)) == len(classes) else None
