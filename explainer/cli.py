@@ -176,8 +176,8 @@ def _preprocessing(spec: str) -> dict[str, Any]:
 def _labels(spec: str) -> str | list[str]:
     """A label-set name, or a text file with one class name per line."""
     path = Path(spec)
-    if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if path.is_file():  # a line of only whitespace is a name (a text recognizer's space)
+        return [line.strip() or line for line in path.read_text("utf-8").splitlines() if line]
     return spec
 
 

@@ -116,8 +116,12 @@ def test_the_text_recognizer_reads_the_line_and_maps_each_character(rec_path: Pa
 def test_the_command_line_reads_and_maps_a_line_without_preprocessing(
         rec_path: Path, tmp_path: Path, capsys) -> None:
     line_image().save(tmp_path / "line.png")
+    # a PaddleOCR dictionary file (one of its characters is a whitespace one: kept)
+    vocabulary = {p.key: p.value for p in onnx.load(rec_path).metadata_props}["character"]
+    (tmp_path / "keys.txt").write_text(vocabulary + "\n", "utf-8")
     code = main(["explain", str(rec_path), str(tmp_path / "line.png"), "--out",
-                 str(tmp_path / "out"), "--targets", "string+characters"])
+                 str(tmp_path / "out"), "--targets", "string+characters", "--labels",
+                 str(tmp_path / "keys.txt")])
     assert code == 0
     row = json.loads((tmp_path / "out" / "summary.json").read_text())["images"][0]
     assert row["text"] == LINE and len(row["characters"]) == 1 + len(LINE)

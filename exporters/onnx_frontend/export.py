@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto
 
 from explainer.bundle import Bundle
+from explainer.errors import LabelError
 from explainer.labels import check_labels
 from explainer.preprocessing import (
     IMAGENET_MEAN,
@@ -454,7 +455,10 @@ def _task_labels(loaded: onnx.ModelProto, task: str, fmt: dict[str, Any],
             log.info("vocabulary: %d characters from the model's 'character' metadata",
                      len(labels))
     if isinstance(labels, str):
-        labels = [line.rstrip("\r\n") for line in Path(labels).read_text("utf-8").splitlines()]
+        if not Path(labels).is_file():
+            raise LabelError(f"labels {labels!r}: a text recognizer's vocabulary is a file "
+                             "with one character per line, or a list")
+        labels = [line for line in Path(labels).read_text("utf-8").splitlines() if line]
     return sequence_labels(labels, int(fmt["classes"]), int(fmt.get("blank", 0)))
 
 
