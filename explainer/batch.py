@@ -18,7 +18,10 @@ Per image the folder gets ``NAME_cam.png`` (the input and one overlay per target
 detections: the figure draws each detection's box on its own overlay (and all of them, numbered,
 on the input), the summary row lists them (``detections``: box in model-input pixels,
 ``image_box`` in the original image's, score, class, label), and an image with no detection
-above the threshold gets the input alone and a note, not an error. A layer-sweep bundle adds
+above the threshold gets the input alone and a note, not an error. A segmenter's regions are
+drawn and listed likewise (``regions``); a text recognizer's row gives the decoded ``text`` and
+its ``characters``, and a text line's figure lays the maps out one per row. A layer-sweep bundle
+adds
 each layer's overlay figure, ``NAME_cam_LAYER.png`` (the layer name made filesystem-safe; the
 top-level overlay is the fused map). The pixel-space methods add each target's pixel map drawn by
 :func:`explainer.visualize.pixel_image`, ``NAME_pixels.png`` (``NAME_pixels_J.png`` for target
@@ -304,7 +307,8 @@ def write_outputs(
     """
     e, i = result.explanation, result.index
     k = e.count(i)
-    boxes = None if e.items is None else [item.box for item in e.items[i]]
+    # a detection's or region's box on its map (a character's columns would hide its map)
+    boxes = None if e.items is None or e.task == "sequence" else [item.box for item in e.items[i]]
 
     def draw(maps: np.ndarray, path: Path) -> None:
         save_png(figure(result.shown, list(maps[i, :k]), e.titles(i), colormap=options.colormap,

@@ -64,8 +64,8 @@ Writes OUT/NAME_cam.png per image (NAME: the image's path below the inputs' comm
 NAME_cam.npy with --save-npy, and OUT/summary.json (classes, probabilities, files or error per
 image; a detector's boxes, scores and labels; a segmenter's regions; a text recognizer's
 string and characters). A detector's figure draws each explained detection's box on its map (a
-segmenter's regions and a recognizer's characters likewise); an image with nothing to explain
-gets the input alone and a note (not an error). A layer sweep (--target repeated) adds
+segmenter's regions likewise; a text line's maps are laid out one per row); an image with nothing
+to explain gets the input alone and a note (not an error). A layer sweep (--target repeated) adds
 NAME_cam_LAYER.png per layer (the top-level overlay is the fused map); guided-backprop/
 guided-gradcam add NAME_pixels.png (NAME_pixels_J.png per target J when several) and
 NAME_pixels.npy with --save-npy. Exit code 0: all images explained; 1: some failed (the rest are

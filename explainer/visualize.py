@@ -275,17 +275,20 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: int) -> str
     return text + ellipsis if text else ""
 
 
-def _fit_into_tile(img: Image.Image, tile: int, background: tuple[int, int, int]) -> Image.Image:
-    """Scale ``img`` (keeping aspect ratio) into a ``tile`` x ``tile`` square, centred."""
+def _fit_into_tile(img: Image.Image, tile: int | tuple[int, int],
+                   background: tuple[int, int, int]) -> Image.Image:
+    """Scale ``img`` (keeping aspect ratio) into a ``tile`` x ``tile`` square (or a
+    ``(width, height)`` cell), centred."""
+    cell_w, cell_h = (tile, tile) if isinstance(tile, int) else tile
     w, h = img.size
-    scale = tile / max(w, h)
+    scale = min(cell_w / w, cell_h / h)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), resample=Image.Resampling.BILINEAR)
-    if (new_w, new_h) == (tile, tile):
+    if (new_w, new_h) == (cell_w, cell_h):
         return img
-    canvas = Image.new("RGB", (tile, tile), background)
-    canvas.paste(img, ((tile - new_w) // 2, (tile - new_h) // 2))
+    canvas = Image.new("RGB", (cell_w, cell_h), background)
+    canvas.paste(img, ((cell_w - new_w) // 2, (cell_h - new_h) // 2))
     return canvas
 
 
@@ -329,6 +332,10 @@ def _figure_arguments(
     return maps, titles, size
 
 
+#: images at least this many times wider than high (text lines) are laid out in a column
+WIDE_ASPECT = 3.0
+
+
 def figure(
     image: ImageLike,
     heatmaps: Sequence[np.ndarray] | np.ndarray,
@@ -345,7 +352,8 @@ def figure(
 
     Each cell is ``tile`` x ``tile`` pixels (images are scaled to fit, keeping their aspect
     ratio, on a white background) with its title drawn above it in Pillow's default font.
-    Titles too wide for a tile are shortened with ``"..."``.
+    Titles too wide for a tile are shortened with ``"..."``. An image :data:`WIDE_ASPECT`
+    times wider than high (a text line) gets ``4 * tile`` wide cells, one per row.
 
     Args:
         image: The input image (PIL image or uint8 array, see :func:`overlay`).
@@ -362,7 +370,8 @@ def figure(
             drawn on its overlay; the input tile shows them all, numbered.
 
     Returns:
-        An RGB ``PIL.Image.Image`` of width ``(K + 1) * tile + (K + 2) * padding``.
+        An RGB ``PIL.Image.Image`` of width ``(K + 1) * tile + (K + 2) * padding`` (a wide
+        image's: ``4 * tile + 2 * padding``).
 
     Raises:
         VisualizeError: No heatmaps, heatmap count differs from title count, a bad heatmap
@@ -374,17 +383,21 @@ def figure(
         raise VisualizeError(f"got {len(maps)} heatmaps but {len(boxes)} boxes")
     rgb = _to_rgb_array(image)
     white = (255, 255, 255)
-    width_px = max(2, round(max(rgb.shape[:2]) / tile * 2))  # about 2 pixels once tiled
+    # a wide image (a text line) gets wide cells stacked in a column
+    aspect = rgb.shape[1] / rgb.shape[0]
+    wide = aspect >= WIDE_ASPECT
+    cell = (4 * tile, max(16, min(tile, round(4 * tile / aspect)))) if wide else (tile, tile)
+    width_px = max(2, round(max(rgb.shape[1] / cell[0], rgb.shape[0] / cell[1]) * 2))
     shown = Image.fromarray(rgb)
     if boxes is not None:
         shown = draw_boxes(shown, boxes, [str(j + 1) for j in range(len(boxes))], width_px)
-    cells = [_fit_into_tile(shown, tile, white)]
+    cells = [_fit_into_tile(shown, cell, white)]
     for i, hm in enumerate(maps):
         _check_heatmap(hm, what=f"heatmaps[{i}]")
         panel = overlay(rgb, hm, alpha=alpha, colormap=colormap)
         if boxes is not None:
             panel = draw_boxes(panel, [boxes[i]], None, width_px)
-        cells.append(_fit_into_tile(panel, tile, white))
+        cells.append(_fit_into_tile(panel, cell, white))
 
     font = _load_font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -394,17 +407,20 @@ def figure(
     strip = text_h + 2 * max(2, padding)
 
     k = len(cells)
-    width = k * tile + (k + 1) * padding
-    height = strip + tile + padding
+    if wide:  # one row per cell, its title above it
+        width, height = cell[0] + 2 * padding, k * (strip + cell[1]) + padding
+    else:
+        width, height = k * tile + (k + 1) * padding, strip + tile + padding
     canvas = Image.new("RGB", (width, height), white)
     draw = ImageDraw.Draw(canvas)
-    for j, (cell, title) in enumerate(zip(cells, all_titles, strict=True)):
-        x0 = padding + j * (tile + padding)
-        canvas.paste(cell, (x0, strip))
-        text = _fit_text(draw, str(title), font, tile)
+    for j, (image_cell, title) in enumerate(zip(cells, all_titles, strict=True)):
+        x0, y0 = (padding, j * (strip + cell[1])) if wide else (padding + j * (tile + padding), 0)
+        canvas.paste(image_cell, (x0, y0 + strip))
+        text = _fit_text(draw, str(title), font, cell[0])
         if text:
             tw = draw.textlength(text, font=font)
-            draw.text((x0 + (tile - tw) / 2, max(2, padding)), text, fill=(0, 0, 0), font=font)
+            draw.text((x0 + (cell[0] - tw) / 2, y0 + max(2, padding)), text, fill=(0, 0, 0),
+                      font=font)
     return canvas
 
 

@@ -209,3 +209,19 @@ def test_pixel_image_scales_by_the_largest_magnitude_around_grey():
         pixel_image(np.zeros((3, 3)))
     with pytest.raises(visualize.VisualizeError, match="NaN"):
         pixel_image(np.full((3, 2, 2), np.nan))
+
+
+def test_a_text_line_is_laid_out_in_a_column_of_wide_cells():
+    from explainer.visualize import WIDE_ASPECT, figure
+
+    line = np.full((20, 200, 3), 255, np.uint8)  # 10:1, a text line
+    assert 200 / 20 >= WIDE_ASPECT
+    maps = np.random.default_rng(0).random((3, 20, 200)).astype(np.float32)
+    fig = figure(line, maps, ["a", "b", "c"], tile=32, padding=2)
+    assert fig.width == 4 * 32 + 2 * 2  # one wide cell per row
+    square = figure(np.full((40, 40, 3), 255, np.uint8), maps[:, :, :20].repeat(2, 1)[:, :40],
+                    ["a", "b", "c"], tile=32, padding=2)
+    assert square.width == 4 * 32 + 5 * 2 and fig.height > square.height
+    # each row holds its own overlay: the rows differ where the maps differ
+    rows = np.asarray(fig)[: fig.height - 2].reshape(4, -1, fig.width, 3)  # less the padding
+    assert not np.array_equal(rows[1], rows[2])
