@@ -12,6 +12,11 @@ it can express the method (the methods closed-form in the activation and its gra
 ``Explainer.graph.methods``), ``explain`` is one run of it
 (:mod:`explainer.explanation_graph`). The two graphs and numpy remain the path for other
 methods, schema-1 bundles, static-batch models and heads that read more than the activation.
+
+Detectors, segmenters and text recognizers take the same path with their own targets: the
+prediction pass gives the head's outputs, a planner (:mod:`explainer.tasks`) decodes them into
+each image's targets and one seed over the explained tensor per target, and the gradient head
+runs for every (image, target) pair as above.
 """
 
 from __future__ import annotations
@@ -429,7 +434,11 @@ class Explainer:
                 ``renormalize_cam_in_bounding_boxes``; the raw ``cams`` are kept). A detector's
                 ``targets`` are detections, classes or
                 boxes (see :mod:`explainer.detection`): default ``"detections"``; ``top_k``
-                explains the K best detections.
+                explains the K best detections. For a segmenter: ``threshold`` (a binary map's,
+                default 0.5), ``geometry``, ``renormalize``; its targets are classes over their
+                masks, regions, masks or boxes (see :mod:`explainer.segmentation`). A text
+                recognizer's targets are its decoded characters or string (see
+                :mod:`explainer.sequence`).
 
         Returns:
             An :class:`Explanation`.
