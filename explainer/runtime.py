@@ -567,8 +567,8 @@ class Explainer:
             for j, target in enumerate(row):
                 seeds[b, j] = plan.seed(explained[b], target)
             if row:
-                scores[b, : len(row)] = plan.scores(
-                    np.repeat(explained[b : b + 1], len(row), axis=0), row)
+                scores[b, : len(row)] = plan.scores(  # the image's row for each target, not copied
+                    np.broadcast_to(explained[b], (len(row), *explained.shape[1:])), row)
 
         def scorer(out: np.ndarray, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
             return plan.scores(out, [plans[r][i] if i < len(plans[r]) else None

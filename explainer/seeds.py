@@ -27,8 +27,8 @@ import numpy as np
 
 from .errors import TargetError
 
-__all__ = ["WeightedTarget", "embedding_seed", "embedding_score", "weighted_scores",
-           "weighted_seed"]
+__all__ = ["WeightedTarget", "embedding_seed", "embedding_score", "probabilities",
+           "weighted_scores", "weighted_seed"]
 
 _EPS = 1e-12
 EMBEDDING_SCORES = ("dot", "cosine")
@@ -39,10 +39,17 @@ def _softmax(z: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _probabilities(z: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def _activated(z: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     if params.get("activation") == "softmax":
         return _softmax(z, params.get("axis", 0))
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def probabilities(explained: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """One image's explained tensor as probabilities (float64): its activation (sigmoid, or
+    softmax along ``params["axis"]``) where it holds logits, else the tensor itself."""
+    z = explained.astype(np.float64)
+    return _activated(z, params) if params.get("explained", "logits") == "logits" else z
 
 
 def weighted_seed(explained: np.ndarray, weights: np.ndarray, params: dict[str, Any],
@@ -54,7 +61,7 @@ def weighted_seed(explained: np.ndarray, weights: np.ndarray, params: dict[str, 
     z = explained.astype(np.float64)
     w = weights.astype(np.float64)
     if params.get("explained", "logits") == "logits":
-        p = _probabilities(z, params)
+        p = _activated(z, params)
         if params.get("activation") == "softmax":  # d/dz_j sum_i w_i p_i = p_j (w_j - w.p)
             axis = params.get("axis", 0)
             return (p * (w - (w * p).sum(axis=axis, keepdims=True))).astype(np.float32)
@@ -77,7 +84,7 @@ def weighted_scores(explained: np.ndarray, weights: list[np.ndarray], params: di
             continue
         z = explained[m].astype(np.float64)
         if params.get("explained", "logits") == "logits":
-            f = z if score == "logit" else _probabilities(z, params)
+            f = _activated(z, params)  # score "probability" (the logit case returned above)
         elif score == "probability":
             f = z
         else:

@@ -39,7 +39,8 @@ from .errors import TargetError
 from .seeds import WeightedTarget
 from .targets import class_id
 
-__all__ = ["DEFAULT_THRESHOLD", "SEGMENT_FORMATS", "Region", "check_region_spec", "class_of",
+__all__ = ["DEFAULT_THRESHOLD", "SEGMENT_FORMATS", "Region", "check_region_spec",
+           "check_threshold", "class_of", "keyword", "region_terms",
            "label_regions", "mean_probability", "plan_regions", "predicted"]
 
 #: mask formats
@@ -127,6 +128,12 @@ def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, len(ids)
 
 
+def check_threshold(threshold: float) -> None:
+    """Raise :class:`TargetError` unless a binary map's ``threshold`` is in (0, 1)."""
+    if not 0.0 < threshold < 1.0:
+        raise TargetError(f"threshold (--threshold) must be in (0, 1), got {threshold}")
+
+
 def predicted(explained: np.ndarray, params: dict[str, Any],
               threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """The class map int [h, w] (-1 where no class is predicted) of one image's explained
@@ -150,14 +157,25 @@ def mean_probability(explained: np.ndarray, params: dict[str, Any], c: int,
     return float((1.0 / (1.0 + np.exp(-explained[c][mask]))).mean(dtype=np.float64))
 
 
-def _terms(spec: Any, params: dict[str, Any]) -> list[Any]:
+def region_terms(spec: Any, params: dict[str, Any]) -> list[Any]:
+    """The terms of a segmentation target spec (``+``-joined strings and lists flattened; None:
+    the format's default)."""
     if spec is None:
         return ["regions" if params["name"] == "binary" else "classes"]
-    if isinstance(spec, str):
-        return [t for t in spec.replace(" ", "").split("+") if t]
+    if isinstance(spec, str):  # names keep their inner spaces ("traffic light")
+        return [t.strip() for t in spec.split("+") if t.strip()]
     if isinstance(spec, (list, tuple)):
-        return [t for item in spec for t in _terms(item, params)]
+        return [t for item in spec for t in region_terms(item, params)]
     return [spec]
+
+
+def keyword(term: Any) -> str | None:
+    """``"classes"``, ``"regions"`` or ``"topK"`` (spaces and case ignored) when ``term`` is
+    one of these words, else None (a class, a mask or a box)."""
+    if not isinstance(term, str):
+        return None
+    word = term.replace(" ", "").lower()
+    return word if word in ("classes", "regions") or _TOP.match(word) else None
 
 
 def class_of(term: Any, labels: Sequence[str] | None, classes: int) -> int:
@@ -187,15 +205,14 @@ def check_region_spec(spec: Any, params: dict[str, Any], labels: Sequence[str] |
         TargetError: naming the term at fault.
     """
     classes = int(params.get("classes") or 1)
-    for term in _terms(spec, params):
+    for term in region_terms(spec, params):
         if isinstance(term, dict):
             if ("mask" in term) == ("box" in term):
                 raise TargetError(f"a region target needs 'mask' or 'box' (not both), got "
                                   f"{sorted(term)}")
             if term.get("class") is not None:
                 class_of(term["class"], labels, classes)
-        elif isinstance(term, str) and (term.lower() in ("classes", "regions")
-                                        or _TOP.match(term.lower())):
+        elif keyword(term):
             continue
         else:
             class_of(term, labels, classes)
@@ -253,8 +270,7 @@ def plan_regions(
     Raises:
         TargetError: a malformed term, an unknown class, a bad mask or box.
     """
-    if not 0.0 < threshold < 1.0:
-        raise TargetError(f"threshold (--threshold) must be in (0, 1), got {threshold}")
+    check_threshold(threshold)
     classes, grid = explained.shape[0], explained.shape[1:]
     pred = predicted(explained, params, threshold)
     scale = (size[0] / grid[0]) * (size[1] / grid[1])
@@ -291,7 +307,7 @@ def plan_regions(
 
     default = by_region if params["name"] == "binary" else by_class
     out: list[WeightedTarget] = []
-    for term in _terms(spec, params):
+    for term in region_terms(spec, params):
         if isinstance(term, dict):
             mask, kind = _user_region(term, size, grid)
             c = term.get("class")
@@ -301,7 +317,7 @@ def plan_regions(
                 c = int(np.bincount(inside).argmax()) if inside.size else 0
             out.append(target(class_of(c, labels, classes), mask, kind))
             continue
-        word = term.lower() if isinstance(term, str) else ""
+        word = keyword(term) or ""
         top = _TOP.match(word)
         if word == "classes":
             out += by_class()

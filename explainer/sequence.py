@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LabelError, TargetError
-from .seeds import WeightedTarget
+from .seeds import WeightedTarget, probabilities
 
 __all__ = ["Character", "Transcript", "check_sequence_spec", "ctc_decode", "plan_characters",
            "sequence_labels"]
@@ -120,19 +120,11 @@ def sequence_labels(labels: Sequence[str] | None, size: int, blank: int = 0
                      f"{size - 2} as a PaddleOCR dictionary (blank and space added)")
 
 
-def _probabilities(z: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    if params.get("explained", "logits") != "logits":
-        return z.astype(np.float64)
-    z = z.astype(np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def ctc_decode(explained: np.ndarray, params: dict[str, Any], labels: Sequence[str] | None,
                width: int, height: int) -> Transcript:
     """Greedy CTC decoding of one image's explained tensor [T, V] (``width``/``height``: the
     model input's, for the characters' boxes)."""
-    p = _probabilities(explained, params)
+    p = probabilities(explained, {"activation": "softmax", **params, "axis": -1})
     steps = p.shape[0]
     best = p.argmax(axis=-1)
     blank = int(params.get("blank", 0))

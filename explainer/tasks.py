@@ -27,8 +27,15 @@ from .detection import (
 )
 from .errors import TargetError
 from .seeds import weighted_scores, weighted_seed
-from .segmentation import DEFAULT_THRESHOLD, check_region_spec, plan_regions
-from .segmentation import class_of as _class_of
+from .segmentation import (
+    DEFAULT_THRESHOLD,
+    check_region_spec,
+    check_threshold,
+    class_of,
+    keyword,
+    plan_regions,
+    region_terms,
+)
 from .sequence import check_sequence_spec, ctc_decode, plan_characters
 
 __all__ = ["Planner", "graph_classes", "planner"]
@@ -127,14 +134,9 @@ class SegmentPlanner(Planner):
     def __init__(self, *args: Any, threshold: float = DEFAULT_THRESHOLD,
                  top_k: int | None = None) -> None:
         super().__init__(*args)
-        if top_k is not None:
-            if self.spec is not None:
-                raise TargetError("give either targets or top_k (--targets or --top-k), "
-                                  "not both")
-            self.spec = f"top{int(top_k)}"
+        self.spec = target_spec(self.spec, top_k)
         check_region_spec(self.spec, self.fmt, self.labels)
-        if not 0.0 < threshold < 1.0:
-            raise TargetError(f"threshold (--threshold) must be in (0, 1), got {threshold}")
+        check_threshold(threshold)
         self.threshold = threshold
 
     def plan(self, outputs: dict[str, np.ndarray], explained: np.ndarray,
@@ -200,18 +202,9 @@ def graph_classes(plan: Planner) -> list[int] | None:
     their predicted masks, given by id or name, at the graph's threshold of 0.5), else None."""
     if not isinstance(plan, SegmentPlanner) or plan.threshold != DEFAULT_THRESHOLD:
         return None
-    terms = plan.spec if isinstance(plan.spec, (list, tuple)) else [plan.spec]
-    terms = [t for term in terms for t in (term.split("+") if isinstance(term, str) else [term])]
     classes = []
-    for term in terms:
-        if isinstance(term, (int, np.integer)) and not isinstance(term, bool):
-            classes.append(int(term))
-        elif isinstance(term, str) and term.strip().lower() not in ("classes", "regions") \
-                and not term.strip().lower().startswith("top"):
-            try:
-                classes.append(_class_of(term.strip(), plan.labels, plan.num_classes))
-            except TargetError:
-                return None
-        else:
+    for term in region_terms(plan.spec, plan.fmt):  # "classes", "regions", "topK", a dict: no
+        if isinstance(term, dict) or keyword(term):
             return None
+        classes.append(class_of(term, plan.labels, plan.num_classes))  # checked by the planner
     return classes if classes and len(set(classes)) == len(classes) else None

@@ -385,3 +385,12 @@ def test_a_segmenters_explanation_graph_gives_the_two_graphs_maps(tmp_path, meth
     np.testing.assert_allclose(one_run.cams, two.cams, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(one_run.heatmaps, two.heatmaps, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(one_run.scores, two.scores, rtol=1e-4, atol=1e-4)
+
+
+def test_class_names_with_spaces_and_spaced_keywords() -> None:
+    params = {"name": "masks", "explained": "logits", "activation": "softmax", "axis": 0}
+    z = np.zeros((3, 4, 4))
+    z[2, :2] = 5
+    labels = ["background", "stop sign", "traffic light"]
+    targets = plan_regions("traffic light + top 1", z, params, labels, (8, 8))
+    assert [t.item.label for t in targets] == ["traffic light", "traffic light"]
