@@ -4,9 +4,9 @@ One run on one machine, 2 threads (``--threads``), seeded random weights with re
 BatchNorm, 224x224 inputs, top-1 target of each image, batch 1 and 16 (``--batches``). Models
 (``--models``, default resnet18) are explained at the layers of ``bench_gradcam.MODELS``
 (resnet18: ``layer4``, mobilenet_v3_large: ``features.16``). Methods (``--methods``, default all)
-are every name of ``explainer.methods.METHODS`` plus the pixel methods of
-``explainer.pixels.PIXEL_METHODS`` (``guided-backprop``, ``guided-gradcam``; these run on a
-second bundle exported with ``input_gradient=True``).
+are every name of ``explainer.methods.METHODS``, in registry order; its pixel methods
+(``guided-backprop``, ``guided-gradcam``) run on a second bundle exported with
+``input_gradient=True``.
 
 Each row (one method at one batch size) holds, in milliseconds:
 
@@ -81,22 +81,16 @@ from explainer.methods.perturbation import ABLATION_BATCH, SCORE_BATCH
 from explainer.pixels import PIXEL_METHODS
 from exporters.torch import export_tapped, export_torch, recalibrate_batchnorm
 
-#: onnxcam method -> pytorch-grad-cam class (the guided methods are built in :func:`_pgc_call`)
-PYTORCH_GRAD_CAM = {
-    "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
-    "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "layercam": "LayerCAM",
-    "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM", "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM", "guided-backprop": "GuidedBackpropReLUModel",
-    "guided-gradcam": "GradCAM x GuidedBackpropReLUModel",
-}
-#: onnxcam method -> torchcam.methods class, where torchcam has the same method. Not mapped:
-#: SmoothGradCAMpp (Grad-CAM++ averaged over noisy inputs), SSCAM and ISCAM (smoothed and
-#: integrated Score-CAM), LeGrad (ViT), RefineCAM and FinerCAM (wrappers); torchcam has no
-#: HiResCAM, element-wise Grad-CAM, Eigen-CAM, counterfactual, Ablation-CAM or guided methods.
-TORCHCAM = {
-    "gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM", "scorecam": "ScoreCAM", "cam": "CAM",
-}
+#: onnxcam method -> pytorch-grad-cam class, from the specs' ``peers`` (the guided methods
+#: are built in :func:`_pgc_call`)
+PYTORCH_GRAD_CAM = {m: spec.peers["pytorch-grad-cam"] for m, spec in METHODS.items()
+                    if "pytorch-grad-cam" in spec.peers}
+#: onnxcam method -> torchcam.methods class, where torchcam has the same method (the specs'
+#: ``peers``). Not mapped: SmoothGradCAMpp (Grad-CAM++ averaged over noisy inputs), SSCAM and
+#: ISCAM (smoothed and integrated Score-CAM), LeGrad (ViT), RefineCAM and FinerCAM (wrappers);
+#: torchcam has no HiResCAM, element-wise Grad-CAM, Eigen-CAM, counterfactual, Ablation-CAM or
+#: guided methods.
+TORCHCAM = {m: spec.peers["torchcam"] for m, spec in METHODS.items() if "torchcam" in spec.peers}
 #: torchcam classes that need no gradient: forward under no_grad, no scores passed
 TORCHCAM_NO_GRAD = ("ScoreCAM", "CAM")
 #: methods that run extra model rows in batches
@@ -297,7 +291,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main() -> None:
     """Parse the options, time every selected model and method, print and write the rows."""
-    names = list(METHODS) + list(PIXEL_METHODS)
+    names = list(METHODS)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)

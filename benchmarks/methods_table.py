@@ -2,10 +2,9 @@
 
 One table per model: each method's formula and paper, how onnxcam ran it, and at each batch
 size onnxcam's time, its ratio to plain inference, pytorch-grad-cam's and torchcam's times.
-The formulas and papers are quoted from the methods' docstrings (``explainer/methods/*.py``,
-and ``explainer/pixels.py`` for the pixel methods); :func:`check_docstrings` fails when a quote
-is no longer in its docstring, or a registered method has none, so the table cannot drift
-from the code.
+The formulas and papers are the methods' specs (``formula``, ``paper`` of
+``explainer.methods.METHODS``), so the table cannot drift from the registry; rows are in
+registry order.
 
 Usage::
 
@@ -19,66 +18,24 @@ import json
 import sys
 from typing import Any
 
-import explainer.pixels
 from explainer.methods import METHODS
-from explainer.pixels import PIXEL_METHODS
 
-#: method -> (formula fragments, paper), each quoted verbatim (up to whitespace) from its
-#: docstring; ``code`` is written as in the docstring and rendered as markdown code
-QUOTES: dict[str, tuple[list[str], str]] = {
-    "gradcam": (["``w_k = mean_ij g^k_ij``"], "Selvaraju et al., ICCV 2017"),
-    "gradcam++": (["``alpha^k_ij = g^2 / (2 g^2 + sum_ab A^k_ab g^3)``",
-                   "``w_k = sum_ij alpha^k_ij ReLU(g^k_ij)``"], "Chattopadhay et al., WACV 2018"),
-    "xgradcam": (["``w_k = sum_ij (A^k_ij / sum_ab A^k_ab) g^k_ij``"], "Fu et al., BMVC 2020"),
-    "hirescam": (["``ReLU(sum_k g^k A^k)``"], "Draelos & Carin, 2020"),
-    "gradcam-elementwise": (["``ReLU(sum_k ReLU(g^k A^k))``"],
-                            "pytorch-grad-cam's ``GradCAMElementWise``"),
-    "layercam": (["``ReLU(sum_k ReLU(g^k) A^k)``"], "Jiang et al., IEEE TIP 2021"),
-    "eigencam": (["``ReLU(p)``, ``p`` the first principal component projection of the "
-                  "centered activation"], "Muhammad & Yeasin, IJCNN 2020"),
-    "eigengradcam": (["``ReLU(p)``, ``p`` the first principal component projection of the "
-                      "centered ``g * A``"], "pytorch-grad-cam's ``EigenGradCAM``"),
-    "counterfactual": (["``w_k = mean_ij (-g^k_ij)``"], "Selvaraju et al., ICCV 2017"),
-    "cam": (["For a head ``logits = W GAP(A) + b``, ``M_c = sum_k W_ck A^k``"],
-            "Zhou et al., CVPR 2016"),
-    "ablationcam": (["``w_k = (y_c - y_c^k) / y_c``"], "Desai & Ramaswamy, WACV 2020"),
-    "scorecam": (["``s_k = y_c(X * H^k)``, and ``w = softmax_k(s_k)``"],
-                 "Wang et al., CVPR Workshops 2020"),
-    "guided-backprop": (["the gradient of the class score with respect to the input pixels, "
-                         "where every ReLU passes only positive gradients"],
-                        "Springenberg et al., ICLR 2015 workshop"),
-    "guided-gradcam": (["the guided gradient times the Grad-CAM heatmap of the same class"],
-                       "Selvaraju et al., ICCV 2017"),
-}
 #: the columns of one batch size: (row field, header)
 COLUMNS = [("onnxcam_ms", "onnxcam ms"), ("vs_inference", "x inference"),
            ("pytorch_grad_cam_ms", "pytorch-grad-cam ms"), ("torchcam_ms", "torchcam ms")]
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def docstring(method: str) -> str:
-    """The docstring the method's quotes come from (whitespace collapsed)."""
-    if method in PIXEL_METHODS:
-        return _squash(explainer.pixels.__doc__ or "")
-    return _squash(METHODS[method].__doc__ or "")
-
-
-def check_docstrings() -> None:
-    """Fail when a registered method has no quotes or a quote is not in its docstring."""
-    problems = [f"{m}: no entry in QUOTES" for m in [*METHODS, *PIXEL_METHODS] if m not in QUOTES]
-    for method, (formula, paper) in QUOTES.items():
-        text = docstring(method) if method in METHODS or method in PIXEL_METHODS else ""
-        problems += [f"{method}: {quote!r} is not in its docstring"
-                     for quote in [*formula, paper] if _squash(quote) not in text]
+def check_specs() -> None:
+    """Fail when a registered method has no formula or no paper to show."""
+    problems = [f"{m}: no {what} in its spec" for m, spec in METHODS.items()
+                for what in ("formula", "paper") if not getattr(spec, what).strip()]
     if problems:
-        raise SystemExit("methods_table.py is out of date:\n" + "\n".join(problems))
+        raise SystemExit("methods_table.py: incomplete method specs:\n" + "\n".join(problems))
 
 
 def _markdown(text: str) -> str:
-    return text.replace("``", "`").replace("|", "\\|")
+    """Markdown text as one table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _cell(row: dict[str, Any] | None, field: str) -> str:
@@ -110,7 +67,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         mine = [r for r in rows if r.get("model", "resnet18") == model]
         batches = sorted({r["batch"] for r in mine})
         by_key = {(r["method"], r["batch"]): r for r in mine}
-        methods = [m for m in QUOTES if any(r["method"] == m for r in mine)]
+        methods = [m for m in METHODS if any(r["method"] == m for r in mine)]
         layer = mine[0].get("layer", "layer4")
         out.append(f"**{model}** (`{layer}`, {mine[0].get('threads', 2)} threads)")
         out.append("")
@@ -119,10 +76,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for method in methods:
-            formula, paper = QUOTES[method]
+            spec = METHODS[method]
             path = next((by_key[(method, b)].get("path", "") for b in batches
                          if (method, b) in by_key), "")
-            cells = [f"`{method}`", _markdown("; ".join(formula)), _markdown(paper), path]
+            cells = [f"`{method}`", _markdown(spec.formula), _markdown(spec.paper), path]
             cells += [_cell(by_key.get((method, b)), field)
                       for b in batches for field, _ in COLUMNS]
             out.append("| " + " | ".join(cells) + " |")
@@ -138,8 +95,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(path: str) -> None:
-    """Check the quotes against the docstrings, then print the tables of ``path``'s rows."""
-    check_docstrings()
+    """Check the specs, then print the tables of ``path``'s rows."""
+    check_specs()
     with open(path) as f:
         rows = json.load(f)
     print(to_markdown(rows), end="")

@@ -3,7 +3,9 @@
 The bundle's raw CAMs (ONNX Runtime + ``explainer.methods``) are compared with
 ``exporters.torch_reference.reference_cams`` (the formula written again in torch) on a small
 seeded CNN with a global-average-pooling + linear head, two images and two targets each.
-A method registered without a row here fails ``test_every_method_has_a_row``.
+The rows are the registry's CAM methods (``explainer.methods.METHODS``, pixel methods aside),
+each within its spec's ``tolerance``; a CAM method without a torch reference, or a reference
+without a method, fails ``test_every_method_has_a_torch_reference``.
 """
 
 from __future__ import annotations
@@ -23,21 +25,10 @@ from exporters.torch import export_torch, recalibrate_batchnorm, validate  # noq
 #: last block, whose head is global average pooling + linear, as CAM requires
 MIXED, LAST = "features", "block"
 
-#: method -> (target layer, max relative L2 per map between the bundle's and torch's CAMs)
-ROWS = {
-    "gradcam": (MIXED, 1e-4),
-    "gradcam++": (MIXED, 1e-4),
-    "xgradcam": (MIXED, 1e-4),
-    "hirescam": (MIXED, 1e-4),
-    "gradcam-elementwise": (MIXED, 1e-4),
-    "layercam": (MIXED, 1e-4),
-    "eigencam": (MIXED, 1e-4),
-    "eigengradcam": (MIXED, 1e-4),
-    "counterfactual": (MIXED, 1e-4),
-    "cam": (LAST, 1e-4),
-    "ablationcam": (MIXED, 1e-4),
-    "scorecam": (MIXED, 1e-4),
-}
+#: CAM methods (those with numpy weights), in registry order
+CAM_NAMES = [m for m, spec in METHODS.items() if spec.weights is not None]
+#: methods compared at LAST rather than MIXED (CAM needs a pooling + linear head)
+LAYERS = {"cam": LAST}
 
 
 def _tiny_net() -> torch.nn.Module:
@@ -70,19 +61,25 @@ def tiny():
     return net, explainers, x
 
 
-def test_every_method_has_a_row():
-    assert set(ROWS) == set(METHODS), "each registered method needs a row in ROWS"
+def test_every_method_has_a_torch_reference():
+    from exporters.torch_reference import REFERENCE_METHODS
+
+    pixel = {m for m, spec in METHODS.items() if spec.kind == "pixel"}
+    assert set(METHODS) - pixel - set(REFERENCE_METHODS) == set(), (
+        "each CAM method needs its formula in exporters.torch_reference.REFERENCE_METHODS")
+    assert set(REFERENCE_METHODS) - set(METHODS) == set(), "a reference with no method"
+    assert set(CAM_NAMES) == set(METHODS) - pixel
 
 
-@pytest.mark.parametrize("method", sorted(ROWS))
+@pytest.mark.parametrize("method", CAM_NAMES)
 def test_method_matches_torch_reference(tiny, method):
     net, explainers, x = tiny
-    layer, tolerance = ROWS[method]
+    layer = LAYERS.get(method, MIXED)
     explainer = explainers[layer]
     report = validate(explainer.bundle, net, layer, x, "top2", explainer, method=method)
     assert report.cams.shape == (2, 2, 8, 8)
     assert np.abs(report.reference).max() > 0, "reference maps are all zero: nothing compared"
-    assert report.max_error <= tolerance, report.errors
+    assert report.max_error <= METHODS[method].tolerance, report.errors
 
 
 def test_methods_differ(tiny):
@@ -90,7 +87,7 @@ def test_methods_differ(tiny):
     gradient varies over positions."""
     _, explainers, x = tiny
     explainer = explainers[MIXED]
-    names = sorted(m for m, (layer, _) in ROWS.items() if layer == MIXED)
+    names = [m for m in CAM_NAMES if LAYERS.get(m, MIXED) == MIXED]
     cams = {m: explainer.explain(x, top_k=2, method=m).cams for m in names}
     unit = {m: cams[m] / max(np.abs(cams[m]).max(), 1e-12) for m in names}
     for i, a in enumerate(names):
@@ -113,7 +110,7 @@ def test_unknown_method_fails_before_any_graph_run(tiny, monkeypatch):
     def no_run(*args, **kwargs):
         raise AssertionError("a graph ran")
 
-    monkeypatch.setattr(explainer.features_session, "run", no_run)
+    monkeypatch.setattr(explainer.runner, "features", no_run)
     with pytest.raises(MethodError, match="available: ablationcam, cam,"):
         explainer.explain(x, method="gradcam+++")
 

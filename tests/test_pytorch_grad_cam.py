@@ -35,6 +35,7 @@ from test_validation_matrix import build_model  # noqa: E402
 
 from explainer import Explainer  # noqa: E402
 from explainer.image import upsample_bilinear  # noqa: E402
+from explainer.methods import METHODS  # noqa: E402
 from exporters.torch import export_torch, relative_l2  # noqa: E402
 
 
@@ -55,18 +56,29 @@ class _SignCorrected:
 RELU_MODELS = {"resnet18": "layer4", "squeezenet1_1": "features.12", "mobilenet_v2": "features.18"}
 SIGNED_MODELS = {"mobilenet_v3_large": "features.16", "efficientnet_b0": "features.8"}
 GRADIENT_MODELS = ("resnet18", "mobilenet_v3_large", "efficientnet_b0")
-#: method -> (pytorch-grad-cam class, models, input size)
+#: CAM method -> models, input size, where not (GRADIENT_MODELS, 224)
+SETUPS = {
+    "ablationcam": (tuple(RELU_MODELS), 112),
+    "scorecam": (("resnet18", "squeezenet1_1", "mobilenet_v3_large"), 112),
+}
+#: eigen methods: pytorch-grad-cam's class with its own sign-corrected projection, and whether
+#: it projects g * A
+SIGN_CORRECTED = {"eigencam": False, "eigengradcam": True}
+
+
+def _peer_class(method: str) -> type:
+    """The pytorch-grad-cam class of ``method``, named by its spec's ``peers``."""
+    cls = getattr(grad_cam, METHODS[method].peers["pytorch-grad-cam"])
+    if method in SIGN_CORRECTED:
+        return _SignCorrected.wrap(cls, SIGN_CORRECTED[method])
+    return cls
+
+
+#: CAM method with a pytorch-grad-cam peer -> (pytorch-grad-cam class, models, input size)
 PEERS = {
-    "gradcam": (grad_cam.GradCAM, GRADIENT_MODELS, 224),
-    "gradcam++": (grad_cam.GradCAMPlusPlus, GRADIENT_MODELS, 224),
-    "xgradcam": (grad_cam.XGradCAM, GRADIENT_MODELS, 224),
-    "hirescam": (grad_cam.HiResCAM, GRADIENT_MODELS, 224),
-    "gradcam-elementwise": (grad_cam.GradCAMElementWise, GRADIENT_MODELS, 224),
-    "layercam": (grad_cam.LayerCAM, GRADIENT_MODELS, 224),
-    "eigencam": (_SignCorrected.wrap(grad_cam.EigenCAM, False), GRADIENT_MODELS, 224),
-    "eigengradcam": (_SignCorrected.wrap(grad_cam.EigenGradCAM, True), GRADIENT_MODELS, 224),
-    "ablationcam": (grad_cam.AblationCAM, tuple(RELU_MODELS), 112),
-    "scorecam": (grad_cam.ScoreCAM, ("resnet18", "squeezenet1_1", "mobilenet_v3_large"), 112),
+    m: (_peer_class(m), *SETUPS.get(m, (GRADIENT_MODELS, 224)))
+    for m, spec in METHODS.items()
+    if spec.kind != "pixel" and "pytorch-grad-cam" in spec.peers
 }
 #: methods whose raw maps follow pytorch-grad-cam's conventions exactly
 RAW = {"gradcam", "xgradcam", "hirescam", "gradcam-elementwise", "layercam", "eigencam",

@@ -9,8 +9,9 @@ from onnx import numpy_helper
 
 from ..errors import MethodError
 from .core import CamContext
+from .spec import MethodSpec
 
-__all__ = ["cam_weights", "linear_head_weights"]
+__all__ = ["SPECS", "cam_weights", "linear_head_weights"]
 
 _PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity"}
 
@@ -102,3 +103,14 @@ def linear_head_weights(
     if node.input[0] != activation:
         raise fail(producers.get(node.input[0]), f"the pooling of the activation {activation!r}")
     return matrix.astype(np.float32)
+
+
+#: this module's methods, in display order (:data:`explainer.methods.METHODS`)
+SPECS = (
+    MethodSpec(
+        "cam", "CAM", "model", cam_weights, None,
+        paper="Zhou et al., CVPR 2016, arXiv:1512.04150",
+        formula="for a head `logits = W GAP(A) + b`, `M_c = ReLU(sum_k W_ck A^k)`",
+        peers={"torchcam": "CAM"},
+    ),
+)

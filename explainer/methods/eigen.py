@@ -26,8 +26,11 @@ from __future__ import annotations
 import numpy as np
 
 from .core import CamContext, Weights
+from .spec import MethodSpec
 
-__all__ = ["dominant_eigenvector", "eigencam_weights", "eigengradcam_weights", "first_component"]
+__all__ = [
+    "SPECS", "dominant_eigenvector", "eigencam_weights", "eigengradcam_weights", "first_component",
+]
 
 
 #: most repeated squarings of the Gram matrix (power 2**40); stops earlier once converged
@@ -108,3 +111,24 @@ def eigengradcam_weights(ctx: CamContext) -> Weights:
     ``g * A`` (sign as in the module docstring). Per-position weights ``v_k g^k_ij`` plus offset.
     """
     return _principal_weights(ctx.gradient * ctx.activation, ctx.gradient)
+
+
+#: this module's methods, in display order (:data:`explainer.methods.METHODS`)
+SPECS = (
+    MethodSpec(
+        "eigencam", "Eigen-CAM", "closed-form", eigencam_weights, None,
+        paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
+        formula="`M = ReLU(p)`, `p` the first principal component projection of the centered "
+                "activation (sign: the dominant extreme positive)",
+        peers={"pytorch-grad-cam": "EigenCAM"},
+    ),
+    MethodSpec(
+        "eigengradcam", "Eigen-Grad-CAM", "closed-form", eigengradcam_weights, None,
+        per_position=True,
+        paper="pytorch-grad-cam's EigenGradCAM (Gildenblat et al., "
+              "https://github.com/jacobgil/pytorch-grad-cam)",
+        formula="`M = ReLU(p)`, `p` the first principal component projection of the centered "
+                "`g * A`",
+        peers={"pytorch-grad-cam": "EigenGradCAM"},
+    ),
+)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..image import normalize_maps, upsample_bilinear
+from ..maps import normalize_maps, upsample_bilinear
 from .core import CamContext
+from .spec import MethodSpec
 
-__all__ = ["ABLATION_BATCH", "SCORE_BATCH", "ablationcam_weights", "scorecam_weights"]
+__all__ = ["ABLATION_BATCH", "SCORE_BATCH", "SPECS", "ablationcam_weights", "scorecam_weights"]
 
 #: ablated activations per head run (Ablation-CAM)
 ABLATION_BATCH = 128
@@ -74,3 +75,22 @@ def scorecam_weights(ctx: CamContext) -> np.ndarray:
             scores[i, start:stop] = model.input_scores(rows, masks, ctx.class_ids[rows])
     exp = np.exp(scores - scores.max(axis=1, keepdims=True))
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+#: this module's methods, in display order (:data:`explainer.methods.METHODS`)
+SPECS = (
+    MethodSpec(
+        "ablationcam", "Ablation-CAM", "model", ablationcam_weights, None,
+        paper="Desai & Ramaswamy, WACV 2020",
+        formula="`w_k = (y_c - y_c^k) / y_c`, `y_c^k` the score with channel k zeroed; "
+                "`M = ReLU(sum_k w_k A^k)`",
+        peers={"pytorch-grad-cam": "AblationCAM"},
+    ),
+    MethodSpec(
+        "scorecam", "Score-CAM", "model", scorecam_weights, None,
+        paper="Wang et al., CVPR Workshops 2020, arXiv:1910.01279",
+        formula="`s_k = y_c(X * H^k)`, `H^k` channel k upsampled and min-max scaled; "
+                "`w = softmax_k(s_k)`; `M = ReLU(sum_k w_k A^k)`",
+        peers={"pytorch-grad-cam": "ScoreCAM", "torchcam": "ScoreCAM"},
+    ),
+)

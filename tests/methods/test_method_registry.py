@@ -1,0 +1,82 @@
+"""The method registry is consistent: one spec per name, complete facts, pixel methods apart.
+Torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from explainer import MethodError
+from explainer.methods import (
+    KINDS,
+    METHODS,
+    MethodSpec,
+    classifier,
+    compute_cams,
+    eigen,
+    get_method,
+    gradient,
+    in_graph_methods,
+    perturbation,
+    pixel,
+)
+from explainer.pixels import PIXEL_METHODS
+
+#: the peer libraries ``MethodSpec.peers`` may name
+LIBRARIES = {"pytorch-grad-cam", "torchcam"}
+PIXEL = [m for m, spec in METHODS.items() if spec.kind == "pixel"]
+
+
+def test_names_are_unique_and_match_their_specs():
+    specs = [s for module in (gradient, eigen, classifier, perturbation, pixel)
+             for s in module.SPECS]
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)), f"a name registered twice: {names}"
+    assert list(METHODS) == names
+    assert all(isinstance(s, MethodSpec) and METHODS[s.name] is s for s in specs)
+    assert len({s.title for s in specs}) == len(specs), "titles must tell methods apart"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_spec_is_complete(name):
+    spec = METHODS[name]
+    assert spec.kind in KINDS
+    assert spec.title.strip() and spec.paper.strip() and spec.formula.strip()
+    assert spec.name == name and name == name.strip().lower() and " " not in name
+    assert set(spec.peers) <= LIBRARIES and all(spec.peers.values())
+    assert spec.tolerance > 0
+    if spec.kind == "pixel":
+        assert spec.weights is None and spec.emit is None and not spec.per_position
+    else:
+        assert callable(spec.weights) and not spec.needs_cam
+    if spec.emit is not None:
+        assert callable(spec.emit) and spec.kind == "closed-form"
+
+
+def test_pixel_methods_come_from_the_registry():
+    assert PIXEL == list(PIXEL_METHODS) and PIXEL
+    assert PIXEL_METHODS == {m: METHODS[m].needs_cam for m in PIXEL}
+    assert PIXEL_METHODS["guided-gradcam"] and not PIXEL_METHODS["guided-backprop"]
+    assert not set(PIXEL) & set(in_graph_methods())
+
+
+def test_get_method_rejects_pixel_and_unknown_names():
+    assert get_method("gradcam") is METHODS["gradcam"]
+    for name in PIXEL:
+        with pytest.raises(MethodError, match=f"{name!r} is a pixel-space method.*gradcam"):
+            get_method(name)
+    with pytest.raises(MethodError, match=r"unknown CAM method 'nope'; available: ablationcam, "
+                                          r"cam,.*guided-backprop"):
+        get_method("nope")
+    a = np.ones((1, 2, 3, 3), np.float32)
+    with pytest.raises(MethodError, match="guided-gradcam"):
+        compute_cams(a, a, "guided-gradcam")
+
+
+def test_the_registry_imports_neither_torch_nor_exporters():
+    code = ("import sys, explainer.methods, explainer.pixels; "
+            "bad = {'torch', 'exporters'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
