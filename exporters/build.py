@@ -21,7 +21,7 @@ from explainer.preprocessing import Preprocessing
 
 from .autodiff import GUIDED_RULES, build_gradient_graph
 from .errors import OnnxExportError, SplitError
-from .explanation import build_explanation_graph, explanation_blocker
+from .compose import build_explanation_graph, explanation_blocker
 from .graph import Graph, prune, unique_name
 from .layouts import detect_layouts
 from .split import split_model
@@ -168,7 +168,7 @@ def build_bundle(
 
     Returns:
         The bundle (features graph, gradient head, manifest and, where the model allows, the
-        explanation graph: see :mod:`exporters.explanation`).
+        explanation graph: see :mod:`exporters.compose`).
 
     Raises:
         OnnxExportError: the output is not [batch, classes].

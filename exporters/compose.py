@@ -4,9 +4,10 @@ The explanation graph does in one ONNX Runtime call what :meth:`explainer.Explai
 does with two graphs and numpy::
 
     input -> features/ (the features graph) -> activation A [B, ...]
-          -> logits/   (the head pruned to its logits, B rows) -> logits -> TopK -> target ids
-          -> one-hot seeds [B*K, C]; A repeated K times, image-major [B*K, ...]
-          -> head/     (the gradient head, B*K rows) -> dA -> [B, K, ...]
+          -> logits/   (the head's forward, B rows) -> logits -> TopK -> target ids
+          -> one-hot seeds [B*K, C]; A and the forward tensors the backward reads repeated
+             K times, image-major [B*K, ...]
+          -> head/     (the head's backward, ``grad/`` nodes, B*K rows) -> dA -> [B, K, ...]
           -> cam/      If chain on ``method``: the chosen method's weights (CAM_METHODS)
                        -> ReLU(sum_c w_c A^c) -> cams [B, K, h, w]
           -> Resize (bilinear, half-pixel) -> per-map min-max -> heatmaps [B, K, H, W]
@@ -24,12 +25,18 @@ Inputs (names in the manifest's ``explanation.inputs``), all required:
 The targets are the columns ``top_k | least | class_ids``, in that order (K = top_k + least +
 N). Top-1 is ``top_k=[1], least=[0], class_ids=[1, 0]``.
 
+The head's forward runs once per image: each backward row reads a copy of its image's forward
+row, the values a forward on the B*K rows would give (see :func:`_head_copies`). Where shape
+inference cannot prove a tensor the backward reads to be one row per image, the whole head
+runs on the B*K rows instead.
+
 Outputs: ``logits`` [B, C], ``target_ids`` [B, K] int64, ``scores`` [B, K] (logits),
 ``probabilities`` [B, K] (softmax; the logits themselves where ``head.score`` says the head's output
 is already a probability), ``cams`` [B, K, h, w], ``heatmaps`` [B, K, H, W] in [0, 1].
 
-The CAM part is a table (:data:`CAM_METHODS`): a method name maps to a function that emits
-ONNX nodes from the activation and the gradient to channel weights (or per-position weights).
+The CAM part is a table (:data:`CAM_METHODS`): a method name maps to its
+:class:`~explainer.methods.MethodSpec`, whose ``emit`` writes ONNX nodes from the activation
+and the gradient to channel weights (or per-position weights, ``per_position``).
 Every method closed-form in (activation, gradient) is there, so every ONNX Runtime binding can
 run it; each method is one If branch, so a run computes only the method it asks for. Methods
 that need more (eigen decompositions, Score-CAM, Ablation-CAM, CAM) use the two graphs.
@@ -39,166 +46,40 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from explainer.methods import METHODS, MethodSpec
+
+from .builder import Builder
+from .compose_head import head_copies, rename_graph
 from .errors import ExportError
-from .graph import default_opset, prune, rename_values
+from .graph import default_opset, prune
 
-__all__ = ["CAM_METHODS", "InGraphMethod", "build_explanation_graph", "explanation_blocker"]
+__all__ = ["CAM_METHODS", "build_explanation_graph", "explanation_blocker"]
 
 INPUTS = {"top_k": "top_k", "least": "least", "class_ids": "class_ids", "method": "method"}
 OUTPUTS = {name: name for name in
            ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")}
 
 
-class Builder:
-    """Emits nodes with unique ``prefix/``-names and checked op types; knows the opset."""
-
-    def __init__(self, prefix: str, opset: int) -> None:
-        self.prefix, self.opset = prefix, opset
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{self.prefix}/{hint}_{self._count}"
-
-    def op(self, op_type: str, *inputs: str, out: str | None = None, outputs: int = 1,
-           **attrs: Any) -> Any:
-        """Emit ``op_type``; return its output name (a list when ``outputs > 1``)."""
-        if not onnx.defs.has(op_type):
-            raise ExportError(f"explanation graph: unknown ONNX op {op_type!r}")
-        names = [out or self._name(op_type)] + [self._name(op_type) for _ in range(outputs - 1)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names,
-                                           name=self._name(f"{op_type}_node"), **attrs))
-        return names[0] if outputs == 1 else names
-
-    def const(self, value: Any, dtype: Any = np.int64) -> str:
-        """An initializer holding ``value``."""
-        name = self._name("const")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
-        """ReduceMean/Min/Max/Sum over ``axes``, as the opset wants the axes given."""
-        takes_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
-        if takes_input:
-            return self.op(op_type, x, self.const(axes), keepdims=keepdims)
-        return self.op(op_type, x, axes=axes, keepdims=keepdims)
-
-    def dims(self, shape: str, start: int, end: int) -> str:
-        """``shape[start:end]`` of a Shape output (int64 1-D)."""
-        return self.op("Slice", shape, self.const([start]), self.const([end]), self.const([0]))
-
-
 # --- the CAM methods, in the graph --------------------------------------------------------------
-@dataclass(frozen=True)
-class InGraphMethod:
-    """How a CAM method is written as ONNX nodes.
-
-    Attributes:
-        emit: ``(builder, activation [B, C, h, w], gradient [B, K, C, h, w]) -> weights``,
-            channel weights [B, K, C], or per-position weights broadcastable to
-            [B, K, C, h, w] when ``per_position``.
-        per_position: whether ``emit`` returns per-position weights (then the CAM is
-            ReLU(sum_c w * A) elementwise) instead of channel weights (a batched MatMul).
-    """
-
-    emit: Callable[[Builder, str, str], str]
-    per_position: bool = False
-
-
-def _gradcam(b: Builder, activation: str, gradient: str) -> str:
-    """Grad-CAM (Selvaraju et al., 2017): w_c = mean over (i, j) of dy/dA^c_ij -> [B, K, C]."""
-    return b.reduce("ReduceMean", gradient, [3, 4], keepdims=0)
-
-
-def _counterfactual(b: Builder, activation: str, gradient: str) -> str:
-    """Counterfactual Grad-CAM: w_c = mean_ij (-g^c_ij) -> [B, K, C]."""
-    return b.op("Neg", _gradcam(b, activation, gradient))
-
-
-def _channel_sums(b: Builder, activation: str, keepdims: int = 1) -> str:
-    """sum_ij A^c_ij as [B, 1, C, 1, 1] (broadcasts against the gradient), or [B, 1, C]
-    (against channel weights) with ``keepdims=0``."""
-    return b.op("Unsqueeze", b.reduce("ReduceSum", activation, [2, 3], keepdims=keepdims),
-                b.const([1]))
-
-
-def _safe_divide(b: Builder, numerator: str, denominator: str) -> str:
-    """numerator / denominator where the denominator is not 0, else 0."""
-    zero = b.const(0.0, np.float32)
-    nonzero = b.op("Not", b.op("Equal", denominator, zero))
-    safe = b.op("Where", nonzero, denominator, b.const(1.0, np.float32))
-    return b.op("Where", nonzero, b.op("Div", numerator, safe), zero)
-
-
-def _gradcam_plusplus(b: Builder, activation: str, gradient: str) -> str:
-    """Grad-CAM++ (Chattopadhay et al., 2018): alpha = 1 / (2 + S_c g) (g^2 divided out),
-    0 where the denominator is 0; w_c = sum_ij alpha ReLU(g) -> [B, K, C]."""
-    denominator = b.op("Add", b.const(2.0, np.float32),
-                       b.op("Mul", _channel_sums(b, activation), gradient))
-    terms = _safe_divide(b, b.op("Relu", gradient), denominator)
-    return b.reduce("ReduceSum", terms, [3, 4], keepdims=0)
-
-
-def _xgradcam(b: Builder, activation: str, gradient: str) -> str:
-    """XGrad-CAM (Fu et al., 2020): w_c = sum_ij A^c_ij g^c_ij / sum_ab A^c_ab, 0 where the
-    activations sum to 0 -> [B, K, C]."""
-    a = b.op("Unsqueeze", activation, b.const([1]))
-    weighted = b.reduce("ReduceSum", b.op("Mul", a, gradient), [3, 4], keepdims=0)
-    return _safe_divide(b, weighted, _channel_sums(b, activation, keepdims=0))
-
-
-def _hirescam(b: Builder, activation: str, gradient: str) -> str:
-    """HiResCAM (Draelos & Carin, 2020): w^c_ij = g^c_ij (per position)."""
-    return b.op("Identity", gradient)
-
-
-def _gradcam_elementwise(b: Builder, activation: str, gradient: str) -> str:
-    """Element-wise Grad-CAM: w^c_ij = g^c_ij where g A > 0, else 0 (per position)."""
-    product = b.op("Mul", gradient, b.op("Unsqueeze", activation, b.const([1])))
-    return b.op("Where", b.op("Greater", product, b.const(0.0, np.float32)), gradient,
-                b.const(0.0, np.float32))
-
-
-def _layercam(b: Builder, activation: str, gradient: str) -> str:
-    """LayerCAM (Jiang et al., 2021): w^c_ij = ReLU(g^c_ij) (per position)."""
-    return b.op("Relu", gradient)
-
-
 #: Methods the explanation graph can express (those closed-form in the activation and its
-#: gradient), in the order of the graph's ``method`` input: name -> node emitter. Each one's
-#: numpy twin, with the paper and the formula, is in :mod:`explainer.methods.gradient`.
-CAM_METHODS: dict[str, InGraphMethod] = {
-    "gradcam": InGraphMethod(_gradcam),
-    "gradcam++": InGraphMethod(_gradcam_plusplus),
-    "xgradcam": InGraphMethod(_xgradcam),
-    "hirescam": InGraphMethod(_hirescam, per_position=True),
-    "gradcam-elementwise": InGraphMethod(_gradcam_elementwise, per_position=True),
-    "layercam": InGraphMethod(_layercam, per_position=True),
-    "counterfactual": InGraphMethod(_counterfactual),
+#: gradient), in the order of the graph's ``method`` input: name -> spec, every spec of
+#: :data:`explainer.methods.METHODS` with an ONNX emitter (``emit``), which sits beside its
+#: numpy twin in the method's module.
+CAM_METHODS: dict[str, MethodSpec] = {
+    name: spec for name, spec in METHODS.items() if spec.emit is not None
 }
 
 
 # --- composition ----------------------------------------------------------------------------------
-def _rename(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
-    """Rename every tensor and node of ``graph`` (subgraphs included) in place."""
-    rename_values(graph, rename, node_names=True)
-    for field in (graph.input, graph.output, graph.initializer):
-        for item in field:
-            item.name = rename(item.name)
-
-
 def _copy_graph(model: onnx.ModelProto, rename: Callable[[str], str]) -> onnx.GraphProto:
     graph = copy.deepcopy(model.graph)
-    _rename(graph, rename)
+    rename_graph(graph, rename)
     return graph
 
 
@@ -298,7 +179,7 @@ def _segment_seeds(b: Builder, scores: str, predicted: str, probabilities: str, 
     return rows, mask
 
 
-def _method_cams(b: Builder, method: InGraphMethod, activation: str, gradient: str,
+def _method_cams(b: Builder, method: MethodSpec, activation: str, gradient: str,
                  out: str) -> None:
     """Raw CAMs [B, K, h, w] = ReLU(sum_c w_c A^c) from NCHW A and gradient [B, K, C, h, w]."""
     weights = method.emit(b, activation, gradient)
@@ -361,38 +242,6 @@ def _heatmaps(b: Builder, cams: str, model_input: str, input_layout: str) -> str
 
 def _io(name: str, elem_type: int, shape: list[Any]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem_type, shape)
-
-
-def _head_copies(
-    head: onnx.ModelProto, manifest: dict[str, Any], shared: set[str], activation: str,
-    rows: str, seeds: str,
-) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """The head twice: pruned to its logits on the activation (B rows), and pruned to its
-    gradient on the repeated activation and one-hot seeds (B*K rows). Both read one copy of
-    the head's weights (``head/`` names; ``features/`` ones where the features hold them)."""
-    names = manifest["head"]
-    weights = {t.name for t in head.graph.initializer}
-
-    def renamer(prefix: str, fixed: dict[str, str]) -> Callable[[str], str]:
-        def rename(name: str) -> str:
-            if name in fixed:
-                return fixed[name]
-            if name in weights:
-                return f"features/{name}" if name in shared else f"head/{name}"
-            return f"{prefix}/{name}"
-        return rename
-
-    cut = names["inputs"][0]
-    logits = _copy_graph(head, renamer("logits", {cut: activation,
-                                                  names["logits"]: OUTPUTS["logits"]}))
-    prune(logits, [OUTPUTS["logits"]])
-    gradient_name = "cam/gradient_rows"
-    gradient = _copy_graph(head, renamer("head", {cut: rows, names["seed"]: seeds,
-                                                  names["gradient"]: gradient_name}))
-    prune(gradient, [gradient_name])
-    initializers = {t.name: t for g in (logits, gradient) for t in g.initializer
-                    if not t.name.startswith("features/")}
-    return list(logits.node), list(gradient.node), list(initializers.values())
 
 
 def _outputs(manifest: dict[str, Any]) -> list[onnx.ValueInfoProto]:
@@ -472,8 +321,9 @@ def build_explanation_graph(
         _, rows, grad_shape = _gradient_rows(b, activation, targets, classes)
         glue += b.nodes
         b.nodes = []
-    logits_nodes, gradient_nodes, head_weights = _head_copies(
-        head, manifest, shared, activation, rows, seeds)
+    logits_nodes, tiles, gradient_nodes, head_weights = head_copies(
+        b, head, manifest, shared, activation, rows, seeds, targets, one_hot=not segment,
+        logits=OUTPUTS["logits"])
     if not segment:
         glue = b.nodes
         ranking, areas = [], OUTPUTS["logits"]
@@ -498,12 +348,13 @@ def build_explanation_graph(
     if not segment:
         b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
         b.op("GatherElements", OUTPUTS["logits"], targets, axis=1, out=OUTPUTS["scores"])
-    nodes = [*body.node, *logits_nodes, *select, *glue, *gradient_nodes, *b.nodes]
+    nodes = [*body.node, *logits_nodes, *select, *glue, *tiles, *gradient_nodes, *b.nodes]
     graph = helper.make_graph(
         nodes, "onnxcam_explanation", graph_inputs, _outputs(manifest),
         initializer=[*body.initializer, *head_weights, *b.initializers],
         value_info=list(body.value_info),
     )
+    prune(graph, [o.name for o in graph.output])  # e.g. one-hot seeds a Gather replaced
     opsets = {o.domain: o for o in [*head.opset_import, *features.opset_import]}
     model = helper.make_model(graph, opset_imports=list(opsets.values()),
                               producer_name="onnxcam")

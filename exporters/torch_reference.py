@@ -22,6 +22,8 @@ from torch import nn
 
 from explainer.errors import MethodError
 
+from .torch_layers import resolve_layer
+
 __all__ = ["REFERENCE_METHODS", "reference_cams", "reference_gradcam"]
 
 #: rows per rerun of the torch model (Ablation-CAM, Score-CAM)
@@ -185,8 +187,6 @@ def reference_cams(
     Returns:
         (cams [B, K, h, w], logits [B, C]) as numpy arrays.
     """
-    from .torch import resolve_layer
-
     if method not in REFERENCE_METHODS:
         raise MethodError(f"no PyTorch reference for CAM method {method!r}; "
                           f"available: {sorted(REFERENCE_METHODS)}")

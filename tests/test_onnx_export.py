@@ -119,11 +119,11 @@ def test_gradient_matches_onnx_ad(name, where):
     explainer = Explainer(bundle)
     batch = facts["batch"]
     x = _inputs(facts, batch=batch, seed=2)
-    features = explainer._run_features(x)
+    features = explainer.runner.features(x)
     activation = features[target]
     class_ids = np.arange(batch) % NUM_CLASSES + 3
     seeds = np.eye(NUM_CLASSES, dtype=np.float32)[class_ids]
-    _, ours = explainer.head_session.run(
+    _, ours = explainer.runner.head_session.run(
         [bundle.manifest["head"]["logits"], bundle.manifest["head"]["gradient"]],
         {**features, bundle.manifest["head"]["seed"]: seeds},
     )
@@ -166,7 +166,7 @@ def test_nhwc_and_nchw_versions_give_the_same_cams():
 def test_static_batch_model_explains_any_batch_like_the_dynamic_one():
     static = Explainer(export_onnx(make_cnn("NHWC", batch=1)))
     dynamic = Explainer(export_onnx(make_cnn("NHWC")))
-    assert static.static_batch == 1 and dynamic.static_batch is None
+    assert static.spec.input.static_batch == 1 and dynamic.spec.input.static_batch is None
     x = _inputs({"layout": "NHWC"}, batch=3)
     a, b = static.explain(x, top_k=3), dynamic.explain(x, top_k=3)
     np.testing.assert_array_equal(a.class_ids, b.class_ids)

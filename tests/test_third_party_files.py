@@ -471,19 +471,19 @@ def test_cli_errors_name_flags_not_python_arguments(folder, tmp_path, capsys) ->
     mlp = _save(no_feature_map(), folder, "mlp")
     assert main(["export", mlp, "-o", str(tmp_path / "a")]) == 2
     error = capsys.readouterr().err
-    assert "--target" in error and "--layout" in error and "target=" not in error
+    assert "--layer" in error and "--layout" in error and "target=" not in error
     image = _photo(folder, "photo")
     assert main(["explain", mlp, image, "--out", str(tmp_path / "o")]) == 2
-    assert "--target and --layout" in capsys.readouterr().err
+    assert "--layer and --layout" in capsys.readouterr().err
 
 
 def test_cli_message_maps_arguments_to_flags() -> None:
     assert cli_message("pass target= and layout= explicitly") == \
-        "pass --target and --layout explicitly"
+        "pass --layer and --layout explicitly"
     assert cli_message("pass input_layout='NCHW' or 'NHWC'") == \
         "pass --input-layout NCHW or NHWC"
     assert cli_message("export without pre_softmax=False") == "export without --keep-softmax"
-    named = "pass --target (target=)"  # names both already: kept
+    named = "pass --layer (target=)"  # names both already: kept
     assert cli_message(named) == named
 
 

@@ -3,8 +3,9 @@
 A rule receives a :class:`GradContext` for one forward node. It reads the node (inputs,
 outputs, attributes, shapes and constants of the forward graph, the gradients flowing into its
 outputs) and emits nodes through typed helpers (``op``, ``const``, ``reduce``, ``unbroadcast``...)
-into the :class:`Emitter`, which names them uniquely (``grad/<node>/<op>``) and deduplicates
-constants.
+into the :class:`Emitter`: the project's one node builder (:class:`exporters.builder.Builder`,
+which names nodes uniquely, ``grad/<node>/<op>``, and deduplicates constants) plus the element
+types of what it emits.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from ..builder import Builder
 from ..errors import GradientError
-from ..graph import Dim, Graph, unique_name
+from ..graph import Dim, Graph
 
 __all__ = ["Dim", "Emitter", "GradContext"]
 
@@ -27,37 +29,61 @@ _BOOL_OPS = frozenset(
 )
 
 
-class Emitter:
-    """Accumulates the gradient graph's nodes and initializers, with unique, readable names.
+class Emitter(Builder):
+    """The builder of a gradient graph: unique names against the forward model's, and the
+    element type of every emitted value (rules cast and build constants by it).
 
     Attributes:
         graph: facts of the forward model (shapes, types, constants, opset).
-        nodes: the emitted nodes, in emission order (a valid topological order).
-        initializers: the emitted constants (deduplicated).
+        elem_types: element types of generated values (only where cheaply known).
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, prefix: str = "grad") -> None:
+        super().__init__(prefix, graph.opset, taken=set(graph.names))
         self.graph = graph
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.used: set[str] = set(graph.names)
-        self.const_cache: dict[tuple[Any, ...], str] = {}
-        # element types / shapes of generated values (only where cheaply known)
         self.elem_types: dict[str, int] = {}
 
-    def unique(self, name: str) -> str:
-        """A name not used yet in the model or the gradient graph (then reserved)."""
-        return unique_name(name, self.used)
+    @property
+    def used(self) -> set[str]:
+        """Every name in use in the model or the gradient graph."""
+        return self.taken
 
-    def const(self, value: np.ndarray, prefix: str) -> str:
-        """An initializer holding ``value`` (one per distinct value), named after ``prefix``."""
-        key = (value.dtype.str, value.shape, value.tobytes())
-        if key not in self.const_cache:
-            name = self.unique(f"{prefix}/const")
-            self.initializers.append(numpy_helper.from_array(value, name))
-            self.const_cache[key] = name
-            self.elem_types[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
-        return self.const_cache[key]
+    def dtype(self, name: str) -> int:
+        """ONNX element type of a forward or emitted value (``UNDEFINED`` when unknown)."""
+        return self.elem_types.get(name) or self.graph.elem_type(name)
+
+    def op(self, op_type: str, *inputs: str | None, out: str | None = None, outputs: int = 1,
+           name_hint: str | None = None, **attrs: Any) -> Any:
+        """:meth:`Builder.op`, recording the element type of the outputs."""
+        names = super().op(op_type, *inputs, out=out, outputs=outputs, name_hint=name_hint,
+                           **attrs)
+        first = names if outputs == 1 else names[0]
+        self.elem_types[first] = self._elem_type(op_type, inputs, attrs)
+        if op_type == "MaxPool" and outputs > 1:
+            self.elem_types[names[1]] = TensorProto.INT64
+        return names
+
+    def _elem_type(self, op_type: str, inputs: Sequence[str | None], attrs: dict) -> int:
+        """Element type of output 0 of an emitted node."""
+        if op_type == "Cast":
+            return attrs["to"]
+        if op_type == "ConstantOfShape":
+            return attrs["value"].data_type
+        if op_type in _INT64_OPS:
+            return TensorProto.INT64
+        if op_type in _BOOL_OPS:
+            return TensorProto.BOOL
+        source = inputs[1] if op_type == "Where" else inputs[0]
+        if not source:
+            return TensorProto.UNDEFINED
+        return self.dtype(source) or TensorProto.FLOAT
+
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """:meth:`Builder.const`, recording the constant's element type."""
+        array = np.asarray(value, dtype)
+        name = super().const(array, array.dtype)
+        self.elem_types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
+        return name
 
 
 class GradContext:
@@ -79,13 +105,13 @@ class GradContext:
         dys: list[str | None],
         active: set[str],
     ) -> None:
-        self._b = emitter
+        self._prefix = f"{emitter.prefix}/{node_name}"
+        self._b = emitter.scoped(self._prefix)
         self.node = node
         self.inputs: list[str] = list(node.input)
         self.outputs: list[str] = list(node.output)
         self.dys = dys
         self.opset = emitter.graph.opset
-        self._prefix = f"grad/{node_name}"
         self._active = active
         self._attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -133,8 +159,7 @@ class GradContext:
 
     def dtype(self, name: str) -> int:
         """ONNX element type (``TensorProto.FLOAT`` ...) of a value."""
-        elem_type = self._b.elem_types.get(name) or self._b.graph.elem_type(name)
-        return elem_type or TensorProto.FLOAT
+        return self._b.dtype(name) or TensorProto.FLOAT
 
     def np_dtype(self, name: str) -> np.dtype:
         """NumPy dtype of a value."""
@@ -167,40 +192,12 @@ class GradContext:
 
         ``None`` inputs become omitted optional inputs (``""``).
         """
-        base = f"{self._prefix}/{name_hint or op_type}"
-        outputs = [self._b.unique(base if k == 0 else f"{base}:{k}") for k in range(num_outputs)]
-        names = [i or "" for i in inputs]
-        while names and not names[-1]:
-            names.pop()  # trailing omitted inputs are left out
-        node = helper.make_node(
-            op_type,
-            names,
-            outputs,
-            name=self._b.unique(f"{base}/node"),
-            **{k: v for k, v in attrs.items() if v is not None},
-        )
-        self._b.nodes.append(node)
-        self._b.elem_types[outputs[0]] = self._elem_type(op_type, inputs, attrs)
-        if op_type == "MaxPool" and num_outputs > 1:
-            self._b.elem_types[outputs[1]] = TensorProto.INT64
-        return outputs[0] if num_outputs == 1 else outputs
-
-    def _elem_type(self, op_type: str, inputs: Sequence[str | None], attrs: dict) -> int:
-        """Element type of output 0 of an emitted node (for ``dtype``/``cast_like``)."""
-        if op_type == "Cast":
-            return attrs["to"]
-        if op_type == "ConstantOfShape":
-            return attrs["value"].data_type
-        if op_type in _INT64_OPS:
-            return TensorProto.INT64
-        if op_type in _BOOL_OPS:
-            return TensorProto.BOOL
-        source = inputs[1] if op_type == "Where" else inputs[0]
-        return self.dtype(source) if source else TensorProto.UNDEFINED
+        return self._b.op(op_type, *inputs, outputs=num_outputs, name_hint=name_hint, **attrs)
 
     def const(self, value: Any, dtype: Any = None) -> str:
-        """Add an initializer (deduplicated) and return its name."""
-        return self._b.const(np.asarray(value, dtype=dtype), self._prefix)
+        """Add an initializer (deduplicated; ``dtype`` None: NumPy's choice) and return its
+        name."""
+        return self._b.const(value, dtype)
 
     def scalar(self, value: float, like: str) -> str:
         """A 0-d constant with the element type of ``like``."""
@@ -253,10 +250,7 @@ class GradContext:
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
         """``Reduce*`` over ``axes`` in the form the model's opset wants."""
-        keep = int(keepdims)
-        if op_type == "ReduceSum" or self.opset >= 18:
-            return self.op(op_type, x, self.ints(axes), keepdims=keep)
-        return self.op(op_type, x, axes=list(axes), keepdims=keep)
+        return self._b.reduce(op_type, x, axes, keepdims=int(keepdims))
 
     def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
         """``Unsqueeze`` (axes as input, opset 13+)."""

@@ -10,8 +10,11 @@ can explain it from. Needs onnx and numpy only (never torch). One module per job
 * :mod:`.candidates`: the candidate layers and :func:`auto_targets`, the one rule for the
   automatic target (``onnxcam inspect`` and :func:`export_onnx` both use it);
 * :mod:`.rewrites`: edits that make a cut possible (batch size read from the target);
-* :mod:`.tasks`: the task (classify, detect) and a detector's output format, told from the
-  outputs; where a detector's features enter its head (its automatic targets);
+* :mod:`.tasks`: the task (classify, detect, segment, sequence), told from the outputs, with
+  :mod:`.probe` (one run for the outputs' real sizes) and :mod:`.formats` (the output formats);
+* :mod:`.heads`: where a task's head differentiates and where its features enter it (the
+  automatic targets); :mod:`.targets`: the target and input layout an export uses;
+* :mod:`.defaults`: the preprocessing and vocabulary recorded when none is given;
 * :mod:`.export`: :func:`export_onnx` and :func:`candidate_layers`.
 
 A model with a fixed batch size is exported as it is; the :class:`explainer.Explainer` runs it

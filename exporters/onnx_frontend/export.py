@@ -14,18 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import TensorProto
 
 from explainer.bundle import Bundle
-from explainer.errors import LabelError
 from explainer.labels import check_labels
-from explainer.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Preprocessing,
-    complete_preprocessing,
-)
-from explainer.sequence import sequence_labels
+from explainer.preprocessing import Preprocessing, complete_preprocessing
 
 from ..build import build_bundle
 from ..errors import GradientError, OnnxExportError, SplitError
@@ -33,19 +25,13 @@ from ..graph import Graph, infer_shapes
 from ..layouts import SUPPORTED_LAYOUTS, shape_layout
 from ..shapes import recover_shapes
 from .candidates import Candidate, analyse, auto_targets, gradient_checked, image_input
+from .defaults import guess_preprocessing, task_labels, task_preprocessing
+from .heads import add_dense_explained, add_score_concat, detection_explained, format_outputs
 from .load import load_model, restore_weights, strip_weights
 from .outputs import resolve_output
 from .rewrites import add_batch_axis, fold_softmax_wrappers, read_batch_from
-from .tasks import (
-    TaskSpec,
-    add_dense_explained,
-    add_score_concat,
-    dense_targets,
-    detection_explained,
-    format_outputs,
-    head_inputs,
-    resolve_task,
-)
+from .targets import input_layout_of, resolve_target, task_targets
+from .tasks import TaskSpec, resolve_task
 
 __all__ = ["candidate_layers", "export_onnx", "inspect_model"]
 
@@ -147,86 +133,14 @@ def inspect_model(
     candidates, layouts = analyse(g, explained)
     candidates = gradient_checked(g, candidates, explained)  # as the export checks them
     try:
-        found: str | None = _input_layout(g, layouts, input_layout)
+        found: str | None = input_layout_of(g, layouts, input_layout)
     except OnnxExportError:
         found = None
     spec.input = (image_input(g), list(g.shape(image_input(g)) or []), found)
     if spec.task != "classify":
-        return candidates, spec, _task_targets(g, spec.task, candidates, explained,
+        return candidates, spec, task_targets(g, spec.task, candidates, explained,
                                                format_outputs(spec.format))
     return candidates, spec, [c.tensor for c in auto_targets(candidates)[:1]]
-
-
-def _task_targets(g: Graph, task: str, candidates: list[Candidate], explained: str,
-                  outputs: Sequence[str] = ()) -> list[str]:
-    """The auto targets of a detector (where its features enter the head, which computes
-    the explained tensor and the decoded ``outputs``: one tensor per stride), a segmenter
-    (where they enter its decoder, see :func:`dense_targets`), or a text recognizer (the last
-    explainable feature map, as for a classifier)."""
-    usable = [c.tensor for c in candidates if c.layout == "NCHW" and c.differentiable]
-    if task == "detect":
-        return head_inputs(g, image_input(g), [explained, *outputs], usable)
-    if task == "segment":
-        found = dense_targets(g, image_input(g), explained, usable)
-        if found:
-            return found
-    return [c.tensor for c in auto_targets(candidates)[:1] if c.layout != "NLC"]
-
-
-def _resolve_target(g: Graph, candidates: list[Candidate], target: str) -> tuple[str, str, str]:
-    """(tensor, producing node name, op) for a tensor name or a node name."""
-    if target in g.producer:
-        index = g.producer[target]
-        return target, g.node_name(index), g.nodes[index].op_type
-    for i, node in enumerate(g.nodes):
-        if node.name == target:
-            return node.output[0], g.node_name(i), node.op_type
-    names = [c.tensor for c in candidates if c.explainable][-5:]
-    raise OnnxExportError(
-        f"target {target!r} is neither a tensor nor a node of the model; explainable "
-        f"candidates near the output: {names} (list all with `onnxcam inspect`)"
-    )
-
-
-def _input_layout(g: Graph, layouts: dict[str, str], given: str) -> str:
-    source = image_input(g)
-    shape = g.shape(source)
-    if shape is None or len(shape) != 4:
-        raise OnnxExportError(
-            f"input {source!r} has shape {shape}; onnxcam explains rank-4 image inputs"
-        )
-    if given != "auto":
-        return given
-    layout = layouts.get(source) or shape_layout(shape, image=True)
-    if layout not in SUPPORTED_LAYOUTS:
-        raise OnnxExportError(
-            f"cannot tell whether input {source!r} {list(shape)} is NCHW or NHWC; pass "
-            "input_layout='NCHW' or 'NHWC'"
-        )
-    return layout
-
-
-def _guess_preprocessing(g: Graph, layout: str) -> Preprocessing | None:
-    source = image_input(g)
-    shape = g.shape(source) or ()
-    channels = shape[layout.index("C")]
-    h, w = shape[layout.index("H")], shape[layout.index("W")]
-    if channels != 3:
-        log.info("input has %s channels: no default preprocessing recorded", channels)
-        return None
-    if isinstance(h, int) and isinstance(w, int):
-        crop: tuple[int, int] | int = (h, w)
-        resize: int | tuple[int, int] = int(round(min(h, w) * 256 / 224))
-    else:
-        crop, resize = 224, 256
-    if g.elem_type(source) == TensorProto.UINT8:
-        pre = Preprocessing(resize=resize, crop=crop, scale=1.0, mean=(0.0, 0.0, 0.0),
-                            std=(1.0, 1.0, 1.0), layout=layout, dtype="uint8")
-    else:
-        pre = Preprocessing(resize=resize, crop=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                            layout=layout)
-    log.info("no preprocessing given; assuming %s", pre)
-    return pre
 
 
 def _notes(g: Graph, model: Any, target: str, notes: dict[str, Any]) -> dict[str, Any]:
@@ -381,21 +295,21 @@ def export_onnx(
     if isinstance(classes, int):
         labels = check_labels(labels, classes)  # before any graph is built
     candidates, layouts = analyse(g, explained)
-    in_layout = _input_layout(g, layouts, input_layout)
+    in_layout = input_layout_of(g, layouts, input_layout)
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
                "preprocessing": preprocessing, "weights": weights,
                "input_gradient": input_gradient,
                "notes": _notes(g, model, target, notes)}
     options["preprocessing"], notes["preprocessing_guessed"] = complete_preprocessing(
-        given, in_layout, lambda: _guess_preprocessing(g, in_layout))
+        given, in_layout, lambda: guess_preprocessing(g, in_layout))
     if target == "auto":
         return _build_auto(g, candidates, layout, options)
     if not isinstance(target, str):  # a layer sweep: cut at the first in graph order
-        resolved = sorted((_resolve_target(g, candidates, t) for t in target),
+        resolved = sorted((resolve_target(g, candidates, t) for t in target),
                           key=lambda r: g.producer.get(r[0], -1))
         options["layers"] = [(node, tensor) for tensor, node, _ in resolved[1:]]
         target = resolved[0][0]
-    tensor, node, op = _resolve_target(g, candidates, target)
+    tensor, node, op = resolve_target(g, candidates, target)
     if g.rank(tensor) not in (3, 4):
         raise OnnxExportError(
             f"target tensor {tensor!r} ({op} node {node!r}) has shape {g.shape(tensor)}; "
@@ -410,58 +324,6 @@ def export_onnx(
     return _build(g, (tensor, node, op), chosen, options)
 
 
-def _task_preprocessing(g: Graph, task: str, layout: str) -> Preprocessing | None:
-    """The default preprocessing of 3-channel inputs.
-
-    Detectors and segmenters: letterboxed (the aspect ratio kept) to the model size, or for
-    any-size models the longer side to 640 padded to a multiple of 32; detectors as Ultralytics
-    (grey 114 padding, pixels / 255), segmenters with ImageNet mean/std. Text recognizers: the
-    line scaled to the model's height (48, PP-OCR's, when it takes any height), or letterboxed
-    at the top left into a fixed size, pixels scaled to [-1, 1] (CRNN and PP-OCR)."""
-    shape = g.shape(image_input(g)) or ()
-    if shape[layout.index("C")] != 3:
-        return None
-    h, w = shape[layout.index("H")], shape[layout.index("W")]
-    fixed = isinstance(h, int) and isinstance(w, int)
-    dtype = "uint8" if g.elem_type(image_input(g)) == TensorProto.UINT8 else "float32"
-    if task == "sequence":
-        half = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-        if fixed:
-            pre = Preprocessing(resize=None, crop=None, letterbox=(h, w), layout=layout,
-                                dtype=dtype, letterbox_align="topleft", pad_value=128, **half)
-        else:
-            pre = Preprocessing(resize=h if isinstance(h, int) else 48, crop=None,
-                                layout=layout, dtype=dtype, **half)
-        log.info("no preprocessing given; assuming %s", pre)
-        return pre
-    size: int | tuple[int, int] = (h, w) if fixed else 640
-    normalize = {} if task == "detect" else {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    pre = Preprocessing(**{"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), **normalize},
-                        resize=None, crop=None, letterbox=size, layout=layout, dtype=dtype)
-    log.info("no preprocessing given; assuming %s", pre)
-    return pre
-
-
-def _task_labels(loaded: onnx.ModelProto, task: str, fmt: dict[str, Any],
-                 labels: str | Sequence[str] | None) -> str | list[str] | None:
-    """A text recognizer's vocabulary (given, else the ``character`` metadata PaddleOCR
-    writes; see :func:`explainer.sequence.sequence_labels`); other tasks' labels as given."""
-    if task != "sequence":
-        return labels if labels is None or isinstance(labels, str) else list(labels)
-    if labels is None:
-        meta = {p.key: p.value for p in loaded.metadata_props}
-        if "character" in meta:
-            labels = meta["character"].split("\n")
-            log.info("vocabulary: %d characters from the model's 'character' metadata",
-                     len(labels))
-    if isinstance(labels, str):
-        if not Path(labels).is_file():
-            raise LabelError(f"labels {labels!r}: a text recognizer's vocabulary is a file "
-                             "with one character per line, or a list")
-        labels = [line for line in Path(labels).read_text("utf-8").splitlines() if line]
-    return sequence_labels(labels, int(fmt["classes"]), int(fmt.get("blank", 0)))
-
-
 def _export_task(
     loaded: onnx.ModelProto, source: Any, spec: TaskSpec, target: str | Sequence[str],
     layout: str, labels: str | Sequence[str] | None,
@@ -469,26 +331,26 @@ def _export_task(
 ) -> Bundle:
     """:func:`export_onnx` for a detector, segmenter or text recognizer: the head
     differentiates the explained tensor (and keeps a detector's outputs); the auto target is
-    where the features enter the head (see :func:`_task_targets`)."""
+    where the features enter the head (see :func:`task_targets`)."""
     g, explained, notes, weights = _prepare_task(loaded, spec)
     fmt = notes.pop("format")
     notes["format"] = fmt["name"]
-    labels = _task_labels(loaded, spec.task, fmt, labels)
+    labels = task_labels(loaded, spec.task, fmt, labels)
     if fmt.get("classes") is None and isinstance(labels, (list, tuple)):
         fmt["classes"] = len(labels)
     if fmt.get("classes") is not None:
         labels = check_labels(labels, fmt["classes"])
     candidates, layouts = analyse(g, explained)
-    in_layout = _input_layout(g, layouts, input_layout)
+    in_layout = input_layout_of(g, layouts, input_layout)
     options = {"explained": explained, "input_layout": in_layout, "labels": labels,
                "preprocessing": preprocessing, "weights": weights,
                "input_gradient": input_gradient,  # build_bundle refuses it for these tasks
                "notes": _notes(g, source, target, notes), "task": spec.task, "format": fmt,
                "keep_outputs": format_outputs(fmt) if spec.task == "detect" else []}
     options["preprocessing"], notes["preprocessing_guessed"] = complete_preprocessing(
-        preprocessing, in_layout, lambda: _task_preprocessing(g, spec.task, in_layout))
+        preprocessing, in_layout, lambda: task_preprocessing(g, spec.task, in_layout))
     if target == "auto":
-        tensors = _task_targets(g, spec.task, candidates, explained, options["keep_outputs"])
+        tensors = task_targets(g, spec.task, candidates, explained, options["keep_outputs"])
         if not tensors:
             raise OnnxExportError(
                 f"found no feature map entering the head of {explained!r} with a "
@@ -496,7 +358,7 @@ def _export_task(
         log.info("auto targets (the head's inputs): %s", tensors)
     else:
         tensors = [target] if isinstance(target, str) else list(target)
-    resolved = sorted((_resolve_target(g, candidates, t) for t in tensors),
+    resolved = sorted((resolve_target(g, candidates, t) for t in tensors),
                       key=lambda r: g.producer.get(r[0], -1))
     options["layers"] = [(node, tensor) for tensor, node, _ in resolved[1:]]
     tensor, node, op = resolved[0]

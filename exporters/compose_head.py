@@ -1,0 +1,195 @@
+"""The head inside the explanation graph: its forward once per image, its backward per target.
+
+:func:`head_copies` splits a bundle's gradient head (the autodiff marks every backward node
+``grad/``) into the forward on the B image rows and the backward on the B*K seed rows, tiling
+the forward tensors the backward reads (a batched vector-Jacobian product), where shape
+inference proves those tensors batch-major; otherwise the whole gradient head runs on B*K rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import onnx
+from onnx import TensorProto, helper
+
+from .builder import Builder
+from .graph import Dim, infer_shapes, node_inputs, prune, rename_values, value_shape
+
+__all__ = ["head_copies", "rename_graph"]
+
+
+def rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
+    """Rename every tensor and node of ``graph`` (subgraphs included) in place."""
+    rename_values(graph, rename, node_names=True)
+    for field in (graph.input, graph.output, graph.initializer):
+        for item in field:
+            item.name = rename(item.name)
+
+
+
+#: Ops whose output holds no row of the data, only its shape: a gradient copy recomputes them
+#: from the repeated rows (they are cheap), so the sizes they hold are those of B*K rows.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Row counts at which the batch-major check infers the head's shapes, the sizes it gives the
+#: cut's other symbolic dimensions (distinct primes, so no product of them is a row count),
+#: and the prefix of the tensors it probes.
+_ROW_COUNTS = (7, 11)
+_OTHER_SIZES = (13, 17, 19, 23, 29, 31)
+_PROBE = "onnxcam_probe"
+
+
+def _forward_data(head: onnx.ModelProto, cut: str) -> set[str] | None:
+    """The head's forward tensors computed from the rows of ``cut`` (not only from its shape);
+    None when a forward node has a subgraph or reads a backward (``grad/``) tensor, where the
+    rows cannot be told apart."""
+    data = {cut}
+    backward = {o for n in head.graph.node if n.name.startswith("grad/") for o in n.output}
+    for node in head.graph.node:
+        if node.name.startswith("grad/"):
+            continue
+        inputs = set(node_inputs(node))
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute) or inputs & backward:
+            return None
+        if node.op_type not in _SHAPE_OPS and inputs & data:
+            data.update(o for o in node.output if o)
+    return data
+
+
+def _leading_dims(head: onnx.ModelProto, cut: str, names: list[str], rows: int
+                  ) -> list[Dim]:
+    """The first dimension of each of ``names`` (forward tensors of ``head``) that shape
+    inference finds for a cut of ``rows`` rows (its other symbolic dimensions made static)."""
+    graph = copy.deepcopy(head.graph)
+    probes = [f"{_PROBE}/{i}" for i in range(len(names))]
+    graph.node.extend(helper.make_node("Identity", [name], [probe], name=probe)
+                      for name, probe in zip(names, probes, strict=True))
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(p, TensorProto.UNDEFINED, None)
+                        for p in probes)
+    prune(graph, probes)
+    del graph.value_info[:]
+    sizes = iter(_OTHER_SIZES)
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(dims):
+            if axis == 0 and value.name == cut:
+                dim.dim_value = rows
+            elif not dim.HasField("dim_value"):
+                dim.dim_value = next(sizes, 1)
+    model = helper.make_model(graph, opset_imports=list(head.opset_import))
+    model.ir_version = head.ir_version
+    model.functions.extend(head.functions)
+    shapes = {v.name: value_shape(v) for v in infer_shapes(model).graph.value_info}
+    return [(shapes.get(name) or [None])[0] for name in names]
+
+
+def _batch_major(head: onnx.ModelProto, cut: str, names: set[str]) -> bool:
+    """Whether shape inference proves that each of ``names`` has the cut's rows as its first
+    dimension (so K copies of each row, image-major, are what B*K rows would compute): its
+    first dimension follows the number of rows at two row counts."""
+    if not names:
+        return True
+    ordered = sorted(names)
+    first, second = (_leading_dims(head, cut, ordered, rows) for rows in _ROW_COUNTS)
+    return first == [_ROW_COUNTS[0]] * len(ordered) and second == [_ROW_COUNTS[1]] * len(ordered)
+
+
+def _tile(b: Builder, tensor: str, k: str, out: str) -> None:
+    """``out`` = each row of ``tensor`` repeated ``k`` times, image-major ([B*K, ...])."""
+    shape = b.op("Shape", tensor)
+    batch, rest = b.dims(shape, 0, 1), b.dims(shape, 1, 1 << 30)
+    expanded = b.op("Expand", b.op("Unsqueeze", tensor, b.const([1])),
+                    b.op("Concat", batch, k, rest, axis=0))
+    b.op("Reshape", expanded, b.op("Concat", b.const([-1]), rest, axis=0), out=out)
+
+
+def _gather_seed_rows(b: Builder, backward: onnx.GraphProto, seeds: str, targets: str) -> None:
+    """One-hot seeds: where the backward's one reader of the seeds is ``Gemm(seeds, W)`` (the
+    gradient through the last linear layer), replace it by a Gather of the targets' rows of
+    W: the same values, without reading all of W for every row."""
+    readers = [n for n in backward.node if seeds in node_inputs(n)]
+    if len(readers) != 1:
+        return
+    node = readers[0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if (node.op_type != "Gemm" or list(node.input[:1]) != [seeds]
+            or any(node.input[2:]) or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0):
+        return
+    ids = b.op("Reshape", targets, b.const([-1]))
+    if attrs.get("transB", 0):  # W is [D, C]: columns, then [B*K, D]
+        b.op("Transpose", b.op("Gather", node.input[1], ids, axis=1), perm=[1, 0],
+             out=node.output[0])
+    else:
+        b.op("Gather", node.input[1], ids, axis=0, out=node.output[0])
+    backward.node.remove(node)
+
+
+def head_copies(
+    b: Builder, head: onnx.ModelProto, manifest: dict[str, Any], shared: set[str],
+    activation: str, rows: str, seeds: str, targets: str, one_hot: bool, logits: str,
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.NodeProto],
+           list[onnx.TensorProto]]:
+    """The head's forward on the activation (B rows: the logits, and the forward tensors its
+    backward reads), the tiling of those tensors to B*K rows, and the head's backward on the
+    seeds (B*K rows): (forward nodes, tiling nodes, backward nodes, head weights). With
+    ``one_hot`` seeds (of ``targets``), the product of the seeds and the last layer's weights
+    is a Gather (:func:`_gather_seed_rows`).
+
+    The backward reads K copies of each forward row (``grad/`` nodes see the same values as
+    on B*K rows: every row of a batch-major tensor depends only on its own image), so the
+    forward runs once per image. Shape computations the backward reads are recomputed from
+    the copies. Where the rows cannot be proven batch-major (shape inference), the whole
+    gradient head runs on B*K rows instead. Both copies read one copy of the head's weights
+    (``head/`` names; ``features/`` ones where the features hold them).
+    """
+    names = manifest["head"]
+    weights = {t.name for t in head.graph.initializer}
+
+    def renamer(prefix: str, fixed: dict[str, str]) -> Callable[[str], str]:
+        def rename(name: str) -> str:
+            if name in fixed:
+                return fixed[name]
+            if name in weights:
+                return f"features/{name}" if name in shared else f"head/{name}"
+            return f"{prefix}/{name}"
+        return rename
+
+    cut = names["inputs"][0]
+    gradient_name = "cam/gradient_rows"
+    to_forward = renamer("logits", {cut: activation, names["logits"]: logits})
+    to_backward = renamer("head", {cut: rows, names["seed"]: seeds,
+                                   names["gradient"]: gradient_name})
+    backward = copy.deepcopy(head.graph)
+    prune(backward, [names["gradient"]])
+    tiled: set[str] = set()
+    data = _forward_data(head, cut)
+    if data is not None:
+        batched = copy.deepcopy(backward)
+        kept = [n for n in batched.node
+                if n.name.startswith("grad/") or not any(o in data for o in n.output)]
+        del batched.node[:]
+        batched.node.extend(kept)
+        prune(batched, [names["gradient"]])
+        tiled = {i for n in batched.node for i in node_inputs(n) if i in data} - {cut}
+        if _batch_major(head, cut, tiled):
+            backward = batched
+        else:
+            tiled = set()
+    rename_graph(backward, to_backward)
+    forward = copy.deepcopy(head.graph)
+    prune(forward, [names["logits"], *sorted(tiled)])
+    rename_graph(forward, to_forward)
+    outer, b.nodes = b.nodes, []
+    k = b.dims(b.op("Shape", targets), 1, 2)
+    for name in sorted(tiled):
+        _tile(b, to_forward(name), k, out=to_backward(name))
+    if one_hot:
+        _gather_seed_rows(b, backward, seeds, targets)
+    tiles, b.nodes = b.nodes, outer
+    initializers = {t.name: t for g in (forward, backward) for t in g.initializer
+                    if not t.name.startswith("features/")}
+    return list(forward.node), tiles, list(backward.node), list(initializers.values())
