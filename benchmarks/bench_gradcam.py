@@ -4,11 +4,15 @@ For each model and batch size, in one run on one machine (milliseconds; each fig
 median of ``--rounds`` block medians, a block being up to ``--block`` calls of one callable
 after one warm-up call):
 
-* ``ort_infer``        plain ONNX Runtime inference of the whole exported model, ORT's default
-                       settings (thread spinning on): the baseline;
+* ``ort_infer``        plain ONNX Runtime inference of the whole model exported at the fixed
+                       size 224x224, ORT's default settings (thread spinning on): the
+                       baseline;
 * ``ort_infer_nospin`` the same with spinning off (``session.intra_op.allow_spinning=0``);
 * ``onnxcam_1``        onnxcam Grad-CAM, top-1 target: one run of the bundle's explanation
-                       graph (features, logits pass, gradient head, CAM, upsampling, min-max);
+                       graph (features, the head's forward, its backward per target, CAM,
+                       upsampling, min-max). The bundle accepts any input size (the export's
+                       default) unless ``--static-size``; the first call at a size builds the
+                       session specialized to it (the warm-up call, not timed);
 * ``onnxcam_top5``     onnxcam Grad-CAM, top-5 targets in one call;
 * ``torch_autograd``   PyTorch forward + ``torch.autograd.grad`` to the layer + CAM
                        (``exporters.torch.reference_gradcam``, top-1 class);
@@ -21,9 +25,9 @@ cores, so single calls of several sessions interleaved would charge each one for
 neighbour's spinning. Blocks of one callable at a time, several rounds, keep drift fair.
 
 Usage: ``python benchmarks/bench_gradcam.py [--threads 2] [--rounds 5] [--block 10]
-[--models ...] [--batches 1 16] [--json out.json]``. Models use seeded random weights with
-recalibrated BatchNorm (speed does not depend on the weights' values once activations are not
-denormal).
+[--models ...] [--batches 1 16] [--static-size] [--json out.json]``. Models use seeded random
+weights with recalibrated BatchNorm (speed does not depend on the weights' values once
+activations are not denormal).
 """
 
 from __future__ import annotations
@@ -95,11 +99,11 @@ def bench_model(name: str, args: argparse.Namespace, grad_cam_cls) -> list[dict]
     layer_path = MODELS[name]
     layer = model.get_submodule(layer_path)
     start = time.perf_counter()
-    bundle = export_torch(model, layer_path)
+    bundle = export_torch(model, layer_path, dynamic_size=not args.static_size)
     export_s = time.perf_counter() - start
     explainer = Explainer(bundle, threads=args.threads)
     assert explainer.graph is not None, "the benchmark measures the explanation graph"
-    plain, _, _ = export_tapped(model, [])
+    plain, _, _ = export_tapped(model, [], dynamic_size=False)
     infer, infer_nospin = _sessions(plain, args.threads)
     grad_cam = grad_cam_cls(model=model, target_layers=[layer])
     rows = []
@@ -120,6 +124,7 @@ def bench_model(name: str, args: argparse.Namespace, grad_cam_cls) -> list[dict]
             "pytorch_grad_cam": partial(grad_cam, input_tensor=xt, targets=None),
         }, args.rounds, args.block))
         row = {"model": name, "layer": layer_path, "batch": batch, "threads": args.threads,
+               "any_size": not args.static_size,
                "export_s": round(export_s, 1), **{k: round(v, 2) for k, v in times.items()}}
         row["cam_vs_infer"] = round(times["onnxcam_1"] / times["ort_infer"], 2)
         row["top5_vs_1"] = round(times["onnxcam_top5"] / times["onnxcam_1"], 2)
@@ -137,6 +142,8 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--static-size", action="store_true",
+                        help="export the bundles at 224x224 instead of for any input size")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

@@ -29,13 +29,14 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access)
 _LAZY = {
     "Bundle": "bundle",
+    "Manifest": "manifest",
     "Preprocessing": "preprocessing",
     "load_image": "image",
     "preprocess": "image",
     "METHODS": "methods",
     "compute_cams": "methods",
     "Explainer": "runtime",
-    "Explanation": "runtime",
+    "Explanation": "explanation",
     "GradientCheckReport": "gradcheck",
     "check_gradients": "gradcheck",
 }
@@ -54,6 +55,7 @@ __all__ = [
     "UsageError",
     "VisualizeError",
     "Bundle",
+    "Manifest",
     "Preprocessing",
     "load_image",
     "preprocess",
@@ -67,11 +69,13 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .bundle import Bundle
+    from .explanation import Explanation
     from .gradcheck import GradientCheckReport, check_gradients
     from .image import load_image, preprocess
+    from .manifest import Manifest
     from .methods import METHODS, compute_cams
     from .preprocessing import Preprocessing
-    from .runtime import Explainer, Explanation
+    from .runtime import Explainer
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ On disk a bundle is a directory::
     features.onnx      model inputs -> activation (and any other tensor the head needs)
     head.onnx          (activation, seed) -> (logits, gradient of sum(seed * logits) w.r.t. A)
     explanation.onnx   (schema 2) input + targets -> logits, target ids, CAMs, heatmaps in one
-                       graph (composed by ``exporters.explanation``); absent where it cannot be
+                       graph (composed by ``exporters.compose``); absent where it cannot be
                        built (static batch, several tensors across the cut)
     weights.onnx.data  every tensor of 1 KiB or more, once: the three graphs point at the same
                        offsets of this one external-data file, so the weights are not doubled
@@ -31,158 +31,19 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from .activations import LAYOUTS
 from .errors import BundleError
-from .labels import check_labels, resolve_labels
+from .labels import resolve_labels
+from .manifest import INPUT_GRADIENT_KEYS, SCHEMA_VERSION, TASKS, Manifest
 
-__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "WEIGHTS_FILE",
-           "extract", "node_inputs", "subgraphs"]
+__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "TASKS",
+           "WEIGHTS_FILE", "extract", "node_inputs", "subgraphs"]
 
-SCHEMA_VERSION = 3
 #: Tensors of at least this many bytes are saved in the shared external-data file.
 EXTERNAL_DATA_THRESHOLD = 1024
 #: The one external-data file the bundle's graphs share.
 WEIGHTS_FILE = "weights.onnx.data"
 _GRAPHS = ("features", "head", "explanation", "input_gradient")
-#: fields of the manifest's ``input_gradient`` entry (the Guided Backpropagation graph)
-_INPUT_GRADIENT_KEYS = ("file", "input", "seed", "logits", "gradient")
 _ALIGN = 4096
-
-_REQUIRED = {
-    "schema_version": int,
-    "input": dict,
-    "target": dict,
-    "head": dict,
-    "num_classes": int,
-}
-_REQUIRED_SUB = {
-    "input": ("name", "shape", "layout"),
-    "target": ("tensor", "layout"),
-    "head": ("inputs", "seed", "logits", "gradient"),
-}
-_EXPLANATION_KEYS = ("file", "method", "inputs", "outputs")
-_EXPLANATION_INPUTS = ("input", "top_k", "least", "class_ids")
-_EXPLANATION_OUTPUTS = ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")
-
-
-_LAYOUTS = ("NCHW", "NHWC")
-
-
-def _check_manifest(manifest: dict[str, Any], where: str) -> None:
-    for key, kind in _REQUIRED.items():
-        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise BundleError(
-                f"{where}: manifest field {key!r} is missing or not a {kind.__name__}"
-            )
-    if manifest["schema_version"] > SCHEMA_VERSION:
-        raise BundleError(
-            f"{where}: manifest schema_version {manifest['schema_version']} is newer than this "
-            f"onnxcam understands ({SCHEMA_VERSION}); upgrade onnxcam"
-        )
-    for key, subkeys in _REQUIRED_SUB.items():
-        for sub in subkeys:
-            if sub not in manifest[key]:
-                raise BundleError(f"{where}: manifest field {key}.{sub} is missing")
-    _check_values(manifest, where)
-    _check_input_gradient(manifest, where)
-    entry = manifest.get("explanation")
-    if entry is not None:
-        if not isinstance(entry, dict):
-            raise BundleError(f"{where}: manifest field explanation must be an object")
-        missing = [k for k in _EXPLANATION_KEYS if k not in entry]
-        if missing:
-            raise BundleError(f"{where}: manifest field explanation lacks {missing}")
-        file, method = entry["file"], entry["method"]
-        if not (isinstance(file, str) and file and Path(file).name == file):
-            raise BundleError(f"{where}: explanation.file must be a file name, got {file!r}")
-        if not isinstance(method, str):
-            raise BundleError(f"{where}: explanation.method must be a string, got {method!r}")
-        methods = entry.get("methods", [method])
-        if not (isinstance(methods, list) and methods and methods[0] == method
-                and all(isinstance(m, str) for m in methods)):
-            raise BundleError(f"{where}: explanation.methods must be a list of method names "
-                              f"starting with explanation.method {method!r}, got {methods!r}")
-        if "methods" in entry and "method" not in entry["inputs"]:
-            raise BundleError(f"{where}: explanation.inputs must name the method input")
-        for key, names in (("inputs", _EXPLANATION_INPUTS), ("outputs", _EXPLANATION_OUTPUTS)):
-            value = entry[key]
-            if not (isinstance(value, dict) and all(
-                    isinstance(value.get(n), str) for n in names)):
-                raise BundleError(
-                    f"{where}: explanation.{key} must map {list(names)} to tensor names"
-                )
-
-
-def _check_input_gradient(manifest: dict[str, Any], where: str) -> None:
-    entry = manifest.get("input_gradient")
-    if entry is None:
-        return
-    if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(k), str) and entry[k] for k in _INPUT_GRADIENT_KEYS):
-        raise BundleError(f"{where}: manifest field input_gradient must map "
-                          f"{list(_INPUT_GRADIENT_KEYS)} to names")
-    if Path(entry["file"]).name != entry["file"]:
-        raise BundleError(f"{where}: input_gradient.file must be a file name, got "
-                          f"{entry['file']!r}")
-
-
-def _check_values(manifest: dict[str, Any], where: str) -> None:
-    """The types and values the runtime relies on, each named when wrong."""
-    head, model_input, target = manifest["head"], manifest["input"], manifest["target"]
-    problems = []
-    if manifest["num_classes"] < 1:
-        problems.append("num_classes must be at least 1")
-    inputs = head["inputs"]
-    if not (isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)):
-        problems.append("head.inputs must be a non-empty list of tensor names")
-    for key, value in [*((f"head.{k}", head[k]) for k in ("seed", "logits", "gradient")),
-                       ("input.name", model_input["name"]), ("target.tensor", target["tensor"])]:
-        if not isinstance(value, str):
-            problems.append(f"{key} must be a tensor name (a string), got {value!r}")
-    if head.get("score", "logit") not in ("logit", "probability"):
-        problems.append(f"head.score must be 'logit' or 'probability', got {head['score']!r}")
-    for key, value, allowed in (("input.layout", model_input["layout"], _LAYOUTS),
-                                ("target.layout", target["layout"], LAYOUTS)):
-        if value not in allowed:
-            problems.append(f"{key} must be one of {allowed}, got {value!r}")
-    shape = model_input["shape"]
-    if not (isinstance(shape, list) and len(shape) == 4 and all(
-            d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool)
-                                                and d > 0) for d in shape)):
-        problems.append(f"input.shape must be 4 dims (positive ints or names), got {shape!r}")
-    if model_input.get("dtype") not in (None, "float32", "float16", "float64", "uint8"):
-        problems.append(f"input.dtype must be float32 or uint8, got {model_input['dtype']!r}")
-    if manifest.get("preprocessing") is not None:
-        from .preprocessing import Preprocessing
-
-        try:
-            Preprocessing.from_dict(manifest["preprocessing"])
-        except (TypeError, ValueError, AttributeError) as err:
-            problems.append(f"preprocessing is invalid ({err})")
-    problems += _task_problems(manifest)
-    if problems:
-        raise BundleError(f"{where}: manifest {'; '.join(problems)}")
-
-
-#: the tasks a manifest may declare
-TASKS = ("classify", "detect", "segment", "sequence")
-
-
-def _task_problems(manifest: dict[str, Any]) -> list[str]:
-    """The task fields (schema 3): ``task``, a detector's ``format``, ``head.outputs``."""
-    task = manifest.get("task", "classify")
-    if task not in TASKS:
-        return [f"task must be one of {TASKS}, got {task!r}"]
-    outputs = manifest["head"].get("outputs", [])
-    problems = []
-    if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
-        problems.append(f"head.outputs must be a list of tensor names, got {outputs!r}")
-    if task != "classify":
-        fmt = manifest.get("format")
-        if not (isinstance(fmt, dict) and isinstance(fmt.get("name"), str)
-                and isinstance(fmt.get("outputs"), dict)):
-            problems.append(f"a {task} bundle needs format {{name, outputs}}, got {fmt!r}")
-    return problems
 
 
 @dataclass
@@ -210,53 +71,66 @@ class Bundle:
     input_gradient: onnx.ModelProto | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        _check_manifest(self.manifest, "bundle")
-        self._check_graphs()
-        check_labels(self.manifest.get("labels"), self.manifest["num_classes"])
+        if not isinstance(self.manifest, dict):
+            raise BundleError(f"bundle: the manifest must be a dict, got "
+                              f"{type(self.manifest).__name__}")
+        self._check_graphs(Manifest.parse(self.manifest, "bundle"))
 
-    def _check_graphs(self) -> None:
-        head = self.manifest["head"]
+    def _check_graphs(self, spec: Manifest) -> None:
+        """Every tensor the manifest names is where it says (raises :class:`BundleError`)."""
+        head = spec.head
         feature_inputs = [i.name for i in self.features.graph.input]
-        if self.manifest["input"]["name"] not in feature_inputs:
-            raise BundleError(f"input {self.manifest['input']['name']!r} is not an input of the "
-                              f"features graph ({feature_inputs})")
+        if spec.input.name not in feature_inputs:
+            raise BundleError(f"input {spec.input.name!r} is not an input of the features "
+                              f"graph ({feature_inputs})")
         feature_outputs = [o.name for o in self.features.graph.output]
         head_inputs = [i.name for i in self.head.graph.input]
         head_outputs = [o.name for o in self.head.graph.output]
-        for name in head["inputs"]:
+        for name in head.inputs:
             if name not in feature_outputs:
                 raise BundleError(f"head input {name!r} is not an output of the features graph")
-        for name in [*head["inputs"], head["seed"]]:
+        for name in [*head.inputs, head.seed]:
             if name not in head_inputs:
                 raise BundleError(f"tensor {name!r} is not an input of the head graph")
-        for name in (head["logits"], head["gradient"], *head.get("outputs", [])):
+        for name in (head.logits, head.gradient, *head.outputs):
             if name not in head_outputs:
                 raise BundleError(f"tensor {name!r} is not an output of the head graph")
-        if self.manifest["target"]["tensor"] != head["inputs"][0]:
+        if spec.target.tensor != head.inputs[0]:
             raise BundleError("the target tensor must be the first head input")
-        entry = self.manifest.get("explanation")
-        if (entry is None) != (self.explanation is None):
+        if (spec.explanation is None) != (self.explanation is None):
             raise BundleError("the manifest's explanation entry and the explanation graph must "
                               "come together")
-        if entry is not None:
+        if spec.explanation is not None:
+            entry = spec.explanation.entry
             names = {i.name for i in self.explanation.graph.input}
             names |= {o.name for o in self.explanation.graph.output}
             wanted = [*entry["inputs"].values(), *entry["outputs"].values()]
             missing = [n for n in wanted if n not in names]
             if missing:
                 raise BundleError(f"explanation graph lacks the tensor(s) {missing}")
-        entry = self.manifest.get("input_gradient")
-        if (entry is None) != (self.input_gradient is None):
+        if (spec.input_gradient is None) != (self.input_gradient is None):
             raise BundleError("the manifest's input_gradient entry and the input-gradient graph "
                               "must come together")
-        if entry is not None:
+        if spec.input_gradient is not None:
             graph = self.input_gradient.graph
             names = {v.name for v in [*graph.input, *graph.output]}
-            missing = [entry[k] for k in _INPUT_GRADIENT_KEYS[1:] if entry[k] not in names]
+            missing = [getattr(spec.input_gradient, k) for k in INPUT_GRADIENT_KEYS[1:]
+                       if getattr(spec.input_gradient, k) not in names]
             if missing:
                 raise BundleError(f"input-gradient graph lacks the tensor(s) {missing}")
 
     # --- convenience views -------------------------------------------------------------------
+    @property
+    def spec(self) -> Manifest:
+        """The manifest as a typed, validated :class:`~explainer.manifest.Manifest` (parsed
+        from :attr:`manifest` on each access, so it follows edits of the dict: hold on to
+        it rather than reading it in a loop).
+
+        Raises:
+            BundleError: the manifest was edited into an invalid one.
+        """
+        return Manifest.parse(self.manifest, "bundle")
+
     @property
     def input_name(self) -> str:
         """Name of the model input the features graph reads."""
@@ -325,15 +199,16 @@ class Bundle:
             raise BundleError(f"{files['manifest.json']}: not valid JSON ({err})") from err
         if not isinstance(manifest, dict):
             raise BundleError(f"{files['manifest.json']}: expected a JSON object")
-        _check_manifest(manifest, str(files["manifest.json"]))
+        spec = Manifest.parse(manifest, str(files["manifest.json"]))  # errors name the file
         names = ["features", "head"]
-        for optional in ("explanation", "input_gradient"):  # graphs the manifest lists
-            if manifest.get(optional) is not None:
+        for optional, entry in (("explanation", spec.explanation),
+                                ("input_gradient", spec.input_gradient)):
+            if entry is not None:  # a graph the manifest lists
                 names.append(optional)
-                files[f"{optional}.onnx"] = path / manifest[optional]["file"]
+                files[f"{optional}.onnx"] = path / entry.file
                 if not files[f"{optional}.onnx"].is_file():
-                    raise BundleError(f"{path}: bundle file {manifest[optional]['file']} is "
-                                      f"missing (the manifest lists a {optional} graph)")
+                    raise BundleError(f"{path}: bundle file {entry.file} is missing (the "
+                                      f"manifest lists a {optional} graph)")
         models = {}
         for name in names:
             try:

@@ -3,7 +3,8 @@
 For each image ``b`` the head computes ``f_b(A) = logits_b(A)[c_b]`` (``c_b`` the explained
 class) and its gradient ``g_b = df_b/dA``. Along a direction ``V`` the directional derivative
 ``<g_b, V_b>`` must match the central difference ``(f_b(A + hV) - f_b(A - hV)) / 2h`` computed
-by running the head forward on ONNX Runtime, through the public :class:`Explainer` graph runs.
+by running the head forward on ONNX Runtime, through the Explainer's graph runs
+(:class:`explainer.runner.Runner`).
 Needs onnx, numpy and onnxruntime (no torch).
 
 Directions: the first is the gradient itself (the best-conditioned check: it catches scaling,
@@ -114,13 +115,13 @@ def random_inputs(bundle: Bundle, batch: int | None = None, seed: int = 0) -> np
     Symbolic dimensions take ``batch`` (default 2, or the static batch) and the preprocessing's
     crop size (else 224).
     """
-    info = bundle.manifest["input"]
-    shape = list(info["shape"])
+    spec = bundle.spec
+    info = spec.input
+    shape = list(info.shape)
     if batch is None:
         batch = shape[0] if isinstance(shape[0], int) else 2
-    layout = info.get("layout", "NCHW")
-    pre = bundle.manifest.get("preprocessing") or {}
-    crop = pre.get("crop") or 224
+    layout = info.layout
+    crop = (spec.preprocessing.crop if spec.preprocessing is not None else None) or 224
     crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
     dims = []
     for axis, dim in enumerate(shape):
@@ -132,11 +133,11 @@ def random_inputs(bundle: Bundle, batch: int | None = None, seed: int = 0) -> np
             dims.append(int(crop["HW".index(layout[axis])]))
         else:
             raise GradientCheckError(
-                f"input {info['name']!r} has symbolic dimension {dim!r} on axis {axis}; pass "
+                f"input {info.name!r} has symbolic dimension {dim!r} on axis {axis}; pass "
                 "inputs explicitly"
             )
     rng = np.random.default_rng(seed)
-    if info.get("dtype") == "uint8":
+    if info.dtype == np.uint8:
         return rng.integers(0, 256, size=dims, dtype=np.uint8)
     return rng.standard_normal(dims).astype(np.float32)
 
@@ -181,13 +182,14 @@ def check_gradients(
     explainer = explainer or Explainer(bundle)
     if inputs is None:
         inputs = random_inputs(bundle, seed=seed)
-    features = explainer.run_features(inputs)
-    target = explainer.head_inputs[0]
+    runner = explainer.runner
+    features = runner.run_features(inputs)
+    target = runner.spec.target.tensor
     rng = np.random.default_rng(seed)
     activation = _jittered(features[target].astype(np.float32), jitter, rng)
     features[target] = activation
     batch = activation.shape[0]
-    explained = explainer.run_logits(features)  # [B, classes], or a detector's tensor [B, ...]
+    explained = runner.run_logits(features)  # [B, classes], or a detector's tensor [B, ...]
     if class_ids is None:  # the largest element of the explained tensor (the top-1 class)
         ids = np.argmax(explained.reshape(batch, -1), axis=1)
     else:
@@ -196,7 +198,7 @@ def check_gradients(
             raise GradientCheckError(f"{ids.shape[0]} class ids for a batch of {batch}")
     size = int(np.prod(explained.shape[1:]))
     seeds = one_hot_seeds(ids[:, None], size).reshape(explained.shape)
-    _, gradient = explainer.run_head(features, seeds)
+    _, gradient = runner.run_head(features, seeds)
     flat_g = gradient.reshape(batch, -1).astype(np.float64)
     v = _directions(activation, flat_g, directions, rng)  # [B, D, n]
     analytic = np.einsum("bn,bdn->bd", flat_g, v)
@@ -206,7 +208,7 @@ def check_gradients(
     def score(direction: np.ndarray) -> np.ndarray:
         """Logits of the explained classes at activation + direction [B, n]."""
         shifted = (activation.reshape(batch, -1) + direction).reshape(activation.shape)
-        logits = explainer.run_logits({**features, target: shifted.astype(np.float32)})
+        logits = runner.run_logits({**features, target: shifted.astype(np.float32)})
         return logits.reshape(batch, -1).astype(np.float64)[np.arange(batch), ids]
 
     errors, numeric, used = _ladder(score, v, analytic, typical, steps)

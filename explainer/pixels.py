@@ -20,16 +20,18 @@ import numpy as np
 
 from .errors import MethodError
 from .explanation import softmax
+from .methods import METHODS
 from .targets import seed_rows
 
 if TYPE_CHECKING:
     from .bundle import Bundle
-    from .runtime import Explainer, Explanation
+    from .explanation import Explanation
+    from .runner import Runner
 
 __all__ = ["PIXEL_METHODS", "pixel_maps", "require_input_gradient"]
 
 #: pixel-space methods: name -> whether the guided gradient is multiplied by Grad-CAM
-PIXEL_METHODS = {"guided-backprop": False, "guided-gradcam": True}
+PIXEL_METHODS = {m: spec.needs_cam for m, spec in METHODS.items() if spec.kind == "pixel"}
 
 
 def require_input_gradient(bundle: Bundle, method: str) -> None:
@@ -46,22 +48,29 @@ def require_input_gradient(bundle: Bundle, method: str) -> None:
         )
 
 
-def pixel_maps(explainer: Explainer, x: np.ndarray, cam: Explanation, method: str) -> np.ndarray:
+def pixel_maps(runner: Runner, x: np.ndarray, cam: Explanation, method: str) -> np.ndarray:
     """Guided gradients [B, K, C, H, W] of the classes (and contrast classes, and score) that
     the Grad-CAM explanation ``cam`` explains; times its heatmaps for guided Grad-CAM.
+
+    Args:
+        runner: the graph runs of the bundle (:attr:`explainer.Explainer.runner`).
+        x: the checked input batch ``cam`` explains.
+        cam: its Grad-CAM explanation.
+        method: a name in :data:`PIXEL_METHODS`.
 
     Raises:
         MethodError: the bundle has no input-gradient graph.
     """
-    require_input_gradient(explainer.bundle, method)
+    require_input_gradient(runner.bundle, method)
+    spec = runner.spec
     batch, k = cam.class_ids.shape
     probabilities = None  # explaining logits, or probabilities the head outputs itself
-    if cam.score == "probability" and getattr(explainer, "output_score", "logit") == "logit":
+    if cam.score == "probability" and spec.head.score == "logit":
         probabilities = softmax(cam.logits.astype(np.float64))
-    seeds = seed_rows(cam.class_ids, explainer.num_classes, cam.contrast_ids, probabilities)
-    gradient = explainer.run_input_gradient(np.repeat(x, k, axis=0), seeds)
+    seeds = seed_rows(cam.class_ids, spec.num_classes, cam.contrast_ids, probabilities)
+    gradient = runner.run_input_gradient(np.repeat(x, k, axis=0), seeds)
     gradient = gradient.reshape(batch, k, *gradient.shape[1:])
-    if explainer.input_layout == "NHWC":
+    if spec.input.layout == "NHWC":
         gradient = gradient.transpose(0, 1, 4, 2, 3)
     if PIXEL_METHODS[method]:
         gradient = gradient * cam.heatmaps[:, :, None]

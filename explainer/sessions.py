@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +14,8 @@ import onnxruntime as ort
 from .errors import ExplainerError, ProviderError, UsageError
 
 __all__ = [
-    "SessionPool", "resolve_providers", "run_chunked", "run_once", "session_options", "to_numpy",
+    "SessionPool", "SizedSessions", "resolve_providers", "run_chunked", "run_once",
+    "session_options", "specialize", "symbolic_axes", "to_numpy",
 ]
 
 _LEVELS = {
@@ -125,13 +127,18 @@ class SessionPool:
     Args:
         providers: the provider list (:func:`resolve_providers`).
         options: the session options (:func:`session_options`).
+        sizes: how many input sizes keep a specialized session per model in
+            :meth:`get_sized` (see :class:`SizedSessions`).
     """
 
-    def __init__(self, providers: list[Any], options: ort.SessionOptions) -> None:
+    def __init__(self, providers: list[Any], options: ort.SessionOptions,
+                 sizes: int = 4) -> None:
         self.providers = providers
         self.options = options
+        self.sizes = sizes
         self._lock = threading.Lock()
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self._sized: dict[str, SizedSessions] = {}
         self.closed = False
 
     def check_open(self) -> None:
@@ -155,8 +162,152 @@ class SessionPool:
                         model().SerializeToString(), self.options, providers=self.providers)
         return session
 
+    def get_sized(self, key: str, model: Callable[[], onnx.ModelProto], input_name: str,
+                  shape: Sequence[int]) -> ort.InferenceSession:
+        """The session ``key`` for an input ``input_name`` of ``shape``: specialized to its
+        symbolic sizes (batch aside) where the model has any, the :attr:`sizes` most recently
+        used kept (:class:`SizedSessions`)."""
+        self.check_open()
+        with self._lock:
+            self.check_open()
+            sized = self._sized.get(key)
+            if sized is None:
+                sized = self._sized[key] = SizedSessions(model(), input_name, self.options,
+                                                         self.providers, self.sizes)
+        return sized.get(shape)
+
     def close(self) -> None:
         """Release every session (idempotent)."""
         with self._lock:
             self.closed = True
             self._sessions.clear()
+            for sized in self._sized.values():
+                sized.close()
+            self._sized.clear()
+
+
+def symbolic_axes(model: onnx.ModelProto, input_name: str, skip_batch: bool = True) -> list[int]:
+    """The axes of ``model``'s input ``input_name`` whose size is not fixed (symbolic or
+    unknown), the batch axis 0 left out with ``skip_batch``."""
+    value = next((v for v in model.graph.input if v.name == input_name), None)
+    if value is None:
+        raise UsageError(f"the model has no input {input_name!r}")
+    dims = value.type.tensor_type.shape.dim
+    return [axis for axis, dim in enumerate(dims)
+            if not dim.HasField("dim_value") and (axis > 0 or not skip_batch)]
+
+
+def specialize(model: onnx.ModelProto, input_name: str, sizes: dict[int, int]
+               ) -> onnx.ModelProto:
+    """A copy of ``model`` whose input ``input_name`` has the static ``sizes`` (axis -> size).
+
+    The copy drops the model's value infos (inner shapes written for symbolic sizes), so
+    ONNX Runtime infers every inner shape from the static input and plans and optimizes the
+    graph as it does for a model exported at that size.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.value_info[:]
+    value = next(v for v in copy.graph.input if v.name == input_name)
+    dims = value.type.tensor_type.shape.dim
+    for axis, size in sizes.items():
+        dims[axis].Clear()
+        dims[axis].dim_value = int(size)
+    return copy
+
+
+class SizedSessions:
+    """Sessions of one model, each specialized to the input sizes it runs at.
+
+    A model whose input accepts any height and width (symbolic dimensions) runs slower in
+    ONNX Runtime than the same model exported at a fixed size: the memory plan and several
+    graph optimizations need static shapes. This gives a size (the values of the input's
+    symbolic axes, batch aside: every session accepts any batch) its own session once it has
+    been met ``after`` times, built from a copy of the model with those sizes fixed
+    (:func:`specialize`); at most ``limit`` of them are kept, the least recently used released
+    first (each holds its own copy of the weights). Runs at other sizes (met fewer times, or
+    every size with ``limit`` 0) use one session with the model's own symbolic sizes, so a
+    stream of ever new sizes does not build a session per input. A model whose input has no
+    symbolic axis besides the batch has that one session only.
+
+    Args:
+        model: the model.
+        input_name: its image input.
+        options: session options, shared by every session.
+        providers: ONNX Runtime providers.
+        limit: how many specialized sessions to keep; 0 turns specializing off.
+        after: the run at a size that first uses its specialized session (1: the first).
+    """
+
+    #: how many sizes met fewer than ``after`` times are remembered
+    SEEN = 64
+
+    def __init__(self, model: onnx.ModelProto, input_name: str, options: ort.SessionOptions,
+                 providers: list[Any], limit: int = 4, after: int = 2) -> None:
+        if limit < 0 or after < 1:
+            raise UsageError(f"the specialized session limit must be >= 0 and after >= 1, got "
+                             f"limit={limit}, after={after}")
+        self.model, self.input_name = model, input_name
+        self.options, self.providers = options, providers
+        self.limit, self.after = int(limit), int(after)
+        self.axes = symbolic_axes(model, input_name) if limit else []
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[tuple[int, ...], ort.InferenceSession] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self._generic: ort.InferenceSession | None = None
+        self._last: ort.InferenceSession | None = None
+
+    def _build(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        return ort.InferenceSession(model.SerializeToString(), self.options,
+                                    providers=self.providers)
+
+    def _generic_session(self) -> ort.InferenceSession:
+        if self._generic is None:
+            self._generic = self._build(self.model)
+        return self._generic
+
+    def get(self, shape: Sequence[int]) -> ort.InferenceSession:
+        """The session for an input of ``shape``."""
+        key = tuple(int(shape[axis]) for axis in self.axes if axis < len(shape))
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None:
+                self._sessions.move_to_end(key)
+            elif not self.axes or len(key) != len(self.axes):
+                session = self._generic_session()
+            else:
+                count = self._seen.pop(key, 0) + 1
+                if count < self.after:
+                    self._seen[key] = count
+                    while len(self._seen) > self.SEEN:
+                        self._seen.popitem(last=False)
+                    session = self._generic_session()
+                else:
+                    fixed = specialize(self.model, self.input_name,
+                                       dict(zip(self.axes, key, strict=True)))
+                    session = self._sessions[key] = self._build(fixed)
+                    while len(self._sessions) > self.limit:
+                        self._sessions.popitem(last=False)
+            self._last = session
+            return session
+
+    @property
+    def last(self) -> ort.InferenceSession:
+        """The session of the latest :meth:`get`; before any, the one with the model's own
+        (symbolic) sizes."""
+        with self._lock:
+            return self._last or self._generic_session()
+
+    @property
+    def sizes(self) -> list[tuple[int, ...]]:
+        """The sizes (the symbolic axes' values) with a specialized session, least recently
+        used first."""
+        with self._lock:
+            return list(self._sessions)
+
+    def close(self) -> None:
+        """Release every session."""
+        with self._lock:
+            self._sessions.clear()
+            self._seen.clear()
+            self._generic = self._last = None

@@ -54,7 +54,7 @@ _TERM = re.compile(r"^(top|least)(\d*)$|^(\d+)$")
 
 @dataclass(frozen=True)
 class GraphTargets:
-    """Targets as the explanation graph takes them (see ``exporters.explanation``).
+    """Targets as the explanation graph takes them (see ``exporters.compose``).
 
     The graph explains the columns ``top_k most probable | least least probable | class_ids``;
     ``columns`` reorders them into the order the user asked for (None: already in order).

@@ -24,7 +24,7 @@ def test_cuda_matches_cpu(tiny_cnn, targets):
     x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     cpu = Explainer(bundle).explain(x, targets=targets)
     cuda = Explainer(bundle, providers="cuda")
-    assert cuda.on_cuda
+    assert cuda.runner.on_cuda
     gpu = cuda.explain(x, targets=targets)
     np.testing.assert_array_equal(gpu.class_ids, cpu.class_ids)
     np.testing.assert_allclose(gpu.cams, cpu.cams, rtol=1e-3, atol=1e-4 * cpu.cams.max())

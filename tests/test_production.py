@@ -82,11 +82,11 @@ def test_close_and_context_manager(bundle_dir):
     x = _inputs(1)[0]
     with Explainer(bundle_dir) as explainer:
         explainer.explain(x, targets="top1")  # builds the logits session too
-        assert explainer.features_session is not None and not explainer.closed
-    assert explainer.closed and explainer.graph is None and not explainer._pool._sessions
-    for call in (lambda: explainer.explain(x), lambda: explainer.run_features(x),
-                 lambda: explainer.logits_session, lambda: explainer.features_session,
-                 lambda: explainer.head_session):
+        assert explainer.runner.features_session is not None and not explainer.closed
+    assert explainer.closed and explainer.graph is None and not explainer.runner._pool._sessions
+    for call in (lambda: explainer.explain(x), lambda: explainer.runner.run_features(x),
+                 lambda: explainer.runner.logits_session, lambda: explainer.runner.features_session,
+                 lambda: explainer.runner.head_session):
         with pytest.raises(ExplainerError, match="closed") as info:
             call()
         assert isinstance(info.value, OnnxcamError) and info.value.exit_code == 1
@@ -134,3 +134,58 @@ def test_same_input_gives_bitwise_identical_maps_across_processes(bundle_dir):
     for array in (e.heatmaps, e.cams, e.logits, e.class_ids):
         digest.update(np.ascontiguousarray(array).tobytes())
     assert digests[0] == digests[1] == digest.hexdigest()
+
+
+def _explainer_imports() -> dict[str, set[str]]:
+    """Module -> the ``explainer`` modules it imports (relative, absolute, under
+    TYPE_CHECKING, inside functions and through ``import_module("...")`` strings)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "explainer"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        package = parts if path.name == "__init__.py" else parts[:-1]
+        name = ".".join(parts[:-1] if path.name == "__init__.py" else parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = (package[: len(package) - node.level + 1] if node.level else [])
+                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                found.add(module)
+                found |= {f"{module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_module"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                found.add(str(node.args[0].value).lstrip("."))
+        graph[name] = found
+    return {m: {i for i in found if i in graph and i != m} for m, found in graph.items()}
+
+
+def test_no_import_cycle_in_the_runtime_core():
+    """The runtime, its runner, the methods, the pixel methods, the manifest and the bundle
+    import each other one way only; the methods reach none of them (only leaf modules such
+    as the errors)."""
+    graph = _explainer_imports()
+    core = {f"explainer.{m}" for m in ("runtime", "runner", "access", "pixels", "bundle",
+                                       "manifest", "task_runs")}
+    core |= {m for m in graph if m.startswith("explainer.methods")}
+    assert core <= set(graph)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, stack = set(), [start]
+        while stack:
+            for nxt in graph[stack.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                stack.append(nxt)
+        return False
+
+    cycles = sorted(m for m in core if reaches(m, m))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+    runtime = core - {m for m in core if m.startswith("explainer.methods")}
+    for module in (m for m in graph if m.startswith("explainer.methods")):
+        reached = sorted(m for m in runtime if reaches(module, m))
+        assert not reached, f"{module} imports the runtime's {reached}"

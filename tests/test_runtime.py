@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import explainer.bundle as bundle_module
 from explainer import Bundle, BundleError, Explainer, InputError, ProviderError, TargetError
-from explainer.methods import compute_cams
+from explainer.methods import compute_cams, in_graph_methods
 from exporters import build_bundle
 from exporters.graph import infer_shapes
 from exporters.split import split_model
@@ -146,10 +146,9 @@ def test_many_targets_equal_single_target_runs(bundle):
 def test_features_graph_runs_once_per_batch(bundle, monkeypatch):
     explainer = Explainer(bundle, explanation_graph=False)
     calls = []
-    original = explainer.features_session.run
-    monkeypatch.setattr(
-        explainer.features_session, "run", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    runner = explainer.runner
+    original = runner.features
+    monkeypatch.setattr(runner, "features", lambda *a, **k: calls.append(1) or original(*a, **k))
     explainer.explain(_inputs(2), targets="top3+least")
     assert len(calls) == 1
 
@@ -243,7 +242,7 @@ def test_explanation_graph_is_one_session_run(bundle, monkeypatch):
     )
     explainer.explain(_inputs(2), targets="top3+least")
     assert len(calls) == 1
-    assert "features_session" not in vars(explainer)  # the two-graph sessions were not built
+    assert not explainer.runner._pool._sessions  # the two-graph sessions were not built
 
 
 def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -270,19 +269,18 @@ def test_explanation_graph_equals_two_graphs(bundle, targets):
 
 def test_explanation_graph_computes_every_closed_form_method(bundle):
     """Each method closed-form in (activation, gradient) is an If branch of the one graph."""
-    from explainer.methods import METHODS
-    from exporters.explanation import CAM_METHODS
+    from explainer.methods import METHODS, in_graph_methods
+    from exporters.compose import CAM_METHODS
 
     explainer = Explainer(bundle)
-    assert explainer.graph.methods == list(CAM_METHODS)
-    assert explainer.graph.methods[0] == "gradcam" and set(CAM_METHODS) <= set(METHODS)
-    assert set(CAM_METHODS) == {"gradcam", "gradcam++", "xgradcam", "hirescam",
-                                "gradcam-elementwise", "layercam", "counterfactual"}
-    assert bundle.manifest["explanation"]["methods"] == list(CAM_METHODS)
+    closed_form = [m for m, spec in METHODS.items() if spec.emit is not None]
+    assert closed_form == in_graph_methods() == list(CAM_METHODS)
+    assert all(METHODS[m].kind == "closed-form" for m in closed_form)
+    assert explainer.graph.methods == closed_form and closed_form[0] == "gradcam"
+    assert bundle.manifest["explanation"]["methods"] == closed_form
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "xgradcam", "hirescam", "gradcam-elementwise",
-                                    "layercam", "counterfactual"])
+@pytest.mark.parametrize("method", [m for m in in_graph_methods() if m != "gradcam"])
 def test_explanation_graph_methods_equal_two_graphs(bundle, monkeypatch, method):
     x = _inputs(3, seed=1)
     explainer = Explainer(bundle)
@@ -293,7 +291,7 @@ def test_explanation_graph_methods_equal_two_graphs(bundle, monkeypatch, method)
     )
     one = explainer.explain(x, targets="top2+least", method=method)
     assert len(calls) == 1 and one.method == method
-    assert "features_session" not in vars(explainer)
+    assert not explainer.runner._pool._sessions
     two = Explainer(bundle, explanation_graph=False).explain(x, targets="top2+least",
                                                              method=method)
     np.testing.assert_array_equal(one.class_ids, two.class_ids)
@@ -388,3 +386,68 @@ def test_skip_finite_difference_check_catches_a_wrong_gradient(tiny_cnn, fault):
     ref = _finite_difference_cams(model, x, e.class_ids)
     with pytest.raises(AssertionError):
         _assert_skip_cams_match_finite_differences(e.cams, ref)
+
+
+def test_the_manifest_is_typed_in_one_place(bundle):
+    """Bundle.spec and Explainer.spec read the manifest dict; they are frozen snapshots."""
+    import dataclasses
+
+    from explainer.manifest import Manifest
+
+    spec = bundle.spec
+    raw = bundle.manifest
+    assert isinstance(spec, Manifest) and spec.input.name == raw["input"]["name"]
+    assert spec.input.shape == tuple(raw["input"]["shape"]) and spec.input.layout == "NCHW"
+    assert spec.head.inputs == tuple(raw["head"]["inputs"]) and spec.head.score == "logit"
+    assert spec.target.tensor == spec.head.inputs[0] == "act" and spec.target.layer == "relu2"
+    assert [layer.tensor for layer in spec.layers] == ["act"]  # no sweep: the target alone
+    assert spec.layers[0].gradient == spec.head.gradient == raw["head"]["gradient"]
+    assert spec.labels == list("abcde") and spec.num_classes == raw["num_classes"]
+    assert spec.explanation is not None and spec.explanation.methods[0] == "gradcam"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.task = "detect"  # type: ignore[misc]
+    explainer = Explainer(bundle)
+    assert explainer.spec == spec and explainer.labels == spec.labels
+    raw["export"] = {"output": "probs"}  # notes added after the export: a later spec sees them
+    assert bundle.spec.output_names == {raw["head"]["logits"], "probs"}
+    assert spec.export is None
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m["input"].update(layout="CHW"), "input.layout"),
+    (lambda m: m["head"].update(score="odds"), "head.score"),
+    (lambda m: m.update(layers=[{"tensor": "act"}]), "layers"),
+    (lambda m: m["explanation"].update(file="../x.onnx"), "explanation.file"),
+    (lambda m: m.update(task="pose"), "task"),
+])
+def test_manifest_errors_name_the_field(bundle, edit, field):
+    from explainer.manifest import Manifest
+
+    manifest = copy.deepcopy(bundle.manifest)
+    edit(manifest)
+    with pytest.raises(BundleError, match=field.replace(".", r"\.")):
+        Manifest.parse(manifest, "here")
+    with pytest.raises(BundleError, match=field.replace(".", r"\.")):
+        Bundle(bundle.features, bundle.head, manifest, explanation=bundle.explanation)
+
+
+def test_runner_runs_the_graphs_one_at_a_time(bundle):
+    """The runner's graph runs give what one explain call computes."""
+    explainer = Explainer(bundle, explanation_graph=False)
+    x = _inputs(2)
+    runner = explainer.runner
+    features = runner.run_features(x)
+    assert list(features) == list(explainer.spec.head.inputs)
+    logits = runner.run_logits(features)
+    explanation = explainer.explain(x, targets=[1, 3])
+    np.testing.assert_allclose(logits, explanation.logits, rtol=1e-6, atol=1e-6)
+    seeds = np.eye(explainer.num_classes, dtype=np.float32)[[1, 3]]
+    head_logits, gradient = runner.run_head(features, seeds)
+    np.testing.assert_allclose(head_logits, logits, rtol=1e-6, atol=1e-6)
+    assert gradient.shape == features["act"].shape
+    cams = compute_cams(features["act"], gradient, "gradcam")
+    np.testing.assert_allclose(cams, explanation.cams[:, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError):
+        runner.run_features(x[:, :2])
+    explainer.close()
+    assert runner.closed

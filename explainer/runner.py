@@ -1,0 +1,254 @@
+"""The graph runs under an Explainer: sessions, static-batch chunking and IO binding.
+
+:class:`Runner` owns the ONNX Runtime sessions of a bundle's graphs (features, gradient head,
+the head pruned to its logits or to the model outputs it keeps, the guided input-gradient
+graph), each created on first use, and runs them:
+
+* static batch: a model exported with a fixed batch size S (common in TensorFlow/Keras
+  conversions) runs in chunks of S rows, the last one padded by repeating its last row and the
+  padding dropped from the results (:func:`explainer.sessions.run_chunked`);
+* CUDA: inputs and outputs are bound with IO binding, and the features graph's outputs stay
+  on the device for the head runs.
+
+The CAM methods that run the model again get a per-batch, per-layer view of it
+(:meth:`Runner.access`, a :class:`~explainer.methods.core.ModelAccess`). Self-checks and tools
+use the ``run_*`` methods (:func:`explainer.gradcheck.check_gradients`, the pixel methods).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .access import LayerAccess, Scorer
+from .bundle import Bundle, extract
+from .errors import MethodError
+from .manifest import LayerSpec, Manifest
+from .preprocessing import check_batch
+from .sessions import SessionPool, run_chunked, run_once, to_numpy
+
+__all__ = ["Runner"]
+
+
+class Runner:
+    """Graph runs of one bundle on ONNX Runtime.
+
+    Args:
+        bundle: the bundle whose graphs run.
+        spec: its typed manifest (``bundle.spec``).
+        providers: the ONNX Runtime provider list
+            (:func:`explainer.sessions.resolve_providers`).
+        options: the sessions' options (:func:`explainer.sessions.session_options`).
+    """
+
+    def __init__(self, bundle: Bundle, spec: Manifest, providers: list[Any],
+                 options: ort.SessionOptions) -> None:
+        self.bundle = bundle
+        self.spec = spec
+        #: the input and outputs are bound with IO binding (CUDA)
+        self.on_cuda = any(
+            (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers
+        )
+        self._pool = SessionPool(providers, options)
+
+    @property
+    def head(self) -> onnx.ModelProto:
+        """The gradient head graph."""
+        return self.bundle.head
+
+    # --- sessions -------------------------------------------------------------------------------
+    @property
+    def features_session(self) -> ort.InferenceSession:
+        """The features graph's session (created on first use)."""
+        return self._pool.get("features", lambda: self.bundle.features)
+
+    @property
+    def head_session(self) -> ort.InferenceSession:
+        """The gradient head's session (created on first use)."""
+        return self._pool.get("head", lambda: self.bundle.head)
+
+    @property
+    def logits_session(self) -> ort.InferenceSession:
+        """The head pruned to its logits: the prediction pass for targets that depend on it.
+
+        Built on first use (once, even when several threads ask at the same time), so
+        explaining fixed classes never holds a second copy of the head's weights."""
+        return self.logits_from(list(self.spec.head.inputs))
+
+    @property
+    def outputs_session(self) -> ort.InferenceSession:
+        """The head pruned to the explained tensor and the model outputs it keeps (a
+        detector's prediction pass), created on first use."""
+        head = self.spec.head
+        return self.logits_from(list(head.inputs), [head.logits, *head.outputs])
+
+    def logits_from(self, inputs: list[str], outputs: list[str] | None = None
+                    ) -> ort.InferenceSession:
+        """The session of the head pruned to its logits (or ``outputs``), read from
+        ``inputs`` (the head's own inputs, or a later layer's tensor inside it), created on
+        first use.
+
+        Raises:
+            MethodError: the logits also depend on head tensors not in ``inputs`` (a skip
+                connection passes a layer by).
+        """
+        wanted = outputs or [self.spec.head.logits]
+
+        def pruned() -> onnx.ModelProto:
+            part, bypass = extract(self.bundle.head, list(inputs), list(wanted))
+            if bypass:
+                raise MethodError(
+                    f"the logits do not depend on layer tensor(s) {list(inputs)} alone (the "
+                    f"head also reads {bypass} past them); this method replaces the layer's "
+                    "activation, so use it on a layer every path to the logits goes through"
+                )
+            return part
+
+        own = inputs == list(self.spec.head.inputs)
+        key = "logits" if own else f"logits:{','.join(inputs)}"
+        return self._pool.get(key if outputs is None else f"{key}>{','.join(wanted)}", pruned)
+
+    # --- lifetime -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._pool.closed
+
+    def close(self) -> None:
+        """Release every session (idempotent); later runs raise :class:`ExplainerError`."""
+        self._pool.close()
+
+    def check_open(self) -> None:
+        """Raise :class:`~explainer.errors.ExplainerError` once closed."""
+        self._pool.check_open()
+
+    # --- runs -----------------------------------------------------------------------------------
+    def check_input(self, x: Any) -> np.ndarray:
+        """Validate a model input batch (rank, shape, dtype, finiteness) and return it
+        contiguous, cast to float32 where the model takes floats.
+
+        Raises:
+            InputError: naming the input, the expected shape and what was given.
+        """
+        spec = self.spec.input
+        return check_batch(x, spec.name, list(spec.shape), spec.layout, spec.dtype)
+
+    def run(self, session: ort.InferenceSession, feeds: dict[str, Any],
+            outputs: list[str]) -> list[Any]:
+        """One graph run (in chunks of the static batch where the model has one)."""
+        static = self.spec.input.static_batch
+        if static is not None:
+            return run_chunked(session, feeds, outputs, static, self.on_cuda)
+        return run_once(session, feeds, outputs, self.on_cuda)
+
+    to_numpy = staticmethod(to_numpy)
+
+    def features(self, x: np.ndarray) -> dict[str, Any]:
+        """The features graph on a checked batch: the cut tensors by name, left on the device
+        on CUDA (``OrtValue``s) for the head runs."""
+        inputs = list(self.spec.head.inputs)
+        name = self.spec.input.name
+        # specialized to the input's size where the graph accepts any (symbolic H/W cost speed)
+        session = self._pool.get_sized("features", lambda: self.bundle.features, name, x.shape)
+        if not self.on_cuda or self.spec.input.static_batch is not None:
+            values = self.run(session, {name: x}, inputs)
+            return dict(zip(inputs, values, strict=True))
+        binding = session.io_binding()
+        binding.bind_cpu_input(name, x)
+        for output in inputs:
+            binding.bind_output(output, "cuda")
+        session.run_with_iobinding(binding)
+        return dict(zip(inputs, binding.get_outputs()))
+
+    def gradients(
+        self, features: dict[str, Any], seeds: np.ndarray, extra: list[str]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
+        (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs."""
+        head = self.spec.head
+        batch, k = seeds.shape[:2]
+        outputs = [head.logits, head.gradient, *extra]
+        if k > 1 and not self.on_cuda and all(
+                getattr(v, "ndim", 0) and v.shape[0] == batch and v.dtype.kind == "f"
+                for v in features.values()):
+            # Every cut tensor is a float batch: one run for all B*K (image, target) pairs.
+            feeds = {name: np.repeat(value, k, axis=0) for name, value in features.items()}
+            feeds[head.seed] = seeds.reshape(batch * k, *seeds.shape[2:])  # image-major
+            logits, *values = self.run(self.head_session, feeds, outputs)
+            return logits[::k], {
+                name: v.reshape(batch, k, *v.shape[1:]) for name, v in zip(outputs[1:], values)
+            }
+        # Otherwise one run per target column: other cut tensors (e.g. indices computed from
+        # the batch size) keep their batch, and on CUDA everything stays on the device.
+        columns = []
+        for column in range(k):
+            seed = np.ascontiguousarray(seeds[:, column])
+            logits, *values = self.run(self.head_session, {**features, head.seed: seed}, outputs)
+            columns.append([to_numpy(v) for v in values])
+        return logits, {name: np.stack([c[i] for c in columns], axis=1)
+                        for i, name in enumerate(outputs[1:])}
+
+    def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the features graph: the cut tensors (activation first) for an input batch, as
+        numpy arrays (the batch is checked first)."""
+        self.check_open()
+        features = self.features(self.check_input(x))
+        return {name: to_numpy(value) for name, value in features.items()}
+
+    def run_logits(self, features: dict[str, Any]) -> np.ndarray:
+        """Logits [B, C] of the head for cut tensors as :meth:`run_features` returns them."""
+        self.check_open()
+        return to_numpy(self.run(self.logits_session, features, [self.spec.head.logits])[0])
+
+    def run_layer_logits(self, tensor: str, activation: np.ndarray) -> np.ndarray:
+        """Logits [B, C] of the head run from ``tensor``, a later layer of a layer sweep (a
+        tensor inside the head), set to ``activation``: the head from that tensor on,
+        extracted on first use.
+
+        Raises:
+            MethodError: the logits do not depend on the head's inputs through ``tensor``
+                alone (a skip connection passes it by).
+        """
+        self.check_open()
+        session = self.logits_from([tensor])
+        return to_numpy(self.run(session, {tensor: activation}, [self.spec.head.logits])[0])
+
+    def run_head(
+        self, features: dict[str, Any], seeds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the gradient head: (logits [B, C], gradient of ``sum(seeds * logits)`` with
+        respect to the activation) for cut tensors and seed rows [B, C]."""
+        self.check_open()
+        head = self.spec.head
+        logits, gradient = self.run(
+            self.head_session, {**features, head.seed: np.asarray(seeds, np.float32)},
+            [head.logits, head.gradient],
+        )
+        return to_numpy(logits), to_numpy(gradient)
+
+    def run_input_gradient(self, x: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        """The guided gradient of ``sum(seeds * logits)`` w.r.t. the input rows ``x`` (the
+        bundle's input-gradient graph; see :mod:`explainer.pixels`).
+
+        Raises:
+            MethodError: the bundle has no input-gradient graph.
+        """
+        entry = self.spec.input_gradient
+        if entry is None:
+            raise MethodError("this bundle has no input-gradient graph; export with "
+                              "input_gradient=True")
+        session = self._pool.get("input_gradient", lambda: self.bundle.input_gradient)
+        feeds = {entry.input: self.check_input(x), entry.seed: np.asarray(seeds, np.float32)}
+        return to_numpy(self.run(session, feeds, [entry.gradient])[0])
+
+    def access(self, inputs: np.ndarray, layer: LayerSpec | None = None,
+               activation: np.ndarray | None = None, features: dict[str, Any] | None = None,
+               scorer: Scorer | None = None) -> LayerAccess:
+        """The :class:`~explainer.methods.core.ModelAccess` of the methods that run the model
+        again, for the checked batch ``inputs`` at ``layer`` (None: the target), whose
+        activation (in its own layout) and cut tensors are ``activation`` and ``features``;
+        ``scorer`` reads a target's score (None: the logit of its class)."""
+        return LayerAccess(self, inputs, layer, activation, features=features, scorer=scorer)
