@@ -1,31 +1,12 @@
-"""Object detectors: decode their outputs, choose the detections to explain, build their seeds.
+"""Object detectors: choose the detections to explain (the decoding of their outputs and the
+seeds of the chosen detections are in :mod:`explainer.detection_formats`, re-exported here).
 
 A detection bundle (``manifest["task"] == "detect"``) keeps the detector's outputs in its head
 and differentiates ``sum(seed * E)`` for one *explained* tensor ``E`` (``manifest["head"]
 ["logits"]``): the detector's output itself, or, where the graph has it, the class logits
-before the final sigmoid. The manifest's ``format`` says how to read the outputs:
-
-=====================  =============================================  ======================
-format                 outputs                                        confidence s
-=====================  =============================================  ======================
-``yolov8``             ``[N, 4+C, A]``: centre-xywh, C class          class probability
-                       probabilities (Ultralytics YOLOv8/YOLO11)
-``yolov5``             ``[N, A, 5+C]``: centre-xywh, objectness, C    objectness x class
-                       class probabilities (YOLOv5/YOLOv7)            probability
-``yolox``              ``[N, A, 5+C]`` as ``yolov5``, the boxes still  objectness x class
-                       grid offsets and log sizes (YOLOX exported      probability
-                       without decoding: decoded here per stride)
-``end2end``            ``[N, K, 6]``: x1, y1, x2, y2, score, class    score
-                       (selection inside: YOLOv10/YOLO26 style)
-``boxes_scores_labels``  ``boxes [K, 4]``, ``scores [K]``, ``labels``   score
-                       ``[K]`` (torchvision detectors exported with
-                       their NMS inside)
-``picodet``            per stride ``[N, A_s, C]`` class probabilities     class probability
-                       and ``[N, A_s, 4 (R+1)]`` box distributions
-                       (PicoDet/NanoDet/GFL; decoded here: softmax
-                       over R+1 bins, expectation x stride, distances
-                       from the cell centre)
-=====================  =============================================  ======================
+before the final sigmoid. The manifest's ``format`` says how to read the outputs
+(:mod:`explainer.detection_formats` decodes them: YOLOv8, YOLOv5, YOLOX, end-to-end, boxes/
+scores/labels and PicoDet layouts).
 
 Boxes are in model-input pixels. A detection's score is its confidence ``s`` with
 ``score="probability"``; with ``score="logit"`` (the default, as classifiers look through their
@@ -43,12 +24,21 @@ name}`` (the candidate of that class overlapping the box most, IoU > 0.5), or a 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .detection_formats import (
+    EPS,
+    FORMATS,
+    Candidates,
+    anchor_grid,
+    decode,
+    seed_row,
+    target_scores,
+)
 from .errors import TargetError, UsageError
 from .targets import class_id
 
@@ -59,6 +49,7 @@ __all__ = [
     "Candidates",
     "Detection",
     "DetectionTarget",
+    "anchor_grid",
     "decode",
     "nms",
     "plan_detections",
@@ -73,7 +64,6 @@ DEFAULT_IOU = 0.45
 #: the most detections one image yields (as Ultralytics' ``max_det``)
 MAX_DETECTIONS = 300
 _BOX_MATCH_IOU = 0.5
-_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -109,20 +99,6 @@ class Detection:
                 [round(float(v), 2) for v in self.image_box]}
 
 
-@dataclass
-class Candidates:
-    """A detector's decoded output for one image.
-
-    Attributes:
-        boxes: [A, 4] x1, y1, x2, y2 in model-input pixels.
-        scores: [A, C] confidence of every class (zero where a format gives one class per row).
-        selected: the rows are already the model's final detections (NMS inside the graph).
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    selected: bool = False
-
 
 @dataclass
 class DetectionTarget:
@@ -130,137 +106,6 @@ class DetectionTarget:
 
     detection: Detection
     pairs: list[tuple[int, int]] = field(default_factory=list)
-
-
-# --- formats -------------------------------------------------------------------------------------
-def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
-    xy, wh = xywh[:, :2], xywh[:, 2:4]
-    return np.concatenate([xy - wh / 2, xy + wh / 2], axis=1)
-
-
-def _sparse_scores(scores: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
-    dense = np.zeros((len(scores), num_classes), dtype=np.float32)
-    ids = np.clip(classes.astype(np.int64), 0, num_classes - 1)
-    dense[np.arange(len(scores)), ids] = scores
-    return dense
-
-
-_Size = tuple[int, int]
-
-
-def _decode_yolov8(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    rows = out[p["outputs"]["predictions"]].T.astype(np.float32)  # [A, 4+C]
-    return Candidates(_xywh_to_xyxy(rows[:, :4]), rows[:, 4:])
-
-
-def _decode_yolov5(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [A, 5+C]
-    return Candidates(_xywh_to_xyxy(rows[:, :4]), rows[:, 4:5] * rows[:, 5:])
-
-
-def anchor_grid(size: _Size, strides: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Cell corners (x, y) [A, 2] and strides [A] of a dense head at input ``size`` (H, W),
-    stride by stride, row-major within each (ceil(H / s) x ceil(W / s) cells)."""
-    cells, steps = [], []
-    for s in strides:
-        h, w = -(-size[0] // s), -(-size[1] // s)
-        ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-        steps.append(np.full(h * w, s))
-    return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
-
-
-def _decode_yolox(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [A, 5+C], raw boxes
-    grid, stride = anchor_grid(size, p.get("strides", (8, 16, 32)))
-    if len(grid) != len(rows):
-        raise UsageError(f"format yolox: {len(rows)} rows, but strides {p.get('strides')} give "
-                         f"{len(grid)} cells at {size[0]}x{size[1]}; set the format's strides")
-    xy = (rows[:, :2] + grid) * stride[:, None]
-    wh = np.exp(np.minimum(rows[:, 2:4], 20.0)) * stride[:, None]
-    return Candidates(_xywh_to_xyxy(np.concatenate([xy, wh], axis=1)),
-                      rows[:, 4:5] * rows[:, 5:])
-
-
-def _decode_end2end(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    rows = out[p["outputs"]["predictions"]].astype(np.float32)  # [K, 6]
-    return Candidates(rows[:, :4], _sparse_scores(rows[:, 4], rows[:, 5], _classes(p, rows[:, 5])),
-                      selected=True)
-
-
-def _decode_bsl(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    names = p["outputs"]
-    boxes = out[names["boxes"]].reshape(-1, 4).astype(np.float32)
-    scores = out[names["scores"]].reshape(-1).astype(np.float32)
-    labels = out[names["labels"]].reshape(-1)
-    return Candidates(boxes, _sparse_scores(scores, labels, _classes(p, labels)), selected=True)
-
-
-def _decode_picodet(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    names, strides, bins = p["outputs"], p["strides"], p["reg_max"] + 1
-    scores = np.concatenate([out[n].reshape(-1, out[n].shape[-1]) for n in names["scores"]])
-    boxes = []
-    for name, stride in zip(names["boxes"], strides, strict=True):
-        dist = out[name].reshape(-1, 4, bins).astype(np.float64)
-        dist = np.exp(dist - dist.max(axis=2, keepdims=True))
-        dist /= dist.sum(axis=2, keepdims=True)
-        ltrb = (dist * np.arange(bins)).sum(axis=2) * stride  # [A_s, 4]
-        cells, _ = anchor_grid(size, (stride,))
-        if len(cells) != len(ltrb):
-            raise UsageError(f"format picodet: output {name!r} has {len(ltrb)} rows, but stride "
-                             f"{stride} gives {len(cells)} cells at {size[0]}x{size[1]}")
-        centre = (cells + 0.5) * stride
-        boxes.append(np.concatenate([centre - ltrb[:, :2], centre + ltrb[:, 2:]], axis=1))
-    return Candidates(np.concatenate(boxes).astype(np.float32), scores.astype(np.float32))
-
-
-def _classes(p: dict[str, Any], ids: np.ndarray) -> int:
-    """The class count: the format's, else one past the largest class id seen."""
-    return int(p.get("classes") or (int(ids.max()) + 1 if ids.size else 1))
-
-
-# (candidate, class) -> indices into one image's explained tensor whose product is the
-# confidence (or, for a logit tensor, the index of the logit)
-_Terms = Callable[[int, int, dict[str, Any]], tuple[tuple[int, ...], ...]]
-
-
-def _terms_yolov8(a: int, c: int, p: dict[str, Any]) -> tuple[tuple[int, ...], ...]:
-    return ((c, a),) if p.get("explained") == "logits" else ((4 + c, a),)
-
-
-def _terms_yolov5(a: int, c: int, p: dict[str, Any]) -> tuple[tuple[int, ...], ...]:
-    return ((a, 4), (a, 5 + c))
-
-
-@dataclass(frozen=True)
-class _Format:
-    decode: Callable[[dict[str, np.ndarray], dict[str, Any], _Size], Candidates]
-    terms: _Terms
-
-
-#: the detection formats by manifest name
-FORMATS: dict[str, _Format] = {
-    "yolov8": _Format(_decode_yolov8, _terms_yolov8),
-    "yolov5": _Format(_decode_yolov5, _terms_yolov5),
-    "yolox": _Format(_decode_yolox, _terms_yolov5),
-    "end2end": _Format(_decode_end2end, lambda k, c, p: ((k, 4),)),
-    "boxes_scores_labels": _Format(_decode_bsl, lambda k, c, p: ((k,),)),
-    "picodet": _Format(_decode_picodet, lambda a, c, p: ((a, c),)),
-}
-
-
-def _format(params: dict[str, Any]) -> _Format:
-    try:
-        return FORMATS[params["name"]]
-    except KeyError:
-        raise UsageError(f"unknown detection format {params.get('name')!r}; known formats: "
-                         f"{sorted(FORMATS)}") from None
-
-
-def decode(outputs: dict[str, np.ndarray], params: dict[str, Any], size: _Size) -> Candidates:
-    """Decode one image's outputs (each without its batch axis) with the manifest's format,
-    for a model input of ``size`` (H, W)."""
-    return _format(params).decode(outputs, params, size)
 
 
 # --- selection -----------------------------------------------------------------------------------
@@ -271,7 +116,7 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
     area = np.prod(np.clip(box[2:] - box[:2], 0, None))
     areas = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area + areas - inter, _EPS)
+    return inter / np.maximum(area + areas - inter, EPS)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None,
@@ -293,7 +138,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray |
         w = np.clip(np.minimum(x2[best], x2[order]) - np.maximum(x1[best], x1[order]), 0, None)
         h = np.clip(np.minimum(y2[best], y2[order]) - np.maximum(y1[best], y1[order]), 0, None)
         inter = w * h
-        overlap = inter / np.maximum(areas[best] + areas[order] - inter, _EPS)
+        overlap = inter / np.maximum(areas[best] + areas[order] - inter, EPS)
         order = order[overlap <= iou]
     return np.array(keep, dtype=np.int64)
 
@@ -503,46 +348,3 @@ def check_spec(spec: Any, labels: Sequence[str] | None, num_classes: int) -> Non
         if not 0 <= c < num_classes:
             raise TargetError(f"class id {c} is out of range: the detector has {num_classes} "
                               f"classes (valid ids 0..{num_classes - 1})")
-
-
-# --- scores and seeds ----------------------------------------------------------------------------
-def _pair_terms(pairs: list[tuple[int, int]], params: dict[str, Any]):
-    terms = _format(params).terms
-    return [terms(a, c, params) for a, c in pairs]
-
-
-def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
-             score: str) -> np.ndarray:
-    """The seed over one image's explained tensor whose vector-Jacobian product is the gradient
-    of the target's score (``"logit"`` or ``"probability"``, summed over its pairs)."""
-    seed = np.zeros(explained.shape, dtype=np.float64)
-    logits = params.get("explained") == "logits"
-    for indices in _pair_terms(target.pairs, params):
-        values = np.array([explained[i] for i in indices], dtype=np.float64)
-        if logits:  # a logit tensor: d z = 1, d sigmoid(z) = s (1 - s)
-            s = 1.0 / (1.0 + np.exp(-values[0]))
-            seed[indices[0]] += 1.0 if score == "logit" else s * (1 - s)
-            continue
-        s = float(np.prod(values))
-        scale = 1.0 if score == "probability" else 1.0 / max(s * (1 - s), _EPS)
-        for k, index in enumerate(indices):  # d prod = sum_k prod_{j != k} v_j
-            seed[index] += scale * float(np.prod(np.delete(values, k)))
-    return seed.astype(np.float32)
-
-
-def target_scores(explained: np.ndarray, targets: Sequence[DetectionTarget],
-                  params: dict[str, Any], score: str) -> np.ndarray:
-    """Each target's score on the matching row of ``explained`` [M, ...] (one row per target):
-    the sum over its pairs of the logit or the confidence."""
-    logits = params.get("explained") == "logits"
-    out = np.zeros(len(targets), dtype=np.float64)
-    for m, target in enumerate(targets):
-        for indices in _pair_terms(target.pairs, params):
-            values = np.array([explained[m][i] for i in indices], dtype=np.float64)
-            if logits:
-                z = values[0]
-                out[m] += z if score == "logit" else 1.0 / (1.0 + np.exp(-z))
-                continue
-            s = float(np.prod(values))
-            out[m] += s if score == "probability" else np.log(max(s, _EPS) / max(1 - s, _EPS))
-    return out

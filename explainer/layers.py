@@ -16,7 +16,7 @@ import numpy as np
 
 from .activations import to_channels_first
 from .errors import UsageError
-from .image import normalize_maps, upsample_bilinear
+from .maps import normalize_maps, upsample_bilinear
 
 __all__ = ["FUSE_MODES", "LayerMaps", "check_fuse", "fuse", "layer_maps"]
 

@@ -78,50 +78,44 @@ def _display_name(row: dict[str, Any], root: str) -> str:
     return os.path.relpath(image, root) if root else image
 
 
-def _detections_table(row: dict[str, Any]) -> str:
-    """A detector's row: each explained detection (numbered as on the figure) and its box in the
-    original image, or the note that there was none."""
-    if not row["detections"]:
-        return f"<p class='note'>{_e(row.get('note') or 'no detection')}</p>"
-    lines = ["<table class='classes'><tr><th>#</th><th>class</th><th>score</th><th></th>"
-             "<th>box (x1, y1, x2, y2)</th></tr>"]
-    for k, d in enumerate(row["detections"], 1):
-        label = d["label"] if d["label"] is not None else d["class_id"]
-        box = d["image_box"] or d["box"]
-        lines.append(
-            f"<tr><td>{k}</td><td>{_e(label)}</td><td>{d['score']:.4f}</td><td><div "
-            f"class='bar'><i style='width:{100 * d['score']:.1f}%'></i></div></td>"
-            f"<td>{_e(', '.join(f'{v:.0f}' for v in box))}</td></tr>")
-    return "".join(lines) + "</table>"
+#: a task's explained items in a summary row: key -> (name column, extra column, empty note)
+_ITEMS = {
+    "detections": ("class", None, "no detection"),
+    "regions": ("class", "area", "nothing to explain"),
+    "characters": ("character", "timesteps", "nothing to explain"),
+}
 
 
 def _items_table(row: dict[str, Any], key: str) -> str:
-    """A segmenter's regions or a text recognizer's characters (numbered as on the figure)."""
+    """A detector's detections, a segmenter's regions or a text recognizer's characters
+    (numbered as on the figure) with their boxes in the original image, or the note that there
+    was none; a text line's decoded string above them."""
+    name, extra, empty = _ITEMS[key]
     items = row[key]
     text = f"<p>read: <b>{_e(row['text'])}</b></p>" if "text" in row else ""
     if not items:
-        return text + f"<p class='note'>{_e(row.get('note') or 'nothing to explain')}</p>"
-    name = "class" if key == "regions" else "character"
-    extra = "area" if key == "regions" else "timesteps"
+        return text + f"<p class='note'>{_e(row.get('note') or empty)}</p>"
+    extra_head = f"<th>{extra}</th>" if extra else ""
     lines = [text, f"<table class='classes'><tr><th>#</th><th>{name}</th><th>score</th><th>"
-             f"</th><th>{extra}</th><th>box (x1, y1, x2, y2)</th></tr>"]
+             f"</th>{extra_head}<th>box (x1, y1, x2, y2)</th></tr>"]
     for k, item in enumerate(items, 1):
-        label = item.get("label") if key == "regions" else item["text"]
+        label = item["text"] if key == "characters" else item.get("label")
         label = label if label is not None else item.get("class_id")
-        more = f"{item['area']:.0f}" if key == "regions" else \
-            f"{item['timesteps'][0]}-{item['timesteps'][-1]}"
+        more = ""
+        if extra == "area":
+            more = f"<td>{item['area']:.0f}</td>"
+        elif extra == "timesteps":
+            more = f"<td>{item['timesteps'][0]}-{item['timesteps'][-1]}</td>"
         box = item["image_box"] or item["box"]
         lines.append(
             f"<tr><td>{k}</td><td>{_e(label)}</td><td>{item['score']:.4f}</td><td><div "
             f"class='bar'><i style='width:{100 * item['score']:.1f}%'></i></div></td>"
-            f"<td>{more}</td><td>{_e(', '.join(f'{v:.0f}' for v in box))}</td></tr>")
+            f"{more}<td>{_e(', '.join(f'{v:.0f}' for v in box))}</td></tr>")
     return "".join(lines) + "</table>"
 
 
 def _classes_table(row: dict[str, Any]) -> str:
-    if "detections" in row:
-        return _detections_table(row)
-    for key in ("regions", "characters"):
+    for key in _ITEMS:
         if key in row:
             return _items_table(row, key)
     labels = row.get("labels") or [None] * len(row["class_ids"])

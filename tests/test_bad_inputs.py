@@ -89,7 +89,7 @@ def test_static_batch_models_take_any_batch(batch):
     """A model whose batch is fixed at 2 runs in chunks: every batch size works and equals the
     image-by-image results."""
     explainer = Explainer(build_bundle(make_cnn("NCHW", batch=2), "features"))
-    assert explainer.static_batch == 2
+    assert explainer.spec.input.static_batch == 2
     x = np.random.default_rng(batch).normal(size=(batch, 3, 32, 32)).astype(np.float32)
     together = explainer.explain(x, targets="top2")
     for i in range(batch):
@@ -207,7 +207,7 @@ def test_head_op_without_gradient_rule(tmp_path, capsys):
     assert info.value.op_type == "Softplus" and info.value.exit_code == 1
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
-    assert main(["export", str(path), "--target", "act", "-o", str(tmp_path / "b")]) == 1
+    assert main(["export", str(path), "--layer", "act", "-o", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert "no gradient rule for op 'Softplus'" in err and err.count("\n") == 1
 

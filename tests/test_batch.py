@@ -291,7 +291,7 @@ def test_run_options_check_names_bad_values():
 def guided_sweep(tmp_path_factory, model) -> str:
     """A layer sweep (relu_8, features) with the input-gradient graph."""
     path = tmp_path_factory.mktemp("guided_sweep") / "bundle"
-    assert main(["export", model, "--target", "relu_8", "--target", "features",
+    assert main(["export", model, "--layer", "relu_8", "--layer", "features",
                  "--input-gradient", "-o", str(path)]) == 0
     return str(path)
 

@@ -49,7 +49,7 @@ def _save(model: onnx.ModelProto, folder: Path, name: str = "model") -> str:
 def test_explain_onnx_file_writes_overlays_and_summary(name, tmp_path, images, capsys):
     model = _save(CORPUS[name][0](), tmp_path)
     out = tmp_path / "out"
-    code = main(["explain", model, *images, "--target", "auto", "--top-k", "3", "--out", str(out)])
+    code = main(["explain", model, *images, "--layer", "auto", "--top-k", "3", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "explaining 'features'" in printed
@@ -87,9 +87,86 @@ def test_export_then_explain_and_check_the_bundle(tmp_path, images, capsys):
 def test_export_with_target_and_layout(tmp_path, capsys):
     model = _save(make_cnn("NCHW"), tmp_path)
     bundle = tmp_path / "b"
-    assert main(["export", model, "--target", "maxpool_18", "--layout", "NCHW",
+    assert main(["export", model, "--layer", "maxpool_18", "--layout", "NCHW",
                  "-o", str(bundle)]) == 0
     assert json.loads((bundle / "manifest.json").read_text())["target"]["tensor"] == "maxpool_18"
+
+
+
+def test_target_is_a_deprecated_alias_of_layer(tmp_path, capsys):
+    """``--target`` still sets the layer (mixed with ``--layer`` too) and notes once that it
+    is deprecated; ``--layer`` prints no note."""
+    model = _save(make_cnn("NCHW"), tmp_path)
+    assert main(["export", model, "--target", "relu_8", "--layer", "features", "--target",
+                 "maxpool_18", "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    notes = [line for line in err if "--target is deprecated" in line]
+    assert len(notes) == 1 and "--layer" in notes[0]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert {layer["tensor"] for layer in manifest["layers"]} == {"relu_8", "features",
+                                                                 "maxpool_18"}
+    assert main(["export", model, "--layer", "maxpool_18", "-o", str(tmp_path / "b")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["target"]["tensor"] == \
+        "maxpool_18"
+
+
+def test_layer_is_in_every_model_command_help():
+    from explainer.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in ("explain", "export", "check"):
+        flags = {flag for action in commands[name]._actions for flag in action.option_strings}
+        assert {"--layer", "--target"} <= flags, name
+    assert "--layer" in commands["explain"].format_help()
+
+
+def test_messages_name_the_layer_flag():
+    from explainer.cli import cli_message
+
+    assert cli_message("pass target= and layout= explicitly") == \
+        "pass --layer and --layout explicitly"
+    # a message naming the former flag gets the flag's name now, and keeps its Python name
+    assert cli_message("pass --target (target=)") == "pass --layer (target=)"
+    assert cli_message("choose --targets top3") == "choose --targets top3"
+
+
+def test_the_task_line_is_printed_once(tmp_path, capsys):
+    from explainer.cli_commands import _task_text
+
+    model = _save(make_cnn("NCHW"), tmp_path)
+    assert main(["inspect", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("task:")] == ["task: classify"]
+    fmt = {"name": "yolov8", "classes": 80, "outputs": {"predictions": "output0"},
+           "explained": "logits"}
+    assert _task_text("detect", fmt) == ("task: detect, format yolov8 (80 classes; outputs "
+                                         "{'predictions': 'output0'}), explaining the logits")
+    assert _task_text("detect", fmt, "logits_t").endswith("explaining 'logits_t' (the logits)")
+
+
+
+def test_verbose_export_and_inspect_do_not_log_the_task_line_they_print(tmp_path, caplog):
+    import logging
+
+    from explainer.cli import without_task_log
+
+    def record(name: str, level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, ("detect", "yolov8"), None)
+
+    assert not without_task_log(record("exporters.onnx_frontend.tasks", logging.INFO,
+                                       "task %s, format %s"))
+    assert without_task_log(record("exporters.onnx_frontend.tasks", logging.WARNING,
+                                   "task %s, format %s"))
+    assert without_task_log(record("exporters.build", logging.INFO, "bundle: target %s %s"))
+    # the filter is on the handlers while the command runs, and removed after
+    handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else None
+    model = _save(make_cnn("NCHW"), tmp_path)
+    with caplog.at_level(logging.INFO):
+        assert main(["-v", "export", model, "-o", str(tmp_path / "b")]) == 0
+    assert "auto target" in caplog.text  # the exporters' other INFO lines are kept
+    if handler is not None:
+        assert without_task_log not in handler.filters
 
 
 def test_inspect_prints_the_candidate_table(tmp_path, capsys):
@@ -117,13 +194,13 @@ def test_check_onnx_file(name, tmp_path, capsys):
 def test_check_fails_with_exit_code_1(tmp_path, capsys):
     model = _save(make_cnn("NCHW"), tmp_path)
     # a tolerance nothing meets
-    assert main(["check", model, "--tolerance", "0", "--target", "relu_8"]) == 1
+    assert main(["check", model, "--tolerance", "0", "--layer", "relu_8"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
 
 def test_errors_are_reported_with_exit_code_2(tmp_path, images, capsys):
     model = _save(make_cnn("NCHW"), tmp_path)
-    assert main(["explain", model, images[0], "--target", "nope"]) == 2
+    assert main(["explain", model, images[0], "--layer", "nope"]) == 2
     assert "neither a tensor nor a node" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.onnx")]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
@@ -209,7 +286,7 @@ def test_errors_are_one_line_with_their_exit_code(argv, code, words, tmp_path, i
     assert len(errors) == 1 and errors[0].startswith("error: ") and words in errors[0], stderr
 
 
-# --- contrast, score, layer sweeps (--target repeated, --fuse), pixel maps ----------------------
+# --- contrast, score, layer sweeps (--layer repeated, --fuse), pixel maps ----------------------
 
 SWEEP = ["relu_8", "features"]  # two layers at different resolutions (16x16, 8x8)
 
@@ -231,7 +308,7 @@ def guided_bundle(tmp_path_factory, cnn) -> str:
 def sweep_bundle(tmp_path_factory, cnn) -> str:
     """A layer-sweep bundle (relu_8 and features) of the corpus CNN."""
     path = tmp_path_factory.mktemp("sweep") / "bundle"
-    assert main(["export", cnn, "--target", SWEEP[0], "--target", SWEEP[1], "-o", str(path)]) == 0
+    assert main(["export", cnn, "--layer", SWEEP[0], "--layer", SWEEP[1], "-o", str(path)]) == 0
     return str(path)
 
 
@@ -276,7 +353,7 @@ def test_contrast_and_score_change_the_maps_as_the_api_does(flags, options, reco
 
 def test_export_layer_sweep_prints_every_layer(tmp_path, cnn, capsys):
     bundle = tmp_path / "sweep"
-    assert main(["export", cnn, "--target", "features", "--target", "relu_8",
+    assert main(["export", cnn, "--layer", "features", "--layer", "relu_8",
                  "-o", str(bundle)]) == 0
     printed = capsys.readouterr().out
     assert "layer sweep of 2" in printed and "'relu_8'" in printed and "'features'" in printed
@@ -288,7 +365,7 @@ def test_export_layer_sweep_prints_every_layer(tmp_path, cnn, capsys):
 def test_layer_sweep_from_an_onnx_file_writes_each_layers_overlay(tmp_path, images, cnn,
                                                                     sweep_bundle, capsys):
     out = tmp_path / "out"
-    assert main(["explain", cnn, *images, "--target", SWEEP[0], "--target", SWEEP[1],
+    assert main(["explain", cnn, *images, "--layer", SWEEP[0], "--layer", SWEEP[1],
                  "--top-k", "2", "--save-npy", "--out", str(out)]) == 0
     assert "layer sweep of 2" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -353,7 +430,7 @@ def test_pixel_methods_write_pixel_maps(method, k, tmp_path, images, guided_bund
 def test_pixel_method_on_an_onnx_file_builds_the_input_gradient(tmp_path, images, cnn):
     out = tmp_path / "out"
     summary, rows = _run(cnn, images[:1], out, "--method", "guided-backprop",
-                         "--target", SWEEP[0], "--target", SWEEP[1])
+                         "--layer", SWEEP[0], "--layer", SWEEP[1])
     assert rows[0]["pixels"] == ["image0_pixels.png"] and (out / "image0_pixels.npy").is_file()
     assert set(rows[0]["layers"]) == {"relu_8_node", "features_node"}
 
@@ -373,8 +450,8 @@ def test_pixel_method_without_the_graph_fails_before_any_image(tmp_path, images,
 def test_new_explain_flags_run_with_torch_unimportable(tmp_path, images, cnn):
     """A sweep, a pixel method, contrast and score, built from the .onnx file: no torch."""
     out = tmp_path / "out"
-    args = ["explain", cnn, images[0], "--method", "guided-gradcam", "--target", SWEEP[0],
-            "--target", SWEEP[1], "--contrast", "least", "--score", "probability", "--fuse",
+    args = ["explain", cnn, images[0], "--method", "guided-gradcam", "--layer", SWEEP[0],
+            "--layer", SWEEP[1], "--contrast", "least", "--score", "probability", "--fuse",
             "max", "--out", str(out)]
     result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT,
                             capture_output=True, text=True)
@@ -389,7 +466,7 @@ def test_new_explain_flags_run_with_torch_unimportable(tmp_path, images, cnn):
     (["--fuse", "median"], ["'median'", "'mean'", "'max'", "--fuse none"]),
     (["--contrast", "top99"], ["'top99'", "between 1 and 10"]),
     (["--contrast", "top3", "--top-k", "2"], ["'top3'", "3 classes", "2 targets"]),
-    (["--target", "auto", "--target", "features"], ["auto", "layer sweep"]),
+    (["--layer", "auto", "--layer", "features"], ["auto", "layer sweep"]),
 ])
 def test_bad_contrast_score_fuse_and_sweep_exit_2(flags, words, tmp_path, images, cnn, capsys):
     out = tmp_path / "out"

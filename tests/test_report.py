@@ -121,3 +121,36 @@ def test_report_renders_in_headless_chromium(run):
     assert all(url.startswith("file://") for url in requests), requests
     with Image.open(ARTIFACTS / "report.png") as shot:
         assert shot.width >= 1100 and shot.height > 900
+
+
+def _task_row(image: str, key: str, items: list[dict], **extra) -> dict:
+    return {"image": image, "status": "ok", "overlay": f"{Path(image).stem}_cam.png",
+            "class_ids": [], "labels": None, "scores": [], "probabilities": [], key: items,
+            "note": None if items else "nothing here", **extra}
+
+
+def test_report_lists_each_tasks_items_with_their_boxes(tmp_path):
+    """Detections, regions and characters share one table: numbered, labelled (the class id
+    where there is no label), the score, the task's own column and the box in the image."""
+    detection = {"label": None, "class_id": 7, "score": 0.75, "box": [1, 2, 3, 4],
+                 "image_box": [10, 20, 30, 40]}
+    region = {"label": "road", "class_id": 0, "score": 0.5, "area": 1234.4, "box": [5, 6, 7, 8],
+              "image_box": None}
+    character = {"text": "Q", "class_id": 3, "score": 0.25, "timesteps": [4, 5, 9],
+                 "box": [0, 0, 9, 16], "image_box": [0, 0, 18, 32]}
+    rows = [_task_row("/in/street.jpg", "detections", [detection]),
+            _task_row("/in/empty.jpg", "detections", []),
+            _task_row("/in/scene.jpg", "regions", [region]),
+            _task_row("/in/line.jpg", "characters", [character], text="Q!")]
+    summary = {"model": "m.onnx", "counts": {"ok": 4, "error": 0}, "images": rows}
+    page = write_report(tmp_path, summary)[0].read_text()
+    tables = re.findall(r"<article.*?</article>", page)
+    assert len(tables) == 4
+    assert "<th>class</th>" in tables[0] and "<th>area</th>" not in tables[0]
+    assert "<td>1</td><td>7</td><td>0.7500</td>" in tables[0]  # no label: the class id
+    assert "<td>10, 20, 30, 40</td>" in tables[0]  # the box in the original image
+    assert "nothing here" in tables[1] and "<table" not in tables[1]
+    assert "<th>area</th>" in tables[2] and "<td>road</td>" in tables[2]
+    assert "<td>1234</td><td>5, 6, 7, 8</td>" in tables[2]  # no image box: the model's
+    assert "read: <b>Q!</b>" in tables[3] and "<th>character</th>" in tables[3]
+    assert "<td>Q</td><td>0.2500</td>" in tables[3] and "<td>4-9</td>" in tables[3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explainer import visualize
+from explainer import colormaps, visualize
 from explainer.visualize import COLORMAPS, colormap, figure, overlay, save_figure
 
 
@@ -19,18 +19,20 @@ def _image(h: int = 32, w: int = 48) -> np.ndarray:
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def test_module_is_torch_and_matplotlib_free():
+@pytest.mark.parametrize("module", [visualize, colormaps])
+def test_module_is_torch_and_matplotlib_free(module):
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(visualize))
+    tree = ast.parse(inspect.getsource(module))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    allowed = {"__future__", "logging", "collections", "os", "pathlib", "numpy", "PIL", "errors"}
+    allowed = {"__future__", "logging", "collections", "os", "pathlib", "numpy", "PIL", "errors",
+               "colormaps"}
     assert imported <= allowed
 
 

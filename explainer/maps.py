@@ -1,0 +1,53 @@
+"""Heatmap arrays: bilinear upsampling (half-pixel centers) and per-map min-max scaling.
+numpy only."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["normalize_maps", "upsample_bilinear"]
+
+
+@lru_cache(maxsize=64)
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi) and weight of hi for 1-D linear interpolation with half-pixel
+    centers (align_corners=False, as torch.nn.functional.interpolate and cv2.resize)."""
+    pos = np.clip((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0, src - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, src - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize ``maps`` [..., h, w] to [..., H, W] (half-pixel centers).
+
+    Gathers and lerps rather than multiplying by interpolation matrices: BLAS threads left
+    spinning after a matmul would steal the cores from the next ONNX Runtime run.
+    """
+    maps = maps.astype(np.float32, copy=False)
+    lo, hi, frac = _linear_taps(maps.shape[-1], size[1])
+    columns = maps[..., lo] * (1 - frac) + maps[..., hi] * frac  # [..., h, W], small
+    lo, hi, frac = _linear_taps(maps.shape[-2], size[0])
+    frac = frac[:, None]
+    out = np.ascontiguousarray(columns[..., lo, :])  # fancy indexing may leave odd strides
+    out *= 1 - frac
+    upper = columns[..., hi, :]
+    upper *= frac
+    out += upper
+    return out
+
+
+def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Per-map min-max scaling of [..., H, W] to [0, 1]; a constant map becomes all zeros.
+
+    With ``copy=False`` a C-contiguous float32 input is scaled in place (and returned).
+    """
+    out = np.array(maps, dtype=np.float32, order="C", copy=True if copy else None)
+    flat = out.reshape(-1, out.shape[-2] * out.shape[-1])  # a view: `out` is C-contiguous
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    flat -= low
+    flat *= np.divide(1, span, out=np.zeros_like(span), where=span > 0)
+    return out
