@@ -1,9 +1,13 @@
-"""mkdocs hooks: the CAM methods page is generated from the method registry.
+"""mkdocs hooks: the CAM methods page and the formats table are generated from the registries.
 
 ``docs/methods.md`` holds the marker ``<!-- methods-registry -->``; at build time it is replaced
 by a table of every entry of :data:`explainer.methods.METHODS` and one section per method, read
 from the registry's ``MethodSpec`` fields. Nothing on the page is written by hand twice: a
 method added to the registry appears on the site with its paper, formula and peers.
+
+``docs/tasks/formats.md`` holds ``<!-- formats-registry -->``, replaced the same way by a table
+of every task of :data:`explainer.tasks.TASKS` and every output format of
+:data:`explainer.tasks.FORMATS` (``TaskSpec`` and ``FormatSpec`` fields).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from mkdocs.exceptions import PluginError
 
 MARKER = "<!-- methods-registry -->"
 METHODS_PAGE = "methods.md"
+FORMATS_MARKER = "<!-- formats-registry -->"
+FORMATS_PAGE = "tasks/formats.md"
+#: the ``TaskSpec`` and ``FormatSpec`` fields the formats table is rendered from
+TASK_FIELDS = ("name", "title", "planner", "default_targets", "in_graph", "doc")
+FORMAT_FIELDS = ("name", "task", "layout", "doc", "records", "emit", "default_targets")
 
 #: The ``MethodSpec`` fields the page is rendered from (the registry's shared contract).
 SPEC_FIELDS = ("name", "title", "kind", "weights", "emit", "per_position", "needs_cam", "paper",
@@ -141,11 +150,72 @@ def render(registry: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_task_registry() -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """``explainer.tasks.TASKS`` and ``explainer.tasks.FORMATS``, checked against the
+    ``TaskSpec``/``FormatSpec`` contract.
+
+    Raises:
+        PluginError: when the registry cannot be imported, is empty, or an entry lacks a field.
+    """
+    try:
+        tasks = importlib.import_module("explainer.tasks")
+        registries = (tasks.TASKS, tasks.FORMATS)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(
+            f"docs/hooks.py: cannot load explainer.tasks.TASKS/FORMATS ({exc}); build the docs "
+            "in the environment where onnxcam is installed (`make docs`)"
+        ) from exc
+    for registry, fields, kind in zip(registries, (TASK_FIELDS, FORMAT_FIELDS),
+                                      ("TASKS", "FORMATS"), strict=True):
+        if not isinstance(registry, Mapping) or not registry:
+            raise PluginError(f"docs/hooks.py: explainer.tasks.{kind} is missing or empty; the "
+                              "formats table is generated from it")
+        for name, spec in registry.items():
+            missing = [field for field in fields if not hasattr(spec, field)]
+            if missing:
+                raise PluginError(f"docs/hooks.py: explainer.tasks.{kind}[{name!r}] lacks "
+                                  f"{', '.join(missing)}; the formats table is rendered from "
+                                  f"its fields ({', '.join(fields)})")
+    return registries
+
+
+def render_formats(tasks: Mapping[str, Any], formats: Mapping[str, Any]) -> str:
+    """The tasks table, then the formats table, in the registries' order."""
+    lines = [
+        "| task | outputs | default targets | one-call explanation graph | formats |",
+        "|---|---|---|---|---|",
+    ]
+    for name, task in tasks.items():
+        names = ", ".join(f"`{f}`" for f, spec in formats.items() if spec.task == name)
+        lines.append(f"| [{_cell(task.title)}]({name}.md) (`{name}`) | {_cell(task.doc)} | "
+                     f"`{task.default_targets}` | {'yes' if task.in_graph else 'no'} | "
+                     f"{names or 'none'} |")
+    lines += [
+        "",
+        "| format | task | layout | outputs | default targets | recorded in the manifest | "
+        "in the explanation graph |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, spec in formats.items():
+        targets = spec.default_targets or tasks[spec.task].default_targets
+        records = ", ".join(f"`{r}`" for r in ("name", *spec.records))
+        lines.append(f"| `{name}` | {spec.task} | `{_cell(spec.layout)}` | {_cell(spec.doc)} | "
+                     f"`{targets}` | {records} | {'yes' if spec.emit is not None else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fill(markdown: str, page: str, marker: str, text: Any) -> str:
+    if marker not in markdown:
+        raise PluginError(f"docs/{page} lost its {marker} marker: the generated table goes "
+                          "there")
+    return markdown.replace(marker, text())
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """Fill the methods page's marker with the rendered registry."""
-    if page.file.src_uri != METHODS_PAGE:
-        return markdown
-    if MARKER not in markdown:
-        raise PluginError(f"docs/{METHODS_PAGE} lost its {MARKER} marker: the generated "
-                          "table of methods goes there")
-    return markdown.replace(MARKER, render(load_registry()))
+    """Fill the methods page's and the formats page's markers with the rendered registries."""
+    if page.file.src_uri == METHODS_PAGE:
+        return _fill(markdown, METHODS_PAGE, MARKER, lambda: render(load_registry()))
+    if page.file.src_uri == FORMATS_PAGE:
+        return _fill(markdown, FORMATS_PAGE, FORMATS_MARKER,
+                     lambda: render_formats(*load_task_registry()))
+    return markdown

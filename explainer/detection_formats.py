@@ -28,6 +28,8 @@ format                 outputs                                        confidence
                        from the cell centre)
 =====================  =============================================  ======================
 
+Each format is one :class:`~explainer.tasks.spec.FormatSpec` in :data:`SPECS` (its layout,
+decoder and seed terms); :data:`explainer.tasks.FORMATS` lists them with the other tasks'.
 Boxes are in model-input pixels; see :mod:`explainer.detection` for how detections are chosen
 and what their scores mean.
 """
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import UsageError
+from .tasks.spec import FormatSpec
 
 if TYPE_CHECKING:
     from .detection import DetectionTarget
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EPS",
     "FORMATS",
+    "SPECS",
     "Candidates",
     "anchor_grid",
     "decode",
@@ -174,24 +178,38 @@ def _terms_yolov5(a: int, c: int, p: dict[str, Any]) -> tuple[tuple[int, ...], .
     return ((a, 4), (a, 5 + c))
 
 
-@dataclass(frozen=True)
-class _Format:
-    decode: Callable[[dict[str, np.ndarray], dict[str, Any], _Size], Candidates]
-    terms: _Terms
+_PREDICTIONS = ("outputs", "classes", "explained")
 
-
+#: the detection formats, in display order (see :class:`~explainer.tasks.spec.FormatSpec`)
+SPECS = (
+    FormatSpec("yolov8", "detect", "[N, 4+C, A]",
+               "centre-xywh, C class probabilities (Ultralytics YOLOv8/YOLO11); confidence: the "
+               "class probability", _PREDICTIONS, _decode_yolov8, _terms_yolov8),
+    FormatSpec("yolov5", "detect", "[N, A, 5+C]",
+               "centre-xywh, objectness, C class probabilities (YOLOv5/YOLOv7); confidence: "
+               "objectness x class probability", _PREDICTIONS, _decode_yolov5, _terms_yolov5),
+    FormatSpec("yolox", "detect", "[N, A, 5+C]",
+               "as `yolov5`, the boxes still grid offsets and log sizes (YOLOX exported without "
+               "decoding: decoded per stride)", (*_PREDICTIONS, "strides"), _decode_yolox,
+               _terms_yolov5),
+    FormatSpec("end2end", "detect", "[N, K, 6]",
+               "x1, y1, x2, y2, score, class (selection inside the graph: YOLOv10/YOLO26 "
+               "style); confidence: the score", _PREDICTIONS, _decode_end2end,
+               lambda k, c, p: ((k, 4),)),
+    FormatSpec("boxes_scores_labels", "detect", "boxes [K, 4], scores [K], labels [K]",
+               "torchvision detectors exported with their NMS inside; confidence: the score",
+               _PREDICTIONS, _decode_bsl, lambda k, c, p: ((k,),)),
+    FormatSpec("picodet", "detect", "per stride [N, A_s, C] and [N, A_s, 4 (R+1)]",
+               "class probabilities and box distributions (PicoDet/NanoDet/GFL: softmax over "
+               "R+1 bins, expectation x stride, distances from the cell centre)",
+               (*_PREDICTIONS, "strides", "reg_max", "scores_tensor"), _decode_picodet,
+               lambda a, c, p: ((a, c),)),
+)
 #: the detection formats by manifest name
-FORMATS: dict[str, _Format] = {
-    "yolov8": _Format(_decode_yolov8, _terms_yolov8),
-    "yolov5": _Format(_decode_yolov5, _terms_yolov5),
-    "yolox": _Format(_decode_yolox, _terms_yolov5),
-    "end2end": _Format(_decode_end2end, lambda k, c, p: ((k, 4),)),
-    "boxes_scores_labels": _Format(_decode_bsl, lambda k, c, p: ((k,),)),
-    "picodet": _Format(_decode_picodet, lambda a, c, p: ((a, c),)),
-}
+FORMATS: dict[str, FormatSpec] = {spec.name: spec for spec in SPECS}
 
 
-def _format(params: dict[str, Any]) -> _Format:
+def _format(params: dict[str, Any]) -> FormatSpec:
     try:
         return FORMATS[params["name"]]
     except KeyError:

@@ -16,7 +16,8 @@ from .errors import ExplainerError, InputError, OnnxcamError
 from .image import ImageLike, prepare_with_geometry, preprocess, values_only
 from .outputs import save_npy, save_png
 from .run_options import RunOptions
-from .visualize import figure, pixel_image
+from .tasks.registry import TASKS
+from .visualize import figure, item_boxes, pixel_image
 
 __all__ = ["Explained", "explain_batch", "write_outputs"]
 
@@ -51,14 +52,12 @@ class Explained:
                "probabilities": e.probabilities[i, :k].tolist()}
         if e.items is None:
             return row
-        key = {"detect": "detections", "segment": "regions", "sequence": "characters"}[e.task]
-        row[key] = [item.to_dict() for item in e.items[i]]
+        task = TASKS[e.task]
+        row[str(task.items)] = [item.to_dict() for item in e.items[i]]
         if e.sequence is not None:
             row["text"] = e.sequence[i].text
             row["text_score"] = e.sequence[i].score
-        nothing = {"detect": "no detection to explain", "segment": "no region to explain",
-                   "sequence": "no character decoded"}[e.task]
-        row["note"] = None if k else nothing
+        row["note"] = None if k else task.nothing
         return row
 
 
@@ -136,7 +135,7 @@ def write_outputs(
     e, i = result.explanation, result.index
     k = e.count(i)
     # a detection's or region's box on its map (a character's columns would hide its map)
-    boxes = None if e.items is None or e.task == "sequence" else [item.box for item in e.items[i]]
+    boxes = None if e.items is None else item_boxes(TASKS[e.task].drawer, e.items[i])
 
     def draw(maps: np.ndarray, path: Path) -> None:
         save_png(figure(result.shown, list(maps[i, :k]), e.titles(i), colormap=options.colormap,

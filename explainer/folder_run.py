@@ -21,6 +21,7 @@ from .outputs import remove_stale_temps, save_json
 from .pixels import PIXEL_METHODS, require_input_gradient
 from .run_options import RunOptions
 from .targets import plan_targets
+from .tasks.registry import default_targets
 
 __all__ = ["SUMMARY", "FolderRun", "layer_file_names"]
 
@@ -130,10 +131,9 @@ class FolderRun:
             "fuse": options.fuse,
         }
         if self.task != "classify":  # recorded (and compared on --resume) for these tasks
-            default = {"detect": "detections", "sequence": "characters", "segment": "regions"
-                       if (manifest.get("format") or {}).get("name") == "binary" else "classes"}
             self.header.update({"task": self.task, "renormalize": options.renormalize,
-                                "targets": default[self.task] if targets is None
+                                "targets": default_targets(self.task, manifest.get("format"))
+                                if targets is None
                                 and not options.top_k else self.header["targets"]})
             if self.task == "detect":
                 self.header.update({"conf": options.conf, "iou": options.iou})

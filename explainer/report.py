@@ -21,6 +21,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .outputs import save_text
+from .tasks.registry import TASKS
 
 __all__ = ["page_name", "write_report"]
 
@@ -79,11 +80,7 @@ def _display_name(row: dict[str, Any], root: str) -> str:
 
 
 #: a task's explained items in a summary row: key -> (name column, extra column, empty note)
-_ITEMS = {
-    "detections": ("class", None, "no detection"),
-    "regions": ("class", "area", "nothing to explain"),
-    "characters": ("character", "timesteps", "nothing to explain"),
-}
+_ITEMS = {task.items: task.report for task in TASKS.values() if task.items and task.report}
 
 
 def _items_table(row: dict[str, Any], key: str) -> str:

@@ -31,20 +31,24 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from onnx import TensorProto
 
 from .errors import TargetError
 from .seeds import WeightedTarget
 from .targets import class_id
+from .tasks.spec import FormatSpec
 
-__all__ = ["DEFAULT_THRESHOLD", "SEGMENT_FORMATS", "Region", "check_region_spec",
+if TYPE_CHECKING:
+    from .methods.spec import GraphBuilder
+
+__all__ = ["DEFAULT_THRESHOLD", "SEGMENT_FORMATS", "SPECS", "Region", "check_region_spec",
+           "emit_binary", "emit_masks",
            "check_threshold", "class_of", "keyword", "region_terms",
            "label_regions", "mean_probability", "plan_regions", "predicted"]
 
-#: mask formats
-SEGMENT_FORMATS = ("masks", "binary")
 #: default probability threshold of a ``binary`` map's mask
 DEFAULT_THRESHOLD = 0.5
 #: regions smaller than this (output pixels) are not explained
@@ -134,16 +138,30 @@ def check_threshold(threshold: float) -> None:
         raise TargetError(f"threshold (--threshold) must be in (0, 1), got {threshold}")
 
 
+def _predicted_masks(explained: np.ndarray, params: dict[str, Any],
+                     threshold: float) -> np.ndarray:
+    return explained.argmax(axis=0)
+
+
+def _predicted_binary(explained: np.ndarray, params: dict[str, Any],
+                      threshold: float) -> np.ndarray:
+    logits = params.get("explained", "logits") == "logits"
+    cut = float(np.log(threshold / (1.0 - threshold))) if logits else threshold
+    return np.where(explained[0] > cut, 0, -1)
+
+
 def predicted(explained: np.ndarray, params: dict[str, Any],
               threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """The class map int [h, w] (-1 where no class is predicted) of one image's explained
     tensor [C, h, w]: the argmax (of the logits: the softmax keeps it), or a binary map's
     pixels above ``threshold`` (compared as logits where the tensor holds them)."""
-    if params["name"] != "binary":
-        return explained.argmax(axis=0)
-    logits = params.get("explained", "logits") == "logits"
-    cut = float(np.log(threshold / (1.0 - threshold))) if logits else threshold
-    return np.where(explained[0] > cut, 0, -1)
+    return _spec(params).decode(explained, params, threshold)  # type: ignore[misc]
+
+
+def _spec(params: dict[str, Any]) -> FormatSpec:
+    """The segmentation format of the manifest's ``params`` (``masks`` when unknown, as the
+    export writes one of :data:`SEGMENT_FORMATS`)."""
+    return _FORMATS.get(params.get("name"), _FORMATS["masks"])
 
 
 def mean_probability(explained: np.ndarray, params: dict[str, Any], c: int,
@@ -161,7 +179,7 @@ def region_terms(spec: Any, params: dict[str, Any]) -> list[Any]:
     """The terms of a segmentation target spec (``+``-joined strings and lists flattened; None:
     the format's default)."""
     if spec is None:
-        return ["regions" if params["name"] == "binary" else "classes"]
+        return [_spec(params).default_targets]
     if isinstance(spec, str):  # names keep their inner spaces ("traffic light")
         return [t.strip() for t in spec.split("+") if t.strip()]
     if isinstance(spec, (list, tuple)):
@@ -305,7 +323,7 @@ def plan_regions(
         found.sort(key=lambda f: -f[0])
         return [target(c, regions == i, "region") for _, c, i, regions in found[:MAX_REGIONS]]
 
-    default = by_region if params["name"] == "binary" else by_class
+    default = by_region if _spec(params).default_targets == "regions" else by_class
     out: list[WeightedTarget] = []
     for term in region_terms(spec, params):
         if isinstance(term, dict):
@@ -330,3 +348,45 @@ def plan_regions(
             if (pred == c).any():
                 out.append(target(c, pred == c, "class"))
     return out
+
+
+# --- in-graph emitters of the explanation graph ---------------------------------------------
+def emit_masks(b: GraphBuilder, scores: str, params: dict[str, Any], classes: int
+               ) -> tuple[str, str, str]:
+    """A ``masks`` segmenter's (predicted class [B, 1, h, w]; probabilities [B, C, h, w]; areas
+    [B, C]: each class's predicted pixels) as ONNX nodes, as :func:`predicted` computes them."""
+    logits = params.get("explained", "logits") == "logits"
+    probs = b.op("Softmax", scores, axis=1) if logits else scores
+    pred = b.op("ArgMax", scores, axis=1, keepdims=1)
+    one_hot = b.op("OneHot", pred, b.const(classes), b.const([0.0, 1.0], np.float32),
+                   axis=1)  # [B, C, 1, h, w]
+    return pred, probs, b.reduce("ReduceSum", one_hot, [2, 3, 4], keepdims=0)
+
+
+def emit_binary(b: GraphBuilder, scores: str, params: dict[str, Any], classes: int
+                ) -> tuple[str, str, str]:
+    """A ``binary`` map's (predicted [B, 1, h, w]: 0 inside, -1 outside; probabilities; area
+    [B, 1]) at threshold 0.5, as ONNX nodes."""
+    logits = params.get("explained", "logits") == "logits"
+    probs = b.op("Sigmoid", scores) if logits else scores
+    inside = b.op("Greater", probs, b.const(0.5, np.float32))
+    pred = b.op("Sub", b.op("Cast", inside, to=TensorProto.INT64), b.const(1))
+    area = b.reduce("ReduceSum", b.op("Cast", inside, to=TensorProto.FLOAT), [2, 3], keepdims=0)
+    return pred, probs, area
+
+
+_VALUES = ("outputs", "classes", "explained", "activation", "tensor", "axis")
+#: the segmentation formats (see :class:`~explainer.tasks.spec.FormatSpec`)
+SPECS = (
+    FormatSpec("masks", "segment", "[N, C, h, w]",
+               "class scores (logits, or probabilities after a Softmax over the classes); the "
+               "predicted mask of class c is `argmax == c`", _VALUES, _predicted_masks,
+               emit=emit_masks, default_targets="classes"),
+    FormatSpec("binary", "segment", "[N, 1, h, w]",
+               "one sigmoid map (binary segmentation, DBNet-style text detection); a pixel is "
+               "in the mask where its probability exceeds the threshold", _VALUES,
+               _predicted_binary, emit=emit_binary, default_targets="regions"),
+)
+_FORMATS = {spec.name: spec for spec in SPECS}
+#: mask formats
+SEGMENT_FORMATS = tuple(_FORMATS)

@@ -29,9 +29,10 @@ import numpy as np
 
 from .errors import LabelError, TargetError
 from .seeds import WeightedTarget, probabilities
+from .tasks.spec import FormatSpec
 
-__all__ = ["Character", "Transcript", "check_sequence_spec", "ctc_decode", "plan_characters",
-           "sequence_labels"]
+__all__ = ["SPECS", "Character", "Transcript", "check_sequence_spec", "ctc_decode",
+           "plan_characters", "sequence_labels"]
 
 BLANK_LABEL = "<blank>"
 
@@ -206,3 +207,13 @@ def plan_characters(spec: Any, transcript: Transcript, shape: tuple[int, ...]
         elif int(term) < len(chars):
             out.append(WeightedTarget(chars[int(term)], weights([chars[int(term)]])))
     return out
+
+
+#: the text recognition formats (see :class:`~explainer.tasks.spec.FormatSpec`)
+SPECS = (
+    FormatSpec("ctc", "sequence", "[N, T, V] or [T, N, V]",
+               "per-timestep scores over a vocabulary of V (logits, or probabilities after a "
+               "Softmax), index `blank` the CTC blank; decoded greedily",
+               ("outputs", "layout", "blank", "classes", "explained", "activation", "tensor",
+                "axis"), ctc_decode, default_targets="characters"),
+)

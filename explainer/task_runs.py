@@ -122,7 +122,8 @@ def explain_task(
     ids = np.tile(np.arange(seeds.shape[1]), (batch, 1))
     _, maps = layer_cams(runner, x, features, ids, seeds, method, scorer) if k else (None, {})
     items = [[placed(plan.item(t), b, geometry) for t in row] for b, row in enumerate(plans)]
-    transcripts = [t for _, t in planned] if spec.task == "sequence" else None
+    # what the outputs read as (a text recognizer's transcripts), where the planner reads any
+    transcripts = [t for _, t in planned] if any(t is not None for _, t in planned) else None
     explanation = task_explanation(spec.task, items, scores, maps, score, method, fuse,
                                    (batch, *size), notes, transcripts)
     if renormalize:

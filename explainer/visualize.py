@@ -20,7 +20,7 @@ grey (see there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
 
@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .colormaps import COLORMAPS, apply_colormap, check_heatmap, colormap
 from .errors import VisualizeError
 
-__all__ = ["COLORMAPS", "colormap", "draw_boxes", "figure", "overlay", "pixel_image",
-           "save_figure"]
+__all__ = ["COLORMAPS", "ITEM_DRAWERS", "colormap", "draw_boxes", "figure", "item_boxes",
+           "overlay", "pixel_image", "save_figure"]
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +329,22 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]],
             draw.text((tx, ty), labels[j], fill=(255, 255, 255), font=font,
                       stroke_width=max(1, width // 2), stroke_fill=(0, 0, 0))
     return out
+
+
+#: how a figure shows a task's explained items, by its ``drawer``
+#: (:attr:`explainer.tasks.TaskSpec.drawer`): one image's items -> the boxes drawn on their
+#: maps, or None. A text recognizer's character boxes are left off: they would hide the map.
+ITEM_DRAWERS: dict[str, Callable[[Sequence], list | None]] = {
+    "classes": lambda items: None,
+    "boxes": lambda items: [item.box for item in items],
+    "text": lambda items: None,
+}
+
+
+def item_boxes(drawer: str, items: Sequence | None) -> list | None:
+    """The boxes :func:`figure` draws for one image's explained ``items`` of a task whose
+    :attr:`~explainer.tasks.TaskSpec.drawer` is ``drawer``, or None where it draws none."""
+    return None if items is None else ITEM_DRAWERS[drawer](items)
 
 
 def save_figure(

@@ -53,6 +53,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from explainer.methods import METHODS, MethodSpec
+from explainer.tasks.registry import TASKS, format_spec
 
 from .builder import Builder
 from .compose_head import head_copies, rename_graph
@@ -91,7 +92,7 @@ def explanation_blocker(manifest: dict[str, Any],
         return (f"method(s) {unknown} have no in-graph form (CAM_METHODS: "
                 f"{list(CAM_METHODS)})")
     task = manifest.get("task", "classify")
-    if task not in ("classify", "segment"):
+    if task not in TASKS or not TASKS[task].in_graph:
         return f"a {task} bundle (its targets are decoded from the outputs in numpy)"
     if manifest.get("layers"):
         return "a layer sweep (every layer's maps come from the two graphs)"
@@ -138,21 +139,13 @@ def _segment_areas(b: Builder, scores: str, fmt: dict[str, Any], num_classes: in
                    ) -> tuple[str, str, str]:
     """A segmenter's (predicted mask [B, 1, h, w]: the class per pixel, -1 where none;
     probabilities [B, C, h, w]; areas [B, C]: each class's predicted pixels), as
-    :func:`explainer.segmentation.predicted` computes them (a binary map at threshold 0.5)."""
-    logits = fmt.get("explained", "logits") == "logits"
-    if fmt["name"] == "binary":
-        probabilities = b.op("Sigmoid", scores) if logits else scores
-        inside = b.op("Greater", probabilities, b.const(0.5, np.float32))
-        predicted = b.op("Sub", b.op("Cast", inside, to=TensorProto.INT64), b.const(1))
-        area = b.reduce("ReduceSum", b.op("Cast", inside, to=TensorProto.FLOAT), [2, 3],
-                        keepdims=0)
-        return predicted, probabilities, area
-    probabilities = b.op("Softmax", scores, axis=1) if logits else scores
-    predicted = b.op("ArgMax", scores, axis=1, keepdims=1)
-    one_hot = b.op("OneHot", predicted, b.const(num_classes),
-                   b.const([0.0, 1.0], np.float32), axis=1)  # [B, C, 1, h, w]
-    area = b.reduce("ReduceSum", one_hot, [2, 3, 4], keepdims=0)
-    return predicted, probabilities, area
+    :func:`explainer.segmentation.predicted` computes them (a binary map at threshold 0.5):
+    the format's in-graph emitter (:attr:`explainer.tasks.FormatSpec.emit`)."""
+    emit = format_spec(fmt).emit
+    if emit is None:
+        raise ExportError(f"format {fmt['name']!r} has no in-graph emitter: its bundle has no "
+                          "explanation graph")
+    return emit(b, scores, fmt, num_classes)
 
 
 def _segment_seeds(b: Builder, scores: str, predicted: str, probabilities: str, targets: str,

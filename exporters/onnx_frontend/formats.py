@@ -1,6 +1,7 @@
 """A deployed model's output format, told from its outputs' (probed) shapes, types and values:
 the detection formats (YOLO layouts, end-to-end, boxes/scores/labels, PicoDet), segmentation
-masks and CTC text recognition. The rules are listed in :mod:`exporters.onnx_frontend.tasks`.
+masks and CTC text recognition. The rules are listed in :mod:`exporters.onnx_frontend.tasks`;
+the formats' names and layouts are those of :data:`explainer.tasks.FORMATS`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
+from explainer.tasks.registry import FORMATS
+
 from ..errors import OnnxExportError
 from ..graph import FLOAT_TYPES
 
@@ -18,8 +21,6 @@ __all__ = ["class_count", "classify_shapes", "dense_format", "detect_format", "g
            "listing"]
 
 _STRIDES = ((8, 16, 32, 64), (8, 16, 32))
-_LAYOUTS = {"yolov8": "[N, 4+C, A]", "yolov5": "[N, A, 5+C]", "yolox": "[N, A, 5+C]",
-            "end2end": "[N, K, 6]"}
 
 
 def listing(shapes: dict[str, Any], types: dict[str, int]) -> str:
@@ -205,7 +206,7 @@ def given_format(name: str, shapes: dict[str, list[Any]], types: dict[str, int],
     if not fits:
         raise OnnxExportError(
             f"format {name!r} contradicts output {out!r} of shape {shapes[out]} (probed at "
-            f"{hw[0]}x{hw[1]}): {_LAYOUTS[name]} expected")
+            f"{hw[0]}x{hw[1]}): {FORMATS[name].layout} expected")
     return {"name": name, "outputs": {"predictions": out}}
 
 

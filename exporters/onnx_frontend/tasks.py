@@ -41,6 +41,10 @@ from typing import Any
 
 import onnx
 
+from explainer.tasks.registry import FORMATS as FORMAT_SPECS
+from explainer.tasks.registry import TASKS as TASK_SPECS
+from explainer.tasks.registry import format_names, task_of_format
+
 from ..errors import OnnxExportError
 from ..graph import FLOAT_TYPES, value_shape
 from .formats import (
@@ -67,16 +71,16 @@ __all__ = ["DETECT_FORMATS", "FORMATS", "SEGMENT_FORMATS", "SEQUENCE_FORMATS", "
 
 log = logging.getLogger(__name__)
 
-#: the tasks a bundle can have
-TASKS = ("classify", "detect", "segment", "sequence")
-#: detection output formats (see :mod:`explainer.detection`)
-DETECT_FORMATS = ("yolov8", "yolov5", "yolox", "end2end", "boxes_scores_labels", "picodet")
+#: the tasks a bundle can have (:data:`explainer.tasks.TASKS`)
+TASKS = tuple(TASK_SPECS)
+#: detection output formats (see :mod:`explainer.detection_formats`)
+DETECT_FORMATS = format_names("detect")
 #: segmentation formats (see :mod:`explainer.segmentation`) and text recognition formats
 #: (see :mod:`explainer.sequence`)
-SEGMENT_FORMATS = ("masks", "binary")
-SEQUENCE_FORMATS = ("ctc",)
-#: every format, by task
-FORMATS = {"detect": DETECT_FORMATS, "segment": SEGMENT_FORMATS, "sequence": SEQUENCE_FORMATS}
+SEGMENT_FORMATS = format_names("segment")
+SEQUENCE_FORMATS = format_names("sequence")
+#: every format, by task (the tasks that have formats)
+FORMATS = {task: names for task in TASKS if (names := format_names(task))}
 
 
 @dataclass
@@ -133,11 +137,10 @@ def resolve_task(
                               "(--task)")
     name = format.get("name") if isinstance(format, dict) else format
     if name is not None:
-        owner = next((t for t, names in FORMATS.items() if name in names), None)
+        owner = task_of_format(name)
         if owner is None:
             raise OnnxExportError(f"unknown format {name!r}; choose one of "
-                                  f"{[n for names in FORMATS.values() for n in names]} "
-                                  "(--format)")
+                                  f"{list(FORMAT_SPECS)} (--format)")
         if task not in ("auto", owner):
             raise OnnxExportError(f"format {name!r} is a {owner} format; it contradicts "
                                   f"task={task!r} (--task {task})")
@@ -155,7 +158,7 @@ def resolve_task(
     if task in ("segment", "sequence"):
         found = dense_format(task, shapes, types, values, name, output, hw)
         if found is None:
-            want = "[N, C, h, w]" if task == "segment" else "[N, T, V] or [T, N, V]"
+            want = FORMAT_SPECS[FORMATS[task][0]].layout  # the task's general layout
             raise OnnxExportError(
                 f"task {task!r} needs a float output {want}; the model has "
                 f"{listing(shapes, types)} (probed at {hw[0]}x{hw[1]})"

@@ -1,9 +1,10 @@
-"""What one explained map of a detector, segmenter or text recognizer is, per task.
+"""The planners: what one explained map of a detector, segmenter or text recognizer is.
 
 Every task other than ``classify`` goes the same way in :meth:`Explainer.explain`: the head's
 outputs of one image -> the targets of that image (a planner's :meth:`~Planner.plan`) -> one
 seed over the explained tensor per target -> one gradient-head row per target -> the CAMs.
-A planner knows its task's targets, seeds and scores; adding a task is one planner here.
+A planner knows its task's targets, seeds and scores; adding a task is one planner here and
+its :class:`~explainer.tasks.spec.TaskSpec` in :mod:`explainer.tasks.registry`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .detection import (
+from ..detection import (
     DEFAULT_CONF,
     DEFAULT_IOU,
     DetectionTarget,
@@ -25,20 +26,18 @@ from .detection import (
     target_scores,
     target_spec,
 )
-from .errors import TargetError
-from .seeds import weighted_scores, weighted_seed
-from .segmentation import (
+from ..errors import TargetError
+from ..seeds import weighted_scores, weighted_seed
+from ..segmentation import (
     DEFAULT_THRESHOLD,
     check_region_spec,
     check_threshold,
-    class_of,
-    keyword,
     plan_regions,
     region_terms,
 )
-from .sequence import check_sequence_spec, ctc_decode, plan_characters
+from ..sequence import check_sequence_spec, ctc_decode, plan_characters
 
-__all__ = ["Planner", "graph_classes", "planner"]
+__all__ = ["DetectPlanner", "Planner", "SegmentPlanner", "SequencePlanner"]
 
 
 class Planner:
@@ -145,7 +144,8 @@ class SegmentPlanner(Planner):
                             self.threshold), None
 
     def nothing(self, b: int) -> str:
-        what = "region above the threshold" if self.fmt["name"] == "binary" else "class"
+        regions = region_terms(None, self.fmt) == ["regions"]  # the format's default targets
+        what = "region above the threshold" if regions else "class"
         return f"image {b}: no predicted {what} to explain (targets {self.spec!r})"
 
 
@@ -174,37 +174,3 @@ class SequencePlanner(Planner):
             return []
         return ["the bundle has no character list: characters are shown as their vocabulary "
                 "indices (#i); export with labels= (--labels keys.txt)"]
-
-
-_PLANNERS = {p.task: p for p in (DetectPlanner, SegmentPlanner, SequencePlanner)}
-
-
-def planner(task: str, fmt: dict[str, Any], labels: Sequence[str] | None, num_classes: int,
-            spec: Any, score: str, **options: Any) -> Planner:
-    """The planner of ``task``; ``options`` are the task's own (``conf``, ``iou``,
-    for detectors, ``threshold`` for segmenters, ``top_k``).
-
-    Raises:
-        TargetError: an option another task takes, or a malformed spec.
-    """
-    cls = _PLANNERS[task]
-    unknown = sorted(set(options) - {"top_k", *cls.options})
-    if unknown:
-        flags = ", ".join(f"--{o.replace('_', '-')}" for o in unknown)
-        raise TargetError(f"{unknown} ({flags}) do not apply to a {task} bundle; its options: "
-                          f"{list(cls.options) or 'none'} and top_k")
-    return cls(fmt, labels, num_classes, spec, score, **options)
-
-
-
-def graph_classes(plan: Planner) -> list[int] | None:
-    """The class ids a segmenter's explanation graph can explain for ``plan`` (classes over
-    their predicted masks, given by id or name, at the graph's threshold of 0.5), else None."""
-    if not isinstance(plan, SegmentPlanner) or plan.threshold != DEFAULT_THRESHOLD:
-        return None
-    classes = []
-    for term in region_terms(plan.spec, plan.fmt):  # "classes", "regions", "topK", a dict: no
-        if isinstance(term, dict) or keyword(term):
-            return None
-        classes.append(class_of(term, plan.labels, plan.num_classes))  # checked by the planner
-    return classes if classes and len(set(classes)) == len(classes) else None
