@@ -39,6 +39,7 @@ from explainer.errors import (
 
 if TYPE_CHECKING:
     from explainer import Explainer, Explanation
+    from explainer.evaluation import evaluate
     from exporters import export_onnx, export_torch
     from exporters.errors import (
         ExportError,
@@ -69,6 +70,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "__version__",
+    "evaluate",
     "explain",
     "export_onnx",
     "export_torch",
@@ -78,6 +80,7 @@ __all__ = [
 _LAZY = {
     "Explainer": "explainer",
     "Explanation": "explainer",
+    "evaluate": "explainer.evaluation",
     "export_onnx": "exporters",
     "export_torch": "exporters.torch",
     "ExportError": "exporters.errors",

@@ -39,6 +39,7 @@ _LAZY = {
     "Explanation": "explanation",
     "GradientCheckReport": "gradcheck",
     "check_gradients": "gradcheck",
+    "evaluate": "evaluation",
 }
 
 __all__ = [
@@ -65,10 +66,12 @@ __all__ = [
     "Explanation",
     "GradientCheckReport",
     "check_gradients",
+    "evaluate",
 ]
 
 if TYPE_CHECKING:
     from .bundle import Bundle
+    from .evaluation import evaluate
     from .explanation import Explanation
     from .gradcheck import GradientCheckReport, check_gradients
     from .image import load_image, preprocess

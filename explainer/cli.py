@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cli_commands import run_check, run_explain, run_export, run_inspect
+from .cli_evaluate import EVALUATE_EXAMPLES, evaluate_options, run_evaluate
 from .cli_help import (
     CHECK_EXAMPLES,
     EXAMPLES,
@@ -27,6 +28,7 @@ from .cli_help import (
 from .cli_messages import cli_message
 from .errors import OnnxcamError
 from .methods import METHODS
+from .tasks.registry import TASKS, format_help
 from .visualize import COLORMAPS
 
 __all__ = ["main", "build_parser", "cli_message"]
@@ -83,13 +85,11 @@ def _input_layout_option(parser: argparse.ArgumentParser) -> None:
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="auto",
-                        choices=["auto", "classify", "detect", "segment", "sequence"],
+                        choices=["auto", *TASKS],
                         help="what the model is (default: told from its outputs)")
     parser.add_argument("--format", default=None, metavar="FORMAT",
-                        help="the output format: detectors yolov8, yolov5, yolox, end2end, "
-                             "boxes_scores_labels, picodet; segmenters masks, binary; text "
-                             "recognizers ctc; or a JSON object of its parameters (default: "
-                             "told from the outputs)")
+                        help=f"the output format: {format_help()}; or a JSON object of its "
+                             "parameters (default: told from the outputs)")
 
 
 def _explain_options(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of inputs and directions")
     _runtime_options(check)
     check.set_defaults(run=run_check)
+
+    evaluate = commands.add_parser("evaluate", help="score CAM methods with evaluation metrics",
+                                   epilog=EVALUATE_EXAMPLES, formatter_class=raw)
+    _model_options(evaluate, model_help)
+    evaluate_options(evaluate)
+    _runtime_options(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
     return parser
 
 

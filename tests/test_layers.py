@@ -29,14 +29,14 @@ ROOT = PACKAGE.parent
 PACKAGES = ("explainer", "exporters")
 RUNTIME_MODULES = [
     "access", "activations", "batch", "bundle", "colormaps", "detection", "detection_formats",
-    "errors", "explained", "explanation", "graph_runner", "folder_run", "gradcheck",
+    "errors", "evaluation", "explained", "explanation", "graph_runner", "folder_run", "gradcheck",
     "image", "image_geometry", "image_load", "inputs", "labels", "layers", "manifest", "maps",
     "methods", "outputs", "pixels", "preprocessing", "ray_data", "report", "run_options",
     "runner", "runtime", "seeds", "segmentation", "sequence", "sessions", "targets", "task_runs",
     "tasks", "visualize",
 ]
 #: the command line: it reaches the exporters through the bridge only
-CLI_MODULES = ["cli", "cli_commands", "cli_help", "cli_messages"]
+CLI_MODULES = ["cli", "cli_commands", "cli_evaluate", "cli_help", "cli_messages"]
 
 
 def _module_name(path: Path) -> str:
