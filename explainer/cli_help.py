@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   onnxcam export model.onnx --layer A --layer B --input-gradient -o sweep.onnxcam
   onnxcam explain model.onnxcam cat.jpg --targets top3+least --providers cuda
   onnxcam check model.onnx                        # gradient vs finite differences
+  onnxcam evaluate model.onnx photos/ --methods gradcam,layercam --metrics deletion,sanity
   onnxcam explain yolov8n.onnx street.jpg --targets detections --out cams/   # a detector
   onnxcam explain ch_PP-OCRv4_det_infer.onnx page.png --threshold 0.3   # text regions (DBNet)
   onnxcam explain ch_PP-OCRv4_rec_infer.onnx line.png --labels keys.txt  # one map per character
