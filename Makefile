@@ -6,8 +6,9 @@ TFVENV ?= .venv-tf
 PY := $(VENV)/bin/python
 OUT ?= demo_out
 LITE0 := build/lite0
+JOBS ?= 2
 
-.PHONY: demo test test-torch test-notorch js-deps venv-tf converter-corpus lint bench \
+.PHONY: demo test test-torch test-notorch docs js-deps venv-tf converter-corpus lint bench \
 	validation-table clean
 
 # Full environment: runtime + PyTorch front end + demo + test tools.
@@ -56,10 +57,17 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out $(OUT)
 	@echo "figures written to $(abspath $(OUT))"
 
-test: test-torch test-notorch
+test: test-torch test-notorch docs
 
+# The documentation site (mkdocs.yml, docs/): a strict build fails on broken links and
+# unresolved cross-references.
+docs: $(VENV)/.installed
+	$(PY) -m mkdocs build --strict --site-dir build/site
+
+# JOBS pytest-xdist workers; tests/conftest.py groups the tests (a file's module fixtures
+# are built once, on one worker).
 test-torch: $(VENV)/.installed js-deps venv-tf
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(JOBS) --dist loadgroup --durations=25
 
 # The same suite where torch is not installed: torch tests skip, the rest (ONNX export, CLI,
 # self-check, the pretrained EfficientNet-Lite0 exported beforehand) must pass. pytest runs
@@ -68,7 +76,7 @@ test-notorch: $(VENV)/.installed $(NOTORCH)/.installed js-deps
 	$(PY) tests/make_lite0_onnx.py $(LITE0)
 	$(NOTORCH)/bin/python -m pip install -q --no-deps --force-reinstall .
 	! $(NOTORCH)/bin/python -c "import torch" 2>/dev/null
-	ONNXCAM_LITE0_DIR=$(LITE0) ONNXCAM_REQUIRE_INSTALLED=1 $(NOTORCH)/bin/pytest -q -p no:cacheprovider
+	ONNXCAM_LITE0_DIR=$(LITE0) ONNXCAM_REQUIRE_INSTALLED=1 $(NOTORCH)/bin/pytest -q -p no:cacheprovider --durations=25
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check explainer exporters tests benchmarks examples

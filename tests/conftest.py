@@ -12,6 +12,45 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker (``pytest -n 2``), one torch thread: each worker has a core, and
+    torch's OpenMP threads busy-wait on a core the other worker is using (seconds lost per call).
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by torch when a test module imports it
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+#: Test files with slow tests spread over the pytest-xdist workers (``--dist loadgroup``): test
+#: by test (None: they share no module fixture), or grouped by the value of the named parameter
+#: (one model per group, built and exported once). Every other file stays on one worker, so its
+#: module fixtures are built once.
+SPREAD: dict[str, str | None] = {
+    "test_detection_torchvision.py": None,
+    "test_validation_matrix.py": None,
+    "test_onnx_torchvision.py": "exported",
+    "test_pytorch_grad_cam.py": "name",  # its ``models`` fixture exports each model on first use
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests for ``--dist loadgroup`` (see :data:`SPREAD`)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        name = item.path.name
+        if name not in SPREAD:
+            group = name
+        elif SPREAD[name] is None:
+            continue
+        else:
+            callspec = getattr(item, "callspec", None)
+            group = f"{name}[{callspec.params[SPREAD[name]]}]" if callspec else name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(array.astype(np.float32), name)
 

@@ -51,6 +51,7 @@ from onnx.reference.op_run import OpRun
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import converter_corpus as corpus  # noqa: E402
+from locks import file_lock  # noqa: E402
 
 from explainer import check_gradients  # noqa: E402
 from exporters import OnnxExportError, candidate_layers, export_onnx  # noqa: E402
@@ -166,7 +167,10 @@ def _entry(corpus_dir: dict, name: str) -> dict:
     entry = corpus.ENTRIES[name]
     if entry.full_only and not FULL:
         pytest.skip(f"{name} is a slow export: set ONNXCAM_CONVERTER_FULL=1")
-    _build_missing(corpus_dir, name)
+    if not corpus.is_built(corpus_dir["dir"], name):
+        # parallel workers (or pytest runs) build an entry once: the others wait, then load it
+        with file_lock(Path(corpus_dir["dir"]) / ".lock"):
+            _build_missing(corpus_dir, name)
     error = corpus_dir["errors"].get(name)
     if error is not None:
         if error.startswith("skip:") or "skip: " in error:
@@ -457,8 +461,8 @@ def same_graph_cams(data: dict, bundle, explainer) -> tuple[np.ndarray, np.ndarr
     of :func:`_compare`.
     """
     target = bundle.manifest["target"]
-    activation = explainer.run_features(data["inputs"])[target["tensor"]]
-    output = explainer.logits_name
+    activation = explainer.runner.run_features(data["inputs"])[target["tensor"]]
+    output = explainer.spec.head.logits
     producer = {o: n for n in bundle.head.graph.node for o in n.output}.get(output)
     if producer is not None and producer.op_type == "Cast" and output not in {
             o for n in onnx.load(str(data["model"]), load_external_data=False).graph.node

