@@ -15,7 +15,8 @@ spatial grid and its layout). Two steps, each only when needed:
    (``onnxruntime.tools.symbolic_shape_infer.SymbolicShapeInference``, which ships in the
    onnxruntime wheel and needs no weights): it evaluates shape arithmetic on symbols, so
    ``Shape(x)[0:1] ++ [-1]`` stays ``[batch, 25088]``. Cheap (tf2onnx VGG16: ~10 ms on the
-   weight-stripped model) and it keeps the batch dimension symbolic.
+   weight-stripped model) and it keeps the batch dimension symbolic. Skipped on graphs with
+   data-dependent sizes (:data:`DATA_DEPENDENT_OPS`), where it can take minutes.
 2. **A probe run** (``probe=True``): the model runs in ONNX Runtime on zeros of the declared
    input size at batch sizes 1 and 2, with the still incomplete values as extra outputs. A dim
    equal in both runs is static, one that goes from 1 to 2 is the batch symbol, anything else
@@ -137,7 +138,24 @@ def failure_reason(err: BaseException) -> str:
     return reason
 
 
+#: Ops whose output sizes depend on the data: on graphs that hold them (torchvision's detectors:
+#: NonMaxSuppression, TopK over a NonZero's count, Loop/If over the kept boxes), symbolic
+#: inference spends minutes in sympy simplifying the sizes they leave open (Faster R-CNN: over
+#: 4 minutes), where the probe run finds the same ranks and static dims in under a second.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Loop", "If", "Scan"})
+
+
+def _data_dependent(model: onnx.ModelProto) -> str | None:
+    """The first op of :data:`DATA_DEPENDENT_OPS` in ``model``'s main graph, or None."""
+    return next((n.op_type for n in model.graph.node if n.op_type in DATA_DEPENDENT_OPS), None)
+
+
 def _symbolic(model: onnx.ModelProto) -> tuple[dict[str, Shape | None], dict[str, int]]:
+    op = _data_dependent(model)
+    if op is not None:
+        log.info("symbolic shape inference skipped: the graph has %s (data-dependent sizes); "
+                 "the probe run recovers the shapes", op)
+        return {}, {}
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError as err:  # onnxruntime ships it, but it needs sympy

@@ -92,6 +92,23 @@ def test_probe_run_recovers_what_symbolic_inference_does_not(monkeypatch) -> Non
     assert recover_shapes(model, probe=False) is model
 
 
+def test_graphs_with_data_dependent_sizes_skip_symbolic_inference(monkeypatch) -> None:
+    """A NonZero (as in a detector's box selection) sends shape recovery to the probe run:
+    symbolic inference can spend minutes in sympy on such graphs."""
+    model = _tf2onnx_style_cnn()
+    model.graph.node.append(helper.make_node("NonZero", ["relu"], ["kept"], name="select"))
+    model.graph.output.append(helper.make_tensor_value_info("kept", TensorProto.INT64, None))
+    calls = []
+    from onnxruntime.tools import symbolic_shape_infer
+
+    monkeypatch.setattr(symbolic_shape_infer.SymbolicShapeInference, "infer_shapes",
+                        staticmethod(lambda *a, **k: calls.append(1)))
+    recovered = recover_shapes(infer_shapes(model))
+    assert calls == [], "symbolic inference ran on a graph with NonZero"
+    assert _shape(recovered, "flat") == ["unk__1", 64]
+    assert _shape(recovered, "logits") == ["unk__1", 5]
+
+
 def test_nothing_missing_returns_the_model_itself(tiny_cnn) -> None:
     inferred = infer_shapes(tiny_cnn)
     assert recover_shapes(inferred) is inferred
