@@ -87,7 +87,7 @@ bench: $(VENV)/.installed
 validation-table: $(VENV)/.installed
 	rm -f build/validation.json
 	ONNXCAM_VALIDATION_REPORT=build/validation.json $(PY) -m pytest -q -p no:cacheprovider \
-		tests/test_validation_matrix.py
+		tests/validation/test_validation_matrix.py
 	$(PY) benchmarks/validation_table.py build/validation.json
 
 clean:

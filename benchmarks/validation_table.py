@@ -2,7 +2,7 @@
 
 Usage::
 
-    ONNXCAM_VALIDATION_REPORT=validation.json pytest tests/test_validation_matrix.py
+    ONNXCAM_VALIDATION_REPORT=validation.json pytest tests/validation/test_validation_matrix.py
     python benchmarks/validation_table.py validation.json
 """
 

@@ -11,6 +11,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+#: The test folders mirror the code (methods/, runtime/, tasks/, export/autodiff/, validation/
+#: for the slow model corpora, ...). Test modules import a few model builders from one another
+#: by module name (``from test_segmentation import segmenter``), so every folder is importable.
+TESTS = Path(__file__).resolve().parent
+for _folder in sorted(TESTS.rglob("*")):
+    if _folder.is_dir() and _folder.name != "data" and not _folder.name.startswith((".", "_")):
+        if str(_folder) not in sys.path:
+            sys.path.insert(0, str(_folder))
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """In a pytest-xdist worker (``pytest -n 2``), one torch thread: each worker has a core, and

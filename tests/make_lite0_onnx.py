@@ -9,7 +9,7 @@ writes ``efficientnet_lite0.onnx`` (dynamic batch, plain ``torch.onnx.export``, 
 ``reference.npz`` (PyTorch autograd Grad-CAM at ``_head_act`` for the top class of each photo).
 Then, in the torch-free environment::
 
-    ONNXCAM_LITE0_DIR=build/lite0 python -m pytest tests/test_onnx_lite0.py
+    ONNXCAM_LITE0_DIR=build/lite0 python -m pytest tests/validation/test_onnx_lite0.py
 """
 
 from __future__ import annotations

@@ -258,6 +258,18 @@ def test_no_import_cycle(package):
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+#: the PyTorch front end: the only modules of either package that import torch
+TORCH_MODULES = {"exporters.torch", "exporters.torch_layers", "exporters.torch_padding",
+                 "exporters.torch_reference", "exporters.torch_validate"}
+
+
+def test_only_the_torch_front_end_imports_torch():
+    importers = {m for m in MODULES
+                 if any(t.split(".")[0] == "torch" for t in imports_of(m))}
+    assert "exporters.torch" in importers
+    assert importers <= TORCH_MODULES, sorted(importers - TORCH_MODULES)
+
+
 def test_the_graph_reads_every_kind_of_import(tmp_path):
     """What counts as an import: statements at any depth, ``import_module`` strings (absolute
     and relative), names of a ``_LAZY`` table; not what ``TYPE_CHECKING`` guards."""

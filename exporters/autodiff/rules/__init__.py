@@ -9,7 +9,7 @@ sums them back to the inputs' shapes.  Rules may reuse the op's own output
 
 Adding an op = one ``@register`` function in the module of its family (elementwise, shape,
 conv, linear, indexing, sampling, quantize, recurrent) + one row in
-``tests/test_autodiff_rules.py``.
+``tests/export/autodiff/test_autodiff_rules.py``.
 
 Opset notes: every rule emits ops valid from opset 13 (the engine's minimum) and
 follows the model's opset where forms differ (``Reduce*`` axes as attribute or input,

@@ -55,7 +55,7 @@ def _quantize_linear(ctx: GradContext) -> Grads:
     representable (``qmin - 1/2 < x / scale + zero_point < qmax + 1/2``: it does not saturate)
     and 0 where it saturates. This is not the true derivative of the op; its table row checks it
     against finite differences of that smooth surrogate (``Row.surrogate`` in
-    ``tests/test_autodiff_rules.py``).
+    ``tests/export/autodiff/test_autodiff_rules.py``).
     """
     if ctx.needs(1) or ctx.needs(2):
         raise ctx.error("gradients w.r.t. scale/zero point are not supported")

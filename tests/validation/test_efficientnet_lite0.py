@@ -14,7 +14,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 from PIL import Image  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import efficientnet_lite0 as effl  # noqa: E402
 
 pytestmark = pytest.mark.torch

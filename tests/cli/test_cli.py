@@ -16,7 +16,7 @@ from torchless import ASSERT_NO_TORCH, BLOCK_TORCH
 
 from explainer.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Runs the CLI with torch made unimportable, then asserts it was never imported.
 NO_TORCH = BLOCK_TORCH + """

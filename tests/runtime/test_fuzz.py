@@ -4,7 +4,7 @@ gradients that are built must match finite differences.
 
 The normal suite runs a fast, derandomized subset (a few seconds). The long run::
 
-    ONNXCAM_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py
+    ONNXCAM_FUZZ_EXAMPLES=10000 pytest tests/runtime/test_fuzz.py
 
 spreads that many cases over the tests (images 30%, manifests 25%, targets 25%, graphs 20%),
 with random seeds (derandomize off).

@@ -17,7 +17,7 @@ from explainer import Bundle, Explainer
 from explainer.bridge import export_onnx
 from explainer.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: ddddocr's own preprocessing: letterbox at the top left, grey 114, BGR, raw 0..255
 PREPROCESSING = {"resize": None, "crop": None, "letterbox": [416, 416],
                  "letterbox_align": "topleft", "channels": "BGR", "scale": 1.0,

@@ -39,7 +39,7 @@ from explainer.preprocessing import Preprocessing
 from exporters.onnx_frontend.load import load_model
 from exporters.shapes import failure_reason
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: RapidOCR's preprocessing of its direction classifier (a 48x192 BGR text line, (x/255-0.5)/0.5)
 CLS_PREPROCESSING = {"resize": [48, 192], "crop": None, "scale": 1 / 255.0,
                      "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "channels": "BGR"}

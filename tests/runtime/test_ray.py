@@ -22,7 +22,7 @@ pytest.importorskip("ray.data")
 
 from explainer.ray_data import ExplainBatch, explain_dataset, output_stem  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_explainer_does_not_import_ray():

@@ -1,6 +1,6 @@
 """LSTM/GRU gradient rules against torch autograd (a CRNN text-recognizer head exported by
 ``torch.onnx.export``) and the cases they refuse. Finite-difference rows of the rules are in
-``tests/test_autodiff_rules.py``."""
+``tests/export/autodiff/test_autodiff_rules.py``."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from PIL import Image
 from explainer.cli import main
 from explainer.report import page_name, write_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "build" / "artifacts"
 CHROMIUM = os.environ.get("ONNXCAM_CHROMIUM") or shutil.which("chromium") or shutil.which(
     "chromium-browser")

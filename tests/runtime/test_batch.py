@@ -25,7 +25,7 @@ from explainer.inputs import collect_images, output_names
 from explainer.outputs import TEMP_SUFFIX, atomic_write, save_json
 from exporters import build_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

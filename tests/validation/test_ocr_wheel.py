@@ -24,7 +24,7 @@ from explainer import Bundle, Explainer
 from explainer.bridge import export_onnx
 from explainer.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: rapidocr's own normalization: BGR, (x / 255 - 0.5) / 0.5; the detector takes sides that are
 #: multiples of 32 (here: the longer side to 736, padded with white at the right and bottom)
 DET_PREPROCESSING = {"resize": None, "crop": None, "letterbox": 736, "stride": 32,

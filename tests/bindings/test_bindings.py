@@ -23,7 +23,7 @@ import pytest
 
 from explainer import Explainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "build" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -144,7 +144,7 @@ def test_web_example_gives_pythons_heatmaps(lite0_dir, lite0_bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def segmenter_bundle(tmp_path_factory) -> Path:
-    """A small segmenter (tests/test_segmentation.py's) saved as a bundle with its
+    """A small segmenter (tests/tasks/test_segmentation.py's) saved as a bundle with its
     explanation graph: its top_k targets are the classes with the largest predicted areas."""
     from test_segmentation import segmenter
 

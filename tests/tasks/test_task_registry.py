@@ -28,7 +28,7 @@ from explainer.tasks import (
 )
 from explainer.visualize import ITEM_DRAWERS, item_boxes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC_MODULES = (detection_formats, segmentation, sequence)
 PLANNED = [name for name, spec in TASKS.items() if spec.planner is not None]
 

@@ -15,7 +15,7 @@ from conftest import make_tiny_cnn
 from explainer import Explainer, ExplainerError, OnnxcamError
 from exporters import build_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def _explainer_imports() -> dict[str, set[str]]:
     TYPE_CHECKING, inside functions and through ``import_module("...")`` strings)."""
     import ast
 
-    root = Path(__file__).resolve().parents[1] / "explainer"
+    root = Path(__file__).resolve().parents[2] / "explainer"
     graph: dict[str, set[str]] = {}
     for path in root.rglob("*.py"):
         parts = list(path.relative_to(root.parent).with_suffix("").parts)

@@ -312,8 +312,8 @@ def test_explanation_graph_methods_after_save_and_load(bundle, tmp_path):
 
 def test_schema_1_bundle_still_loads(tmp_path):
     """A bundle saved by onnxcam before schema 2 (tests/data) explains as it did."""
-    path = Path(__file__).parent / "data" / "schema1_tiny.onnxcam"
-    expected = np.load(Path(__file__).parent / "data" / "schema1_tiny_expected.npz")
+    path = Path(__file__).parents[1] / "data" / "schema1_tiny.onnxcam"
+    expected = np.load(Path(__file__).parents[1] / "data" / "schema1_tiny_expected.npz")
     loaded = Bundle.load(path)
     assert loaded.manifest["schema_version"] == 1 and loaded.explanation is None
     explainer = Explainer(loaded, optimization="none")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from torchless import ASSERT_NO_TORCH, BLOCK_TORCH
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 LIBRARY = BLOCK_TORCH + """
