@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +35,7 @@ from explainer.errors import (
     UsageError,
     VisualizeError,
 )
+from explainer.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from explainer import Explainer, Explanation
@@ -94,13 +94,7 @@ _LAZY = {
 _ONE_IMAGE = (str, os.PathLike)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnxcam' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,7 @@ Needs numpy, onnx, onnxruntime and Pillow; never imports torch. Names load on fi
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     BundleError,
@@ -23,6 +22,7 @@ from .errors import (
     UsageError,
     VisualizeError,
 )
+from .lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -81,10 +81,4 @@ if TYPE_CHECKING:
     from .runtime import Explainer
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'explainer' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, __name__)

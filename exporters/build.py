@@ -20,8 +20,8 @@ from explainer.labels import check_labels
 from explainer.preprocessing import Preprocessing
 
 from .autodiff import GUIDED_RULES, build_gradient_graph
-from .errors import OnnxExportError, SplitError
 from .compose import build_explanation_graph, explanation_blocker
+from .errors import OnnxExportError, SplitError
 from .graph import Graph, prune, unique_name
 from .layouts import detect_layouts
 from .split import split_model

@@ -30,7 +30,8 @@ PACKAGES = ("explainer", "exporters")
 RUNTIME_MODULES = [
     "access", "activations", "batch", "bundle", "colormaps", "detection", "detection_formats",
     "errors", "evaluation", "explained", "explanation", "graph_runner", "folder_run", "gradcheck",
-    "image", "image_geometry", "image_load", "inputs", "labels", "layers", "manifest", "maps",
+    "image", "image_geometry", "image_load", "inputs", "labels", "layers", "lazy", "manifest",
+    "maps",
     "methods", "outputs", "pixels", "preprocessing", "ray_data", "report", "run_options",
     "runner", "runtime", "seeds", "segmentation", "sequence", "sessions", "targets", "task_runs",
     "tasks", "visualize",
