@@ -17,6 +17,7 @@ use the ``run_*`` methods (:func:`explainer.gradcheck.check_gradients`, the pixe
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import onnx
 import onnxruntime as ort
 
 from .access import LayerAccess, Scorer
-from .bundle import Bundle, extract
+from .bundle import Bundle, backward_inputs, extract
 from .errors import MethodError
 from .manifest import LayerSpec, Manifest
 from .preprocessing import check_batch
@@ -163,13 +164,64 @@ class Runner:
         session.run_with_iobinding(binding)
         return dict(zip(inputs, binding.get_outputs()))
 
+    @cached_property
+    def _split(self) -> tuple[list[str], list[str], list[str]] | None:
+        """How the gradient head runs as its forward then its backward: (the forward's
+        outputs: the explained tensor, the model outputs, a layer sweep's later activations and
+        the tensors the backward reads; the backward's inputs; its outputs: every layer's
+        gradient). None where the backward cannot run alone or the runs cannot hand tensors
+        over as they are (a static batch runs in chunks; on CUDA the head runs whole)."""
+        if self.on_cuda or self.spec.input.static_batch is not None:
+            return None
+        head, cut = self.spec.head, set(self.spec.head.inputs)
+        later = [layer for layer in self.spec.layers[1:] if layer.tensor not in cut]
+        gradients = list(dict.fromkeys(
+            [head.gradient, *(layer.gradient for layer in self.spec.layers[1:])]))
+        saved = backward_inputs(self.bundle.head, head.seed, gradients)
+        if saved is None:
+            return None
+        forward = list(dict.fromkeys(
+            [head.logits, *head.outputs, *(layer.tensor for layer in later),
+             *(name for name in saved if name not in cut)]))
+        return forward, saved, gradients
+
+    def predict(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The head's forward on cut tensors (:meth:`features`): the explained tensor and the
+        model outputs the head keeps by name, and where the head splits, what its backward
+        reads (pass the result to :meth:`gradients` as ``forward=``, so the forward runs once
+        for all targets)."""
+        head = self.spec.head
+        if self._split is None:
+            names = [head.logits, *head.outputs]
+            return dict(zip(names, self.run(self.outputs_session, features, names)))
+        names = self._split[0]
+        session = self._pool.get("forward", lambda: extract(
+            self.bundle.head, list(head.inputs), names)[0])
+        return {**features, **dict(zip(names, self.run(session, features, names)))}
+
     def gradients(
-        self, features: dict[str, Any], seeds: np.ndarray, extra: list[str]
+        self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
+        forward: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
-        (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs."""
+        (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs.
+        With ``forward`` (:meth:`predict` of the same features) of a head that splits, only
+        the backward runs, once per target column, on the forward's tensors."""
         head = self.spec.head
         batch, k = seeds.shape[:2]
+        if forward is not None and self._split is not None:
+            _, saved, gradients = self._split
+            session = self._pool.get("backward", lambda: extract(
+                self.bundle.head, [*saved, head.seed], gradients)[0])
+            feeds = {name: forward[name] for name in saved}
+            wanted = [n for n in [head.gradient, *extra] if n in gradients]
+            columns = [self.run(session, {**feeds, head.seed: np.ascontiguousarray(
+                seeds[:, column])}, wanted) for column in range(k)]
+            values = {name: np.stack([c[i] for c in columns], axis=1)
+                      for i, name in enumerate(wanted)}
+            values.update({name: np.asarray(forward[name])[:, None] for name in extra
+                           if name not in values})  # a later layer's activation
+            return np.asarray(forward[head.logits]), values
         outputs = [head.logits, head.gradient, *extra]
         if k > 1 and not self.on_cuda and all(
                 getattr(v, "ndim", 0) and v.shape[0] == batch and v.dtype.kind == "f"

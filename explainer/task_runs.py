@@ -41,11 +41,13 @@ __all__ = ["explain_seeded", "explain_task", "layer_cams", "segment_in_graph"]
 def layer_cams(
     runner: Runner, x: np.ndarray, features: dict[str, Any], class_ids: np.ndarray,
     seeds: np.ndarray, method: str, scorer: Scorer | None = None,
+    forward: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, LayerMaps]]:
     """The gradient head for every (image, target) pair (seeds [B, K, ...]), then each
     layer's CAMs and heatmaps (one layer, or every layer of a sweep): (head logits, maps by
     layer). ``scorer`` scores the targets for the methods that run the model again (None:
-    the logit of class ``class_ids``)."""
+    the logit of class ``class_ids``); ``forward`` is the head's forward already run
+    (:meth:`Runner.predict`), so that only its backward runs."""
     spec = runner.spec
     k = class_ids.shape[1]
     layers = spec.layers
@@ -53,7 +55,7 @@ def layer_cams(
     # a layer sweep's later layers: their activations and gradients are head outputs
     extra = [n for layer in layers[1:] for n in (layer.gradient, layer.tensor)
              if n not in cut]  # a cut tensor's activation is a features output
-    logits, outputs = runner.gradients(features, seeds, extra)
+    logits, outputs = runner.gradients(features, seeds, extra, forward)
     activations = [runner.to_numpy(features[cut[0]])]
     activations += [runner.to_numpy(features[layer.tensor])
                     if layer.tensor in cut else outputs[layer.tensor][:, 0]
@@ -92,9 +94,9 @@ def explain_task(
             and score == "logit"):
         return segment_in_graph(runner, graph, x, plan, classes, method, geometry)
     features = runner.features(x)
+    forward = runner.predict(features)
     names = [spec.head.logits, *spec.head.outputs]
-    values = dict(zip(names, (runner.to_numpy(v) for v in runner.run(
-        runner.outputs_session, features, names))))
+    values = {name: runner.to_numpy(forward[name]) for name in names}
     explained = values[spec.head.logits]
     batch, size = x.shape[0], spec.input.size(x)
     shapes = [list(v.shape) for v in values.values()]
@@ -120,7 +122,8 @@ def explain_task(
                                  for r, i in zip(rows, ids)])
 
     ids = np.tile(np.arange(seeds.shape[1]), (batch, 1))
-    _, maps = layer_cams(runner, x, features, ids, seeds, method, scorer) if k else (None, {})
+    _, maps = (layer_cams(runner, x, features, ids, seeds, method, scorer, forward) if k
+               else (None, {}))
     items = [[placed(plan.item(t), b, geometry) for t in row] for b, row in enumerate(plans)]
     # what the outputs read as (a text recognizer's transcripts), where the planner reads any
     transcripts = [t for _, t in planned] if any(t is not None for _, t in planned) else None

@@ -116,14 +116,61 @@ def _transpose_window_dynamic(
     return ctx.op("Slice", full, begin, end, ctx.ints(range(2, 2 + n)))
 
 
+def _stride1_pads(ctx: GradContext, kernel: Sequence[int], dilations: Sequence[int]
+                  ) -> list[int]:
+    """Explicit begin/end pads of a stride-1 Conv (``auto_pad`` SAME pads by the kernel's
+    span alone, whatever the input size)."""
+    n = len(kernel)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return [0] * (2 * n) if auto_pad == "VALID" else list(ctx.attr("pads") or [0] * (2 * n))
+    totals = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+    small, big = [t // 2 for t in totals], [t - t // 2 for t in totals]
+    return small + big if auto_pad == "SAME_UPPER" else big + small
+
+
+def _flipped_conv(ctx: GradContext, g: str, weight: str, group: int,
+                  kernel: Sequence[int]) -> str | None:
+    """dX of a stride-1 Conv as a Conv of ``g`` with the flipped kernel (each group's
+    ``[M/g, C/g]`` transposed, the window reversed), padded by ``span - 1 - pad``: the same
+    values as the window scatter, and ONNX Runtime's Conv kernels are several times faster
+    than its ConvTranspose. None where that does not apply (strides, a pad wider than the
+    window, a weight of unknown shape)."""
+    n = len(kernel)
+    strides = list(ctx.attr("strides") or [1] * n)
+    dilations = list(ctx.attr("dilations") or [1] * n)
+    shape = ctx.shape(weight)
+    if any(s != 1 for s in strides) or shape is None or not all(
+            isinstance(d, int) for d in shape[:2]):
+        return None
+    pads = _stride1_pads(ctx, kernel, dilations)
+    spans = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+    flipped_pads = [spans[i % n] - p for i, p in enumerate(pads)]
+    if any(p < 0 for p in flipped_pads):
+        return None
+    out_channels, in_per_group = int(shape[0]), int(shape[1])
+    w = ctx.op("Reshape", weight, ctx.ints([group, out_channels // group, in_per_group,
+                                            *kernel]))
+    w = ctx.op("Transpose", w, perm=[0, 2, 1, *range(3, 3 + n)])
+    w = ctx.op("Reshape", w, ctx.ints([group * in_per_group, out_channels // group, *kernel]))
+    if any(k > 1 for k in kernel):
+        w = ctx.op("Slice", w, ctx.ints([-1] * n), ctx.ints([-(2**63)] * n),
+                   ctx.ints(range(2, 2 + n)), ctx.ints([-1] * n))
+    return ctx.op("Conv", g, w, kernel_shape=list(kernel), dilations=dilations, group=group,
+                  pads=flipped_pads)
+
+
 @register("Conv")
 def _conv(ctx: GradContext) -> Grads:
-    """dX = ConvTranspose(dY, W) with the Conv's strides, dilations and group."""
+    """dX = ConvTranspose(dY, W) with the Conv's strides, dilations and group; for stride 1,
+    the equal Conv with the flipped kernel (:func:`_flipped_conv`)."""
     if ctx.needs(1) or ctx.needs(2):
         raise ctx.error("gradients w.r.t. Conv weights/bias are not supported")
     w = ctx.inputs[1]
     kernel = ctx.attr("kernel_shape") or ctx.static_shape(w)[2:]
-    return [_transpose_window(ctx, ctx.dy, w, ctx.attr("group", 1), kernel), None, None]
+    group = ctx.attr("group", 1)
+    dx = _flipped_conv(ctx, ctx.dy, w, group, kernel)
+    return [dx or _transpose_window(ctx, ctx.dy, w, group, kernel), None, None]
 
 
 @register("ConvTranspose")
