@@ -3,7 +3,9 @@
 ``evaluate(explainer, x, explanation, metrics=[...])`` scores the maps of one explanation
 with faithfulness metrics (Average Drop / Increase in Confidence, deletion and insertion AUC,
 ROAD), localisation metrics given boxes (pointing game, energy-based pointing game) and the
-model-randomization sanity check; the definitions are in :data:`METRICS`.
+model-randomization sanity check; the definitions are in :data:`METRICS`. Detectors,
+segmenters and text recognizers are scored by each explained item's own score, its target held
+fixed (:mod:`.tasks`); :mod:`.report` writes the evaluation of several methods as one page.
 """
 
 from __future__ import annotations

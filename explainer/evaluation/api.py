@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +12,16 @@ import numpy as np
 
 from .metrics import Pairs, Values, confidence, localisation, perturbation_curve, road
 from .sanity import ExplainFn, head_layers, sanity
-from .scoring import Scores, to_chw
+from .scoring import SCORES, Scores, to_chw
 from .spec import METRICS, EvaluationError, get_metric
+from .tasks import TaskScores, held_targets
 
 __all__ = ["DEFAULT_METRICS", "EvaluationResult", "MetricValue", "evaluate"]
 
 #: what :func:`evaluate` computes when no metrics are given (no boxes, no extra models)
 DEFAULT_METRICS = ("avg-drop", "increase", "deletion", "insertion")
+#: the normal quantile of the two-sided 95% confidence interval of a mean
+Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -26,8 +30,10 @@ class MetricValue:
 
     Attributes:
         image: the image's index in the batch.
-        target: the target's index among the image's maps.
-        class_id: the class explained.
+        target: the target's index among the image's maps (a detection's, region's or
+            character's column).
+        class_id: the class explained (a character's vocabulary index; -1 for a whole
+            decoded string).
         metric: the metric's name (:data:`~.spec.METRICS`).
         value: its value.
         details: what it was computed from (a curve, the scores), or None.
@@ -52,6 +58,11 @@ class EvaluationResult:
         sanity: the sanity check's verdict (``passed``, ``message``, the per-layer results),
             or None when it did not run.
         runs: graph runs of the scoring passes.
+        seconds: wall-clock seconds the evaluation took.
+        images: the batch size.
+        task: the bundle's task.
+        items: for a detector, segmenter or text recognizer, per image the explained items
+            as JSON-ready dicts (a detection's box, class, score, candidate...), else None.
     """
 
     method: str
@@ -59,6 +70,10 @@ class EvaluationResult:
     options: dict[str, Any] = field(default_factory=dict)
     sanity: dict[str, Any] | None = None
     runs: int = 0
+    seconds: float = 0.0
+    images: int = 0
+    task: str = "classify"
+    items: list[list[dict[str, Any]]] | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -83,19 +98,57 @@ class EvaluationResult:
             means[metric] = float(np.nanmean(table)) if np.isfinite(table).any() else float("nan")
         return means
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (image, target): its class, its item (a detection, region or
+        character, where the task has them) and each metric's value."""
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        for v in self.values:
+            row = out.setdefault((v.image, v.target), {
+                "image": v.image, "target": v.target, "class_id": v.class_id, "metrics": {}})
+            if self.items is not None and "item" not in row:
+                row["item"] = self.items[v.image][v.target]
+            row["metrics"][v.metric] = v.value
+        return list(out.values())
+
+    def intervals(self) -> dict[str, tuple[float, float, int]]:
+        """Each metric's 95% confidence interval of the mean, by the normal approximation:
+        ``mean -/+ 1.96 * s / sqrt(n)`` over the n (image, target) values (``s`` the sample
+        standard deviation); (low, high, n), NaN bounds below two values."""
+        out = {}
+        for metric in self.metrics:
+            table = self.table(metric)
+            finite = table[np.isfinite(table)]
+            n = int(finite.size)
+            if n < 2:
+                out[metric] = (float("nan"), float("nan"), n)
+                continue
+            mean, half = float(finite.mean()), Z95 * float(finite.std(ddof=1)) / np.sqrt(n)
+            out[metric] = (mean - half, mean + half, n)
+        return out
+
     def to_dict(self, details: bool = True) -> dict[str, Any]:
-        """A JSON-ready dict: method, means, directions, per-pair values, sanity verdict."""
+        """A JSON-ready dict: method, means, 95% intervals (``ci95``: [low, high], None where
+        undefined; ``count``: the values averaged), directions, per-(pair, metric) values,
+        per-pair rows (``targets``, see :meth:`rows`), sanity verdict, timing."""
+        intervals = self.intervals()
         return {
             "method": self.method,
+            "task": self.task,
             "means": self.means(),
+            "ci95": {m: [None if np.isnan(lo) else lo, None if np.isnan(hi) else hi]
+                     for m, (lo, hi, _) in intervals.items()},
+            "count": {m: n for m, (_, _, n) in intervals.items()},
             "better": {m: METRICS[m].direction for m in self.metrics},
             "values": [{"image": v.image, "target": v.target, "class_id": v.class_id,
                         "metric": v.metric, "value": v.value,
                         **({"details": v.details} if details and v.details is not None else {})}
                        for v in self.values],
+            "targets": self.rows(),
             "sanity": self.sanity,
             "options": self.options,
             "runs": self.runs,
+            "seconds": self.seconds,
+            "images": self.images,
         }
 
 
@@ -138,19 +191,28 @@ def evaluate(
     sanity_threshold: float = 0.9,
     independent: bool = True,
     explain_fn: ExplainFn | None = None,
+    task_options: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Evaluate the maps of ``explanation`` (made by ``explainer`` for the batch ``x``).
 
     Definitions: :data:`explainer.evaluation.METRICS` and ``docs/evaluate.md``. Every
     perturbed copy of the images goes through the model in runs of ``batch_size`` rows.
 
+    A detector's, segmenter's or text recognizer's explanation is scored by its task score
+    (:mod:`explainer.evaluation.tasks`): each explained detection, region or character is held
+    fixed (its candidate row, its mask on the original image, its timesteps) and read from the
+    explained tensor of every perturbed copy.
+
     Args:
-        explainer: the :class:`~explainer.runtime.Explainer` of a classifier.
+        explainer: the :class:`~explainer.runtime.Explainer` that made the explanation.
         x: the model input batch the explanation was made for (model layout, preprocessed).
         explanation: its :class:`~explainer.explanation.Explanation` (``heatmaps`` [B, K, H,
-            W] at the input's size, ``class_ids`` [B, K], ``method``).
+            W] at the input's size, ``class_ids`` [B, K], ``method``; ``items`` for the tasks).
         metrics: metric names (:data:`~.spec.METRICS`).
         score: ``"probability"`` (``p``, default) or ``"logit"``: the score the metrics read.
+            For the tasks: the detection's confidence, the region's mean class probability, the
+            character's mean probability (or the matching logits, where the explained tensor
+            holds logits; a detection's logit is ``log(s / (1 - s))``).
         batch_size: rows per graph run.
         progress: show a tqdm progress bar.
         steps: deletion and insertion steps.
@@ -161,38 +223,61 @@ def evaluate(
         noise: ROAD's imputation noise (0: none).
         seed: seed of ROAD's noise and of the sanity check's random weights.
         boxes: for ``pointing`` and ``energy``, per image a list of ``[x0, y0, x1, y1]``
-            boxes in model input pixels (end exclusive) or a bool mask [H, W].
+            boxes in model input pixels (end exclusive) or a bool mask [H, W]; a detector's
+            explanation without them uses each detection's own box.
         sanity_threshold: the sanity check fails when the mean Spearman correlation at full
             randomization is above it.
         independent: the sanity check also randomizes each head layer alone.
         explain_fn: how the sanity check makes maps with a randomized explainer,
             ``(explainer, x, class_ids) -> heatmaps``; default ``explainer.explain`` with the
-            explanation's method.
+            explanation's method (for the tasks: with each held target's seed).
+        task_options: for the tasks, what the explanation was made with where its items do not
+            tell: ``threshold`` (a binary segmenter's), ``targets`` with ``conf``/``iou``/
+            ``threshold`` (regions given as a mask or a box are planned again).
 
     Raises:
-        EvaluationError: an unknown metric or option, missing boxes, a bundle that is not a
-            classifier.
+        EvaluationError: an unknown metric or option, missing boxes, an explanation with
+            nothing to score.
     """
+    started = time.perf_counter()
     names = list(dict.fromkeys(metrics))
     specs = [get_metric(name) for name in names]
-    if explainer.task != "classify":
-        raise EvaluationError(f"the metrics score classifiers; this bundle's task is "
-                              f"{explainer.task!r} (detectors, segmenters and recognizers are "
-                              "not supported yet)")
+    if score not in SCORES:
+        raise EvaluationError(f"score={score!r} is not one of {SCORES}")
     if getattr(explanation, "contrast_ids", None) is not None:
         raise EvaluationError("the metrics score the explained class alone; evaluate an "
                               "explanation made without contrast=")
+    task = explainer.task
+    if getattr(explanation, "task", task) != task:
+        raise EvaluationError(f"the explanation is of a {explanation.task!r} model; this "
+                              f"bundle's task is {task!r}")
     x = explainer.runner.check_input(x)
     layout = explainer.spec.input.layout
     images = np.stack([to_chw(row, layout) for row in x])
-    pairs = Pairs.of(images, np.asarray(explanation.heatmaps), explanation.class_ids)
+    heatmaps = np.asarray(explanation.heatmaps)
     groups = {spec.name if spec.group in ("deletion", "insertion") else spec.group
               for spec in specs}
+    if task == "classify":
+        pairs = Pairs.of(images, heatmaps, explanation.class_ids)
+        scores: Scores = Scores(explainer, score, batch_size)
+    else:
+        plan, held = held_targets(explainer, x, explanation, score, task_options)
+        pairs = Pairs.of(images, heatmaps, explanation.class_ids, keys=held.keys,
+                         valid=held.valid, boxes=held.boxes)
+        scores = TaskScores(explainer, plan, held, score, batch_size)
+        if "sanity" in groups and explain_fn is None:
+            seeds = {explainer.spec.head.logits: scores.seeds(explainer, explanation.score)}
+
+            def explain_fn(other: Any, xs: np.ndarray, _: np.ndarray) -> np.ndarray:
+                return other.explain(xs, seeds=seeds, method=explanation.method).heatmaps
+    if not len(pairs):
+        notes = "; ".join(getattr(explanation, "notes", None) or [])
+        raise EvaluationError("the explanation has no target to evaluate"
+                              + (f" ({notes})" if notes else ""))
     layers = len(head_layers(explainer.bundle.head)) if "sanity" in groups else 0
-    total = _rows(groups, pairs.maps.shape[0] * pairs.maps.shape[1], x.shape[0], steps,
-                  len(percentiles), independent, layers)
+    total = _rows(groups, len(pairs), x.shape[0], steps, len(percentiles), independent, layers)
     bar = _bar(progress, f"evaluating {explanation.method}", total)
-    scores = Scores(explainer, score, batch_size, bar)
+    scores.bar = bar
     options = {"score": score, "batch_size": batch_size, "steps": steps,
                "deletion_baseline": deletion_baseline, "insertion_baseline": insertion_baseline,
                "percentiles": list(percentiles), "noise": noise, "seed": seed}
@@ -226,4 +311,7 @@ def evaluate(
             rows.append(MetricValue(b, k, int(pairs.class_ids[b, k]), name,
                                     float(table[b, k]),
                                     None if details is None else details[b][k]))
-    return EvaluationResult(explanation.method, rows, options, verdict, scores.runs)
+    items = ([[item.to_dict() for item in row] for row in explanation.items]
+             if task != "classify" else None)
+    return EvaluationResult(explanation.method, rows, options, verdict, scores.runs,
+                            time.perf_counter() - started, int(x.shape[0]), task, items)

@@ -34,15 +34,33 @@ class Pairs:
         images: the inputs as float64 [B, C, H, W] (whatever the model layout).
         maps: ``E`` [B, K, H, W], min-max scaled per map.
         class_ids: the explained classes [B, K].
+        keys: what the scorer reads for each pair [B, K]: the class id of a classifier's
+            target, the pair's flat index ``b * K + k`` for a task's held target (None: the
+            class ids).
+        valid: [B, K] True where image b has a target k (None: every pair); the columns past an
+            image's last detection, region or character are left out.
+        boxes: per image, per target, the boxes a localisation metric uses when none are given
+            (a detection's own box), or None.
     """
 
     images: np.ndarray
     maps: np.ndarray
     class_ids: np.ndarray
+    keys: np.ndarray | None = None
+    valid: np.ndarray | None = None
+    boxes: list[list[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.keys is None:
+            self.keys = self.class_ids
+        if self.valid is None:
+            self.valid = np.ones(self.maps.shape[:2], bool)
 
     @classmethod
-    def of(cls, images: np.ndarray, heatmaps: np.ndarray, class_ids: np.ndarray) -> Pairs:
-        """Pairs from CHW images and heatmaps [B, K, H, W] (rescaled here to [0, 1])."""
+    def of(cls, images: np.ndarray, heatmaps: np.ndarray, class_ids: np.ndarray,
+           **extra: Any) -> Pairs:
+        """Pairs from CHW images and heatmaps [B, K, H, W] (rescaled here to [0, 1]);
+        ``extra``: ``keys``, ``valid``, ``boxes``."""
         if heatmaps.ndim != 4 or heatmaps.shape[0] != images.shape[0]:
             raise EvaluationError(f"heatmaps must be [B, K, H, W] for a batch of "
                                   f"{images.shape[0]}, got {list(heatmaps.shape)}")
@@ -50,29 +68,42 @@ class Pairs:
             raise EvaluationError(f"heatmaps of {list(heatmaps.shape[2:])} do not match the "
                                   f"input's H, W {list(images.shape[2:])}; evaluate the "
                                   "explanation of this very input")
-        maps = np.stack([[minmax(m) for m in row] for row in heatmaps])
-        return cls(images, maps, np.asarray(class_ids, np.int64))
+        maps = (np.stack([[minmax(m) for m in row] for row in heatmaps]) if heatmaps.size
+                else np.zeros(heatmaps.shape, np.float64))
+        return cls(images, maps, np.asarray(class_ids, np.int64), **extra)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for b in range(self.maps.shape[0]):
             for k in range(self.maps.shape[1]):
-                yield b, k
+                if self.valid[b, k]:
+                    yield b, k
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    def key(self, b: int, k: int) -> int:
+        """What the scorer reads for pair (b, k)."""
+        return int(self.keys[b, k])
 
     def table(self, values: Sequence[Any]) -> np.ndarray:
-        """Per-pair values in iteration order as an array [B, K]."""
-        return np.asarray(values, np.float64).reshape(self.maps.shape[:2])
+        """Per-pair values in iteration order as an array [B, K] (NaN where no target)."""
+        out = np.full(self.maps.shape[:2], np.nan)
+        out[self.valid] = np.asarray(values, np.float64).reshape(-1)
+        return out
 
     def nested(self, values: Sequence[Any]) -> list[list[Any]]:
-        """Per-pair values in iteration order as a [B][K] list."""
-        k = self.maps.shape[1]
-        return [list(values[b * k:(b + 1) * k]) for b in range(self.maps.shape[0])]
+        """Per-pair values in iteration order as a [B][K] list (None where no target)."""
+        out: list[list[Any]] = [[None] * self.maps.shape[1] for _ in range(self.maps.shape[0])]
+        for (b, k), value in zip(self, values, strict=True):
+            out[b][k] = value
+        return out
 
 
 def confidence(pairs: Pairs, scores: Any) -> Values:
     """Average Drop and Increase in Confidence: ``Y = s(x)``, ``O = s(E * x)`` per pair."""
     runs = scores.of_groups(
         (np.stack([pairs.images[b], pairs.maps[b, k] * pairs.images[b]]),
-         int(pairs.class_ids[b, k])) for b, k in pairs)
+         pairs.key(b, k)) for b, k in pairs)
     y = np.array([r[0] for r in runs])
     o = np.array([r[1] for r in runs])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -121,8 +152,8 @@ def perturbation_curve(pairs: Pairs, scores: Any, kind: str, steps: int = 50,
             image = pairs.images[b]
             base = _baseline(image, baseline, mean)
             start, end = (image, base) if kind == "deletion" else (base, image)
-            yield _curve_copies(image, pairs.maps[b, k], start, end, steps), \
-                int(pairs.class_ids[b, k])
+            yield (_curve_copies(image, pairs.maps[b, k], start, end, steps),
+                   pairs.key(b, k))
 
     curves = scores.of_groups(groups())
     areas = [auc(c) for c in curves]
@@ -145,7 +176,7 @@ def road(pairs: Pairs, scores: Any, percentiles: Sequence[float] = tuple(range(1
                 for q in percentiles:  # as pytorch-grad-cam: keep the pixels < the percentile
                     keep = order < np.percentile(order, q)
                     copies.append(impute(image, keep, noise, rng))
-            yield np.stack(copies), int(pairs.class_ids[b, k])
+            yield np.stack(copies), pairs.key(b, k)
 
     runs = scores.of_groups(groups())
     morf = np.array([np.mean(r[1:n + 1] - r[0]) for r in runs])
@@ -174,17 +205,19 @@ def _region(boxes: Any, shape: tuple[int, int], image: int) -> np.ndarray:
 
 
 def localisation(pairs: Pairs, boxes: Sequence[Any] | None) -> Values:
-    """Pointing game and energy-based pointing game against each image's boxes or mask."""
-    if boxes is None:
+    """Pointing game and energy-based pointing game against each image's boxes or mask (when
+    ``boxes`` is None: each pair's own boxes, a detection's box)."""
+    if boxes is None and pairs.boxes is None:
         raise EvaluationError("pointing and energy need boxes=: one list of [x0, y0, x1, y1] "
                               "boxes (model input pixels) or one bool mask [H, W] per image")
-    if len(boxes) != pairs.maps.shape[0]:
+    if boxes is not None and len(boxes) != pairs.maps.shape[0]:
         raise EvaluationError(f"boxes= has {len(boxes)} entries for {pairs.maps.shape[0]} "
                               "image(s); give one per image")
     hits, energy = [], []
     for b, k in pairs:
         e = pairs.maps[b, k]
-        region = _region(boxes[b], e.shape, b)
+        given = boxes[b] if boxes is not None else pairs.boxes[b][k]  # type: ignore[index]
+        region = _region(given, e.shape, b)
         hits.append(float(region.flat[int(np.argmax(e))]))
         total = e.sum()
         energy.append(float(e[region].sum() / total) if total > 0 else 0.0)

@@ -39,7 +39,8 @@ def from_chw(images: np.ndarray, layout: str, dtype: np.dtype) -> np.ndarray:
 
 
 class Scores:
-    """The score of a class for batches of model inputs, through ``explainer.runner``.
+    """The score of a class for batches of model inputs, through ``explainer.runner`` (a
+    detector's, segmenter's or text recognizer's held targets: :class:`~.tasks.TaskScores`).
 
     Args:
         explainer: an :class:`~explainer.runtime.Explainer` of a classifier.
@@ -63,19 +64,27 @@ class Scores:
         self.layout = explainer.spec.input.layout
         self.runs = 0
 
-    def rows(self, x: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
-        """Scores [N] of ``class_ids[n]`` for model inputs ``x`` [N, ...] (one graph run)."""
+    def rows(self, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Scores [N] for model inputs ``x`` [N, ...] (one graph run): ``keys[n]`` is the class
+        id (or, for a task's held targets, the target) row n is scored for."""
         runner = self.runner
-        logits = runner.run_logits(runner.run_features(x)).astype(np.float64)
+        explained = runner.run_logits(runner.run_features(x))
         self.runs += 1
         if self.bar is not None:
             self.bar.update(len(x))
+        return self.read(explained, keys)
+
+    def read(self, explained: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The scores [N] of the head's explained tensor [N, ...] (a classifier's logits [N,
+        C]): class ``keys[n]`` of row n."""
+        logits = explained.astype(np.float64)
         values = logits if self.score == "logit" or self.given_probability else softmax(logits)
-        return values[np.arange(len(x)), class_ids]
+        return values[np.arange(len(logits)), keys]
 
     def of_groups(self, groups: Iterable[tuple[np.ndarray, int]]) -> list[np.ndarray]:
         """Scores of each group of copies: ``groups`` yields (copies [n, C, H, W] as float,
-        class id); the result holds one array [n] per group, in order."""
+        key: a class id or a held target's index); the result holds one array [n] per group,
+        in order."""
         pending: list[tuple[np.ndarray, int]] = []
         sizes: list[int] = []
         flat: list[np.ndarray] = []

@@ -2,8 +2,9 @@
 
 Notation of the definitions: ``E`` is the map upsampled to the input and min-max scaled to
 [0, 1]; ``s`` the explained score; ``p`` the softmax probability of the explained class (the
-default score of the metrics, ``score="probability"``); ``x`` the model input in the model's
-layout after preprocessing; ``N`` the number of (image, target) pairs averaged.
+default score of the metrics, ``score="probability"``; for a detector, segmenter or text
+recognizer its task score, see :mod:`.tasks`); ``x`` the model input in the model's layout
+after preprocessing; ``N`` the number of (image, target) pairs averaged.
 """
 
 from __future__ import annotations

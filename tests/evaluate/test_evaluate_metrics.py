@@ -215,10 +215,10 @@ def test_road_combined_is_half_lerf_minus_morf(tiny):
         result.table("road"), (result.table("road-lerf") - result.table("road-morf")) / 2)
 
 
-def test_other_tasks_and_contrast_are_refused(tiny):
+def test_an_explanation_of_another_task_and_contrast_are_refused(tiny):
     explainer, x, explanation = tiny
     detector = SimpleNamespace(task="detect")
-    with pytest.raises(EvaluationError, match="task is 'detect'"):
+    with pytest.raises(EvaluationError, match="'classify' model; this bundle's task is 'detect'"):
         evaluate(detector, x, explanation, progress=False)
     with pytest.raises(EvaluationError, match="contrast"):
         evaluate(explainer, x, replace(explanation, contrast_ids=explanation.class_ids),
