@@ -36,8 +36,7 @@ from .labels import resolve_labels
 from .manifest import INPUT_GRADIENT_KEYS, SCHEMA_VERSION, TASKS, Manifest
 
 __all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "TASKS",
-           "WEIGHTS_FILE", "BACKWARD_PREFIX", "backward_inputs", "extract", "node_inputs",
-           "subgraphs"]
+           "WEIGHTS_FILE", "extract", "node_inputs", "subgraphs"]
 
 #: Tensors of at least this many bytes are saved in the shared external-data file.
 EXTERNAL_DATA_THRESHOLD = 1024
@@ -318,42 +317,3 @@ def extract(model: onnx.ModelProto, inputs: list[str], outputs: list[str]
     result.functions.extend(model.functions)
     return result, missing
 
-
-#: the prefix of the nodes the reverse-mode autodiff emits (the backward of a gradient head)
-BACKWARD_PREFIX = "grad/"
-
-
-def backward_inputs(model: onnx.ModelProto, seed: str, outputs: list[str]) -> list[str] | None:
-    """The forward tensors the backward of a gradient head reads to compute ``outputs`` (its
-    gradients) from ``seed``: what the head's forward must hand over for its backward to run
-    alone (:func:`extract` of these and the seed). Every output of a forward node that gives
-    one of them is included, so that the extraction stops at that node. None where the
-    backward cannot run alone: a forward node reads a backward tensor, or an output is no
-    backward tensor."""
-    nodes = model.graph.node
-    backward = {o for n in nodes if n.name.startswith(BACKWARD_PREFIX) for o in n.output if o}
-    if not set(outputs) <= backward:
-        return None
-    producer = {o: n for n in nodes for o in n.output if o}
-    inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
-    read: set[str] = set()
-    needed, seen = list(outputs), set(outputs)
-    while needed:
-        node = producer.get(needed.pop())
-        if node is None:
-            continue
-        for name in node_inputs(node):
-            if name in seen or name == seed:
-                continue
-            seen.add(name)
-            if name in backward:
-                needed.append(name)
-            elif name in producer or name in inputs:
-                read.add(name)  # a forward tensor or a graph input (initializers aside)
-    for name in list(read):
-        if name in producer:
-            read.update(o for o in producer[name].output if o)
-    if any(i in backward for n in nodes if not n.name.startswith(BACKWARD_PREFIX)
-           for i in node_inputs(n)):
-        return None
-    return sorted(read)

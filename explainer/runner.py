@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 
 from .access import LayerAccess, Scorer
-from .bundle import Bundle, backward_inputs, extract
+from .backward import SplitHead
+from .bundle import Bundle, extract
 from .errors import MethodError
 from .manifest import LayerSpec, Manifest
 from .preprocessing import check_batch
@@ -165,25 +166,22 @@ class Runner:
         return dict(zip(inputs, binding.get_outputs()))
 
     @cached_property
-    def _split(self) -> tuple[list[str], list[str], list[str]] | None:
-        """How the gradient head runs as its forward then its backward: (the forward's
-        outputs: the explained tensor, the model outputs, a layer sweep's later activations and
-        the tensors the backward reads; the backward's inputs; its outputs: every layer's
-        gradient). None where the backward cannot run alone or the runs cannot hand tensors
-        over as they are (a static batch runs in chunks; on CUDA the head runs whole)."""
-        if self.on_cuda or self.spec.input.static_batch is not None:
+    def split(self) -> SplitHead | None:
+        """The gradient head as its forward, run once, and its backward, run per target
+        (:mod:`explainer.backward`); None where the backward cannot run alone or the runs
+        cannot hand tensors over as they are (on CUDA the head runs whole)."""
+        if self.on_cuda:
             return None
-        head, cut = self.spec.head, set(self.spec.head.inputs)
-        later = [layer for layer in self.spec.layers[1:] if layer.tensor not in cut]
-        gradients = list(dict.fromkeys(
-            [head.gradient, *(layer.gradient for layer in self.spec.layers[1:])]))
-        saved = backward_inputs(self.bundle.head, head.seed, gradients)
-        if saved is None:
-            return None
-        forward = list(dict.fromkeys(
-            [head.logits, *head.outputs, *(layer.tensor for layer in later),
-             *(name for name in saved if name not in cut)]))
-        return forward, saved, gradients
+        head = self.spec.head
+        layers = [(layer.tensor, layer.gradient) for layer in self.spec.layers]
+        return SplitHead.of(self.bundle.head, list(head.inputs), head.logits, head.seed,
+                            list(head.outputs), layers)
+
+    def split_for(self, batch: int) -> SplitHead | None:
+        """:attr:`split` for a batch of ``batch`` rows: None where a static-batch graph runs
+        it in chunks (the tensors handed over are not all rows of the batch)."""
+        static = self.spec.input.static_batch
+        return self.split if static is None or batch == static else None
 
     def predict(self, features: dict[str, Any]) -> dict[str, Any]:
         """The head's forward on cut tensors (:meth:`features`): the explained tensor and the
@@ -191,13 +189,33 @@ class Runner:
         reads (pass the result to :meth:`gradients` as ``forward=``, so the forward runs once
         for all targets)."""
         head = self.spec.head
-        if self._split is None:
+        split = self.split and self.split_for(len(features[head.inputs[0]]))
+        if split is None:
             names = [head.logits, *head.outputs]
             return dict(zip(names, self.run(self.outputs_session, features, names)))
-        names = self._split[0]
-        session = self._pool.get("forward", lambda: extract(
-            self.bundle.head, list(head.inputs), names)[0])
-        return {**features, **dict(zip(names, self.run(session, features, names)))}
+        session = self._pool.get("forward", split.forward_model)
+        # one run: the split serves a static batch only at its own size (split_for)
+        values = run_once(session, features, split.forward, self.on_cuda)
+        return {**features, **dict(zip(split.forward, values))}
+
+    def backward(self, forward: dict[str, Any], seed: np.ndarray, names: list[str]
+                 ) -> list[np.ndarray]:
+        """The split head's backward for seed rows [B, ...] on the tensors of ``forward``
+        (:meth:`predict`): the gradients ``names``. A seed that is zero outside one part of
+        the explained tensor (a detection's level) runs that part's backward alone."""
+        split = self.split
+        assert split is not None
+        part = split.part_of(seed, forward)
+        key = "backward" if part is None else f"backward:{part}"
+        model, zeros = split.backward_model(part)
+        session = self._pool.get(key, lambda: model)
+        run = [n for n in names if n not in zeros]
+        values = dict(zip(run, run_once(session, {
+            **{n: forward[n] for n in split.saved}, self.spec.head.seed: seed}, run,
+            self.on_cuda)))
+        return [values[n] if n in values
+                else np.zeros(np.shape(forward[split.gradients[n]]), np.float32)
+                for n in names]
 
     def gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
@@ -206,17 +224,13 @@ class Runner:
         """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
         (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs.
         With ``forward`` (:meth:`predict` of the same features) of a head that splits, only
-        the backward runs, once per target column, on the forward's tensors."""
+        the backward runs, once per target column (:meth:`backward`)."""
         head = self.spec.head
         batch, k = seeds.shape[:2]
-        if forward is not None and self._split is not None:
-            _, saved, gradients = self._split
-            session = self._pool.get("backward", lambda: extract(
-                self.bundle.head, [*saved, head.seed], gradients)[0])
-            feeds = {name: forward[name] for name in saved}
-            wanted = [n for n in [head.gradient, *extra] if n in gradients]
-            columns = [self.run(session, {**feeds, head.seed: np.ascontiguousarray(
-                seeds[:, column])}, wanted) for column in range(k)]
+        if forward is not None and self.split_for(batch) is not None:
+            wanted = [n for n in [head.gradient, *extra] if n in self.split.gradients]
+            columns = [self.backward(forward, np.ascontiguousarray(seeds[:, column]), wanted)
+                       for column in range(k)]
             values = {name: np.stack([c[i] for c in columns], axis=1)
                       for i, name in enumerate(wanted)}
             values.update({name: np.asarray(forward[name])[:, None] for name in extra

@@ -1,0 +1,151 @@
+"""The gradient head run as its forward once and its backward per target
+(:mod:`explainer.backward`): the same gradients as the whole head, for a seed in one level of a
+concatenated output (the pruned backward of that level) or across levels (the whole backward)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from explainer import Explainer
+from explainer.backward import SplitHead, concat_parts, part_backward
+from explainer.bridge import export_onnx
+
+CLASSES = 3
+
+
+def _detector(path: Path) -> Path:
+    """A YOLOv8-layout detector: three levels (16x16, 8x8, 4x4 at 16x16 input), a bottom-up
+    path (level 1 reads level 0), per-level box and class 1x1 convs, output [1, 4+C, 336]."""
+    rng = np.random.default_rng(3)
+    inits, nodes = [], []
+
+    def conv(name: str, x: str, cin: int, cout: int, k: int, stride: int = 1) -> str:
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal((cout, cin, k, k)) * 0.5).astype(np.float32), f"{name}.w"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.c"], name=name,
+                                      kernel_shape=[k, k], strides=[stride, stride],
+                                      pads=[k // 2] * 4))
+        nodes.append(helper.make_node("Sigmoid", [f"{name}.c"], [f"{name}.s"]))
+        nodes.append(helper.make_node("Mul", [f"{name}.c", f"{name}.s"], [f"{name}.y"]))
+        return f"{name}.y"
+
+    f0 = conv("stem", "images", 3, 4, 3)
+    f1 = conv("down1", f0, 4, 4, 3, 2)
+    nodes.append(helper.make_node("Add", [f1, conv("pan1", f0, 4, 4, 3, 2)], ["f1"]))
+    f2 = conv("down2", "f1", 4, 4, 3, 2)
+    boxes, logits = [], []
+    for level, feature in enumerate([f0, "f1", f2]):
+        for kind, channels, out in (("box", 4, boxes), ("cls", CLASSES, logits)):
+            raw = conv(f"{kind}{level}", feature, 4, channels, 3)
+            inits.append(numpy_helper.from_array(np.array([1, channels, -1]), f"{kind}{level}.r"))
+            nodes.append(helper.make_node("Reshape", [raw, f"{kind}{level}.r"],
+                                          [f"{kind}{level}.flat"]))
+            out.append(f"{kind}{level}.flat")
+    nodes += [helper.make_node("Concat", boxes, ["boxes"], axis=-1),
+              helper.make_node("Concat", logits, ["logits"], axis=-1),
+              helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
+              helper.make_node("Concat", ["boxes", "probabilities"], ["output0"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                     [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + CLASSES, 336])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = _detector(tmp_path_factory.mktemp("det") / "det.onnx")
+    return export_onnx(path, ["stem.y", "f1", "down2.y"], task="detect", format="yolov8")
+
+
+def _whole(explainer: Explainer, features, seed: np.ndarray) -> list[np.ndarray]:
+    """Every layer's gradient from one run of the whole gradient head."""
+    runner, head = explainer.runner, explainer.spec.head
+    names = list(runner.split.gradients)
+    return runner.run(runner.head_session, {**features, head.seed: seed}, names)
+
+
+def test_the_split_head_gives_the_whole_heads_gradients(bundle) -> None:
+    explainer = Explainer(bundle)
+    runner = explainer.runner
+    split = runner.split
+    assert split is not None and split.parts is not None and len(split.parts.tensors) == 3
+    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    features = runner.features(x)
+    forward = runner.predict(features)
+    shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]
+    rng = np.random.default_rng(1)
+    seeds = {"level 0": (0, 5), "level 1": (256, 300), "level 2": (330, 331),
+             "levels 0 and 2": (200, 330)}
+    for case, (first, last) in seeds.items():
+        seed = np.zeros(shape, np.float32)
+        seed[..., first] = rng.standard_normal(CLASSES)
+        seed[..., last] = rng.standard_normal(CLASSES)
+        expected = _whole(explainer, features, seed)
+        got = runner.backward(forward, seed, list(split.gradients))
+        part = split.part_of(seed, forward)
+        assert (part is None) == (case == "levels 0 and 2"), case
+        for name, want, have in zip(split.gradients, expected, got, strict=True):
+            scale = max(float(np.abs(want).max()), 1e-12)
+            np.testing.assert_allclose(have, want, atol=1e-6 * scale, err_msg=f"{case}: {name}")
+    # a level-2 seed does not reach the stem's output but through level 1 and level 2's convs;
+    # its pruned backward skips level 0's and level 1's heads
+    pruned, zeros = split.backward_model(2)
+    whole, _ = split.backward_model(None)
+    assert len(pruned.graph.node) < len(whole.graph.node) and not zeros
+    # level 0's seed gives zero gradients at the later levels' tensors, not computed
+    _, zeros = split.backward_model(0)
+    assert zeros == {g for g, a in split.gradients.items() if a in ("f1", "down2.y")}
+
+
+def test_detections_explain_the_same_with_the_split_head(bundle) -> None:
+    x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
+    split = Explainer(bundle).explain(x, targets="top5", conf=0.0)
+    whole_explainer = Explainer(bundle)
+    whole_explainer.runner.__dict__["split"] = None  # the head in one run per target
+    whole = whole_explainer.explain(x, targets="top5", conf=0.0)
+    assert len(split.detections[0]) == 5
+    np.testing.assert_allclose(split.heatmaps, whole.heatmaps, atol=1e-5)
+    for layer in split.layers:
+        np.testing.assert_allclose(split.layers[layer].cams, whole.layers[layer].cams,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def _graph(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str]
+           ) -> onnx.ModelProto:
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]
+    graph = helper.make_graph(nodes, "g", values, [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_zeros_are_dropped_through_sums_and_kept_where_read_as_they_are() -> None:
+    nodes = [helper.make_node("Mul", ["z", "a"], ["za"]),            # zero
+             helper.make_node("Sub", ["za", "a"], ["neg"]),          # -a
+             helper.make_node("Add", ["a", "za"], ["same"]),         # a
+             helper.make_node("Shape", ["za"], ["shape"]),           # reads the zero itself
+             helper.make_node("Concat", ["za", "a"], ["mixed"], axis=0)]
+    model = _graph(nodes, ["z", "a"], ["neg", "same", "shape", "mixed", "za"])
+    pruned, zeros = part_backward(model, {"z"})
+    ops = {n.output[0]: n.op_type for n in pruned.graph.node}
+    assert ops["neg"] == "Neg" and ops["same"] == "Identity"
+    assert ops["za"] == "Mul"  # recomputed: Shape and Concat read it
+    assert zeros == set()
+    pruned, zeros = part_backward(_graph(nodes[:3], ["z", "a"], ["za", "neg"]), {"z"})
+    assert zeros == {"za"} and [n.op_type for n in pruned.graph.node] == ["Neg"]
+
+
+def test_no_parts_where_the_explained_tensor_is_no_concat() -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["e"]),
+             helper.make_node("Mul", ["seed", "x"], ["grad/x"], name="grad/x")]
+    assert concat_parts(_graph(nodes, ["x", "seed"], ["e", "grad/x"]), "e", "seed") is None
+    assert SplitHead.of(_graph(nodes, ["x", "seed"], ["e", "grad/x"]), ["x"], "e", "seed", [],
+                        [("x", "grad/x")]) is not None
