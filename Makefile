@@ -15,6 +15,10 @@ JOBS ?= 2
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[torch,dev,demo]'
+	# Quantus 0.6 (a reference for the evaluation metrics) without its opencv-python
+	# requirement, which would share the cv2 folder with the headless build installed above
+	$(PY) -m pip install -q pandas scikit-learn scipy matplotlib cachetools tqdm
+	$(PY) -m pip install -q --no-deps quantus==0.6.0
 	touch $@
 
 # Torch-free environment: `pip install .` with no extras (plus the test runner and onnx-ad).
