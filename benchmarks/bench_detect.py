@@ -12,8 +12,9 @@ Rows, in milliseconds (median over ``--rounds`` of block medians, as ``bench_gra
 * ``inference``: plain ONNX Runtime on the same ``.onnx`` file at its default settings (threads
   aside: spinning on), the baseline a user would run;
 * ``onnxcam <method> xK``: ``Explainer.explain(x, targets="topK", method=..., conf=0)``: the
-  features graph, the prediction pass, the NMS in numpy, one backward pass per detection
-  (all K in one head run) and the maps (upsampled, fused over the three layers);
+  features graph, the head's forward once (the prediction pass), the NMS in numpy, the head's
+  backward once per detection (pruned to the detection's level) and the maps (upsampled,
+  fused over the three layers);
 * ``pytorch-grad-cam EigenCAM``: its YOLO recipe (no target, one map);
 * ``pytorch-grad-cam <method> xK``: the method with a detection target (the class probability
   of the detection's anchor, as its ``FasterRCNNBoxScoreTarget`` scores a box): K maps as one

@@ -18,7 +18,7 @@ from .activations import to_channels_first
 from .errors import UsageError
 from .maps import normalize_maps, upsample_bilinear
 
-__all__ = ["FUSE_MODES", "LayerMaps", "check_fuse", "fuse", "layer_maps"]
+__all__ = ["FUSE_MODES", "LayerMaps", "check_fuse", "fuse", "heatmaps_of", "layer_maps"]
 
 #: how :func:`fuse` combines the layers' normalized heatmaps
 FUSE_MODES = ("mean", "max", None)
@@ -53,9 +53,22 @@ def layer_maps(
     for layer, activation, gradient in zip(layers, activations, gradients, strict=True):
         channels_first, gradient = to_channels_first(activation, gradient, layer)
         cams = cams_of(layer, activation, channels_first, gradient)
-        heatmaps = normalize_maps(upsample_bilinear(cams, size), copy=False)
-        maps[layer["layer"]] = LayerMaps(cams, heatmaps)
+        maps[layer["layer"]] = LayerMaps(cams, heatmaps_of(cams, size))
     return maps
+
+
+def heatmaps_of(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """CAMs [..., h, w] upsampled to ``size`` and min-max scaled per map; a constant CAM (a
+    layer a detection's score does not reach) is all zeros without being upsampled."""
+    flat = cams.reshape(-1, cams.shape[-2] * cams.shape[-1])
+    live = flat.max(axis=1, initial=-np.inf) > flat.min(axis=1, initial=np.inf)
+    if live.all():
+        return normalize_maps(upsample_bilinear(cams, size), copy=False)
+    out = np.zeros((*cams.shape[:-2], *size), np.float32)
+    if live.any():
+        rows = cams.reshape(-1, *cams.shape[-2:])[live]
+        out.reshape(-1, *size)[live] = normalize_maps(upsample_bilinear(rows, size), copy=False)
+    return out
 
 
 def check_fuse(mode: str | None) -> None:
@@ -76,5 +89,7 @@ def fuse(maps: dict[str, LayerMaps], mode: str | None) -> np.ndarray:
     stacked = [m.heatmaps for m in maps.values()]
     if mode is None or len(stacked) == 1:
         return stacked[0]
-    combined = np.mean(stacked, axis=0) if mode == "mean" else np.max(stacked, axis=0)
-    return normalize_maps(combined.astype(np.float32), copy=False)
+    combined = np.array(stacked[0], np.float32)  # in place: K maps at the input's size
+    for other in stacked[1:]:
+        (np.add if mode == "mean" else np.maximum)(combined, other, out=combined)
+    return normalize_maps(combined, copy=False)  # the mean's 1/n goes with the scaling

@@ -18,6 +18,7 @@ from explainer.image import (
     preprocess,
     upsample_bilinear,
 )
+from explainer.layers import LayerMaps, fuse, heatmaps_of
 
 
 def _photo(w: int = 320, h: int = 240) -> Image.Image:
@@ -378,3 +379,24 @@ def test_default_limit_follows_pillows_setting(tmp_path, monkeypatch):
         with pytest.raises(ImageError, match="100,000"):
             load_image(path)
         assert load_image(path, max_pixels=200_000).size == (451, 300)
+
+
+def test_heatmaps_of_constant_cams_are_zeros_and_the_rest_as_upsampled():
+    rng = np.random.default_rng(0)
+    cams = rng.random((2, 3, 5, 7)).astype(np.float32)
+    cams[0, 1] = 0.0  # a layer a detection's score does not reach
+    cams[1, 2] = 4.0
+    got = heatmaps_of(cams, (20, 28))
+    want = normalize_maps(upsample_bilinear(cams, (20, 28)))
+    np.testing.assert_array_equal(got, want)
+    assert not got[0, 1].any() and got[0, 0].max() == pytest.approx(1.0)
+
+
+def test_fused_layers_are_the_scaled_mean_or_max():
+    rng = np.random.default_rng(1)
+    maps = {name: LayerMaps(np.zeros(1), rng.random((1, 2, 6, 6)).astype(np.float32))
+            for name in ("a", "b", "c")}
+    stacked = np.stack([m.heatmaps for m in maps.values()])
+    np.testing.assert_allclose(fuse(maps, "mean"), normalize_maps(stacked.mean(0)), atol=1e-6)
+    np.testing.assert_allclose(fuse(maps, "max"), normalize_maps(stacked.max(0)), atol=1e-6)
+    np.testing.assert_array_equal(fuse(maps, None), maps["a"].heatmaps)
