@@ -18,6 +18,11 @@ the rows of each batch together. The result has one row per input: ``path``, ``s
 failed image), and ``overlay`` / ``heatmaps``, the files written. A failing image becomes an
 ``"error"`` row; it does not fail the job.
 
+A detector, segmenter or text recognizer finds a different number of targets in each image:
+its rows hold ``count`` (the number of detections, regions or characters explained),
+``items`` (them as a JSON list: box, label, score, ...), ``text`` (a recognizer's transcript,
+else ``""``) and the same ``path``, ``status``, ``error``, ``overlay`` and ``heatmaps``.
+
 On a cluster the same code runs unchanged after ``ray.init(address="auto")``: the bundle path
 and ``out`` must then be visible to every node (a shared file system), and output names are
 made from each image's full path (``<stem>_<hash of the path>_cam.png``), so workers never
@@ -27,6 +32,7 @@ need to agree on names.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,7 +42,9 @@ import numpy as np
 from .batch import RunOptions, explain_batch, write_outputs
 from .bundle import Bundle
 from .errors import UsageError
+from .explained import Explained
 from .targets import plan_targets
+from .tasks.registry import TASKS
 
 __all__ = ["ExplainBatch", "explain_dataset", "output_stem"]
 
@@ -66,12 +74,14 @@ class ExplainBatch:
         bundle: a bundle directory (loaded once per actor) or a :class:`Bundle`.
         out: the folder overlays (and heatmaps) are written to.
         targets, top_k, method, colormap, alpha, save_npy, max_pixels: as in
-            :class:`explainer.batch.RunOptions`.
+            :class:`explainer.batch.RunOptions` (``method`` None: the bundle's default).
         providers: ONNX Runtime providers, as for :class:`~explainer.Explainer`.
         threads: intra-op threads per actor (match the actor's ``num_cpus``).
         image_column: the column of decoded images (``ray.data.read_images`` names it
             ``"image"``); when absent, images are read from ``path_column``.
         path_column: the column of image paths.
+        task_options: a detector's ``conf``, ``iou``, a segmenter's ``threshold``,
+            ``renormalize`` (as in :class:`~explainer.batch.RunOptions`).
     """
 
     def __init__(
@@ -81,7 +91,7 @@ class ExplainBatch:
         *,
         targets: Any = None,
         top_k: int | None = None,
-        method: str = "gradcam",
+        method: str | None = None,
         colormap: str = "jet",
         alpha: float = 0.5,
         save_npy: bool = True,
@@ -90,23 +100,27 @@ class ExplainBatch:
         threads: int | None = 1,
         image_column: str = "image",
         path_column: str = "path",
+        **task_options: Any,
     ) -> None:
         from .runtime import Explainer
 
-        self.explainer = Explainer(bundle, providers=providers, threads=threads)
-        if self.explainer.task != "classify":  # a table row holds K classes, fixed per dataset
-            raise UsageError(
-                f"Ray Data explains classifiers; this bundle is a {self.explainer.task} model, "
-                "whose images have different numbers of targets (detections, regions, "
-                "characters): use `onnxcam explain` or "
-                "explainer.batch.FolderRun")
-        self.options = RunOptions(targets=targets, top_k=top_k, method=method, colormap=colormap,
-                                  alpha=alpha, save_npy=save_npy, max_pixels=max_pixels)
-        self.options.check(self.explainer.num_classes, self.explainer.labels)
-        plan = plan_targets(targets, top_k, 1, self.explainer.num_classes,
-                            self.explainer.labels)
-        self.k = plan.class_ids.shape[1] if plan.class_ids is not None else sum(
-            1 if kind == "id" else k for kind, k in plan.terms)
+        self.explainer = explainer = Explainer(bundle, providers=providers, threads=threads)
+        self.task = explainer.task
+        unknown = set(task_options) - {"conf", "iou", "threshold", "renormalize"}
+        if unknown or (task_options and self.task == "classify"):
+            raise UsageError(f"unknown option(s) {sorted(unknown or task_options)} for a "
+                             f"{self.task} bundle")
+        self.options = RunOptions(targets=targets, top_k=top_k,
+                                  method=method or explainer.default_method, colormap=colormap,
+                                  alpha=alpha, save_npy=save_npy, max_pixels=max_pixels,
+                                  **task_options)
+        self.options.check(explainer.num_classes, explainer.labels, self.task,
+                           explainer.bundle.manifest.get("format"))
+        self.k = 0  # a task's images have their own number of targets
+        if self.task == "classify":  # a table row holds K classes, fixed per dataset
+            plan = plan_targets(targets, top_k, 1, explainer.num_classes, explainer.labels)
+            self.k = plan.class_ids.shape[1] if plan.class_ids is not None else sum(
+                1 if kind == "id" else k for kind, k in plan.terms)
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.image_column, self.path_column = image_column, path_column
@@ -119,10 +133,12 @@ class ExplainBatch:
             "path": np.array(paths, dtype=object),
             "status": np.full(n, "ok", dtype=object),
             "error": np.full(n, "", dtype=object),
-            "class_ids": np.full((n, k), -1, np.int64),
-            "labels": np.full((n, k), "", dtype=object),
-            "probabilities": np.full((n, k), np.nan, np.float32),
-            "scores": np.full((n, k), np.nan, np.float32),
+            **({"class_ids": np.full((n, k), -1, np.int64),
+                "labels": np.full((n, k), "", dtype=object),
+                "probabilities": np.full((n, k), np.nan, np.float32),
+                "scores": np.full((n, k), np.nan, np.float32)} if self.task == "classify" else
+               {"count": np.zeros(n, np.int64), "items": np.full(n, "[]", dtype=object),
+                "text": np.full(n, "", dtype=object)}),
             "overlay": np.full(n, "", dtype=object),
             "heatmaps": np.full(n, "", dtype=object),
         }
@@ -139,14 +155,24 @@ class ExplainBatch:
             if result.error is not None:
                 table["status"][i], table["error"][i] = "error", str(result.error)
                 continue
-            fields = result.fields()
-            table["class_ids"][i] = fields["class_ids"]
-            table["labels"][i] = fields["labels"] or [str(c) for c in fields["class_ids"]]
-            table["probabilities"][i] = fields["probabilities"]
-            table["scores"][i] = fields["scores"]
+            self._fill(table, i, result)
             table["overlay"][i] = str(overlay)
             table["heatmaps"][i] = str(heatmaps) if heatmaps is not None else ""
         return table
+
+    def _fill(self, table: dict[str, np.ndarray], i: int, result: Explained) -> None:
+        """Row ``i``'s targets: K classes, or a task's items as JSON."""
+        fields = result.fields()
+        if self.task != "classify":
+            items = fields.get(str(TASKS[self.task].items)) or []
+            table["count"][i] = len(items)
+            table["items"][i] = json.dumps(items)
+            table["text"][i] = fields.get("text") or ""
+            return
+        table["class_ids"][i] = fields["class_ids"]
+        table["labels"][i] = fields["labels"] or [str(c) for c in fields["class_ids"]]
+        table["probabilities"][i] = fields["probabilities"]
+        table["scores"][i] = fields["scores"]
 
 
 def explain_dataset(

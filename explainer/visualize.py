@@ -315,12 +315,17 @@ def figure(
 def draw_boxes(image: Image.Image, boxes: Sequence[Sequence[float]],
                labels: Sequence[str] | None = None, width: int = 2) -> Image.Image:
     """A copy of ``image`` with each box ``(x1, y1, x2, y2)`` outlined (white over black, visible
-    on any map), and its label at its top left."""
+    on any map), and its label at its top left. A box given corner-swapped (a model's negative
+    width or height) is drawn over the span it covers; a non-finite one is skipped."""
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     font = _load_font(max(10, width * 6))
     for j, box in enumerate(boxes):
         x1, y1, x2, y2 = (float(v) for v in box)
+        if not all(np.isfinite((x1, y1, x2, y2))):
+            continue
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
         draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=width + 2)
         draw.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=width)
         if labels:

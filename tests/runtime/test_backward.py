@@ -4,65 +4,21 @@ concatenated output (the pruned backward of that level) or across levels (the wh
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from conftest import DETECTOR_CLASSES as CLASSES
+from conftest import make_onnx_detector
+from onnx import TensorProto, helper
 
 from explainer import Explainer
 from explainer.backward import SplitHead, concat_parts, part_backward
 from explainer.bridge import export_onnx
 
-CLASSES = 3
-
-
-def _detector(path: Path) -> Path:
-    """A YOLOv8-layout detector: three levels (16x16, 8x8, 4x4 at 16x16 input), a bottom-up
-    path (level 1 reads level 0), per-level box and class 1x1 convs, output [1, 4+C, 336]."""
-    rng = np.random.default_rng(3)
-    inits, nodes = [], []
-
-    def conv(name: str, x: str, cin: int, cout: int, k: int, stride: int = 1) -> str:
-        inits.append(numpy_helper.from_array(
-            (rng.standard_normal((cout, cin, k, k)) * 0.5).astype(np.float32), f"{name}.w"))
-        nodes.append(helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.c"], name=name,
-                                      kernel_shape=[k, k], strides=[stride, stride],
-                                      pads=[k // 2] * 4))
-        nodes.append(helper.make_node("Sigmoid", [f"{name}.c"], [f"{name}.s"]))
-        nodes.append(helper.make_node("Mul", [f"{name}.c", f"{name}.s"], [f"{name}.y"]))
-        return f"{name}.y"
-
-    f0 = conv("stem", "images", 3, 4, 3)
-    f1 = conv("down1", f0, 4, 4, 3, 2)
-    nodes.append(helper.make_node("Add", [f1, conv("pan1", f0, 4, 4, 3, 2)], ["f1"]))
-    f2 = conv("down2", "f1", 4, 4, 3, 2)
-    boxes, logits = [], []
-    for level, feature in enumerate([f0, "f1", f2]):
-        for kind, channels, out in (("box", 4, boxes), ("cls", CLASSES, logits)):
-            raw = conv(f"{kind}{level}", feature, 4, channels, 3)
-            inits.append(numpy_helper.from_array(np.array([1, channels, -1]), f"{kind}{level}.r"))
-            nodes.append(helper.make_node("Reshape", [raw, f"{kind}{level}.r"],
-                                          [f"{kind}{level}.flat"]))
-            out.append(f"{kind}{level}.flat")
-    nodes += [helper.make_node("Concat", boxes, ["boxes"], axis=-1),
-              helper.make_node("Concat", logits, ["logits"], axis=-1),
-              helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
-              helper.make_node("Concat", ["boxes", "probabilities"], ["output0"], axis=1)]
-    graph = helper.make_graph(
-        nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                                     [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + CLASSES, 336])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    path = _detector(tmp_path_factory.mktemp("det") / "det.onnx")
+    path = make_onnx_detector(tmp_path_factory.mktemp("det") / "det.onnx")
     return export_onnx(path, ["stem.y", "f1", "down2.y"], task="detect", format="yolov8")
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,31 @@ def test_the_udf_without_ray(setup):
     assert table["class_ids"].shape == (2, 2) and table["probabilities"].dtype == np.float32
     with pytest.raises(Exception, match="'path' column"):
         udf({"image": np.zeros((1, 8, 8, 3), np.uint8)})
+
+
+def test_a_detector_gets_its_detections_per_row(setup, tmp_path):
+    """A detector finds its own number of detections in each image: a count and the items as
+    JSON, the same as the Explainer gives."""
+    from conftest import make_onnx_detector
+
+    from explainer.bridge import export_onnx
+
+    root, _, paths, broken = setup
+    bundle = export_onnx(make_onnx_detector(tmp_path / "det.onnx"), ["stem.y", "f1", "down2.y"],
+                         task="detect", format="yolov8").save(tmp_path / "det")
+    rows = explain_dataset(ray.data.from_items([{"path": p} for p in [*paths[:3], broken]]),
+                           bundle, root / "out4", targets="top3", conf=0.0).take_all()
+    rows = {row["path"]: row for row in rows}
+    assert rows[broken]["status"] == "error" and rows[broken]["count"] == 0
+    explainer = Explainer(bundle)
+    for path in paths[:3]:
+        row = rows[path]
+        assert row["status"] == "ok" and row["count"] == 3 and row["text"] == ""
+        expected = explainer.explain_images([path], targets="top3", conf=0.0)
+        items = json.loads(row["items"])
+        assert [d["candidate"] for d in items] == [d.candidate for d in expected.detections[0]]
+        np.testing.assert_allclose([d["score"] for d in items],
+                                   [d.score for d in expected.detections[0]], rtol=1e-5)
+        np.testing.assert_allclose(np.load(row["heatmaps"]), expected.heatmaps[0], atol=1e-5)
+    with pytest.raises(Exception, match="unknown option"):
+        ExplainBatch(bundle, root / "out5", threshold_typo=0.5)

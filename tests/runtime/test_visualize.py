@@ -227,3 +227,15 @@ def test_a_text_line_is_laid_out_in_a_column_of_wide_cells():
     # each row holds its own overlay: the rows differ where the maps differ
     rows = np.asarray(fig)[: fig.height - 2].reshape(4, -1, fig.width, 3)  # less the padding
     assert not np.array_equal(rows[1], rows[2])
+
+
+def test_boxes_with_swapped_corners_or_no_finite_value_are_drawn_or_skipped():
+    """A random-weight detector's box may have a negative width: drawn over its span, as the
+    same box with its corners in order; a NaN box is skipped."""
+    image = Image.new("RGB", (40, 30), (90, 90, 90))
+    swapped = visualize.draw_boxes(image, [(30, 25, 5, 4)], ["1"])
+    ordered = visualize.draw_boxes(image, [(5, 4, 30, 25)], ["1"])
+    assert np.array_equal(np.asarray(swapped)[:, :, 0] == 255, np.asarray(ordered)[:, :, 0] == 255)
+    assert (np.asarray(ordered) != 90).any()
+    nan = visualize.draw_boxes(image, [(float("nan"), 0, 5, 5)], ["1"])
+    assert np.array_equal(np.asarray(nan), np.asarray(image))
