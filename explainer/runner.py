@@ -219,17 +219,22 @@ class Runner:
 
     def gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
-        forward: dict[str, Any] | None = None,
+        forward: dict[str, Any] | None = None, backward: bool = True,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
         (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs.
         With ``forward`` (:meth:`predict` of the same features) of a head that splits, only
-        the backward runs, once per target column (:meth:`backward`)."""
+        the backward runs, once per target column (:meth:`backward`), or not at all without
+        ``backward`` (a method that reads no gradient: zeros in their place)."""
         head = self.spec.head
         batch, k = seeds.shape[:2]
-        if forward is not None and self.split_for(batch) is not None:
-            wanted = [n for n in [head.gradient, *extra] if n in self.split.gradients]
+        split = self.split_for(batch)
+        if forward is not None and split is not None:
+            wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
             columns = [self.backward(forward, np.ascontiguousarray(seeds[:, column]), wanted)
+                       if backward else
+                       [np.zeros(np.shape(forward[split.gradients[n]]), np.float32)
+                        for n in wanted]
                        for column in range(k)]
             values = {name: np.stack([c[i] for c in columns], axis=1)
                       for i, name in enumerate(wanted)}

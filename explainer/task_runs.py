@@ -55,7 +55,8 @@ def layer_cams(
     # a layer sweep's later layers: their activations and gradients are head outputs
     extra = [n for layer in layers[1:] for n in (layer.gradient, layer.tensor)
              if n not in cut]  # a cut tensor's activation is a features output
-    logits, outputs = runner.gradients(features, seeds, extra, forward)
+    logits, outputs = runner.gradients(features, seeds, extra, forward,
+                                       backward=get_method(method).uses_gradient)
     activations = [runner.to_numpy(features[cut[0]])]
     activations += [runner.to_numpy(features[layer.tensor])
                     if layer.tensor in cut else outputs[layer.tensor][:, 0]

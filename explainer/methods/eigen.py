@@ -116,7 +116,7 @@ def eigengradcam_weights(ctx: CamContext) -> Weights:
 #: this module's methods, in display order (:data:`explainer.methods.METHODS`)
 SPECS = (
     MethodSpec(
-        "eigencam", "Eigen-CAM", "closed-form", eigencam_weights, None,
+        "eigencam", "Eigen-CAM", "closed-form", eigencam_weights, None, uses_gradient=False,
         paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299",
         formula="`M = ReLU(p)`, `p` the first principal component projection of the centered "
                 "activation (sign: the dominant extreme positive)",

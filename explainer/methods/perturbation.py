@@ -80,14 +80,14 @@ def scorecam_weights(ctx: CamContext) -> np.ndarray:
 #: this module's methods, in display order (:data:`explainer.methods.METHODS`)
 SPECS = (
     MethodSpec(
-        "ablationcam", "Ablation-CAM", "model", ablationcam_weights, None,
+        "ablationcam", "Ablation-CAM", "model", ablationcam_weights, None, uses_gradient=False,
         paper="Desai & Ramaswamy, WACV 2020",
         formula="`w_k = (y_c - y_c^k) / y_c`, `y_c^k` the score with channel k zeroed; "
                 "`M = ReLU(sum_k w_k A^k)`",
         peers={"pytorch-grad-cam": "AblationCAM"},
     ),
     MethodSpec(
-        "scorecam", "Score-CAM", "model", scorecam_weights, None,
+        "scorecam", "Score-CAM", "model", scorecam_weights, None, uses_gradient=False,
         paper="Wang et al., CVPR Workshops 2020, arXiv:1910.01279",
         formula="`s_k = y_c(X * H^k)`, `H^k` channel k upsampled and min-max scaled; "
                 "`w = softmax_k(s_k)`; `M = ReLU(sum_k w_k A^k)`",

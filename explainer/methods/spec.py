@@ -65,6 +65,8 @@ class MethodSpec:
             when the method has no in-graph form.
         per_position: ``weights``/``emit`` give per-position weights rather than channel ones.
         needs_cam: a pixel method that multiplies the guided gradient by Grad-CAM.
+        uses_gradient: its weights read the gradient (False: the backward is not run where the
+            runtime can skip it, e.g. a detector's per-detection backward).
         paper: the source, authors and venue, with an arXiv id or DOI where there is one.
         formula: the map's formula, as Markdown.
         peers: the same method's class in other libraries: library -> class name.
@@ -79,6 +81,7 @@ class MethodSpec:
     emit: Emitter | None
     per_position: bool = False
     needs_cam: bool = False
+    uses_gradient: bool = True
     paper: str = ""
     formula: str = ""
     peers: Mapping[str, str] = field(default_factory=dict)

@@ -105,3 +105,15 @@ def test_no_parts_where_the_explained_tensor_is_no_concat() -> None:
     assert concat_parts(_graph(nodes, ["x", "seed"], ["e", "grad/x"]), "e", "seed") is None
     assert SplitHead.of(_graph(nodes, ["x", "seed"], ["e", "grad/x"]), ["x"], "e", "seed", [],
                         [("x", "grad/x")]) is not None
+
+
+def test_a_method_without_gradients_runs_no_backward(bundle) -> None:
+    x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
+    explainer = Explainer(bundle)
+    eigen = explainer.explain(x, targets="top3", method="eigencam", conf=0.0)
+    assert not any(key.startswith("backward") for key in explainer.runner._pool._sessions)
+    whole_explainer = Explainer(bundle)
+    whole_explainer.runner.__dict__["split"] = None
+    whole = whole_explainer.explain(x, targets="top3", method="eigencam", conf=0.0)
+    np.testing.assert_allclose(eigen.heatmaps, whole.heatmaps, atol=1e-5)
+    assert eigen.heatmaps.any()
