@@ -207,3 +207,63 @@ def test_web_example_explains_a_segmenter_like_python(segmenter_bundle, lite0_di
     for j, c in enumerate(ids[0]):
         if c in expected:
             assert np.abs(heatmaps[0, j] - expected[c]).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def detector_bundle(tmp_path_factory) -> Path:
+    """conftest's YOLOv8-layout detector (3 classes, 16x16 input) explained at three levels."""
+    import onnx
+    from conftest import make_onnx_detector
+
+    from explainer.bridge import export_onnx
+
+    folder = tmp_path_factory.mktemp("detector")
+    model = onnx.load(make_onnx_detector(folder / "det.onnx"))
+    model.ir_version = 8  # what ONNX Runtime's other bindings (Node, web) load
+    onnx.save(model, folder / "det.onnx")
+    bundle = export_onnx(folder / "det.onnx", ["stem.y", "f1", "down2.y"], task="detect",
+                         format="yolov8")
+    assert bundle.explanation is None  # a detector: the two graphs only
+    return bundle.save(folder / "bundle")
+
+
+@pytest.mark.slow
+def test_node_detector_example_explains_the_top_detection_like_python(detector_bundle,
+                                                                      tmp_path):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    folder = _npm_install("node")
+    manifest = json.loads((detector_bundle / "manifest.json").read_text())
+    assert manifest["format"]["explained"] == "logits" and len(manifest["layers"]) == 3
+    x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    explainer = Explainer(detector_bundle)
+    maps = {}
+    for method in ("gradcam", "layercam"):
+        result = subprocess.run(
+            ["node", str(folder / "explain_detector.mjs"), str(detector_bundle),
+             str(tmp_path / "x.npy"), str(tmp_path / f"{method}.npy"), "--method", method],
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+        expected = explainer.explain(x, targets="top1", conf=0.0, method=method)
+        assert len(rows) == 2
+        for row, (detection,) in zip(rows, expected.detections, strict=True):
+            assert (row["candidate"], row["class_id"]) == (detection.candidate,
+                                                           detection.class_id)
+            assert row["score"] == pytest.approx(detection.score, abs=1e-6)
+            assert np.allclose(row["box"], detection.box, atol=1e-4)
+        maps[method] = np.load(tmp_path / f"{method}.npy")
+        assert maps[method].shape == expected.heatmaps.shape == (2, 1, 16, 16)
+        assert np.abs(maps[method] - expected.heatmaps).max() <= 1e-4
+        # every level reaches the fused map (not one layer's map alone)
+        assert all(m.heatmaps.max() > 0 for m in expected.layers.values())
+    assert np.abs(maps["gradcam"] - maps["layercam"]).max() > 1e-2
+    # a bundle of another task is refused, naming what it is
+    other = tmp_path / "classifier"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({**manifest, "task": "classify"}))
+    result = subprocess.run(
+        ["node", str(folder / "explain_detector.mjs"), str(other), str(tmp_path / "x.npy"),
+         str(tmp_path / "none.npy")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "classify" in result.stderr
