@@ -124,7 +124,7 @@ def _explainer(args: argparse.Namespace) -> Any:
         args.model, target=target, providers=args.providers, threads=args.threads,
         cache_dir=args.cache_dir, **kwargs,
     )
-    if explainer.bundle.manifest.get("export", {}).get("preprocessing_guessed"):
+    if (explainer.spec.export or {}).get("preprocessing_guessed"):
         print(f"note: no --preprocessing given; assuming {explainer.preprocessing}",
               file=sys.stderr)
     return explainer
@@ -235,17 +235,17 @@ def run_export(args: argparse.Namespace) -> int:
 
     bundle = export_onnx(args.model, target=_layer(args), **_export_kwargs(args))
     path = bundle.save(args.out_dir)
-    notes = bundle.manifest.get("export", {})
+    spec = bundle.spec
+    notes = spec.export or {}
     print(f"target: {_layers_text(bundle.manifest)}")
-    if bundle.manifest.get("task", "classify") != "classify":
-        print(_task_text(bundle.manifest["task"], bundle.manifest["format"],
-                         bundle.manifest["head"]["logits"]))
+    if spec.task != "classify":
+        print(_task_text(spec.task, spec.format, spec.head.logits))
     if bundle.input_gradient is not None:
         print("input gradient: yes (guided-backprop, guided-gradcam)")
     if notes.get("softmax"):
         print(f"output {notes['output']!r} is a {notes['softmax']}: explaining the pre-softmax "
               f"logits {notes['explained']!r}")
-    if bundle.manifest["head"].get("score") == "probability":
+    if spec.head.score == "probability":
         print(f"output {notes.get('output')!r} holds softmax probabilities (no logits found): "
               "explaining and showing them as they are")
     print(f"bundle: {path}")

@@ -102,14 +102,12 @@ class FolderRun:
         self.task = getattr(explainer, "task", "classify")
         if options.method is None:
             options.method = getattr(explainer, "default_method", "gradcam")
-        options.check(explainer.num_classes, explainer.labels, self.task,
-                      explainer.bundle.manifest.get("format"))
+        spec = explainer.spec
+        options.check(explainer.num_classes, explainer.labels, self.task, spec.format)
         if options.method in PIXEL_METHODS:  # before any image, not once per image
             require_input_gradient(explainer.bundle, options.method)
         self.images = [Path(p).resolve() for p in images]
-        manifest = explainer.bundle.manifest
-        target = manifest["target"]
-        layers = [layer["layer"] for layer in manifest.get("layers") or []]
+        layers = [layer.layer for layer in spec.layers] if len(spec.layers) > 1 else []
         #: a sweep's layer name -> its file-name part (empty for a one-layer bundle)
         self.layer_files = layer_file_names(layers) if len(layers) > 1 else {}
         #: targets per image (a pixel map file each)
@@ -119,20 +117,20 @@ class FolderRun:
         targets = options.targets
         self.header = {
             "model": model,
-            "target": {k: target.get(k) for k in ("tensor", "layer", "layout")},
+            "target": {"tensor": spec.target.tensor, "layer": spec.target.layer,
+                       "layout": spec.target.layout},
             "layers": layers if self.layer_files else None,
             "method": options.method,
             "targets": f"top{options.top_k}" if options.top_k else
             (str(targets) if targets is not None else "top1"),
             "contrast": None if options.contrast is None else str(options.contrast),
             # what was explained: a head that outputs probabilities explains them
-            "score": "probability" if (manifest.get("head") or {}).get("score")
-            == "probability" else options.score,
+            "score": "probability" if spec.head.score == "probability" else options.score,
             "fuse": options.fuse,
         }
         if self.task != "classify":  # recorded (and compared on --resume) for these tasks
             self.header.update({"task": self.task, "renormalize": options.renormalize,
-                                "targets": default_targets(self.task, manifest.get("format"))
+                                "targets": default_targets(self.task, spec.format)
                                 if targets is None
                                 and not options.top_k else self.header["targets"]})
             if self.task == "detect":
