@@ -1,7 +1,8 @@
 """The model-randomization sanity check (Adebayo et al. 2018) over a bundle's head.
 
 The head graph holds the layers after the cut. Its layers, for this check, are the nodes that
-read float initializers of at least two values (weights and biases; scalar constants of the
+read float initializers (or ``Constant`` nodes, as Paddle's converter writes weights) of at
+least two values (weights and biases; scalar constants of the
 gradient computation are left alone), in graph order: the forward pass comes first in a
 bundle's head, and the gradient nodes read the same initializers, so replacing an initializer
 changes the forward pass and its gradient together. A randomized tensor is drawn from
@@ -37,13 +38,39 @@ __all__ = ["ExplainFn", "head_layers", "randomized_head", "sanity"]
 ExplainFn = Callable[[Any, np.ndarray, np.ndarray], np.ndarray]
 
 
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+           onnx.TensorProto.BFLOAT16)
+
+
+def _weights_as_initializers(head: onnx.ModelProto) -> onnx.ModelProto:
+    """``head`` with its float ``Constant`` nodes of two or more values as initializers of the
+    same names (converters such as Paddle's write weights that way): the same graph, whose
+    weights the check can find and replace."""
+    constants = [n for n in head.graph.node if n.op_type == "Constant" and len(n.attribute) == 1
+                 and n.attribute[0].name == "value" and n.attribute[0].t.data_type in _FLOATS
+                 and int(np.prod(n.attribute[0].t.dims)) >= 2]
+    if not constants:
+        return head
+    model = onnx.ModelProto()
+    model.CopyFrom(head)
+    moved = {n.output[0] for n in constants}
+    kept = [n for n in model.graph.node if not (n.op_type == "Constant" and n.output[0] in moved)]
+    for node in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
+
+
 def head_layers(head: onnx.ModelProto) -> list[list[str]]:
-    """The head's layers in graph order: for each node reading float initializers of two or
-    more values that no earlier node read, those initializers' names."""
+    """The head's layers in graph order: for each node reading float weights (initializers, or
+    ``Constant`` nodes) of two or more values that no earlier node read, their names."""
+    head = _weights_as_initializers(head)
     floats = {t.name for t in head.graph.initializer
-              if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                                 onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
-              and int(np.prod(t.dims)) >= 2}
+              if t.data_type in _FLOATS and int(np.prod(t.dims)) >= 2}
     seen: set[str] = set()
     layers = []
     for node in head.graph.node:
@@ -56,9 +83,10 @@ def head_layers(head: onnx.ModelProto) -> list[list[str]]:
 
 def randomized_head(head: onnx.ModelProto, names: Sequence[str], seed: int) -> onnx.ModelProto:
     """A copy of ``head`` whose initializers ``names`` are redrawn from ``N(mean, std)`` of each
-    tensor (``numpy.random.default_rng(seed)``; absolute values for a non-negative tensor)."""
+    tensor (``numpy.random.default_rng(seed)``; absolute values for a non-negative tensor);
+    weights held in ``Constant`` nodes become initializers first."""
     model = onnx.ModelProto()
-    model.CopyFrom(head)
+    model.CopyFrom(_weights_as_initializers(head))
     rng = np.random.default_rng(seed)
     wanted = set(names)
     for index, tensor in enumerate(model.graph.initializer):
@@ -89,8 +117,10 @@ def sanity(pairs: Pairs, explainer: Any, x: np.ndarray, method: str,
     bundle = explainer.bundle
     layers = head_layers(bundle.head)
     if not layers:
-        raise EvaluationError("the sanity check found no float weights in the bundle's head "
-                              "graph to randomize; cut the model at an earlier layer (--layer)")
+        raise EvaluationError("the sanity check found no float weights (initializers or "
+                              "Constant nodes of two or more values) in the bundle's head "
+                              "graph to randomize: the layers after the cut hold none; cut "
+                              "the model at an earlier layer (--layer)")
     runs: list[tuple[str, list[str]]] = [
         ("cascading", [n for layer in layers[-depth:] for n in layer])
         for depth in range(1, len(layers) + 1)]

@@ -265,3 +265,28 @@ def test_imputation_without_a_kept_pixel_uses_the_channel_means():
     out = impute(image, np.zeros((6, 6), bool), noise=0.0)
     np.testing.assert_allclose(out, np.broadcast_to(image.mean(axis=(1, 2))[:, None, None],
                                                     image.shape))
+
+
+def test_sanity_check_randomizes_weights_held_in_constant_nodes(tiny):
+    """Converters such as Paddle's write weights as Constant nodes, not initializers: the check
+    finds and randomizes them the same way."""
+    explainer, x, explanation = tiny
+    head = onnx.ModelProto()
+    head.CopyFrom(explainer.bundle.head)
+    moved = [t for t in head.graph.initializer if t.name in ("w3", "w4", "b4")]
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in moved]
+    kept = [t for t in head.graph.initializer if t.name not in ("w3", "w4", "b4")]
+    del head.graph.initializer[:]
+    head.graph.initializer.extend(kept)
+    nodes = list(head.graph.node)
+    del head.graph.node[:]
+    head.graph.node.extend([*constants, *nodes])
+    manifest = {k: v for k, v in explainer.bundle.manifest.items() if k != "explanation"}
+    with Explainer(replace(explainer.bundle, head=head, explanation=None, manifest=manifest),
+                   explanation_graph=False) as constant:
+        np.testing.assert_allclose(constant.explain(x, top_k=2).heatmaps, explanation.heatmaps,
+                                   atol=1e-5)
+        result = evaluate(constant, x, explanation, ["sanity"], independent=False,
+                          progress=False)
+    assert result.sanity["layers"] == 2 and result.sanity["passed"]
+    assert result.sanity["cascading"][-1]["initializers"] == ["w3", "w4", "b4"]
