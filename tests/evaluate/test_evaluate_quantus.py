@@ -45,7 +45,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")
 quantus = pytest.importorskip("quantus", reason="Quantus 0.6 is the reference (dev extra)")
 
-from exporters.torch import export_torch, recalibrate_batchnorm  # noqa: E402
+from reference_nets import reference_net  # noqa: E402
+
+from exporters.torch import export_torch  # noqa: E402
 
 RTOL = 1e-4
 # H * W is a multiple of STEPS and STEPS of C = 3: Quantus asks H * W to be a multiple of
@@ -55,15 +57,7 @@ STEPS = 24
 
 
 def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential()
-    net.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                 nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
-    net.block = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU())
-    net.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    net.fc = nn.Linear(32, 10)
-    net = recalibrate_batchnorm(net, input_shape=(8, 3, SIZE, SIZE)).eval()
+    net = reference_net(SIZE)
     with torch.no_grad():  # a confident classifier: the deletion curves fall from ~0.8 to ~0.2
         net.fc.weight.mul_(30)
         net.fc.bias.mul_(30)

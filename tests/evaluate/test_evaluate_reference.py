@@ -43,27 +43,16 @@ from pytorch_grad_cam.metrics.cam_mult_image import (  # noqa: E402
     IncreaseInConfidence,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget  # noqa: E402
+from reference_nets import reference_net  # noqa: E402
 
-from exporters.torch import export_torch, recalibrate_batchnorm  # noqa: E402
+from exporters.torch import export_torch  # noqa: E402
 
 ATOL = 1e-5
 
 
-def _net() -> torch.nn.Module:
-    torch.manual_seed(0)
-    nn = torch.nn
-    net = nn.Sequential()
-    net.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-                                 nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU())
-    net.block = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU())
-    net.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    net.fc = nn.Linear(32, 10)
-    return recalibrate_batchnorm(net, input_shape=(8, 3, 32, 32)).eval()
-
-
 @pytest.fixture(scope="module")
 def case():
-    net = _net()
+    net = reference_net(32)
     explainer = Explainer(export_torch(net, "block", input_shape=(2, 3, 32, 32)))
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     explanation = explainer.explain(x)
