@@ -22,6 +22,13 @@ def bundle(tmp_path_factory):
     return export_onnx(path, ["stem.y", "f1", "down2.y"], task="detect", format="yolov8")
 
 
+def _whole_head(bundle) -> Explainer:
+    """An Explainer that runs the whole gradient head per target (the split turned off)."""
+    explainer = Explainer(bundle)
+    explainer.runner.__dict__["split"] = None
+    return explainer
+
+
 def _whole(explainer: Explainer, features, seed: np.ndarray) -> list[np.ndarray]:
     """Every layer's gradient from one run of the whole gradient head."""
     runner, head = explainer.runner, explainer.spec.head
@@ -65,9 +72,7 @@ def test_the_split_head_gives_the_whole_heads_gradients(bundle) -> None:
 def test_detections_explain_the_same_with_the_split_head(bundle) -> None:
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
     split = Explainer(bundle).explain(x, targets="top5", conf=0.0)
-    whole_explainer = Explainer(bundle)
-    whole_explainer.runner.__dict__["split"] = None  # the head in one run per target
-    whole = whole_explainer.explain(x, targets="top5", conf=0.0)
+    whole = _whole_head(bundle).explain(x, targets="top5", conf=0.0)
     assert len(split.detections[0]) == 5
     np.testing.assert_allclose(split.heatmaps, whole.heatmaps, atol=1e-5)
     for layer in split.layers:
@@ -112,8 +117,6 @@ def test_a_method_without_gradients_runs_no_backward(bundle) -> None:
     explainer = Explainer(bundle)
     eigen = explainer.explain(x, targets="top3", method="eigencam", conf=0.0)
     assert not any(key.startswith("backward") for key in explainer.runner._pool._sessions)
-    whole_explainer = Explainer(bundle)
-    whole_explainer.runner.__dict__["split"] = None
-    whole = whole_explainer.explain(x, targets="top3", method="eigencam", conf=0.0)
+    whole = _whole_head(bundle).explain(x, targets="top3", method="eigencam", conf=0.0)
     np.testing.assert_allclose(eigen.heatmaps, whole.heatmaps, atol=1e-5)
     assert eigen.heatmaps.any()
