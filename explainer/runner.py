@@ -208,11 +208,16 @@ class Runner:
         part = split.part_of(seed, forward)
         key = "backward" if part is None else f"backward:{part}"
         model, zeros = split.backward_model(part)
-        session = self._pool.get(key, lambda: model)
         run = [n for n in names if n not in zeros]
-        values = dict(zip(run, run_once(session, {
-            **{n: forward[n] for n in split.saved}, self.spec.head.seed: seed}, run,
-            self.on_cuda)))
+        window = None if part is None else split.window(part)
+        values = None if window is None else window.run(
+            self._pool.get(f"window:{part}", lambda: window.model),
+            split.part_seed(seed, forward, part), forward, run)
+        if values is None:
+            session = self._pool.get(key, lambda: model)
+            values = dict(zip(run, run_once(session, {
+                **{n: forward[n] for n in split.saved}, self.spec.head.seed: seed}, run,
+                self.on_cuda)))
         return [values[n] if n in values
                 else np.zeros(np.shape(forward[split.gradients[n]]), np.float32)
                 for n in names]

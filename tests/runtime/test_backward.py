@@ -12,7 +12,7 @@ from conftest import make_onnx_detector
 from onnx import TensorProto, helper
 
 from explainer import Explainer
-from explainer.backward import SplitHead, concat_parts, part_backward
+from explainer.backward import SplitHead, Window, concat_parts, part_backward, window_backward
 from explainer.bridge import export_onnx
 
 
@@ -120,3 +120,86 @@ def test_a_method_without_gradients_runs_no_backward(bundle) -> None:
     whole = _whole_head(bundle).explain(x, targets="top3", method="eigencam", conf=0.0)
     np.testing.assert_allclose(eigen.heatmaps, whole.heatmaps, atol=1e-5)
     assert eigen.heatmaps.any()
+
+
+def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch) -> None:
+    explainer = Explainer(bundle)
+    runner = explainer.runner
+    split = runner.split
+    # level 0's class head is one 3x3 convolution: its gradient reaches one position around
+    # the seed; levels 1 and 2 reach the stem through strided convolutions: no window
+    window = split.window(0)
+    assert window is not None and window.radius == (1, 1)
+    assert split.window(1) is None and split.window(2) is None
+    x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
+    features = runner.features(x)
+    forward = runner.predict(features)
+    shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]; level 0: 16x16 first
+    rng = np.random.default_rng(5)
+    runs = []
+    monkeypatch.setattr(Window, "run", lambda self, *a: runs.append(1) or _run(self, *a))
+    cases = {"corner": [0], "far corner": [255], "edge": [7 * 16], "inside": [5 * 16 + 9],
+             "two close": [3 * 16 + 3, 4 * 16 + 6], "spread": [0, 255]}
+    for case, positions in cases.items():
+        seed = np.zeros(shape, np.float32)
+        for position in positions:
+            seed[..., position] = rng.standard_normal(CLASSES)
+        expected = _whole(explainer, features, seed)
+        got = runner.backward(forward, seed, list(split.gradients))
+        for name, want, have in zip(split.gradients, expected, got, strict=True):
+            scale = max(float(np.abs(want).max()), 1e-12)
+            np.testing.assert_allclose(have, want, atol=1e-6 * scale, err_msg=f"{case}: {name}")
+        stem = got[list(split.gradients.values()).index("stem.y")]
+        rows, cols = np.nonzero(np.abs(stem).sum(axis=(0, 1)))
+        assert rows.size and all(
+            min(abs(r - p // 16) for p in positions) <= 1 for r in rows), case
+    assert len(runs) == len(cases)
+    # the windows ran where they pay; the seed spread over the map ran the dense backward
+    assert window.run(runner._pool.get("window:0", lambda: window.model),
+                      split.part_seed(seed, forward, 0), forward,
+                      [g for g in split.gradients if g not in split.backward_model(0)[1]]
+                      ) is None
+
+
+_run = Window.run
+
+
+def _conv(name: str, x: str, y: str, **attrs) -> onnx.NodeProto:
+    return helper.make_node("Conv", [x, f"{name}.w"], [y], name=name, **attrs)
+
+
+def _part(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    """A part backward: the part's seed reshaped to the forward map ``m``'s shape, then
+    ``nodes`` from ``g`` (the reshaped seed) to ``out``; ``s`` a forward tensor."""
+    head = [helper.make_node("Identity", ["seed"], ["part"]),
+            helper.make_node("Shape", ["m"], ["shape"]),
+            helper.make_node("Reshape", ["part", "shape"], ["g"])]
+    model = _graph(head + nodes, ["seed", "m", "s"], ["out"])
+    w = np.ones((2, 2, 3, 3), np.float32)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(w, "c.w"),
+                                    onnx.numpy_helper.from_array(w, "d.w"), *inits])
+    return model
+
+
+@pytest.mark.parametrize(("nodes", "radius"), [
+    ([_conv("c", "g", "out", kernel_shape=[3, 3], pads=[1, 1, 1, 1])], (1, 1)),
+    ([_conv("c", "g", "h", kernel_shape=[3, 3], pads=[2, 1, 2, 1], dilations=[2, 1]),
+      helper.make_node("Mul", ["h", "s"], ["k"]),
+      _conv("d", "k", "out", kernel_shape=[3, 3], auto_pad="SAME_UPPER")], (3, 2)),
+    ([helper.make_node("Sigmoid", ["s"], ["t"]), helper.make_node("Sub", ["one", "t"], ["u"]),
+      helper.make_node("Mul", ["g", "u"], ["out"])], (0, 0)),
+    # not a window: a strided conv, a conv that shrinks the map, a reshape, a per-position
+    # constant, a forward tensor as a conv's weight
+    ([_conv("c", "g", "out", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])], None),
+    ([_conv("c", "g", "out", kernel_shape=[3, 3])], None),
+    ([helper.make_node("Reshape", ["g", "shape"], ["out"])], None),
+    ([helper.make_node("Mul", ["g", "map"], ["out"])], None),
+    ([helper.make_node("Conv", ["g", "s"], ["out"], kernel_shape=[1, 1])], None),
+])
+def test_window_backward_finds_how_far_a_seed_reaches(nodes, radius) -> None:
+    inits = [onnx.numpy_helper.from_array(np.float32(1), "one"),
+             onnx.numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), "map")]
+    window = window_backward(_part(nodes, inits), "part", ["out"])
+    assert (None if window is None else window.radius) == radius
+    if window is not None:
+        assert window.start == "g" and window.source == "m"
