@@ -95,6 +95,8 @@ def _site(tmp_path: Path, bundle: Path, photo: Path) -> Path:
     import explainer
 
     links = {"index.html": web / "index.html", "main.js": web / "main.js",
+             "detector.html": web / "detector.html", "detector.mjs": web / "detector.mjs",
+             "detector_page.mjs": web / "detector_page.mjs",
              "node_modules": web / "node_modules", "bundle": bundle, "photo.png": photo,
              "labels.txt": Path(explainer.__file__).parent / "data" / "imagenet_classes.txt"}
     for name, target in links.items():
@@ -102,9 +104,10 @@ def _site(tmp_path: Path, bundle: Path, photo: Path) -> Path:
     return site
 
 
-def _run_page(site: Path, query: str, screenshot: str | None = None) -> dict:
-    """Serve ``site``, open its page with ``query`` in headless Chromium and return
-    ``window.onnxcam`` (the page's result)."""
+def _run_page(site: Path, query: str, screenshot: str | None = None,
+              page_name: str = "index.html") -> dict:
+    """Serve ``site``, open its page ``page_name`` with ``query`` in headless Chromium and
+    return ``window.onnxcam`` (the page's result)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
@@ -116,7 +119,7 @@ def _run_page(site: Path, query: str, screenshot: str | None = None) -> dict:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1000, "height": 420})
-            page.goto(f"http://127.0.0.1:{server.server_port}/index.html?{query}")
+            page.goto(f"http://127.0.0.1:{server.server_port}/{page_name}?{query}")
             page.wait_for_function("window.onnxcam || window.onnxcamError", timeout=180_000)
             error = page.evaluate("window.onnxcamError || null")
             assert error is None, error
@@ -248,7 +251,7 @@ def test_node_detector_example_explains_the_top_detection_like_python(detector_b
         rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
         expected = explainer.explain(x, targets="top1", conf=0.0, method=method)
         assert len(rows) == 2
-        for row, (detection,) in zip(rows, expected.detections, strict=True):
+        for (row,), (detection,) in zip(rows, expected.detections, strict=True):
             assert (row["candidate"], row["class_id"]) == (detection.candidate,
                                                            detection.class_id)
             assert row["score"] == pytest.approx(detection.score, abs=1e-6)
@@ -267,3 +270,140 @@ def test_node_detector_example_explains_the_top_detection_like_python(detector_b
         ["node", str(folder / "explain_detector.mjs"), str(other), str(tmp_path / "x.npy"),
          str(tmp_path / "none.npy")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "classify" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def overlapping_detector_bundle(tmp_path_factory) -> Path:
+    """conftest's detector with every box coordinate made positive (``|box| + 4`` pixels), so
+    that its candidates overlap and the NMS removes some of the best-scoring ones (the
+    original's boxes are mostly empty, which no NMS suppresses)."""
+    import onnx
+    from conftest import make_onnx_detector
+    from onnx import helper, numpy_helper
+
+    from explainer.bridge import export_onnx
+
+    folder = tmp_path_factory.mktemp("overlapping_detector")
+    model = onnx.load(make_onnx_detector(folder / "det.onnx"))
+    graph = model.graph
+    (concat,) = [node for node in graph.node if node.output[0] == "output0"]
+    at = list(graph.node).index(concat)
+    graph.initializer.append(numpy_helper.from_array(np.float32(4.0), "box.margin"))
+    graph.node.insert(at, helper.make_node("Add", ["boxes.abs", "box.margin"], ["boxes.pos"]))
+    graph.node.insert(at, helper.make_node("Abs", ["boxes"], ["boxes.abs"]))
+    concat.input[0] = "boxes.pos"
+    model.ir_version = 8  # what ONNX Runtime's other bindings (Node, web) load
+    onnx.checker.check_model(model)
+    onnx.save(model, folder / "det.onnx")
+    bundle = export_onnx(folder / "det.onnx", ["stem.y", "f1", "down2.y"], task="detect",
+                         format="yolov8")
+    assert bundle.explanation is None
+    return bundle.save(folder / "bundle")
+
+
+def _best_scoring(bundle: Path, x: np.ndarray, k: int) -> list[list[int]]:
+    """Each image's k best-scoring candidates (anchors) before any NMS, from the source
+    model (each anchor's best class probability, equal scores in anchor order)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle.parent / "det.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    out = []
+    for image in x:
+        (pred,) = session.run(None, {"images": image[None]})
+        scores = pred[0, 4:].max(axis=0)
+        out.append(np.argsort(-scores, kind="stable")[:k].tolist())
+    return out
+
+
+def _assert_detections_equal(rows: list[list[dict]], expected) -> None:
+    """The example's detections (one list per image) are Python's: anchor, class, score, box."""
+    assert len(rows) == len(expected.detections)
+    for row, detections in zip(rows, expected.detections, strict=True):
+        assert [(d["candidate"], d["class_id"]) for d in row] == [
+            (d.candidate, d.class_id) for d in detections]
+        for got, want in zip(row, detections, strict=True):
+            assert got["score"] == pytest.approx(want.score, abs=1e-6)
+            assert np.allclose(got["box"], want.box, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_node_detector_example_explains_the_top_k_detections_like_python(
+        overlapping_detector_bundle, tmp_path):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    folder = _npm_install("node")
+    bundle = overlapping_detector_bundle
+    x = np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    explainer = Explainer(bundle)
+
+    def node(out: str, *options: str) -> list[list[dict]]:
+        result = subprocess.run(
+            ["node", str(folder / "explain_detector.mjs"), str(bundle), str(tmp_path / "x.npy"),
+             str(tmp_path / out), *options], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.strip().splitlines()]
+
+    maps = {}
+    for method in ("gradcam", "layercam"):
+        rows = node(f"{method}.npy", "--top", "3", "--conf", "0", "--method", method)
+        expected = explainer.explain(x, targets="top3", conf=0.0, method=method)
+        _assert_detections_equal(rows, expected)
+        maps[method] = np.load(tmp_path / f"{method}.npy")
+        assert maps[method].shape == expected.heatmaps.shape == (2, 3, 16, 16)
+        assert np.abs(maps[method] - expected.heatmaps).max() <= 1e-4
+        assert all(maps[method][b, j].max() == pytest.approx(1.0) for b in range(2)
+                   for j in range(3))
+    assert np.abs(maps["gradcam"] - maps["layercam"]).max() > 1e-2
+    # the NMS matters here: some image's three best-scoring candidates are not its detections
+    explained = [[d.candidate for d in row] for row in expected.detections]
+    assert explained != _best_scoring(bundle, x, 3)
+
+    # a threshold that leaves one image fewer than three detections: zero maps pad its columns
+    third = [row[2].score for row in explainer.explain(x, targets="top3", conf=0.0).detections]
+    conf = max(third)
+    rows = node("conf.npy", "--top", "3", "--conf", repr(conf))
+    expected = explainer.explain(x, targets="top3", conf=conf)
+    counts = [len(row) for row in expected.detections]
+    assert max(counts) == 3 and min(counts) < 3
+    _assert_detections_equal(rows, expected)
+    heatmaps = np.load(tmp_path / "conf.npy")
+    assert heatmaps.shape == expected.heatmaps.shape == (2, 3, 16, 16)
+    assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
+    b = counts.index(min(counts))
+    assert not heatmaps[b, counts[b]:].any()
+
+    result = subprocess.run(
+        ["node", str(folder / "explain_detector.mjs"), str(bundle), str(tmp_path / "x.npy"),
+         str(tmp_path / "none.npy"), "--top", "0"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "top" in result.stderr
+
+
+@pytest.mark.slow
+def test_web_detector_page_explains_the_top_detections_like_python(
+        overlapping_detector_bundle, tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from PIL import Image
+
+    # a wide photo: the letterbox pads it above and below with grey (114)
+    rng = np.random.default_rng(4)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(photo)
+    site = _site(tmp_path, overlapping_detector_bundle, photo)
+    explainer = Explainer(overlapping_detector_bundle)
+    for method in ("gradcam", "layercam"):
+        result = _run_page(site, f"top=2&conf=0&method={method}",
+                           f"web_detector_{method}.png", page_name="detector.html")
+        x = np.asarray(result["input"], np.float32).reshape(result["inputShape"])
+        assert x.shape == (1, 3, 16, 16)
+        assert np.allclose(x[..., :4, :], 114 / 255) and np.allclose(x[..., 12:, :], 114 / 255)
+        assert not np.allclose(x[..., 4:12, :], 114 / 255)
+        heatmaps = np.asarray(result["heatmaps"], np.float32).reshape(result["heatmapShape"])
+        expected = explainer.explain(x, targets="top2", conf=0.0, method=method)
+        _assert_detections_equal([result["detections"]], expected)
+        # the NMS matters on this photo: its two best-scoring candidates are not both detections
+        assert [[d["candidate"] for d in result["detections"]]] != _best_scoring(
+            overlapping_detector_bundle, x, 2)
+        assert heatmaps.shape == expected.heatmaps.shape == (1, 2, 16, 16)
+        assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4

@@ -1,0 +1,277 @@
+// The detector pipeline of the onnxcam examples, shared by Node.js (examples/node/
+// explain_detector.mjs, onnxruntime-node) and the browser (detector.html, onnxruntime-web):
+// plain JavaScript that takes the `ort` namespace as a parameter.
+//
+// A YOLOv8-format detector bundle (manifest.task "detect", manifest.format.name "yolov8",
+// output [N, 4+C, A]) whose explained tensor is the class logits [N, C, A] (manifest.format.
+// explained "logits") has two graphs: features.onnx (input -> cut tensors) and head.onnx (cut
+// tensors + seed -> outputs, and the gradients of sum(seed * logits) at every explained layer).
+//
+// Per image, as Python's Explainer(bundle).explain(x, targets="topK", conf=..., method=...):
+//   1. the head with a zero seed gives the output; each anchor's candidate box (centre-xywh to
+//      x1, y1, x2, y2 in float32) and best class (the first of equal ones);
+//   2. the candidates whose score is >= conf (compared in float32), then class-aware greedy NMS
+//      at IoU 0.45 (each class's boxes shifted apart so that classes never suppress each other;
+//      highest score first, equal scores by anchor order; a box overlapping a kept one with
+//      IoU > 0.45 is dropped), stopping after K kept boxes: the image's detections, best first;
+//   3. per detection, the head seeded one-hot at that detection's class logit gives every
+//      explained layer's gradient; each layer's CAM (Grad-CAM: ReLU(sum_c mean(g_c) A_c),
+//      LayerCAM: ReLU(sum_c ReLU(g_c) A_c)) is upsampled (bilinear, half-pixel centres) to the
+//      input size and min-max scaled (a constant CAM gives zeros); the layers' heatmaps are
+//      averaged and min-max scaled again.
+// A batch's heatmaps are [B, K, H, W] with K the most detections any image has (at most the
+// K asked for); an image with fewer has zero maps in its remaining columns, as in Python.
+
+export const METHODS = ["gradcam", "layercam"];
+/** Python's default CAM method of a detector (Explainer.default_method): LayerCAM, since an
+ * anchor's gradient is local and Grad-CAM's spatial mean washes it out. */
+export const DEFAULT_METHOD = "layercam";
+/** Python's default confidence threshold (explainer.detection.DEFAULT_CONF). */
+export const DEFAULT_CONF = 0.25;
+/** The NMS IoU threshold (explainer.detection.DEFAULT_IOU). */
+export const IOU = 0.45;
+const EPS = 1e-12;
+
+/** A bundle or option this pipeline cannot run; its message names what to change. */
+export class DetectorError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "DetectorError";
+  }
+}
+
+/**
+ * Check that `manifest` describes a YOLOv8-format detector with class logits as its explained
+ * tensor and NCHW layers; return its explained layers.
+ */
+export function detectorLayers(manifest, where = "bundle") {
+  const format = manifest.format ?? {};
+  if (manifest.task !== "detect" || format.name !== "yolov8") {
+    throw new DetectorError(`${where}: not a YOLOv8-format detector bundle (task ` +
+      `${JSON.stringify(manifest.task)}, format ${JSON.stringify(format.name)}); a bundle ` +
+      "with an explanation graph (a classifier, a segmenter) runs with explain.mjs / index.html");
+  }
+  if (format.explained !== "logits") {
+    throw new DetectorError(`${where}: the explained tensor is ` +
+      `${JSON.stringify(format.explained)}, this pipeline needs the class logits ` +
+      '(manifest.format.explained "logits")');
+  }
+  const layers = manifest.layers ??
+    [{ tensor: manifest.target.tensor, gradient: manifest.head.gradient }];
+  if (manifest.input.layout !== "NCHW" || layers.some((l) => (l.layout ?? "NCHW") !== "NCHW")) {
+    throw new DetectorError(`${where}: this pipeline reads NCHW inputs and layers only`);
+  }
+  return layers;
+}
+
+/** Check the options of explainImage: top (int >= 1), conf in [0, 1], a known method. */
+export function checkOptions({ top, conf, method }) {
+  if (!Number.isInteger(top) || top < 1) {
+    throw new DetectorError(`top must be a whole number >= 1, got ${top}`);
+  }
+  if (!(conf >= 0 && conf <= 1)) throw new DetectorError(`conf must be in [0, 1], got ${conf}`);
+  if (!METHODS.includes(method)) {
+    throw new DetectorError(
+      `unknown method ${JSON.stringify(method)}; use ${METHODS.join(" or ")}`);
+  }
+}
+
+/**
+ * The candidates of one image's output [1, 4+C, A]: boxes [A][4] (x1, y1, x2, y2, float32
+ * values), each anchor's best class and its score (a class probability).
+ */
+export function candidates(output) {
+  const [, rows, anchors] = output.dims;
+  const p = output.data;
+  const boxes = [];
+  const classes = new Int32Array(anchors);
+  const scores = new Float64Array(anchors);
+  for (let a = 0; a < anchors; a++) {
+    let c = 0;
+    for (let k = 1; k < rows - 4; k++) {
+      if (p[(4 + k) * anchors + a] > p[(4 + c) * anchors + a]) c = k;
+    }
+    classes[a] = c;
+    scores[a] = p[(4 + c) * anchors + a];
+    const [cx, cy, w, h] = [0, 1, 2, 3].map((r) => p[r * anchors + a]);
+    const f = Math.fround; // numpy computes the corners in float32
+    boxes.push([f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)), f(cy + f(h / 2))]);
+  }
+  return { boxes, classes, scores };
+}
+
+/**
+ * Greedy class-aware NMS of the rows `rows` (indices into boxes/scores/classes): the kept
+ * rows, best first, at most `limit`. Mirrors explainer.detection.nms in float64.
+ */
+export function nms(boxes, scores, classes, rows, iou, limit) {
+  let span = 0;
+  for (const r of rows) for (const v of boxes[r]) span = Math.max(span, Math.abs(v));
+  span = span * 2 + 1;
+  const shifted = rows.map((r) => boxes[r].map((v) => v + classes[r] * span));
+  const area = (b) => Math.max(b[2] - b[0], 0) * Math.max(b[3] - b[1], 0);
+  const areas = shifted.map(area);
+  // highest score first; equal scores keep their anchor order (numpy's stable argsort)
+  let order = rows.map((_, i) => i).sort((i, j) => scores[rows[j]] - scores[rows[i]] || i - j);
+  const keep = [];
+  while (order.length && keep.length < limit) {
+    const best = order[0];
+    keep.push(rows[best]);
+    const b = shifted[best];
+    order = order.slice(1).filter((o) => {
+      const s = shifted[o];
+      const w = Math.max(Math.min(b[2], s[2]) - Math.max(b[0], s[0]), 0);
+      const h = Math.max(Math.min(b[3], s[3]) - Math.max(b[1], s[1]), 0);
+      const inter = w * h;
+      return inter / Math.max(areas[best] + areas[o] - inter, EPS) <= iou;
+    });
+  }
+  return keep;
+}
+
+/**
+ * One image's detections (Python's targets="topK"): candidates scoring >= conf (float32
+ * comparison, as numpy does), class-aware NMS at IoU 0.45, the best `top` of them.
+ * Each: {candidate, class_id, score, box}.
+ */
+export function selectDetections(output, top, conf) {
+  const { boxes, classes, scores } = candidates(output);
+  const threshold = Math.fround(conf);
+  const rows = [];
+  for (let a = 0; a < scores.length; a++) if (scores[a] >= threshold) rows.push(a);
+  return nms(boxes, scores, classes, rows, IOU, top).map((a) => (
+    { candidate: a, class_id: classes[a], score: scores[a], box: boxes[a] }));
+}
+
+// ReLU(sum_c w_c A_c): Grad-CAM's w_c is the gradient's spatial mean, LayerCAM's is ReLU(g)
+// at each position. activation, gradient: [1, C, h, w] tensors -> CAM [h * w].
+function cam(activation, gradient, method) {
+  const [, channels, h, w] = activation.dims;
+  const n = h * w;
+  const A = activation.data;
+  const G = gradient.data;
+  const out = new Float64Array(n);
+  for (let c = 0; c < channels; c++) {
+    let mean = 0;
+    for (let i = 0; i < n; i++) mean += G[c * n + i];
+    mean /= n;
+    for (let i = 0; i < n; i++) {
+      const weight = method === "gradcam" ? mean : Math.max(G[c * n + i], 0);
+      out[i] += weight * A[c * n + i];
+    }
+  }
+  return out.map((v) => Math.max(v, 0));
+}
+
+// Source taps of 1-D linear interpolation with half-pixel centres (align_corners=False).
+function taps(src, dst) {
+  return Array.from({ length: dst }, (_, i) => {
+    const pos = Math.min(Math.max((i + 0.5) * (src / dst) - 0.5, 0), src - 1);
+    const lo = Math.floor(pos);
+    return { lo, hi: Math.min(lo + 1, src - 1), frac: pos - lo };
+  });
+}
+
+function range(map) {
+  let low = Infinity;
+  let high = -Infinity;
+  for (const v of map) { low = Math.min(low, v); high = Math.max(high, v); }
+  return [low, high];
+}
+
+function normalize(map) {
+  const [low, high] = range(map);
+  const span = high - low;
+  return map.map((v) => (span > 0 ? (v - low) / span : 0));
+}
+
+// A CAM [h * w] as a heatmap [H * W] in [0, 1]; a constant CAM (a layer the score does not
+// reach) is all zeros.
+function heatmap(map, h, w, H, W) {
+  const out = new Float64Array(H * W);
+  const [low, high] = range(map);
+  if (high <= low) return out;
+  const xs = taps(w, W);
+  const ys = taps(h, H);
+  for (let y = 0; y < H; y++) {
+    const { lo, hi, frac } = ys[y];
+    for (let x = 0; x < W; x++) {
+      const t = xs[x];
+      const row = (r) => map[r * w + t.lo] * (1 - t.frac) + map[r * w + t.hi] * t.frac;
+      out[y * W + x] = row(lo) * (1 - frac) + row(hi) * frac;
+    }
+  }
+  return normalize(out);
+}
+
+/**
+ * A detector from its manifest and its two sessions (features.onnx, head.onnx), created by
+ * the caller with the same `ort` (onnxruntime-node or onnxruntime-web).
+ */
+export function openDetector(ort, manifest, features, head, where = "bundle") {
+  const layers = detectorLayers(manifest, where);
+  const names = manifest.head;
+  // the seed's shape past the batch: the explained tensor's (a dynamic batch runs as 1)
+  const seedMeta = head.inputMetadata?.find?.((m) => m.name === names.seed);
+  const seedShape = seedMeta?.shape?.map((d) => (typeof d === "number" ? d : 1)) ??
+    [1, manifest.format.classes ?? manifest.num_classes, -1];
+  if (seedShape.some((d) => d < 1)) {
+    throw new DetectorError(`${where}: cannot read the shape of the head's seed input ` +
+      `${JSON.stringify(names.seed)}`);
+  }
+  // the later layers' activations and gradients are head outputs (a cut tensor's: a feature)
+  const fetches = [names.gradient, ...layers.slice(1).flatMap((l) => [l.tensor, l.gradient])]
+    .filter((name) => !names.inputs.includes(name));
+  return { ort, manifest, features, head, layers, seedShape, fetches };
+}
+
+/**
+ * Explain one image (`image`: float32 [C * H * W] of an NCHW input, `shape` [1, C, H, W]):
+ * {detections, heatmaps} with heatmaps a Float32Array [detections.length * H * W].
+ */
+export async function explainImage(detector, image, shape, { top = 1, conf = DEFAULT_CONF,
+  method = DEFAULT_METHOD } = {}) {
+  checkOptions({ top, conf, method });
+  const { ort, manifest, features, head, layers, seedShape, fetches } = detector;
+  const names = manifest.head;
+  const [, , H, W] = shape;
+  const cut = await features.run(
+    { [manifest.input.name]: new ort.Tensor("float32", image, shape) });
+  const feeds = Object.fromEntries(names.inputs.map((name) => [name, cut[name]]));
+  const seedSize = seedShape.reduce((a, b) => a * b, 1);
+  const predictions = manifest.format.outputs.predictions;
+  const forward = await head.run(
+    { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
+    [predictions]);
+  const detections = selectDetections(forward[predictions], top, conf);
+  const anchors = seedShape[seedShape.length - 1];
+  const heatmaps = new Float32Array(detections.length * H * W);
+  for (const [j, detection] of detections.entries()) {
+    const seed = new Float32Array(seedSize);
+    seed[detection.class_id * anchors + detection.candidate] = 1; // d logit[c, a]
+    const backward = await head.run(
+      { ...feeds, [names.seed]: new ort.Tensor("float32", seed, seedShape) }, fetches);
+    const value = (name) => (names.inputs.includes(name) ? cut[name] : backward[name]);
+    const fused = new Float64Array(H * W);
+    layers.forEach((layer, i) => {
+      const activation = i === 0 ? cut[names.inputs[0]] : value(layer.tensor);
+      const gradient = backward[i === 0 ? names.gradient : layer.gradient];
+      const [, , h, w] = activation.dims;
+      const map = heatmap(cam(activation, gradient, method), h, w, H, W);
+      map.forEach((v, k) => { fused[k] += v; });
+    });
+    heatmaps.set(normalize(fused), j * H * W);
+  }
+  return { detections, heatmaps };
+}
+
+/**
+ * Per-image results of explainImage as one batch: {heatmaps: Float32Array [B * K * H * W],
+ * shape: [B, K, H, W]}, K the most detections of any image; missing columns are zeros.
+ */
+export function stackHeatmaps(results, H, W) {
+  const k = Math.max(0, ...results.map((r) => r.detections.length));
+  const heatmaps = new Float32Array(results.length * k * H * W);
+  results.forEach((r, b) => heatmaps.set(r.heatmaps, b * k * H * W));
+  return { heatmaps, shape: [results.length, k, H, W] };
+}
