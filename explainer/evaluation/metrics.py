@@ -39,8 +39,9 @@ class Pairs:
             class ids).
         valid: [B, K] True where image b has a target k (None: every pair); the columns past an
             image's last detection, region or character are left out.
-        boxes: per image, per target, the boxes a localisation metric uses when none are given
-            (a detection's own box), or None.
+        boxes: per image, per target, the boxes or bool mask [H, W] a localisation metric
+            uses when none are given (a task item's own region: a detection's box, a region's
+            mask, a character's columns), or None.
     """
 
     images: np.ndarray
@@ -206,7 +207,7 @@ def _region(boxes: Any, shape: tuple[int, int], image: int) -> np.ndarray:
 
 def localisation(pairs: Pairs, boxes: Sequence[Any] | None) -> Values:
     """Pointing game and energy-based pointing game against each image's boxes or mask (when
-    ``boxes`` is None: each pair's own boxes, a detection's box)."""
+    ``boxes`` is None: each pair's own region, :attr:`Pairs.boxes`)."""
     if boxes is None and pairs.boxes is None:
         raise EvaluationError("pointing and energy need boxes=: one list of [x0, y0, x1, y1] "
                               "boxes (model input pixels) or one bool mask [H, W] per image")

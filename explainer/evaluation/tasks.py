@@ -12,6 +12,13 @@ on the original image's outputs, so a perturbed copy is scored at the same place
 * a region: its class over its mask on the output grid, as predicted on the original image;
 * a character: its class at its timesteps; the whole string: every character's.
 
+Each item also has its own region for ``pointing`` and ``energy`` (when ``boxes=`` is not
+given), in model-input pixels: a detection's box; a region's mask (the output-grid cells of its
+held mask, output cell (i, j) of a ``gh x gw`` grid covering input rows ``[i H / gh, (i + 1) H /
+gh)`` and columns ``[j W / gw, (j + 1) W / gw)``); a character's columns (timestep t of T covers
+input columns ``[t W / T, (t + 1) W / T)``, as :class:`~explainer.sequence.Character`'s box
+says, over the full height; the whole string: every character's columns).
+
 The task score is the mean over the target's terms of the planner's score
 (:meth:`~explainer.tasks.planners.Planner.scores`, a sum) — for ``score="probability"``: a
 detection's confidence, a region's mean class probability over its mask, a character's mean
@@ -50,6 +57,8 @@ class HeldTargets:
         valid: [B, K] True where image b has an item k.
         boxes: per image, per item, ``[box]`` in model-input pixels (a detection's), else None.
         explained: the original batch's explained tensor [B, ...].
+        task: the bundle's task.
+        size: the model input's (H, W).
     """
 
     targets: list[Any]
@@ -58,6 +67,18 @@ class HeldTargets:
     valid: np.ndarray
     boxes: list[list[Any]] | None
     explained: np.ndarray
+    task: str = "detect"
+    size: tuple[int, int] = (0, 0)
+
+    def regions(self) -> list[list[Any]]:
+        """Per image, per item, its own region in model-input pixels (see the module
+        docstring): ``[box]`` for a detection, a bool mask [H, W] for a region or a
+        character (made here, on demand: one mask per item)."""
+        if self.boxes is not None:
+            return self.boxes
+        return [[own_region(self.task, self.targets[int(key)].weights, self.size)
+                 for key in row[valid]] for row, valid in zip(self.keys, self.valid,
+                                                              strict=True)]
 
 
 def _outputs(explainer: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -124,6 +145,26 @@ def _weights(shape: tuple[int, ...], c: int, mask: np.ndarray) -> np.ndarray:
     weights = np.zeros(shape, np.float32)
     weights[c][mask] = 1.0
     return weights
+
+
+def _spans(cells: int, pixels: int) -> np.ndarray:
+    """The output cell each of ``pixels`` input pixels lies in, ``cells`` cells spanning them
+    evenly: pixel p is in cell ``floor(p * cells / pixels)``, i.e. cell i covers ``[i * pixels
+    / cells, (i + 1) * pixels / cells)``."""
+    return np.arange(pixels) * cells // pixels
+
+
+def own_region(task: str, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A held target's own region as a bool mask [H, W] of the model input (``size``), from
+    its weights over the explained tensor: a segmenter's [C, gh, gw] (the cells of any class
+    weighted), a text recognizer's [T, V] (the columns of the timesteps weighted, full
+    height)."""
+    h, w = size
+    if task == "segment":
+        cells = np.asarray(weights).reshape(-1, *weights.shape[-2:]).any(axis=0)
+        return cells[_spans(cells.shape[0], h)[:, None], _spans(cells.shape[1], w)[None, :]]
+    steps = np.asarray(weights).any(axis=1)  # [T]
+    return np.broadcast_to(steps[_spans(steps.shape[0], w)][None, :], (h, w)).copy()
 
 
 def held_targets(explainer: Any, x: np.ndarray, explanation: Any, score: str,
@@ -219,7 +260,8 @@ def held_targets(explainer: Any, x: np.ndarray, explanation: Any, score: str,
             terms.append(max(count, 1.0))
     boxes = ([[[list(item.box)] for item in row] for row in explanation.items]
              if task == "detect" else None)
-    return plan, HeldTargets(targets, np.asarray(terms), keys, valid, boxes, explained)
+    return plan, HeldTargets(targets, np.asarray(terms), keys, valid, boxes, explained, task,
+                             (int(size[0]), int(size[1])))
 
 
 class TaskScores(Scores):

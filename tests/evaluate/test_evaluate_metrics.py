@@ -290,3 +290,27 @@ def test_sanity_check_randomizes_weights_held_in_constant_nodes(tiny):
                           progress=False)
     assert result.sanity["layers"] == 2 and result.sanity["passed"]
     assert result.sanity["cascading"][-1]["initializers"] == ["w3", "w4", "b4"]
+
+
+def test_a_task_items_own_region_spans_its_output_cells_in_input_pixels():
+    from explainer.evaluation.tasks import own_region
+
+    # a segmenter's 3 x 4 grid over a 7 x 10 input: cell (i, j) covers rows [7i/3, 7(i+1)/3)
+    # and columns [10j/4, 10(j+1)/4); the pixels whose index lies in that span are its own
+    weights = np.zeros((2, 3, 4), np.float32)
+    weights[1, 1, 2] = 1.0
+    weights[0, 2, 0] = 0.5
+    expected = np.zeros((7, 10), bool)
+    for (i, j) in ((1, 2), (2, 0)):
+        rows = [y for y in range(7) if i * 7 / 3 <= y < (i + 1) * 7 / 3]
+        cols = [x for x in range(10) if j * 10 / 4 <= x < (j + 1) * 10 / 4]
+        expected[np.ix_(rows, cols)] = True
+    np.testing.assert_array_equal(own_region("segment", weights, (7, 10)), expected)
+    # a recognizer's T = 6 timesteps over 16 columns: timesteps 1 and 4, the full height
+    weights = np.zeros((6, 5), np.float32)
+    weights[[1, 4], 3] = 1.0
+    cols = [x for x in range(16) if any(t * 16 / 6 <= x < (t + 1) * 16 / 6 for t in (1, 4))]
+    expected = np.zeros((3, 16), bool)
+    expected[:, cols] = True
+    assert cols == [3, 4, 5, 11, 12, 13]
+    np.testing.assert_array_equal(own_region("sequence", weights, (3, 16)), expected)

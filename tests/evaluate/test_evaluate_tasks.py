@@ -19,7 +19,7 @@ from explainer import Explainer
 from explainer.bridge import export_onnx
 from explainer.cli import main
 from explainer.evaluation import EvaluationError, evaluate
-from explainer.evaluation.numeric import minmax
+from explainer.evaluation.numeric import impute, minmax
 
 #: the detector's grid: 8 x 8 cells of 4 x 4 pixels on a 32 x 32 input
 CELL, GRID = 4, 8
@@ -309,3 +309,122 @@ def test_the_command_line_writes_a_row_per_detection(tmp_path, capsys):
     code = main(["evaluate", str(model), *images, "--task", "detect", "--format", "yolov8",
                  "--preprocessing", PRE, "--threshold", "0.3", "--out", str(out), "--quiet"])
     assert code == 2 and "--threshold does not apply" in capsys.readouterr().err
+
+
+# --- ROAD and each item's own region, for every task -------------------------------------------
+def _columns(timesteps, steps: int, height: int, width: int) -> np.ndarray:
+    """The input columns of ``timesteps`` of ``steps``: pixel x is in timestep t's span when
+    ``t W / T <= x < (t + 1) W / T``, i.e. x from ceil(t W / T) to ceil((t + 1) W / T) - 1."""
+    mask = np.zeros((height, width), bool)
+    for t in timesteps:
+        mask[:, int(np.ceil(t * width / steps)):int(np.ceil((t + 1) * width / steps))] = True
+    return mask
+
+
+@pytest.fixture(scope="module", params=["detect", "segment", "sequence"])
+def task_case(request, tmp_path_factory):
+    """(model path, explainer, x, explanation, read(b, k, outputs) -> per-row task scores,
+    own(b, k) -> the item's own region [H, W]) of each task's small model."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "detect":
+        path = detector(folder / "det.onnx")
+        explainer = Explainer(export_onnx(path, labels=["box", "other"], task="detect",
+                                          format="yolov8"))
+        x = scenes()
+        explanation = explainer.explain(x, method="layercam")
+
+        def read(b, k, out):
+            d = explanation.detections[b][k]
+            return out[:, 4 + d.class_id, d.candidate]
+
+        def own(b, k):
+            x1, y1, x2, y2 = (int(round(v)) for v in explanation.detections[b][k].box)
+            mask = np.zeros(x.shape[2:], bool)
+            mask[y1:y2, x1:x2] = True
+            return mask
+    elif request.param == "segment":
+        path = folder / "seg.onnx"
+        segmenter(path, classes=3)
+        explainer = Explainer(export_onnx(path, labels=["sky", "road", "car"]))
+        x = np.random.default_rng(3).normal(size=(2, 3, 12, 10)).astype(np.float32)
+        explanation = explainer.explain(x, method="layercam")
+        argmax = _run(path, x).argmax(1)  # the regions' masks on the original images
+
+        def read(b, k, out):
+            inside = argmax[b] == explanation.regions[b][k].class_id
+            return _softmax(out, 1)[:, explanation.regions[b][k].class_id][:, inside].mean(1)
+
+        def own(b, k):
+            return argmax[b] == explanation.regions[b][k].class_id
+    else:
+        path = folder / "rec.onnx"
+        recognizer(path, vocabulary=5)
+        explainer = Explainer(export_onnx(path, labels=["a", "b", "c"]))
+        x = np.random.default_rng(5).normal(size=(1, 1, 8, 16)).astype(np.float32)
+        explanation = explainer.explain(x, targets="string+characters", method="layercam")
+        steps = _run(path, x).shape[1]
+
+        def chars(b, k):
+            item = explanation.items[b][k]
+            return explanation.sequence[b].characters if item.index < 0 else [item]
+
+        def read(b, k, out):
+            return np.mean([out[:, t, c.index] for c in chars(b, k) for t in c.timesteps],
+                           axis=0)
+
+        def own(b, k):
+            return _columns([t for c in chars(b, k) for t in c.timesteps], steps,
+                            *x.shape[2:])
+    return path, explainer, x, explanation, read, own
+
+
+def test_road_equals_the_model_run_on_the_imputed_copies(task_case):
+    path, explainer, x, explanation, read, _ = task_case
+    percentiles, noise, seed = (25, 50, 75), 0.01, 3
+    result = evaluate(explainer, x, explanation, ["road-morf", "road-lerf", "road"],
+                      percentiles=percentiles, noise=noise, seed=seed, progress=False)
+    rng = np.random.default_rng(seed)  # drawn pair by pair, MoRF then LeRF, as documented
+    n, pairs = len(percentiles), 0
+    for b, row in enumerate(explanation.items):
+        for k in range(len(row)):
+            e = minmax(explanation.heatmaps[b, k].astype(np.float64))
+            image = x[b].astype(np.float64)
+            copies = [image] + [impute(image, order < np.percentile(order, q), noise, rng)
+                                for order in (e, 1 - e) for q in percentiles]
+            s = read(b, k, _run(path, np.stack(copies)))
+            morf, lerf = s[1:n + 1] - s[0], s[n + 1:] - s[0]
+            values = {v.metric: v for v in result.values if (v.image, v.target) == (b, k)}
+            np.testing.assert_allclose(values["road"].details["morf"], morf, rtol=1e-4,
+                                       atol=1e-6)
+            np.testing.assert_allclose(values["road"].details["lerf"], lerf, rtol=1e-4,
+                                       atol=1e-6)
+            assert values["road-morf"].value == pytest.approx(morf.mean(), rel=1e-4, abs=1e-6)
+            assert values["road"].value == pytest.approx((lerf.mean() - morf.mean()) / 2,
+                                                         rel=1e-4, abs=1e-6)
+            pairs += 1
+    assert pairs >= 2 and len(result.values) == 3 * pairs
+
+
+def test_pointing_and_energy_use_each_items_own_region(task_case):
+    _, explainer, x, explanation, _, own = task_case
+    result = evaluate(explainer, x, explanation, ["pointing", "energy"], progress=False)
+    regions = {(b, k): own(b, k) for b, row in enumerate(explanation.items)
+               for k in range(len(row))}
+    assert all(r.any() and not r.all() for r in regions.values())
+    for (b, k), region in regions.items():
+        e = minmax(explanation.heatmaps[b, k].astype(np.float64))
+        values = {v.metric: v.value for v in result.values if (v.image, v.target) == (b, k)}
+        assert values["energy"] == pytest.approx(e[region].sum() / e.sum(), rel=1e-6)
+        assert values["pointing"] == float(region.flat[int(np.argmax(e))])
+    inside = np.zeros(explanation.heatmaps.shape, np.float32)
+    for (b, k), region in regions.items():
+        inside[b, k] = np.where(region, 1.0, 0.01)
+    concentrated = evaluate(explainer, x, _with_maps(explanation, inside),
+                            ["pointing", "energy"], progress=False)
+    outside = evaluate(explainer, x, _with_maps(explanation, 1.0 - inside),
+                       ["pointing", "energy"], progress=False)
+    for (b, k) in regions:
+        assert concentrated.table("pointing")[b, k] == 1.0
+        assert concentrated.table("energy")[b, k] == pytest.approx(1.0)
+        assert outside.table("pointing")[b, k] == 0.0
+        assert outside.table("energy")[b, k] == pytest.approx(0.0, abs=1e-9)
