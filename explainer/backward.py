@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
+from .backward_window import Window, window_backward
 from .bundle import extract, node_inputs
 
-__all__ = ["BACKWARD_PREFIX", "Parts", "SplitHead", "Window", "backward_inputs",
-           "concat_parts", "part_backward", "window_backward"]
+__all__ = ["BACKWARD_PREFIX", "Parts", "SplitHead", "backward_inputs", "concat_parts",
+           "part_backward"]
 
 #: the prefix of the nodes the reverse-mode autodiff emits (the backward of a gradient head)
 BACKWARD_PREFIX = "grad/"
@@ -82,30 +83,65 @@ def backward_inputs(model: onnx.ModelProto, seed: str, outputs: list[str]) -> li
 @dataclass(frozen=True)
 class Parts:
     """The explained tensor as the concatenation of ``tensors`` (forward tensors) along
-    ``axis``; the backward splits the seed into ``gradients``, one per part, in order."""
+    ``axis`` (of the explained tensor), maybe transposed after (``perm``, the concatenation's
+    axis ``part_axis``); the backward splits the seed into ``gradients``, one per part, in
+    order."""
 
     axis: int
     tensors: tuple[str, ...]
     gradients: tuple[str, ...]
+    perm: tuple[int, ...] | None = None
+    part_axis: int | None = None
+
+    def sizes(self, forward: dict[str, Any]) -> list[int]:
+        """Each part's size along :attr:`axis`, from the forward tensors."""
+        axis = self.axis if self.part_axis is None else self.part_axis
+        return [np.shape(forward[name])[axis] for name in self.tensors]
+
+    def seed_of(self, seed: np.ndarray, forward: dict[str, Any], part: int) -> np.ndarray:
+        """The seed rows' gradient for ``part`` as the backward splits it off."""
+        bounds = np.cumsum([0, *self.sizes(forward)])
+        if self.perm is not None:
+            seed = np.transpose(seed, np.argsort(self.perm))  # back to the concatenation
+        axis = self.axis if self.part_axis is None else self.part_axis
+        return seed[(*(slice(None),) * axis, slice(bounds[part], bounds[part + 1]))]
 
 
 def concat_parts(model: onnx.ModelProto, explained: str, seed: str) -> Parts | None:
-    """The parts of the explained tensor where it is a ``Concat`` whose backward is one
-    ``Split`` of the seed along the same axis (as the autodiff emits it); None otherwise."""
+    """The parts of the explained tensor where it is a ``Concat`` (or a ``Transpose`` of
+    one, as YOLOX writes [N, anchors, 5+C]) whose backward is one ``Split`` of the seed along
+    the same axis (as the autodiff emits it); None otherwise."""
     nodes = model.graph.node
-    concat = next((n for n in nodes if explained in n.output), None)
+    producer = {o: n for n in nodes for o in n.output if o}
+    concat, perm = producer.get(explained), None
     readers = [n for n in nodes if seed in node_inputs(n)]
-    if concat is None or concat.op_type != "Concat" or len(readers) != 1:
+    if concat is None or len(readers) != 1:
         return None
     split = readers[0]
+    if concat.op_type == "Transpose":
+        perm = tuple(next((helper.get_attribute_value(a) for a in concat.attribute
+                           if a.name == "perm"), ()))
+        concat = producer.get(concat.input[0])
+        after = [n for n in nodes if split.output[0] in node_inputs(n)]
+        if (not perm or split.op_type != "Transpose" or len(after) != 1 or tuple(
+                next((helper.get_attribute_value(a) for a in split.attribute
+                      if a.name == "perm"), ())) != tuple(np.argsort(perm))):
+            return None
+        split = after[0]
+    if concat is None or concat.op_type != "Concat":
+        return None
     axis = next((helper.get_attribute_value(a) for a in concat.attribute if a.name == "axis"), 0)
     split_axis = next((helper.get_attribute_value(a) for a in split.attribute
                        if a.name == "axis"), 0)
-    if (split.op_type != "Split" or split.input[0] != seed or split_axis < 0
+    if (split.op_type != "Split" or split.input[0] != (readers[0].output[0] if perm else seed)
+            or split_axis < 0
             or (axis >= 0 and split_axis != axis)  # a negative axis: the Split's, normalized
             or len(split.output) != len(concat.input) or len(concat.input) < 2):
         return None
-    return Parts(int(split_axis), tuple(concat.input), tuple(split.output))
+    if perm is None:
+        return Parts(int(split_axis), tuple(concat.input), tuple(split.output))
+    return Parts(perm.index(split_axis), tuple(concat.input), tuple(split.output), perm,
+                 int(split_axis))
 
 
 def part_backward(model: onnx.ModelProto, zero: set[str]) -> tuple[onnx.ModelProto, set[str]]:
@@ -259,11 +295,9 @@ class SplitHead:
             return self._windows[part]
 
     def part_seed(self, seed: np.ndarray, forward: dict[str, Any], part: int) -> np.ndarray:
-        """The slice of the seed rows [B, ...] over ``part`` of the explained tensor."""
-        axis = self.parts.axis
-        sizes = [np.shape(forward[name])[axis] for name in self.parts.tensors]
-        bounds = np.cumsum([0, *sizes])
-        return seed[(*(slice(None),) * axis, slice(bounds[part], bounds[part + 1]))]
+        """The seed rows' gradient over ``part`` of the explained tensor, as the backward
+        splits it off (:meth:`Parts.seed_of`)."""
+        return self.parts.seed_of(seed, forward, part)
 
     def part_of(self, seed: np.ndarray, forward: dict[str, Any]) -> int | None:
         """The one part of the explained tensor where the seed rows [B, ...] are not zero
@@ -271,196 +305,10 @@ class SplitHead:
         if self.parts is None:
             return None
         axis = self.parts.axis
-        sizes = [np.shape(forward[name])[axis] for name in self.parts.tensors]
+        sizes = self.parts.sizes(forward)
         bounds = np.cumsum([0, *sizes])
         before = (slice(None),) * axis
         live = [i for i in range(len(sizes))
                 if np.any(seed[(*before, slice(bounds[i], bounds[i + 1]))])]
         return live[0] if len(live) == 1 else None
 
-
-#: ops a convolutional head's backward applies position by position (with broadcasting)
-_POINTWISE = frozenset({
-    "Add", "Sub", "Mul", "Div", "Sum", "Neg", "Identity", "Sigmoid", "Tanh", "Relu", "Exp",
-    "Log", "Sqrt", "Reciprocal", "Abs", "Sign", "Cast", "Where", "Greater", "Less",
-    "GreaterOrEqual", "LessOrEqual", "Equal", "Not", "And", "Or", "Max", "Min", "Clip", "Erf",
-    "Pow", "LeakyRelu", "HardSigmoid", "Softplus", "Constant",
-})
-
-
-@dataclass(frozen=True)
-class Window:
-    """A part's backward on a window of its positions: where the seed of a detection is one
-    position of a level's map [N, C, H, W] and every backward node from there to the
-    gradients is pointwise or a size-preserving stride-1 convolution, the gradients are zero
-    farther than :attr:`radius` positions from the seed's nonzero positions, so the backward
-    runs on that window of the seed and of the forward tensors it reads (cropped, the
-    convolutions' zero padding standing for the zeros outside) and the result is embedded in
-    zeros: the same gradients at a fraction of the cost.
-
-    Attributes:
-        model: the backward from :attr:`start` (and the part backward's inputs) to the
-            gradients, spatial sizes left free.
-        start: the seed's part reshaped to the level's map, the model's first input.
-        source: the forward tensor whose shape :attr:`start` has, or the constant shape the
-            part is reshaped to (ONNX ``Reshape`` semantics: 0 keeps a dim, -1 is inferred).
-        radius: how far the gradients reach from a nonzero seed position, per spatial axis.
-    """
-
-    model: onnx.ModelProto
-    start: str
-    source: str | tuple[int, ...]
-    radius: tuple[int, int]
-
-    #: a window no smaller than this share of the map runs the dense backward instead
-    DENSE_SHARE = 0.5
-
-    def run(self, session: Any, seed_part: np.ndarray, forward: dict[str, Any],
-            names: list[str]) -> dict[str, np.ndarray] | None:
-        """The gradients ``names`` for the part's seed rows ``seed_part`` (the part's slice of
-        the seed), or None where the window would not pay (the seed spreads over the map) or
-        a forward tensor is neither the map's size nor broadcast over it."""
-        if isinstance(self.source, str):
-            start = np.reshape(seed_part, np.shape(forward[self.source]))
-        else:
-            start = np.reshape(seed_part, [d or seed_part.shape[i]
-                                           for i, d in enumerate(self.source)])
-        if start.ndim != 4:
-            return None
-        h, w = start.shape[2:]
-        rows = np.flatnonzero(start.any(axis=(0, 1, 3)))
-        cols = np.flatnonzero(start.any(axis=(0, 1, 2)))
-        if not len(rows):
-            return None
-        r0, r1 = max(rows[0] - self.radius[0], 0), min(rows[-1] + self.radius[0] + 1, h)
-        c0, c1 = max(cols[0] - self.radius[1], 0), min(cols[-1] + self.radius[1] + 1, w)
-        if (r1 - r0) * (c1 - c0) >= self.DENSE_SHARE * h * w:
-            return None
-        crop = (Ellipsis, slice(r0, r1), slice(c0, c1))
-        feeds = {self.start: np.ascontiguousarray(start[crop])}
-        for value_info in self.model.graph.input[1:]:
-            value = forward[value_info.name]
-            tail = np.shape(value)[-2:]
-            if np.ndim(value) == 4 and tail == (h, w):
-                feeds[value_info.name] = np.ascontiguousarray(value[crop])
-            elif any(d != 1 for d in tail):
-                return None
-            else:
-                feeds[value_info.name] = value
-        results = {}
-        for name, value in zip(names, session.run(names, feeds), strict=True):
-            full = np.zeros((*value.shape[:2], h, w), value.dtype)
-            full[crop] = value
-            results[name] = full
-        return results
-
-
-def window_backward(model: onnx.ModelProto, part_gradient: str, outputs: list[str]
-                    ) -> Window | None:
-    """The :class:`Window` of a part backward ``model`` whose part's seed is the tensor
-    ``part_gradient`` (a :class:`Parts` gradient): found where the backward reshapes that
-    tensor to the shape of a forward tensor (a level's map) and every node after it up to
-    ``outputs`` reads the map position by position; None otherwise."""
-    nodes = model.graph.node
-    reshape = next((n for n in nodes if n.op_type == "Reshape" and n.input[0] == part_gradient),
-                   None)
-    if reshape is None or any(a.name == "allowzero" and a.i for a in reshape.attribute):
-        return None
-    inputs = [i.name for i in model.graph.input]
-    source = _shape_source(model, reshape.input[1], inputs)
-    if source is None:
-        return None
-    start = reshape.output[0]
-    sub, missing = extract(model, [start, *inputs], outputs)
-    if missing:
-        return None
-    used = {i for n in sub.graph.node for i in node_inputs(n)}
-    read = [name for name in inputs if name in used]
-    # spatial: what depends on the map or on a forward tensor (cropped alike)
-    spatial = {start, *read}
-    shapes = {t.name: list(t.dims) for t in sub.graph.initializer}
-    shapes.update((n.output[0], list(next(iter(n.attribute)).t.dims)) for n in sub.graph.node
-                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
-    radius = [0, 0]
-    for node in sub.graph.node:
-        names = [i for i in node.input if i]
-        hit = [i in spatial for i in names]
-        if not any(hit):
-            continue
-        if node.op_type == "Conv":
-            grown = _conv_growth(node)
-            if grown is None or any(hit[1:]):
-                return None
-            radius = [r + g for r, g in zip(radius, grown, strict=True)]
-        elif node.op_type not in _POINTWISE or any(
-                not z and not _broadcast(shapes.get(i)) for i, z in zip(names, hit, strict=True)):
-            return None
-        spatial.update(o for o in node.output if o)
-    if not set(outputs) <= spatial:
-        return None
-    graph = sub.graph
-    types = {v.name: v for v in model.graph.input}
-    free = [helper.make_tensor_value_info(start, _elem_type(model, part_gradient), None),
-            *(_free(types[name]) for name in read)]
-    result = helper.make_model(
-        helper.make_graph(list(graph.node), graph.name, free,
-                          [_free(v) for v in graph.output], list(graph.initializer)),
-        opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    result.functions.extend(model.functions)
-    return Window(result, start, source, (radius[0], radius[1]))
-
-
-def _shape_source(model: onnx.ModelProto, shape: str, inputs: list[str]
-                  ) -> str | tuple[int, ...] | None:
-    """What a ``Reshape``'s ``shape`` input is: the whole ``Shape`` of one of ``inputs`` (its
-    name), a constant (its values), or None (computed otherwise)."""
-    node = next((n for n in model.graph.node if shape in n.output), None)
-    if node is not None and node.op_type == "Shape":
-        whole = not any(a.name in ("start", "end") for a in node.attribute)
-        return node.input[0] if whole and node.input[0] in inputs else None
-    if node is not None and node.op_type == "Constant":
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
-    else:
-        value = next((t for t in model.graph.initializer if t.name == shape), None)
-    return None if value is None else tuple(int(d) for d in numpy_helper.to_array(value))
-
-
-def _elem_type(model: onnx.ModelProto, name: str) -> int:
-    """The element type of a graph input (the seed) whose ``Split`` gives ``name``; float
-    where it cannot be told."""
-    node = next((n for n in model.graph.node if name in n.output), None)
-    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
-    return (node is not None and types.get(node.input[0])) or onnx.TensorProto.FLOAT
-
-
-def _conv_growth(node: onnx.NodeProto) -> list[int] | None:
-    """How far a 2-D stride-1 ``Conv`` that keeps its input's size spreads a tensor's nonzero
-    positions, per side and axis (the larger of its two pads); None for any other Conv."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    kernel = list(attrs.get("kernel_shape", []))
-    if len(kernel) != 2 or any(s != 1 for s in attrs.get("strides", [1, 1])):
-        return None
-    dilations = list(attrs.get("dilations", [1, 1]))
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return [d * (k - 1) - d * (k - 1) // 2 for d, k in zip(dilations, kernel, strict=True)]
-    if auto not in ("NOTSET", ""):
-        return None  # VALID shrinks the map
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if any(pads[i] + pads[i + 2] != d * (k - 1)
-           for i, (d, k) in enumerate(zip(dilations, kernel, strict=True))):
-        return None
-    return [max(pads[i], pads[i + 2]) for i in range(2)]
-
-
-def _broadcast(dims: list[int] | None) -> bool:
-    """Whether a tensor of shape ``dims`` (None: unknown) is the same at every position of a
-    map [N, C, H, W] it is broadcast against (its last two dims are 1, or it has fewer)."""
-    return dims is not None and all(d == 1 for d in dims[-2:]) and len(dims) <= 4
-
-
-def _free(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    """``value`` with its shape left free (a window's spatial size changes per run)."""
-    elem = value.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
-    return helper.make_tensor_value_info(value.name, elem, None)

@@ -212,7 +212,8 @@ class Runner:
         window = None if part is None else split.window(part)
         values = None if window is None else window.run(
             self._pool.get(f"window:{part}", lambda: window.model),
-            split.part_seed(seed, forward, part), forward, run)
+            split.part_seed(seed, forward, part), forward,
+            {n: np.shape(forward[a]) for n, a in split.gradients.items() if n not in zeros})
         if values is None:
             session = self._pool.get(key, lambda: model)
             values = dict(zip(run, run_once(session, {

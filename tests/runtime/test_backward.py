@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from conftest import DETECTOR_CLASSES as CLASSES
 from conftest import make_onnx_detector
 from onnx import TensorProto, helper
 
 from explainer import Explainer
-from explainer.backward import SplitHead, Window, concat_parts, part_backward, window_backward
+from explainer.backward import SplitHead, concat_parts, part_backward
+from explainer.backward_window import Window, window_backward
 from explainer.bridge import export_onnx
 
 
@@ -112,6 +114,27 @@ def test_no_parts_where_the_explained_tensor_is_no_concat() -> None:
                         [("x", "grad/x")]) is not None
 
 
+def test_parts_of_a_transposed_concatenation() -> None:
+    # YOLOX's layout: levels [N, 6, A_l] concatenated to [N, 6, A], transposed to [N, A, 6]
+    nodes = [helper.make_node("Concat", ["a", "b"], ["cat"], axis=2),
+             helper.make_node("Transpose", ["cat"], ["e"], perm=[0, 2, 1]),
+             helper.make_node("Transpose", ["seed"], ["grad/t"], name="grad/t", perm=[0, 2, 1]),
+             helper.make_node("Split", ["grad/t", "sizes"], ["grad/a", "grad/b"],
+                              name="grad/s", axis=2)]
+    model = _graph(nodes, ["a", "b", "seed", "sizes"], ["e", "grad/a", "grad/b"])
+    parts = concat_parts(model, "e", "seed")
+    assert parts is not None and parts.gradients == ("grad/a", "grad/b")
+    assert (parts.axis, parts.part_axis, parts.perm) == (1, 2, (0, 2, 1))
+    forward = {"a": np.zeros((1, 6, 5)), "b": np.zeros((1, 6, 3))}
+    seed = np.arange(48.0).reshape(1, 8, 6)
+    assert parts.sizes(forward) == [5, 3]
+    np.testing.assert_array_equal(parts.seed_of(seed, forward, 1), seed[:, 5:].transpose(0, 2, 1))
+    # a backward that does not undo the transpose first has no parts
+    nodes[2] = helper.make_node("Identity", ["seed"], ["grad/t"], name="grad/t")
+    assert concat_parts(_graph(nodes, ["a", "b", "seed", "sizes"], ["e", "grad/a", "grad/b"]),
+                        "e", "seed") is None
+
+
 def test_a_method_without_gradients_runs_no_backward(bundle) -> None:
     x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
     explainer = Explainer(bundle)
@@ -127,19 +150,26 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
     runner = explainer.runner
     split = runner.split
     # level 0's class head is one 3x3 convolution: its gradient reaches one position around
-    # the seed; levels 1 and 2 reach the stem through strided convolutions: no window
-    window = split.window(0)
-    assert window is not None and window.radius == (1, 1)
-    assert split.window(1) is None and split.window(2) is None
+    # the seed; level 1's reaches the stem (twice as fine) through two strided convolutions
+    # (twice as fine), level 2's the stem and level 1 (four and two times as fine)
+    first, second, third = (split.window(level) for level in range(3))
+    assert first is not None and first.radius == (1, 1)
+    assert second is not None and second.radius == (2, 2)
+    assert sorted(second.outputs.values()) == [1, 2]
+    assert third is not None and set(third.scales.values()) == {1, 2}
+    assert sorted(third.outputs.values()) == [1, 2, 4]
     x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
     features = runner.features(x)
     forward = runner.predict(features)
-    shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]; level 0: 16x16 first
+    shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]: 16x16, 8x8, 4x4
     rng = np.random.default_rng(5)
-    runs = []
-    monkeypatch.setattr(Window, "run", lambda self, *a: runs.append(1) or _run(self, *a))
+    ran = []
+    monkeypatch.setattr(Window, "run", lambda self, *a: ran.append(_run(self, *a) is not None)
+                        or _run(self, *a))
     cases = {"corner": [0], "far corner": [255], "edge": [7 * 16], "inside": [5 * 16 + 9],
-             "two close": [3 * 16 + 3, 4 * 16 + 6], "spread": [0, 255]}
+             "two close": [3 * 16 + 3, 4 * 16 + 6], "spread": [0, 255],
+             "level 1 corner": [256], "level 1 inside": [256 + 3 * 8 + 4],
+             "level 1 far edge": [256 + 8 * 8 - 2], "level 1 spread": [256, 256 + 63]}
     for case, positions in cases.items():
         seed = np.zeros(shape, np.float32)
         for position in positions:
@@ -149,16 +179,9 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
         for name, want, have in zip(split.gradients, expected, got, strict=True):
             scale = max(float(np.abs(want).max()), 1e-12)
             np.testing.assert_allclose(have, want, atol=1e-6 * scale, err_msg=f"{case}: {name}")
-        stem = got[list(split.gradients.values()).index("stem.y")]
-        rows, cols = np.nonzero(np.abs(stem).sum(axis=(0, 1)))
-        assert rows.size and all(
-            min(abs(r - p // 16) for p in positions) <= 1 for r in rows), case
-    assert len(runs) == len(cases)
-    # the windows ran where they pay; the seed spread over the map ran the dense backward
-    assert window.run(runner._pool.get("window:0", lambda: window.model),
-                      split.part_seed(seed, forward, 0), forward,
-                      [g for g in split.gradients if g not in split.backward_model(0)[1]]
-                      ) is None
+        assert np.abs(got[0]).max() > 0, case  # the stem's gradient (the first layer)
+    # the windows ran where they pay; a seed spread over its map ran the dense backward
+    assert ran == [not case.endswith("spread") for case in cases]
 
 
 _run = Window.run
@@ -195,11 +218,52 @@ def _part(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto] = ()) -> on
     ([helper.make_node("Reshape", ["g", "shape"], ["out"])], None),
     ([helper.make_node("Mul", ["g", "map"], ["out"])], None),
     ([helper.make_node("Conv", ["g", "s"], ["out"], kernel_shape=[1, 1])], None),
+    # the backward of a strided convolution: its result on a grid twice as fine
+    ([helper.make_node("ConvTranspose", ["g", "c.w"], ["out"], kernel_shape=[3, 3],
+                       strides=[2, 2], pads=[1, 1, 0, 0])], (1, 1)),
+    ([helper.make_node("ConvTranspose", ["g", "c.w"], ["z"], kernel_shape=[3, 3],
+                       strides=[2, 2]),
+      helper.make_node("Pad", ["z", "pads"], ["zp"]),
+      helper.make_node("Shape", ["s"], ["sh"]),
+      helper.make_node("Slice", ["sh", "two", "four"], ["hw"]),
+      helper.make_node("Add", ["hw", "starts"], ["end"]),
+      helper.make_node("Slice", ["zp", "starts", "end", "axes"], ["out"])], (1, 1)),
+    # not zero where the gradient is, a concatenation over space, a shape used as a value,
+    # a transposed convolution of a fixed output shape
+    ([helper.make_node("Add", ["g", "s"], ["out"])], None),
+    ([helper.make_node("Sigmoid", ["g"], ["out"])], None),
+    ([helper.make_node("Concat", ["g", "g"], ["out"], axis=2)], None),
+    ([helper.make_node("Shape", ["s"], ["sh"]), helper.make_node("Mul", ["g", "sh"], ["out"])],
+     None),
+    ([helper.make_node("ConvTranspose", ["g", "c.w"], ["out"], kernel_shape=[3, 3],
+                       strides=[2, 2], output_shape=[8, 8])], None),
 ])
 def test_window_backward_finds_how_far_a_seed_reaches(nodes, radius) -> None:
     inits = [onnx.numpy_helper.from_array(np.float32(1), "one"),
-             onnx.numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), "map")]
-    window = window_backward(_part(nodes, inits), "part", ["out"])
+             onnx.numpy_helper.from_array(np.ones((1, 1, 4, 4), np.float32), "map"),
+             *(onnx.numpy_helper.from_array(np.array(v, np.int64), name) for name, v in (
+                 ("pads", [0, 0, 0, 0, 0, 0, 1, 1]), ("two", [2]), ("four", [4]),
+                 ("starts", [1, 1]), ("axes", [2, 3])))]
+    model = _part(nodes, inits)
+    window = window_backward(model, "part", ["out"])
     assert (None if window is None else window.radius) == radius
-    if window is not None:
-        assert window.start == "g" and window.source == "m"
+    if window is None:
+        return
+    assert window.start == "g" and window.source == "m"
+    # the window's gradient is the dense backward's, for seeds near two corners
+    rng = np.random.default_rng(0)
+    fine = 8 * window.scales.get("s", 1)
+    forward = {"m": np.zeros((1, 2, 8, 8), np.float32),
+               "s": rng.standard_normal((1, 2, fine, fine)).astype(np.float32)}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the rows' unused constants
+    dense, session = (ort.InferenceSession(m.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+                      for m in (model, window.model))
+    for row, column in ((1, 6), (6, 1)):
+        seed = np.zeros((1, 2, 64), np.float32)
+        seed[0, :, row * 8 + column] = rng.standard_normal(2)
+        (want,) = dense.run(["out"], {"seed": seed, **forward})
+        have = window.run(session, seed, forward, {"out": want.shape})
+        assert have is not None and np.abs(want).max() > 0
+        np.testing.assert_allclose(have["out"], want, rtol=1e-6, atol=1e-6)
