@@ -15,6 +15,9 @@ Rows, in milliseconds (median over ``--rounds`` of block medians, as ``bench_gra
   features graph, the head's forward once (the prediction pass), the NMS in numpy, the head's
   backward once per detection (pruned to the detection's level) and the maps (upsampled,
   fused over the three layers);
+* ``onnxcam layercam x1, stride S``: one detection of each level (its best candidate, as a box
+  target), the backward on the window of the maps it reaches (``explainer/backward_window.py``);
+  the top detections of this random-weight model lie at stride 32, where the window is widest;
 * ``pytorch-grad-cam EigenCAM``: its YOLO recipe (no target, one map);
 * ``pytorch-grad-cam <method> xK``: the method with a detection target (the class probability
   of the detection's anchor, as its ``FasterRCNNBoxScoreTarget`` scores a box): K maps as one
@@ -73,6 +76,26 @@ def _peer(method: str, model: torch.nn.Module, xt: torch.Tensor, picks: list[tup
     return cam, lambda: cam(batch, targets=targets)
 
 
+def _level_targets(explainer: Explainer, x: np.ndarray, size: int
+                   ) -> list[tuple[int, dict[str, Any]]]:
+    """Per stride (8, 16, 32), the best candidate of that level as a box target: its own box
+    and class (the candidate overlapping it most is itself)."""
+    found = explainer.explain(x, targets="top300", conf=0.0, method="eigencam").detections[0]
+    bounds = np.cumsum([0, *((size // s) ** 2 for s in (8, 16, 32))])
+    targets = []
+    for level, stride in enumerate((8, 16, 32)):
+        best = next((d for d in found if bounds[level] <= d.candidate < bounds[level + 1]
+                     and d.box[0] < min(d.box[2], size) and d.box[1] < min(d.box[3], size)
+                     and d.box[2] > 0 and d.box[3] > 0), None)
+        if best is None:
+            continue
+        target = {"box": best.box, "class": best.class_id}
+        (got,) = explainer.explain(x, targets=target, conf=0.0, method="eigencam").detections[0]
+        assert got.candidate == best.candidate, (got, best)
+        targets.append((stride, target))
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=640)
@@ -109,6 +132,10 @@ def main() -> None:
             cam, call = _peer(peer_name, model, xt, picks)
             keep.append(cam)
             runs[f"pytorch-grad-cam {peer_name} x{k}"] = call
+    # one detection per level: the best candidate of each stride, as a box target (its own box)
+    for stride, target in _level_targets(explainer, x, args.size):
+        runs[f"onnxcam layercam x1, stride {stride}"] = (
+            lambda t=target: explainer.explain(x, targets=t, method="layercam", conf=0.0))
     runs["onnxcam eigencam x1"] = lambda: explainer.explain(x, targets="top1", method="eigencam",
                                                             conf=0.0)
     cam, call = _peer("EigenCAM", model, xt, [])

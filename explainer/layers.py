@@ -18,10 +18,15 @@ from .activations import to_channels_first
 from .errors import UsageError
 from .maps import normalize_maps, upsample_bilinear
 
-__all__ = ["FUSE_MODES", "LayerMaps", "check_fuse", "fuse", "heatmaps_of", "layer_maps"]
+__all__ = ["FUSE_MODES", "Heatmaps", "LayerMaps", "check_fuse", "fuse", "heatmaps_of",
+           "layer_maps"]
 
 #: how :func:`fuse` combines the layers' normalized heatmaps
 FUSE_MODES = ("mean", "max", None)
+
+
+#: CAMs [N, h, w] and a size (H, W) -> heatmaps [N, H, W], upsampled and scaled per map
+Heatmaps = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
 
 
 @dataclass
@@ -38,6 +43,7 @@ def layer_maps(
     gradients: list[np.ndarray],
     size: tuple[int, int],
     cams_of: Callable[[dict[str, Any], np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    heatmaps: Heatmaps | None = None,
 ) -> dict[str, LayerMaps]:
     """Each layer's CAMs and heatmaps at the input ``size``.
 
@@ -48,26 +54,34 @@ def layer_maps(
         size: the input's (H, W).
         cams_of: (layer entry, its activation as given, activation [B, C, h, w], gradients
             [B, K, C, h, w]) -> CAMs [B, K, h, w].
+        heatmaps: upsamples and scales CAMs [N, h, w] (:func:`heatmaps_of`'s ``upsample``).
     """
     maps = {}
     for layer, activation, gradient in zip(layers, activations, gradients, strict=True):
         channels_first, gradient = to_channels_first(activation, gradient, layer)
         cams = cams_of(layer, activation, channels_first, gradient)
-        maps[layer["layer"]] = LayerMaps(cams, heatmaps_of(cams, size))
+        maps[layer["layer"]] = LayerMaps(cams, heatmaps_of(cams, size, heatmaps))
     return maps
 
 
-def heatmaps_of(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _numpy_heatmaps(rows: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return normalize_maps(upsample_bilinear(rows, size), copy=False)
+
+
+def heatmaps_of(cams: np.ndarray, size: tuple[int, int], upsample: Heatmaps | None = None
+                ) -> np.ndarray:
     """CAMs [..., h, w] upsampled to ``size`` and min-max scaled per map; a constant CAM (a
-    layer a detection's score does not reach) is all zeros without being upsampled."""
-    flat = cams.reshape(-1, cams.shape[-2] * cams.shape[-1])
+    layer a detection's score does not reach) is all zeros without being upsampled.
+    ``upsample`` does it for CAMs [N, h, w] (default: numpy, :mod:`explainer.maps`)."""
+    upsample = upsample or _numpy_heatmaps
+    rows = cams.reshape(-1, *cams.shape[-2:])
+    flat = rows.reshape(len(rows), -1)
     live = flat.max(axis=1, initial=-np.inf) > flat.min(axis=1, initial=np.inf)
     if live.all():
-        return normalize_maps(upsample_bilinear(cams, size), copy=False)
+        return upsample(rows, size).reshape(*cams.shape[:-2], *size)
     out = np.zeros((*cams.shape[:-2], *size), np.float32)
     if live.any():
-        rows = cams.reshape(-1, *cams.shape[-2:])[live]
-        out.reshape(-1, *size)[live] = normalize_maps(upsample_bilinear(rows, size), copy=False)
+        out.reshape(-1, *size)[live] = upsample(rows[live], size)
     return out
 
 

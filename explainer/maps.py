@@ -1,13 +1,16 @@
-"""Heatmap arrays: bilinear upsampling (half-pixel centers) and per-map min-max scaling.
-numpy only."""
+"""Heatmap arrays: bilinear upsampling (half-pixel centers) and per-map min-max scaling, in
+numpy, and the same as an ONNX graph (:func:`heatmap_model`) that ONNX Runtime runs several
+times faster on many maps (a detector's K detections at 640x640)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
-__all__ = ["normalize_maps", "upsample_bilinear"]
+__all__ = ["heatmap_model", "normalize_maps", "upsample_bilinear"]
 
 
 @lru_cache(maxsize=64)
@@ -51,3 +54,29 @@ def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
     flat -= low
     flat *= np.divide(1, span, out=np.zeros_like(span), where=span > 0)
     return out
+
+
+def heatmap_model() -> onnx.ModelProto:
+    """:func:`upsample_bilinear` then :func:`normalize_maps` as one ONNX graph: input
+    ``cams`` [N, h, w] float32 and ``size`` [3] int64 (N, H, W), output ``heatmaps``
+    [N, H, W] (``Resize`` linear, half-pixel centres; a constant map gives zeros)."""
+    nodes = [
+        helper.make_node("Resize", ["cams", "", "", "size"], ["up"], mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("ReduceMin", ["up", "axes"], ["low"], keepdims=1),
+        helper.make_node("ReduceMax", ["up", "axes"], ["high"], keepdims=1),
+        helper.make_node("Sub", ["high", "low"], ["span"]),
+        helper.make_node("Greater", ["span", "zero"], ["varies"]),
+        helper.make_node("Reciprocal", ["span"], ["inverse"]),
+        helper.make_node("Where", ["varies", "inverse", "zero"], ["scale"]),
+        helper.make_node("Sub", ["up", "low"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "scale"], ["heatmaps"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "heatmaps",
+        [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["n", "h", "w"]),
+         helper.make_tensor_value_info("size", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
+                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)

@@ -29,6 +29,7 @@ from .backward import SplitHead
 from .bundle import Bundle, extract
 from .errors import MethodError
 from .manifest import LayerSpec, Manifest
+from .maps import heatmap_model
 from .preprocessing import check_batch
 from .sessions import SessionPool, run_chunked, run_once, to_numpy
 
@@ -267,6 +268,14 @@ class Runner:
             columns.append([to_numpy(v) for v in values])
         return logits, {name: np.stack([c[i] for c in columns], axis=1)
                         for i, name in enumerate(outputs[1:])}
+
+    def heatmaps(self, cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """CAMs [N, h, w] upsampled to ``size`` and min-max scaled per map, on ONNX Runtime
+        (:func:`explainer.maps.heatmap_model`; numpy's result within float rounding)."""
+        session = self._pool.get("heatmaps", heatmap_model)
+        shape = np.array([len(cams), *size], np.int64)
+        return run_once(session, {"cams": np.ascontiguousarray(cams, np.float32),
+                                  "size": shape}, ["heatmaps"], self.on_cuda)[0]
 
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the features graph: the cut tensors (activation first) for an input batch, as

@@ -72,7 +72,7 @@ def layer_cams(
 
     gradients = [outputs[layer.gradient] for layer in layers]
     return logits, layer_maps([layer.entry for layer in layers], activations, gradients,
-                              spec.input.size(x), cams_of)
+                              spec.input.size(x), cams_of, runner.heatmaps)
 
 
 def explain_task(

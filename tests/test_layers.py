@@ -28,7 +28,8 @@ PACKAGE = Path(explainer.__file__).parent
 ROOT = PACKAGE.parent
 PACKAGES = ("explainer", "exporters")
 RUNTIME_MODULES = [
-    "access", "activations", "backward", "batch", "bundle", "colormaps", "detection",
+    "access", "activations", "backward", "backward_window", "batch", "bundle", "colormaps",
+    "detection",
     "detection_formats",
     "errors", "evaluation", "explained", "explanation", "graph_runner", "folder_run", "gradcheck",
     "image", "image_geometry", "image_load", "inputs", "labels", "layers", "lazy", "manifest",

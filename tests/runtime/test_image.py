@@ -111,6 +111,32 @@ def test_normalize_maps_in_place():
     np.testing.assert_allclose(maps[0], [[0, 1 / 3], [2 / 3, 1]], rtol=1e-6)
 
 
+@pytest.mark.parametrize(("cams_shape", "size"), [
+    ((10, 20, 20), (640, 640)), ((3, 7, 5), (32, 48)), ((2, 13, 9), (13, 9)),
+    ((2, 16, 16), (5, 7)), ((4, 3, 80), (24, 640)),
+])
+def test_heatmap_graph_equals_numpy(cams_shape, size):
+    import onnxruntime as ort
+
+    from explainer.maps import heatmap_model
+    cams = np.random.default_rng(0).standard_normal(cams_shape).astype(np.float32)
+    session = ort.InferenceSession(heatmap_model().SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"cams": cams, "size": np.array([len(cams), *size])})
+    want = normalize_maps(upsample_bilinear(cams, size))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # heatmaps_of with it: the same maps; a constant one is zeros, not upsampled
+    cams[1] = 0.25
+    want[1] = 0
+    calls = []
+    def upsample(rows, s):
+        return (calls.append(len(rows)) or session.run(
+            None, {"cams": rows, "size": np.array([len(rows), *s])})[0])
+    np.testing.assert_allclose(heatmaps_of(cams[None], size, upsample)[0], want, atol=2e-6)
+    assert calls == [len(cams) - 1]
+
+
 # --- every odd image decodes to the pixels of its 8-bit RGB twin ---------------------------------
 
 def _chelsea() -> np.ndarray:
