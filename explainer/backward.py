@@ -26,13 +26,10 @@ import onnx
 from onnx import helper
 
 from .backward_window import Window, window_backward
-from .bundle import extract, node_inputs
+from .bundle import BACKWARD_PREFIX, extract, node_inputs
 
 __all__ = ["BACKWARD_PREFIX", "Parts", "SplitHead", "backward_inputs", "concat_parts",
            "part_backward"]
-
-#: the prefix of the nodes the reverse-mode autodiff emits (the backward of a gradient head)
-BACKWARD_PREFIX = "grad/"
 
 #: ops whose output is zero where their first input is
 _ZERO_FIRST = frozenset({

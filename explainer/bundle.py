@@ -35,13 +35,17 @@ from .errors import BundleError
 from .labels import resolve_labels
 from .manifest import INPUT_GRADIENT_KEYS, SCHEMA_VERSION, TASKS, Manifest
 
-__all__ = ["Bundle", "BundleError", "SCHEMA_VERSION", "EXTERNAL_DATA_THRESHOLD", "TASKS",
-           "WEIGHTS_FILE", "extract", "node_inputs", "subgraphs"]
+__all__ = ["BACKWARD_PREFIX", "Bundle", "BundleError", "SCHEMA_VERSION",
+           "EXTERNAL_DATA_THRESHOLD", "TASKS", "WEIGHTS_FILE", "extract", "node_inputs",
+           "subgraphs"]
 
 #: Tensors of at least this many bytes are saved in the shared external-data file.
 EXTERNAL_DATA_THRESHOLD = 1024
 #: The one external-data file the bundle's graphs share.
 WEIGHTS_FILE = "weights.onnx.data"
+#: The prefix of the names of a gradient head's backward nodes (the reverse-mode autodiff's
+#: output); the runtime tells the head's backward from its forward by it.
+BACKWARD_PREFIX = "grad/"
 _GRAPHS = ("features", "head", "explanation", "input_gradient")
 _ALIGN = 4096
 

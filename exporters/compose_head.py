@@ -15,6 +15,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
+from explainer.bundle import BACKWARD_PREFIX
+
 from .builder import Builder
 from .graph import Dim, infer_shapes, node_inputs, prune, rename_values, value_shape
 
@@ -46,9 +48,10 @@ def _forward_data(head: onnx.ModelProto, cut: str) -> set[str] | None:
     None when a forward node has a subgraph or reads a backward (``grad/``) tensor, where the
     rows cannot be told apart."""
     data = {cut}
-    backward = {o for n in head.graph.node if n.name.startswith("grad/") for o in n.output}
+    backward = {o for n in head.graph.node if n.name.startswith(BACKWARD_PREFIX)
+                for o in n.output}
     for node in head.graph.node:
-        if node.name.startswith("grad/"):
+        if node.name.startswith(BACKWARD_PREFIX):
             continue
         inputs = set(node_inputs(node))
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -170,7 +173,7 @@ def head_copies(
     if data is not None:
         batched = copy.deepcopy(backward)
         kept = [n for n in batched.node
-                if n.name.startswith("grad/") or not any(o in data for o in n.output)]
+                if n.name.startswith(BACKWARD_PREFIX) or not any(o in data for o in n.output)]
         del batched.node[:]
         batched.node.extend(kept)
         prune(batched, [names["gradient"]])

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from explainer.bundle import BACKWARD_PREFIX
+
 from ..builder import Builder
 from ..errors import GradientError
 from ..graph import Dim, Graph
@@ -38,7 +40,7 @@ class Emitter(Builder):
         elem_types: element types of generated values (only where cheaply known).
     """
 
-    def __init__(self, graph: Graph, prefix: str = "grad") -> None:
+    def __init__(self, graph: Graph, prefix: str = BACKWARD_PREFIX.rstrip("/")) -> None:
         super().__init__(prefix, graph.opset, taken=set(graph.names))
         self.graph = graph
         self.elem_types: dict[str, int] = {}

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
+from explainer.bundle import BACKWARD_PREFIX
+
 from ..errors import GradientError, MissingGradientRule
 from ..graph import MIN_OPSET, Graph, is_default_domain, prune
 from .emitter import Emitter, GradContext
@@ -268,7 +270,7 @@ def _assemble(
         if renames.get(grad) != public:
             source = renames.get(grad, grad)
             nodes.append(helper.make_node("Identity", [source], [public],
-                                          name=f"grad/out/{public}"))
+                                          name=f"{BACKWARD_PREFIX}out/{public}"))
 
     result = onnx.ModelProto()
     result.CopyFrom(graph.model)
