@@ -23,20 +23,26 @@ from .errors import UsageError
 from .outputs import save_text
 from .tasks.registry import TASKS
 
-__all__ = ["page_name", "write_report"]
+__all__ = ["BASE_CSS", "page_name", "write_report"]
 
-_CSS = """
+#: the page base both HTML reports share (folder runs' and evaluations'): colours, header,
+#: the run's facts (dl.meta)
+BASE_CSS = """
 :root { --fg: #1d2430; --muted: #5d6778; --line: #dde2ea; --bg: #f5f7fa; --accent: #2f6fde;
-        --bad: #b42318; }
+        --good: #107c41; --bad: #b42318; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        color: var(--fg); background: var(--bg); }
 header { background: #fff; border-bottom: 1px solid var(--line); padding: 16px 24px; }
 h1 { font-size: 20px; margin: 0 0 6px; }
 dl.meta { display: flex; flex-wrap: wrap; gap: 4px 24px; margin: 0; color: var(--muted); }
-dl.meta dt { font-weight: 600; color: var(--fg); } dl.meta dd { margin: 0 0 0 6px; }
-dl.meta div { display: flex; }
-main { padding: 16px 24px; max-width: 1400px; }
+dl.meta div { display: flex; } dl.meta dt { font-weight: 600; color: var(--fg); }
+dl.meta dd { margin: 0 0 0 6px; word-break: break-all; }
+main { max-width: 1400px; }
+"""
+
+_CSS = BASE_CSS + """
+main { padding: 16px 24px; }
 nav.pages { margin: 8px 0 16px; display: flex; gap: 6px; flex-wrap: wrap; }
 nav.pages a, nav.pages span { padding: 2px 9px; border: 1px solid var(--line);
        border-radius: 4px; background: #fff; text-decoration: none; color: var(--accent); }

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..report import BASE_CSS
+
 __all__ = ["CURVES", "mean_curves", "render_report", "write_report"]
 
 #: the metrics whose per-pair curves the report plots
@@ -24,19 +26,9 @@ CURVES = ("deletion", "insertion")
 #: one colour per method, in order (repeated past the last)
 _COLOURS = ("#2f6fde", "#d1495b", "#2a9d8f", "#edae49", "#7b52ab", "#00798c", "#8c564b",
             "#e377c2", "#6b7280", "#17becf")
-_CSS = """
-:root { --fg: #1d2430; --muted: #5d6778; --line: #dde2ea; --bg: #f5f7fa; --good: #107c41;
-        --bad: #b42318; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: var(--fg); background: var(--bg); }
-header { background: #fff; border-bottom: 1px solid var(--line); padding: 16px 24px; }
-h1 { font-size: 20px; margin: 0 0 6px; }
+_CSS = BASE_CSS + """
 h2 { font-size: 16px; margin: 20px 0 8px; }
-dl.meta { display: flex; flex-wrap: wrap; gap: 4px 24px; margin: 0; color: var(--muted); }
-dl.meta div { display: flex; } dl.meta dt { font-weight: 600; color: var(--fg); }
-dl.meta dd { margin: 0 0 0 6px; word-break: break-all; }
-main { padding: 8px 24px 24px; max-width: 1400px; }
+main { padding: 8px 24px 24px; }
 table.leaderboard { border-collapse: collapse; background: #fff; border: 1px solid var(--line);
        font-variant-numeric: tabular-nums; }
 table.leaderboard th, table.leaderboard td { padding: 5px 10px; text-align: right;
