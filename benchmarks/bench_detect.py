@@ -77,9 +77,9 @@ def _peer(method: str, model: torch.nn.Module, xt: torch.Tensor, picks: list[tup
 
 
 def _level_targets(explainer: Explainer, x: np.ndarray, size: int
-                   ) -> list[tuple[int, dict[str, Any]]]:
+                   ) -> list[tuple[int, dict[str, Any], float]]:
     """Per stride (8, 16, 32), the best candidate of that level as a box target: its own box
-    and class (the candidate overlapping it most is itself)."""
+    and class (the candidate overlapping it most is itself), and the conf to explain it at."""
     found = explainer.explain(x, targets="top300", conf=0.0, method="eigencam").detections[0]
     bounds = np.cumsum([0, *((size // s) ** 2 for s in (8, 16, 32))])
     targets = []
@@ -89,10 +89,14 @@ def _level_targets(explainer: Explainer, x: np.ndarray, size: int
                      and d.box[2] > 0 and d.box[3] > 0), None)
         if best is None:
             continue
+        # conf just under its score: the box is matched among few detections (NMS over all
+        # 8400 candidates at conf 0 would be most of the row)
         target = {"box": best.box, "class": best.class_id}
-        (got,) = explainer.explain(x, targets=target, conf=0.0, method="eigencam").detections[0]
+        conf = float(np.nextafter(np.float32(best.score), np.float32(0)))
+        (got,) = explainer.explain(x, targets=target, conf=conf,
+                                   method="eigencam").detections[0]
         assert got.candidate == best.candidate, (got, best)
-        targets.append((stride, target))
+        targets.append((stride, target, conf))
     return targets
 
 
@@ -133,9 +137,9 @@ def main() -> None:
             keep.append(cam)
             runs[f"pytorch-grad-cam {peer_name} x{k}"] = call
     # one detection per level: the best candidate of each stride, as a box target (its own box)
-    for stride, target in _level_targets(explainer, x, args.size):
+    for stride, target, conf in _level_targets(explainer, x, args.size):
         runs[f"onnxcam layercam x1, stride {stride}"] = (
-            lambda t=target: explainer.explain(x, targets=t, method="layercam", conf=0.0))
+            lambda t=target, c=conf: explainer.explain(x, targets=t, method="layercam", conf=c))
     runs["onnxcam eigencam x1"] = lambda: explainer.explain(x, targets="top1", method="eigencam",
                                                             conf=0.0)
     cam, call = _peer("EigenCAM", model, xt, [])

@@ -199,6 +199,21 @@ class Runner:
         values = run_once(session, features, split.forward, self.on_cuda)
         return {**features, **dict(zip(split.forward, values))}
 
+    def prediction(self, x: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`features` and :meth:`predict` of a checked batch: (the cut tensors, the
+        head's forward), in one run of the two graphs composed where the head splits
+        (:meth:`SplitHead.prediction_model`; CPU, the batch a static-batch graph takes)."""
+        split = self.split and self.split_for(len(x))
+        if split is None:
+            features = self.features(x)
+            return features, self.predict(features)
+        name, inputs = self.spec.input.name, list(self.spec.head.inputs)
+        session = self._pool.get_sized(
+            "prediction", lambda: split.prediction_model(self.bundle.features), name, x.shape)
+        names = list(dict.fromkeys([*inputs, *split.forward]))
+        values = dict(zip(names, run_once(session, {name: x}, names, self.on_cuda)))
+        return {n: values[n] for n in inputs}, values
+
     def backward(self, forward: dict[str, Any], seed: np.ndarray, names: list[str]
                  ) -> list[np.ndarray]:
         """The split head's backward for seed rows [B, ...] on the tensors of ``forward``

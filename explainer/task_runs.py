@@ -94,8 +94,7 @@ def explain_task(
     if (classes is not None and graph is not None and method in graph.methods
             and score == "logit"):
         return segment_in_graph(runner, graph, x, plan, classes, method, geometry)
-    features = runner.features(x)
-    forward = runner.predict(features)
+    features, forward = runner.prediction(x)
     names = [spec.head.logits, *spec.head.outputs]
     values = {name: runner.to_numpy(forward[name]) for name in names}
     explained = values[spec.head.logits]

@@ -71,6 +71,24 @@ def test_the_split_head_gives_the_whole_heads_gradients(bundle) -> None:
     assert zeros == {g for g, a in split.gradients.items() if a in ("f1", "down2.y")}
 
 
+def test_the_prediction_runs_features_and_forward_as_one_graph(bundle) -> None:
+    runner = Explainer(bundle).runner
+    x = np.random.default_rng(6).random((1, 3, 16, 16), dtype=np.float32)
+    features, forward = runner.prediction(x)
+    apart = runner.features(x)
+    assert features.keys() == apart.keys()
+    expected = runner.predict(apart)
+    assert forward.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(forward[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    model = runner.split.prediction_model(bundle.features)
+    assert [i.name for i in model.graph.input] == [bundle.spec.input.name]
+    outputs = [o.name for o in model.graph.output]
+    assert len(outputs) == len(set(outputs)) == len(forward)
+    produced = [o for n in model.graph.node for o in n.output]
+    assert len(produced) == len(set(produced))  # constants both graphs hold: once
+
+
 def test_detections_explain_the_same_with_the_split_head(bundle) -> None:
     x = np.random.default_rng(2).random((1, 3, 16, 16), dtype=np.float32)
     split = Explainer(bundle).explain(x, targets="top5", conf=0.0)
