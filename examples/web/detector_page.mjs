@@ -13,6 +13,7 @@
 // detections} for tests (heatmaps [1, K, H, W], K the detections found, at most top);
 // window.onnxcamError holds an error message.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+import { fetchOk, jet, loadImage, startPage } from "./page.mjs";
 import {
   DEFAULT_CONF, DEFAULT_METHOD, checkOptions, explainImage, openDetector,
 } from "./detector.mjs";
@@ -29,12 +30,6 @@ const options = {
 };
 const DISPLAY = 192; // the smallest displayed side: small model inputs are drawn enlarged
 
-async function fetchOk(url, what) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`${what} ${url}: HTTP ${response.status}`);
-  return response;
-}
-
 async function loadBundle() {
   checkOptions(options);
   const manifest = await (await fetchOk(new URL("manifest.json", bundleUrl), "manifest")).json();
@@ -48,15 +43,6 @@ async function loadBundle() {
     { externalData, executionProviders: ["wasm"] });
   const [features, head] = [await create("features.onnx"), await create("head.onnx")];
   return openDetector(ort, manifest, features, head, bundleUrl.pathname);
-}
-
-function loadImage(src) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error(`cannot load image ${src}`));
-    img.src = src;
-  });
 }
 
 // Python's round(): halves to even
@@ -116,11 +102,6 @@ function preprocess(img, pre, shape) {
     }
   }
   return { x, canvas, shape: [1, 3, p.outH, p.outW] };
-}
-
-function jet(v) {
-  const f = (t) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - t))));
-  return [f(3), f(2), f(1)];
 }
 
 // The model input (with a heatmap blended in, when given) enlarged, and detection boxes.
@@ -189,21 +170,4 @@ async function explain(detector, src) {
     heatmapShape: [1, detections.length, h, w], detections };
 }
 
-async function main() {
-  const image = params.get("image") ?? "photo.png";
-  document.getElementById("bundle").textContent = bundleUrl.pathname;
-  document.getElementById("photo").textContent = image;
-  const detector = await loadBundle();
-  await explain(detector, image);
-  document.getElementById("file").addEventListener("change", (event) => {
-    const file = event.target.files[0];
-    if (file) explain(detector, URL.createObjectURL(file)).catch(fail);
-  });
-}
-
-function fail(err) {
-  window.onnxcamError = String(err?.stack ?? err);
-  document.getElementById("status").textContent = `error: ${err}`;
-}
-
-main().catch(fail);
+startPage(params, bundleUrl, loadBundle, explain);

@@ -9,6 +9,7 @@
 // The result is left in window.onnxcam = {input, inputShape, heatmaps, heatmapShape, classIds,
 // probabilities} for tests; window.onnxcamError holds an error message.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
+import { fetchOk, jet, loadImage, startPage } from "./page.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // threads need a cross-origin-isolated page
@@ -17,12 +18,6 @@ const params = new URLSearchParams(location.search);
 const bundleUrl = new URL(params.get("bundle") ?? "bundle/", location.href);
 const topK = Number(params.get("topk") ?? 3);
 const method = params.get("method") ?? "gradcam";
-
-async function fetchOk(url, what) {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`${what} ${url}: HTTP ${response.status}`);
-  return response;
-}
 
 async function loadBundle() {
   const manifest = await (await fetchOk(new URL("manifest.json", bundleUrl), "manifest")).json();
@@ -42,15 +37,6 @@ async function loadBundle() {
     if (response.ok) names = (await response.text()).split("\n").filter((s) => s.length);
   }
   return { manifest, graph, session, names };
-}
-
-function loadImage(src) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = () => reject(new Error(`cannot load image ${src}`));
-    img.src = src;
-  });
 }
 
 // torchvision-style Resize (shorter side, or exact [h, w]) + CenterCrop, then scale/mean/std
@@ -74,11 +60,6 @@ function preprocess(img, pre, shape) {
     }
   }
   return { x, canvas, shape: [1, 3, outH, outW] };
-}
-
-function jet(v) {
-  const f = (t) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - t))));
-  return [f(3), f(2), f(1)];
 }
 
 function drawFigure(row, photo, heatmap, h, w, title) {
@@ -152,21 +133,4 @@ async function toCanvas(offscreen) {
   return canvas;
 }
 
-async function main() {
-  const image = params.get("image") ?? "photo.png";
-  document.getElementById("bundle").textContent = bundleUrl.pathname;
-  document.getElementById("photo").textContent = image;
-  const bundle = await loadBundle();
-  await explain(bundle, image);
-  document.getElementById("file").addEventListener("change", (event) => {
-    const file = event.target.files[0];
-    if (file) explain(bundle, URL.createObjectURL(file)).catch(fail);
-  });
-}
-
-function fail(err) {
-  window.onnxcamError = String(err?.stack ?? err);
-  document.getElementById("status").textContent = `error: ${err}`;
-}
-
-main().catch(fail);
+startPage(params, bundleUrl, loadBundle, explain);

@@ -96,7 +96,7 @@ def _site(tmp_path: Path, bundle: Path, photo: Path) -> Path:
 
     links = {"index.html": web / "index.html", "main.js": web / "main.js",
              "detector.html": web / "detector.html", "detector.mjs": web / "detector.mjs",
-             "detector_page.mjs": web / "detector_page.mjs",
+             "detector_page.mjs": web / "detector_page.mjs", "page.mjs": web / "page.mjs",
              "node_modules": web / "node_modules", "bundle": bundle, "photo.png": photo,
              "labels.txt": Path(explainer.__file__).parent / "data" / "imagenet_classes.txt"}
     for name, target in links.items():
