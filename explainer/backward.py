@@ -39,13 +39,18 @@ _ZERO_FIRST = frozenset({
 })
 #: ops whose output is zero where any input is
 _ZERO_ANY = frozenset({"Mul", "MatMul"})
+#: unary pointwise ops the backward recomputes from their input where it reads that anyway
+#: (the Sigmoid of a SiLU beside its input), instead of the forward handing over both
+_RECOMPUTE = frozenset({"Sigmoid", "Tanh", "Relu", "HardSigmoid", "Exp", "Neg", "Abs"})
 
 
 def backward_inputs(model: onnx.ModelProto, seed: str, outputs: list[str]) -> list[str] | None:
     """The forward tensors the backward of a gradient head reads to compute ``outputs`` (its
     gradients) from ``seed``: what the head's forward must hand over for its backward to run
     alone (:func:`explainer.bundle.extract` of these and the seed). Every output of a forward
-    node that gives one of them is included, so that the extraction stops at that node. None
+    node that gives one of them is included, so that the extraction stops at that node; a
+    cheap unary op's result whose input is read too is left to the backward to recompute
+    (:data:`_RECOMPUTE`: a SiLU hands over its input alone). None
     where the backward cannot run alone: a forward node reads a backward tensor, or an output
     is no backward tensor."""
     nodes = model.graph.node
@@ -74,7 +79,11 @@ def backward_inputs(model: onnx.ModelProto, seed: str, outputs: list[str]) -> li
     if any(i in backward for n in nodes if not n.name.startswith(BACKWARD_PREFIX)
            for i in node_inputs(n)):
         return None
-    return sorted(read)
+    source = {name: node_inputs(producer[name]) for name in read if name in producer
+              and producer[name].op_type in _RECOMPUTE and len(producer[name].output) == 1}
+    again = {name for name, given in source.items() if len(given) == 1 and given[0] in read}
+    again = {name for name in again if source[name][0] not in again}  # its input stays read
+    return sorted(read - again)
 
 
 @dataclass(frozen=True)

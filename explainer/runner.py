@@ -29,7 +29,7 @@ from .backward import SplitHead
 from .bundle import Bundle, extract
 from .errors import MethodError
 from .manifest import LayerSpec, Manifest
-from .maps import heatmap_model
+from .maps import heatmap_feeds, heatmap_model
 from .preprocessing import check_batch
 from .sessions import SessionPool, run_chunked, run_once, to_numpy
 
@@ -45,17 +45,19 @@ class Runner:
         providers: the ONNX Runtime provider list
             (:func:`explainer.sessions.resolve_providers`).
         options: the sessions' options (:func:`explainer.sessions.session_options`).
+        spinning: the options of the composed prediction (thread spinning on; None: ``options``).
     """
 
     def __init__(self, bundle: Bundle, spec: Manifest, providers: list[Any],
-                 options: ort.SessionOptions) -> None:
+                 options: ort.SessionOptions, spinning: ort.SessionOptions | None = None
+                 ) -> None:
         self.bundle = bundle
         self.spec = spec
         #: the input and outputs are bound with IO binding (CUDA)
         self.on_cuda = any(
             (p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers
         )
-        self._pool = SessionPool(providers, options)
+        self._pool = SessionPool(providers, options, spinning=spinning)
 
     @property
     def head(self) -> onnx.ModelProto:
@@ -208,36 +210,52 @@ class Runner:
             features = self.features(x)
             return features, self.predict(features)
         name, inputs = self.spec.input.name, list(self.spec.head.inputs)
+        # thread spinning on: the call's one big run (as plain inference runs at its
+        # defaults); the small runs after it keep it off (measured: 1.10x -> 1.0x inference)
         session = self._pool.get_sized(
-            "prediction", lambda: split.prediction_model(self.bundle.features), name, x.shape)
+            "prediction", lambda: split.prediction_model(self.bundle.features), name, x.shape,
+            spinning=True)
         names = list(dict.fromkeys([*inputs, *split.forward]))
         values = dict(zip(names, run_once(session, {name: x}, names, self.on_cuda)))
         return {n: values[n] for n in inputs}, values
 
-    def backward(self, forward: dict[str, Any], seed: np.ndarray, names: list[str]
-                 ) -> list[np.ndarray]:
-        """The split head's backward for seed rows [B, ...] on the tensors of ``forward``
-        (:meth:`predict`): the gradients ``names``. A seed that is zero outside one part of
-        the explained tensor (a detection's level) runs that part's backward alone."""
+    def backward(self, forward: dict[str, Any], seeds: np.ndarray, names: list[str],
+                 out: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The split head's backward for seed rows [B, K, ...] (K target columns) on the
+        tensors of ``forward`` (:meth:`predict`): the gradients ``names`` [B, K, ...], written
+        into ``out`` where given (zeros of those shapes: a window's gradients are set in
+        place). A column whose seed is zero outside one part of the explained tensor (a
+        detection's level) runs that part's backward alone, on the window its gradients
+        reach, in one run with the other columns of that part."""
         split = self.split
         assert split is not None
-        part = split.part_of(seed, forward)
-        key = "backward" if part is None else f"backward:{part}"
-        model, zeros = split.backward_model(part)
-        run = [n for n in names if n not in zeros]
-        window = None if part is None else split.window(part)
-        values = None if window is None else window.run(
-            self._pool.get(f"window:{part}", lambda: window.model),
-            split.part_seed(seed, forward, part), forward,
-            {n: np.shape(forward[a]) for n, a in split.gradients.items() if n not in zeros})
-        if values is None:
-            session = self._pool.get(key, lambda: model)
-            values = dict(zip(run, run_once(session, {
-                **{n: forward[n] for n in split.saved}, self.spec.head.seed: seed}, run,
-                self.on_cuda)))
-        return [values[n] if n in values
-                else np.zeros(np.shape(forward[split.gradients[n]]), np.float32)
-                for n in names]
+        batch, k = seeds.shape[:2]
+        if out is None:
+            out = {n: np.zeros((batch, k, *np.shape(forward[split.gradients[n]])[1:]),
+                               np.float32) for n in names}
+        columns = [np.ascontiguousarray(seeds[:, c]) for c in range(k)]
+        views = [{n: out[n][:, c] for n in names} for c in range(k)]
+        parts = [split.part_of(column, forward) for column in columns]
+        for part in dict.fromkeys(parts):
+            group = [c for c in range(k) if parts[c] == part]
+            window = None if part is None else split.window(part)
+            if window is not None:
+                session = self._pool.get(f"window:{part}", lambda w=window: w.model)
+                ran = window.run(session, [split.part_seed(columns[c], forward, part)
+                                           for c in group], forward, [views[c] for c in group])
+                group = [c for c, done in zip(group, ran, strict=True) if not done]
+                if not group:
+                    continue
+            model, zeros = split.backward_model(part)
+            run = [n for n in names if n not in zeros]
+            session = self._pool.get("backward" if part is None else f"backward:{part}",
+                                     lambda m=model: m)
+            for c in group:
+                values = run_once(session, {**{n: forward[n] for n in split.saved},
+                                            self.spec.head.seed: columns[c]}, run, self.on_cuda)
+                for name, value in zip(run, values, strict=True):
+                    views[c][name][...] = value
+        return [out[n] for n in names]
 
     def gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
@@ -253,13 +271,10 @@ class Runner:
         split = self.split_for(batch)
         if forward is not None and split is not None:
             wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
-            columns = [self.backward(forward, np.ascontiguousarray(seeds[:, column]), wanted)
-                       if backward else
-                       [np.zeros(np.shape(forward[split.gradients[n]]), np.float32)
-                        for n in wanted]
-                       for column in range(k)]
-            values = {name: np.stack([c[i] for c in columns], axis=1)
-                      for i, name in enumerate(wanted)}
+            values = {n: np.zeros((batch, k, *np.shape(forward[split.gradients[n]])[1:]),
+                                  np.float32) for n in wanted}
+            if backward:  # otherwise the zeros stay (a method that reads no gradient)
+                self.backward(forward, seeds, wanted, values)
             values.update({name: np.asarray(forward[name])[:, None] for name in extra
                            if name not in values})  # a later layer's activation
             return np.asarray(forward[head.logits]), values
@@ -288,9 +303,7 @@ class Runner:
         """CAMs [N, h, w] upsampled to ``size`` and min-max scaled per map, on ONNX Runtime
         (:func:`explainer.maps.heatmap_model`; numpy's result within float rounding)."""
         session = self._pool.get("heatmaps", heatmap_model)
-        shape = np.array([len(cams), *size], np.int64)
-        return run_once(session, {"cams": np.ascontiguousarray(cams, np.float32),
-                                  "size": shape}, ["heatmaps"], self.on_cuda)[0]
+        return run_once(session, heatmap_feeds(cams, size), ["heatmaps"], self.on_cuda)[0]
 
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the features graph: the cut tensors (activation first) for an input batch, as

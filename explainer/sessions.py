@@ -129,12 +129,15 @@ class SessionPool:
         options: the session options (:func:`session_options`).
         sizes: how many input sizes keep a specialized session per model in
             :meth:`get_sized` (see :class:`SizedSessions`).
+        spinning: the options of a session that runs most of the work of a call in one run
+            (``get_sized(..., spinning=True)``), thread spinning on (the options otherwise).
     """
 
     def __init__(self, providers: list[Any], options: ort.SessionOptions,
-                 sizes: int = 4) -> None:
+                 sizes: int = 4, spinning: ort.SessionOptions | None = None) -> None:
         self.providers = providers
         self.options = options
+        self.spinning = spinning or options
         self.sizes = sizes
         self._lock = threading.Lock()
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -163,17 +166,18 @@ class SessionPool:
         return session
 
     def get_sized(self, key: str, model: Callable[[], onnx.ModelProto], input_name: str,
-                  shape: Sequence[int]) -> ort.InferenceSession:
+                  shape: Sequence[int], spinning: bool = False) -> ort.InferenceSession:
         """The session ``key`` for an input ``input_name`` of ``shape``: specialized to its
         symbolic sizes (batch aside) where the model has any, the :attr:`sizes` most recently
-        used kept (:class:`SizedSessions`)."""
+        used kept (:class:`SizedSessions`); with :attr:`spinning`'s options where asked."""
         self.check_open()
         with self._lock:
             self.check_open()
             sized = self._sized.get(key)
             if sized is None:
-                sized = self._sized[key] = SizedSessions(model(), input_name, self.options,
-                                                         self.providers, self.sizes)
+                sized = self._sized[key] = SizedSessions(
+                    model(), input_name, self.spinning if spinning else self.options,
+                    self.providers, self.sizes)
         return sized.get(shape)
 
     def close(self) -> None:

@@ -55,7 +55,7 @@ def test_the_split_head_gives_the_whole_heads_gradients(bundle) -> None:
         seed[..., first] = rng.standard_normal(CLASSES)
         seed[..., last] = rng.standard_normal(CLASSES)
         expected = _whole(explainer, features, seed)
-        got = runner.backward(forward, seed, list(split.gradients))
+        got = [g[:, 0] for g in runner.backward(forward, seed[:, None], list(split.gradients))]
         part = split.part_of(seed, forward)
         assert (part is None) == (case == "levels 0 and 2"), case
         for name, want, have in zip(split.gradients, expected, got, strict=True):
@@ -182,8 +182,8 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
     shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]: 16x16, 8x8, 4x4
     rng = np.random.default_rng(5)
     ran = []
-    monkeypatch.setattr(Window, "run", lambda self, *a: ran.append(_run(self, *a) is not None)
-                        or _run(self, *a))
+    monkeypatch.setattr(Window, "run",
+                        lambda self, *a: ran.append(_run(self, *a)[0]) or [ran[-1]])
     cases = {"corner": [0], "far corner": [255], "edge": [7 * 16], "inside": [5 * 16 + 9],
              "two close": [3 * 16 + 3, 4 * 16 + 6], "spread": [0, 255],
              "level 1 corner": [256], "level 1 inside": [256 + 3 * 8 + 4],
@@ -193,7 +193,7 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
         for position in positions:
             seed[..., position] = rng.standard_normal(CLASSES)
         expected = _whole(explainer, features, seed)
-        got = runner.backward(forward, seed, list(split.gradients))
+        got = [g[:, 0] for g in runner.backward(forward, seed[:, None], list(split.gradients))]
         for name, want, have in zip(split.gradients, expected, got, strict=True):
             scale = max(float(np.abs(want).max()), 1e-12)
             np.testing.assert_allclose(have, want, atol=1e-6 * scale, err_msg=f"{case}: {name}")
@@ -202,7 +202,40 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
     assert ran == [not case.endswith("spread") for case in cases]
 
 
-_run = Window.run
+def test_columns_of_one_level_run_their_windows_in_one_batch(bundle, monkeypatch) -> None:
+    """Targets of one level run as one batch of windows made one size (each grown inside the
+    map: corners, edges, two positions of one seed); a seed spread
+    over its map and a seed over two levels run dense beside them; every column equals the
+    whole head's gradient for that column alone."""
+    explainer = Explainer(bundle)
+    runner = explainer.runner
+    split = runner.split
+    x = np.random.default_rng(6).random((1, 3, 16, 16), dtype=np.float32)
+    features = runner.features(x)
+    forward = runner.predict(features)
+    shape = forward[explainer.spec.head.logits].shape  # [1, C, 336]: 16x16, 8x8, 4x4
+    columns = [[0], [255], [7 * 16], [5 * 16 + 9], [3 * 16 + 3, 4 * 16 + 6], [0, 255],
+               [256], [256 + 8 * 8 - 2], [256 + 3 * 8 + 3, 256 + 3 * 8 + 4], [100, 330]]
+    rng = np.random.default_rng(7)
+    seeds = np.zeros((shape[0], len(columns), *shape[1:]), np.float32)
+    for j, positions in enumerate(columns):
+        for position in positions:
+            seeds[:, j, :, position] = rng.standard_normal((shape[0], CLASSES))
+    runs = []
+    monkeypatch.setattr(Window, "_run", lambda self, starts, *a: runs.append(
+        (len(starts), _batch(self, starts, *a))) or runs[-1][1])
+    got = runner.backward(forward, seeds, list(split.gradients))
+    # level 0: five columns in one run (the spread one runs dense); level 1: three
+    assert runs == [(5, True), (3, True)]
+    for j in range(len(columns)):
+        expected = _whole(explainer, features, seeds[:, j])
+        for name, want, have in zip(split.gradients, expected, got, strict=True):
+            scale = max(float(np.abs(want).max()), 1e-12)
+            np.testing.assert_allclose(have[:, j], want, atol=1e-6 * scale,
+                                       err_msg=f"column {j}: {name}")
+
+
+_run, _batch = Window.run, Window._run
 
 
 def _conv(name: str, x: str, y: str, **attrs) -> onnx.NodeProto:
@@ -282,6 +315,7 @@ def test_window_backward_finds_how_far_a_seed_reaches(nodes, radius) -> None:
         seed = np.zeros((1, 2, 64), np.float32)
         seed[0, :, row * 8 + column] = rng.standard_normal(2)
         (want,) = dense.run(["out"], {"seed": seed, **forward})
-        have = window.run(session, seed, forward, {"out": want.shape})
-        assert have is not None and np.abs(want).max() > 0
+        have = {"out": np.zeros_like(want)}
+        assert window.run(session, [seed], forward, [have]) == [True]
+        assert np.abs(want).max() > 0
         np.testing.assert_allclose(have["out"], want, rtol=1e-6, atol=1e-6)

@@ -118,11 +118,11 @@ def test_normalize_maps_in_place():
 def test_heatmap_graph_equals_numpy(cams_shape, size):
     import onnxruntime as ort
 
-    from explainer.maps import heatmap_model
+    from explainer.maps import heatmap_feeds, heatmap_model
     cams = np.random.default_rng(0).standard_normal(cams_shape).astype(np.float32)
     session = ort.InferenceSession(heatmap_model().SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"cams": cams, "size": np.array([len(cams), *size])})
+    (got,) = session.run(None, heatmap_feeds(cams, size))
     want = normalize_maps(upsample_bilinear(cams, size))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=2e-6)
@@ -132,7 +132,7 @@ def test_heatmap_graph_equals_numpy(cams_shape, size):
     calls = []
     def upsample(rows, s):
         return (calls.append(len(rows)) or session.run(
-            None, {"cams": rows, "size": np.array([len(rows), *s])})[0])
+            None, heatmap_feeds(rows, s))[0])
     np.testing.assert_allclose(heatmaps_of(cams[None], size, upsample)[0], want, atol=2e-6)
     assert calls == [len(cams) - 1]
 
