@@ -317,7 +317,7 @@ def _input_gradient(g: Graph, output: str, manifest: dict[str, Any]) -> onnx.Mod
 def _explanation(features: onnx.ModelProto, head: onnx.ModelProto,
                  manifest: dict[str, Any]) -> onnx.ModelProto | None:
     """Add the Grad-CAM explanation graph (and its manifest entry) where the model allows."""
-    blocker = explanation_blocker(manifest)
+    blocker = explanation_blocker(manifest, features=features)
     activation = head.graph.input[0].type.tensor_type.elem_type
     if not blocker and activation != onnx.TensorProto.FLOAT:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(activation)

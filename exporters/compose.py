@@ -56,7 +56,7 @@ from explainer.methods import METHODS, MethodSpec
 from explainer.tasks.registry import TASKS, format_spec
 
 from .builder import Builder
-from .compose_head import head_copies, rename_graph
+from .compose_head import head_copies, rename_graph, size_copies, size_inputs
 from .errors import ExportError
 from .graph import default_opset, prune
 
@@ -85,8 +85,11 @@ def _copy_graph(model: onnx.ModelProto, rename: Callable[[str], str]) -> onnx.Gr
 
 
 def explanation_blocker(manifest: dict[str, Any],
-                        methods: Sequence[str] = tuple(CAM_METHODS)) -> str | None:
-    """Why a bundle cannot have an explanation graph of ``methods`` (None when it can)."""
+                        methods: Sequence[str] = tuple(CAM_METHODS),
+                        features: onnx.ModelProto | None = None) -> str | None:
+    """Why a bundle cannot have an explanation graph of ``methods`` (None when it can).
+    Sizes crossing the cut beside the activation are allowed where ``features`` shows how
+    they are computed from the input's shape (:func:`size_inputs`)."""
     unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown or not methods:
         return (f"method(s) {unknown} have no in-graph form (CAM_METHODS: "
@@ -97,8 +100,11 @@ def explanation_blocker(manifest: dict[str, Any],
     if manifest.get("layers"):
         return "a layer sweep (every layer's maps come from the two graphs)"
     if len(manifest["head"]["inputs"]) != 1:
-        # even integer ones: a size read from the input's shape may hold the batch size
-        return "more than one tensor crosses the cut (the head runs once per target column)"
+        if features is None:  # a size read from the input's shape may hold the batch size
+            return "more than one tensor crosses the cut (the head runs once per target column)"
+        blocker = size_inputs(features, manifest)
+        if blocker:
+            return blocker
     batch = (manifest["input"].get("shape") or [None])[0]
     if isinstance(batch, int):
         return f"the model has a static batch of {batch} (the head cannot run B*K rows)"
@@ -307,7 +313,7 @@ def build_explanation_graph(
         ExportError: the bundle cannot be composed (see :func:`explanation_blocker`).
     """
     methods = list(methods)
-    blocker = explanation_blocker(manifest, methods)
+    blocker = explanation_blocker(manifest, methods, features)
     input_name = manifest["input"]["name"]
     if blocker is None and input_name in {*INPUTS.values(), *OUTPUTS.values()}:
         blocker = f"the model input is named {input_name!r}, like an explanation graph tensor"
@@ -336,9 +342,17 @@ def build_explanation_graph(
         _, rows, grad_shape = _gradient_rows(b, activation, targets, classes)
         glue += b.nodes
         b.nodes = []
+
+    def rename(name: str) -> str:
+        return name if name == input_name else f"features/{name}"
+
+    outer, b.nodes = b.nodes, []
+    copies = size_copies(b, features, manifest, rows, rename)  # sizes for the B*K rows
+    sizes = {name: (rename(name), copy) for name, copy in copies.items()}
+    size_nodes, b.nodes = b.nodes, outer
     logits_nodes, tiles, gradient_nodes, head_weights = head_copies(
         b, head, manifest, shared, activation, rows, seeds, targets, one_hot=not segment,
-        logits=OUTPUTS["logits"])
+        logits=OUTPUTS["logits"], sizes=sizes)
     if not segment:
         glue = b.nodes
         ranking, areas = [], OUTPUTS["logits"]
@@ -363,7 +377,8 @@ def build_explanation_graph(
     if not segment:
         b.op("GatherElements", probabilities, targets, axis=1, out=OUTPUTS["probabilities"])
         b.op("GatherElements", OUTPUTS["logits"], targets, axis=1, out=OUTPUTS["scores"])
-    nodes = [*body.node, *logits_nodes, *select, *glue, *tiles, *gradient_nodes, *b.nodes]
+    nodes = [*body.node, *logits_nodes, *select, *glue, *size_nodes, *tiles, *gradient_nodes,
+             *b.nodes]
     graph = helper.make_graph(
         nodes, "onnxcam_explanation", graph_inputs, _outputs(manifest),
         initializer=[*body.initializer, *head_weights, *b.initializers],

@@ -20,7 +20,7 @@ from explainer.bundle import BACKWARD_PREFIX
 from .builder import Builder
 from .graph import Dim, infer_shapes, node_inputs, prune, rename_values, value_shape
 
-__all__ = ["head_copies", "rename_graph"]
+__all__ = ["head_copies", "rename_graph", "size_copies", "size_inputs"]
 
 
 def rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
@@ -131,16 +131,90 @@ def _gather_seed_rows(b: Builder, backward: onnx.GraphProto, seeds: str, targets
     backward.node.remove(node)
 
 
+def _size_nodes(features: onnx.ModelProto, names: list[str], sources: set[str]
+                ) -> list[onnx.NodeProto] | None:
+    """The features' nodes that compute the cut tensors ``names`` from the shapes of
+    ``sources`` (the model input, the activation) and constants alone, in graph order; None
+    where one reads another tensor's values, a graph input or a subgraph."""
+    producer = {o: n for n in features.graph.node for o in n.output if o}
+    constants = {t.name for t in features.graph.initializer}
+    needed, seen, used = list(names), set(), set()
+    while needed:
+        name = needed.pop()
+        if name in seen or name in constants or not name:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is None or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                               for a in node.attribute):
+            return None
+        used.add(id(node))
+        if node.op_type == "Shape" and node.input[0] in sources:
+            continue
+        needed.extend(node.input)
+    return [n for n in features.graph.node if id(n) in used]
+
+
+def size_inputs(features: onnx.ModelProto, manifest: dict[str, Any]) -> str | None:
+    """Why the head's cut tensors besides the activation keep the explanation graph from
+    running the backward on B*K rows (None: there are none, or each is a size computed from
+    the shapes of the model input and the activation, which :func:`size_copies` recomputes
+    for B*K rows: e.g. an any-size adaptive pooling's indices)."""
+    inputs = manifest["head"]["inputs"]
+    if len(inputs) == 1:
+        return None
+    sources = {manifest["input"]["name"], manifest["target"]["tensor"]}
+    if _size_nodes(features, inputs[1:], sources) is None:
+        return (f"tensors other than the activation cross the cut ({inputs[1:]}) and are not "
+                "sizes computed from the input's shape (the head runs once per target column)")
+    return None
+
+
+def size_copies(b: Builder, features: onnx.ModelProto, manifest: dict[str, Any], rows: str,
+                rename: Callable[[str], str]) -> dict[str, str]:
+    """Nodes (into ``b``) that recompute the head's size inputs (:func:`size_inputs`) for the
+    B*K ``rows`` of the repeated activation: each ``Shape`` of the model input or of the
+    activation reads a shape whose batch is the number of rows. Returns head input -> its
+    B*K copy; ``rename`` gives the features' names in the composed graph (constants)."""
+    inputs = manifest["head"]["inputs"][1:]
+    if not inputs:
+        return {}
+    model_input, activation = manifest["input"]["name"], manifest["target"]["tensor"]
+    nodes = _size_nodes(features, inputs, {model_input, activation})
+    assert nodes is not None, "size_inputs checks this first"
+    made = {o for n in nodes for o in n.output if o}
+    copies = {name: b.unique(f"{b.prefix}/rows/{name}") for name in made}
+    row_count = b.dims(b.op("Shape", rows), 0, 1)
+    for node in nodes:
+        if node.op_type == "Shape" and node.input[0] in (model_input, activation):
+            rest = b.dims(b.op("Shape", rename(node.input[0])), 1, 1 << 30)
+            shape = b.op("Concat", row_count, rest, axis=0)
+            attrs = {a.name: a.i for a in node.attribute}
+            b.op("Slice", shape, b.const([attrs.get("start", 0)]),
+                 b.const([attrs.get("end", 1 << 30)]), out=copies[node.output[0]])
+            continue
+        twin = copy.deepcopy(node)
+        twin.name = b.unique(f"{b.prefix}/rows/{node.name or node.op_type}")
+        for i, name in enumerate(twin.input):
+            twin.input[i] = copies.get(name) or (rename(name) if name else name)
+        for i, name in enumerate(twin.output):
+            twin.output[i] = copies.get(name, name)
+        b.nodes.append(twin)
+    return {name: copies[name] for name in inputs}
+
+
 def head_copies(
     b: Builder, head: onnx.ModelProto, manifest: dict[str, Any], shared: set[str],
     activation: str, rows: str, seeds: str, targets: str, one_hot: bool, logits: str,
+    sizes: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.NodeProto],
            list[onnx.TensorProto]]:
     """The head's forward on the activation (B rows: the logits, and the forward tensors its
     backward reads), the tiling of those tensors to B*K rows, and the head's backward on the
     seeds (B*K rows): (forward nodes, tiling nodes, backward nodes, head weights). With
     ``one_hot`` seeds (of ``targets``), the product of the seeds and the last layer's weights
-    is a Gather (:func:`_gather_seed_rows`).
+    is a Gather (:func:`_gather_seed_rows`). ``sizes``: the head's other inputs -> (their
+    names for B rows, for B*K rows: :func:`size_copies`).
 
     The backward reads K copies of each forward row (``grad/`` nodes see the same values as
     on B*K rows: every row of a batch-major tensor depends only on its own image), so the
@@ -163,9 +237,12 @@ def head_copies(
 
     cut = names["inputs"][0]
     gradient_name = "cam/gradient_rows"
-    to_forward = renamer("logits", {cut: activation, names["logits"]: logits})
+    sizes = sizes or {}
+    to_forward = renamer("logits", {cut: activation, names["logits"]: logits,
+                                    **{n: pair[0] for n, pair in sizes.items()}})
     to_backward = renamer("head", {cut: rows, names["seed"]: seeds,
-                                   names["gradient"]: gradient_name})
+                                   names["gradient"]: gradient_name,
+                                   **{n: pair[1] for n, pair in sizes.items()}})
     backward = copy.deepcopy(head.graph)
     prune(backward, [names["gradient"]])
     tiled: set[str] = set()

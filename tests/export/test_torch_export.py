@@ -135,6 +135,44 @@ class SameNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.stages(x), 1).flatten(1))
 
 
+class PooledNet(nn.Module):
+    """VGG's shape: features, an adaptive average pooling to 3x3 (exported for any input size
+    as index tensors computed from the input's size, which cross the cut), a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(nn.Linear(16 * 9, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def test_sizes_crossing_the_cut_keep_the_explanation_graph():
+    """The pooling's indices cross the cut beside the activation: the explanation graph
+    recomputes them for the B*K gradient rows from the input's shape, and its maps equal the
+    two graphs' at several sizes, batches and target counts (and torch autograd's)."""
+    torch.manual_seed(0)
+    model = PooledNet().eval()
+    bundle = export_torch(model, "features.4")
+    assert len(bundle.manifest["head"]["inputs"]) == 2  # the activation and a size tensor
+    graph, two = Explainer(bundle), Explainer(bundle, explanation_graph=False)
+    assert graph.graph is not None
+    for shape in [(1, 3, 32, 32), (3, 3, 40, 56)]:
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        for top_k, method in [(1, "gradcam"), (3, "layercam")]:
+            got, want = (e.explain(x, top_k=top_k, method=method) for e in (graph, two))
+            np.testing.assert_array_equal(got.class_ids, want.class_ids)
+            np.testing.assert_allclose(got.cams, want.cams, rtol=1e-5,
+                                       atol=1e-5 * np.abs(want.cams).max())
+            np.testing.assert_allclose(got.heatmaps, want.heatmaps, atol=1e-5)
+    x = np.random.default_rng(1).random((2, 3, 40, 56), dtype=np.float32)
+    report = validate(bundle, model, "features.4", x, "top2", explainer=graph)
+    assert report.errors.max() < 1e-4
+
+
 def test_size_dependent_padding_exports_at_a_static_size_quickly(caplog):
     """TF "SAME" padding computed from ``x.shape[-2:]``: the default export detects it, exports
     at the example's size in seconds (not minutes), logs and records why, and the bundle's
