@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +150,6 @@ def task_explanation(
     shape: tuple[int, int, int],
     notes: list[str],
     transcripts: list[Any] | None = None,
-    combine: Callable[[list[np.ndarray], str], np.ndarray] | None = None,
 ) -> Explanation:
     """A detector's, segmenter's or text recognizer's :class:`Explanation`: K = the most items
     any image has; images with fewer get zero maps, class id -1 and NaN scores in the remaining
@@ -168,7 +166,6 @@ def task_explanation(
         shape: (B, H, W) of the input.
         notes: lines about images with nothing to explain.
         transcripts: a text recognizer's decoded strings, one per image.
-        combine: fuses the layers' heatmaps (:func:`explainer.layers.fuse`'s ``combine``).
     """
     from .layers import fuse as fuse_maps
 
@@ -185,7 +182,7 @@ def task_explanation(
             for m in trimmed.values():
                 m.cams[b, len(row):] = 0
                 m.heatmaps[b, len(row):] = 0
-        heatmaps = fuse_maps(trimmed, fuse, combine)  # zero where every layer's map is
+        heatmaps = fuse_maps(trimmed, fuse)  # zero where every layer's map is
         cams = next(iter(trimmed.values())).cams
     else:
         trimmed, heatmaps = {}, np.zeros((batch, 0, h, w), np.float32)

@@ -18,7 +18,7 @@ from .activations import to_channels_first
 from .errors import UsageError
 from .maps import normalize_maps, upsample_bilinear
 
-__all__ = ["FUSE_MODES", "Combine", "Heatmaps", "LayerMaps", "check_fuse", "fuse", "heatmaps_of",
+__all__ = ["FUSE_MODES", "Heatmaps", "LayerMaps", "check_fuse", "fuse", "heatmaps_of",
            "layer_maps"]
 
 #: how :func:`fuse` combines the layers' normalized heatmaps
@@ -92,15 +92,9 @@ def check_fuse(mode: str | None) -> None:
                          "(--fuse none on the command line: the first layer's maps)")
 
 
-#: the layers' heatmaps and a mode ("mean" or "max") -> the fused heatmaps (:func:`fuse`)
-Combine = Callable[[list[np.ndarray], str], np.ndarray]
-
-
-def fuse(maps: dict[str, LayerMaps], mode: str | None, combine: Combine | None = None
-         ) -> np.ndarray:
+def fuse(maps: dict[str, LayerMaps], mode: str | None) -> np.ndarray:
     """The layers' normalized heatmaps combined: their ``"mean"`` or ``"max"``, renormalized
-    per map; ``None`` gives the first layer's. ``combine`` computes it instead of numpy
-    (:meth:`explainer.runner.Runner.fuse`: the same on ONNX Runtime).
+    per map; ``None`` gives the first layer's.
 
     Raises:
         UsageError: an unknown mode.
@@ -109,8 +103,6 @@ def fuse(maps: dict[str, LayerMaps], mode: str | None, combine: Combine | None =
     stacked = [m.heatmaps for m in maps.values()]
     if mode is None or len(stacked) == 1:
         return stacked[0]
-    if combine is not None:
-        return combine(stacked, mode)
     combined = np.array(stacked[0], np.float32)  # in place: K maps at the input's size
     for other in stacked[1:]:
         (np.add if mode == "mean" else np.maximum)(combined, other, out=combined)

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["fuse_model", "heatmap_feeds", "heatmap_model", "interpolation_matrix",
-           "normalize_maps", "upsample_bilinear"]
+__all__ = ["heatmap_feeds", "heatmap_model", "interpolation_matrix", "normalize_maps",
+           "upsample_bilinear"]
 
 
 @lru_cache(maxsize=64)
@@ -71,42 +71,6 @@ def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
     return out
 
 
-def _min_max(nodes: list[onnx.NodeProto], x: str, out: str) -> None:
-    """Nodes scaling each map (the last two axes) of ``x`` to [0, 1] into ``out``: a constant
-    map gives zeros (needs the constants ``axes`` and ``zero``)."""
-    nodes += [
-        helper.make_node("ReduceMin", [x, "axes"], ["low"], keepdims=1),
-        helper.make_node("ReduceMax", [x, "axes"], ["high"], keepdims=1),
-        helper.make_node("Sub", ["high", "low"], ["span"]),
-        helper.make_node("Greater", ["span", "zero"], ["varies"]),
-        helper.make_node("Reciprocal", ["span"], ["inverse"]),
-        helper.make_node("Where", ["varies", "inverse", "zero"], ["scale"]),
-        helper.make_node("Sub", [x, "low"], ["shifted"]),
-        helper.make_node("Mul", ["shifted", "scale"], [out]),
-    ]
-
-
-def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto],
-           outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "heatmaps", inputs, outputs,
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [-2, -1]),
-                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-
-
-def fuse_model(count: int, mode: str) -> onnx.ModelProto:
-    """:func:`explainer.layers.fuse` of ``count`` layers' heatmaps as one ONNX graph: inputs
-    ``maps_0`` ... (float32, any shape [..., H, W], all alike), output ``fused``: their sum
-    (``mode`` "mean": the 1/n goes with the scaling) or maximum ("max"), scaled per map."""
-    names = [f"maps_{i}" for i in range(count)]
-    nodes = [helper.make_node("Sum" if mode == "mean" else "Max", names, ["combined"])]
-    _min_max(nodes, "combined", "fused")
-    return _model(nodes, [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                          for n in names],
-                  [helper.make_tensor_value_info("fused", TensorProto.FLOAT, None)])
-
-
 def heatmap_model() -> onnx.ModelProto:
     """:func:`upsample_bilinear` then :func:`normalize_maps` as one ONNX graph: inputs
     ``cams`` [N, h, w] float32, ``rows`` [H, h] and ``columns`` [w, W] (the interpolation
@@ -116,13 +80,24 @@ def heatmap_model() -> onnx.ModelProto:
     nodes = [
         helper.make_node("MatMul", ["rows", "cams"], ["tall"]),  # [N, H, w]
         helper.make_node("MatMul", ["tall", "columns"], ["up"]),  # [N, H, W]
+        helper.make_node("ReduceMin", ["up", "axes"], ["low"], keepdims=1),
+        helper.make_node("ReduceMax", ["up", "axes"], ["high"], keepdims=1),
+        helper.make_node("Sub", ["high", "low"], ["span"]),
+        helper.make_node("Greater", ["span", "zero"], ["varies"]),
+        helper.make_node("Reciprocal", ["span"], ["inverse"]),
+        helper.make_node("Where", ["varies", "inverse", "zero"], ["scale"]),
+        helper.make_node("Sub", ["up", "low"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "scale"], ["heatmaps"]),
     ]
-    _min_max(nodes, "up", "heatmaps")
-    return _model(
-        nodes, [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["n", "h", "w"]),
-                helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["H", "h"]),
-                helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["w", "W"])],
-        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])])
+    graph = helper.make_graph(
+        nodes, "heatmaps",
+        [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["n", "h", "w"]),
+         helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["H", "h"]),
+         helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["w", "W"])],
+        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
+                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
 def heatmap_feeds(cams: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:

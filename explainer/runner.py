@@ -29,7 +29,7 @@ from .backward import SplitHead
 from .bundle import Bundle, extract
 from .errors import MethodError
 from .manifest import LayerSpec, Manifest
-from .maps import fuse_model, heatmap_feeds, heatmap_model
+from .maps import heatmap_feeds, heatmap_model
 from .preprocessing import check_batch
 from .sessions import SessionPool, run_chunked, run_once, to_numpy
 
@@ -299,17 +299,6 @@ class Runner:
         (:func:`explainer.maps.heatmap_model`; numpy's result within float rounding)."""
         session = self._pool.get("heatmaps", heatmap_model)
         return run_once(session, heatmap_feeds(cams, size), ["heatmaps"], self.on_cuda)[0]
-
-    def fuse(self, heatmaps: list[np.ndarray], mode: str) -> np.ndarray:
-        """The layers' heatmaps (alike shapes [..., H, W]) summed (``"mean"``) or maxed
-        (``"max"``) and min-max scaled per map, on ONNX Runtime
-        (:func:`explainer.maps.fuse_model`; :func:`explainer.layers.fuse`'s numpy result
-        within float rounding)."""
-        session = self._pool.get(f"fuse:{len(heatmaps)}:{mode}",
-                                 lambda: fuse_model(len(heatmaps), mode))
-        feeds = {f"maps_{i}": np.ascontiguousarray(h, np.float32)
-                 for i, h in enumerate(heatmaps)}
-        return run_once(session, feeds, ["fused"], self.on_cuda)[0]
 
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the features graph: the cut tensors (activation first) for an input batch, as

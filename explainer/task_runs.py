@@ -128,7 +128,7 @@ def explain_task(
     # what the outputs read as (a text recognizer's transcripts), where the planner reads any
     transcripts = [t for _, t in planned] if any(t is not None for _, t in planned) else None
     explanation = task_explanation(spec.task, items, scores, maps, score, method, fuse,
-                                   (batch, *size), notes, transcripts, runner.fuse)
+                                   (batch, *size), notes, transcripts)
     if renormalize:
         return renormalized_in_boxes(explanation)
     return explanation
@@ -197,8 +197,7 @@ def explain_seeded(runner: Runner, x: np.ndarray, targets: Any, seeds: dict[str,
                     np.tile(np.arange(k), batch)).reshape(batch, k).astype(np.float32)
     first = next(iter(maps.values()))
     return Explanation(
-        heatmaps=fuse_maps(maps, fuse, runner.fuse), cams=first.cams,
-        class_ids=np.full((batch, k), -1),
+        heatmaps=fuse_maps(maps, fuse), cams=first.cams, class_ids=np.full((batch, k), -1),
         scores=values, probabilities=np.full((batch, k), np.nan, np.float32),
         labels=None, logits=explained if explained.ndim == 2 else None, method=method,
         score=score, layers=maps if len(maps) > 1 else None, task=runner.spec.task,
