@@ -36,7 +36,7 @@ RUNTIME_MODULES = [
     "maps",
     "methods", "outputs", "pixels", "preprocessing", "ray_data", "report", "run_options",
     "runner", "runtime", "seeds", "segmentation", "sequence", "sessions", "targets", "task_runs",
-    "tasks", "visualize",
+    "tasks", "visualize", "window_reach",
 ]
 #: the command line: it reaches the exporters through the bridge only
 CLI_MODULES = ["cli", "cli_commands", "cli_evaluate", "cli_help", "cli_messages"]
