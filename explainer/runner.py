@@ -229,11 +229,8 @@ class Runner:
         maps its gradients reach where that pays (:class:`Window`)."""
         split = self.split
         assert split is not None
-        batch, k = seeds.shape[:2]
-        if out is None:
-            out = {n: np.zeros((batch, k, *np.shape(forward[split.gradients[n]])[1:]),
-                               np.float32) for n in names}
-        for c in range(k):
+        out = self._zero_gradients(forward, names, seeds.shape[:2]) if out is None else out
+        for c in range(seeds.shape[1]):
             seed = np.ascontiguousarray(seeds[:, c])
             view = {n: out[n][:, c] for n in names}
             part = split.part_of(seed, forward)
@@ -252,6 +249,15 @@ class Runner:
                 view[name][...] = value
         return [out[n] for n in names]
 
+    def _zero_gradients(self, forward: dict[str, Any], names: list[str],
+                        columns: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Zeros [B, K, ...] for the split head's gradients ``names`` (``columns``: B, K),
+        each shaped as its activation in ``forward`` past the batch."""
+        split = self.split
+        assert split is not None
+        return {n: np.zeros((*columns, *np.shape(forward[split.gradients[n]])[1:]), np.float32)
+                for n in names}
+
     def gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
         forward: dict[str, Any] | None = None, backward: bool = True,
@@ -266,8 +272,7 @@ class Runner:
         split = self.split_for(batch)
         if forward is not None and split is not None:
             wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
-            values = {n: np.zeros((batch, k, *np.shape(forward[split.gradients[n]])[1:]),
-                                  np.float32) for n in wanted}
+            values = self._zero_gradients(forward, wanted, (batch, k))
             if backward:  # otherwise the zeros stay (a method that reads no gradient)
                 self.backward(forward, seeds, wanted, values)
             values.update({name: np.asarray(forward[name])[:, None] for name in extra

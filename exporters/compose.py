@@ -321,7 +321,10 @@ def build_explanation_graph(
         raise ExportError(f"no explanation graph: {blocker}")
     b = Builder("cam", default_opset(features))
     graph_inputs = _inputs(features, input_name)
-    body = _copy_graph(features, lambda n: n if n == input_name else f"features/{n}")
+    def rename(name: str) -> str:  # the features graph's names in the composed graph
+        return name if name == input_name else f"features/{name}"
+
+    body = _copy_graph(features, rename)
     shared = {t.name for t in features.graph.initializer}
     activation = f"features/{manifest['target']['tensor']}"
     targets = OUTPUTS["target_ids"]  # computed below, from the logits pass
@@ -342,10 +345,6 @@ def build_explanation_graph(
         _, rows, grad_shape = _gradient_rows(b, activation, targets, classes)
         glue += b.nodes
         b.nodes = []
-
-    def rename(name: str) -> str:
-        return name if name == input_name else f"features/{name}"
-
     outer, b.nodes = b.nodes, []
     copies = size_copies(b, features, manifest, rows, rename)  # sizes for the B*K rows
     sizes = {name: (rename(name), copy) for name, copy in copies.items()}
