@@ -36,6 +36,7 @@ and what their scores mean.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -230,22 +231,27 @@ def _pair_terms(pairs: list[tuple[int, int]], params: dict[str, Any]):
 
 
 def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
-             score: str) -> np.ndarray:
+             score: str, out: np.ndarray | None = None) -> np.ndarray:
     """The seed over one image's explained tensor whose vector-Jacobian product is the gradient
-    of the target's score (``"logit"`` or ``"probability"``, summed over its pairs)."""
-    seed = np.zeros(explained.shape, dtype=np.float64)
+    of the target's score (``"logit"`` or ``"probability"``, summed over its pairs): a few
+    nonzero elements, added (in float64) into ``out`` (zeros of the explained tensor's shape
+    when None) and returned."""
+    terms: defaultdict[tuple[int, ...], float] = defaultdict(float)
     logits = params.get("explained") == "logits"
     for indices in _pair_terms(target.pairs, params):
         values = np.array([explained[i] for i in indices], dtype=np.float64)
         if logits:  # a logit tensor: d z = 1, d sigmoid(z) = s (1 - s)
             s = 1.0 / (1.0 + np.exp(-values[0]))
-            seed[indices[0]] += 1.0 if score == "logit" else s * (1 - s)
+            terms[indices[0]] += 1.0 if score == "logit" else s * (1 - s)
             continue
         s = float(np.prod(values))
         scale = 1.0 if score == "probability" else 1.0 / max(s * (1 - s), EPS)
         for k, index in enumerate(indices):  # d prod = sum_k prod_{j != k} v_j
-            seed[index] += scale * float(np.prod(np.delete(values, k)))
-    return seed.astype(np.float32)
+            terms[index] += scale * float(np.prod(np.delete(values, k)))
+    out = np.zeros(explained.shape, np.float32) if out is None else out
+    for index, value in terms.items():
+        out[index] = np.float32(float(out[index]) + value)
+    return out
 
 
 def target_scores(explained: np.ndarray, targets: Sequence[DetectionTarget],

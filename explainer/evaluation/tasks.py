@@ -288,5 +288,5 @@ class TaskScores(Scores):
         seeds = np.zeros((*held.valid.shape, *held.explained.shape[1:]), np.float32)
         for b, k in zip(*np.nonzero(held.valid)):
             target = held.targets[int(held.keys[b, k])]
-            seeds[b, k] = seeding.seed(held.explained[b], target)
+            seeding.seed(held.explained[b], target, out=seeds[b, k])
         return seeds

@@ -64,9 +64,15 @@ class Planner:
         """(targets, what the image's outputs read as: a transcript, or None) of one image."""
         raise NotImplementedError
 
-    def seed(self, explained: np.ndarray, target: Any) -> np.ndarray:
-        """The seed over one image's explained tensor for ``target``."""
-        return weighted_seed(explained, target.weights, self.fmt, self.score)
+    def seed(self, explained: np.ndarray, target: Any, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """The seed over one image's explained tensor for ``target``, written into ``out``
+        (zeros of its shape) where given."""
+        seed = weighted_seed(explained, target.weights, self.fmt, self.score)
+        if out is None:
+            return seed
+        out[...] = seed
+        return out
 
     def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
         """Each target's score on the matching row of ``explained`` [M, ...]; None targets
@@ -109,8 +115,9 @@ class DetectPlanner(Planner):
         cands = decode(outputs, self.fmt, size)
         return plan_detections(self.spec, cands, self.conf, self.iou, self.labels, size), None
 
-    def seed(self, explained: np.ndarray, target: DetectionTarget) -> np.ndarray:
-        return seed_row(explained, target, self.fmt, self.score)
+    def seed(self, explained: np.ndarray, target: DetectionTarget,
+             out: np.ndarray | None = None) -> np.ndarray:
+        return seed_row(explained, target, self.fmt, self.score, out)
 
     def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
         return target_scores(explained, [t if t is not None else DetectionTarget(None)
