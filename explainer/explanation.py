@@ -9,7 +9,7 @@ import numpy as np
 
 from .detection import Detection
 from .errors import TargetError
-from .layers import LayerMaps
+from .layers import Heatmaps, LayerMaps
 from .segmentation import Region
 from .sequence import Transcript
 from .targets import TargetPlan
@@ -150,6 +150,7 @@ def task_explanation(
     shape: tuple[int, int, int],
     notes: list[str],
     transcripts: list[Any] | None = None,
+    upsample: Heatmaps | None = None,
 ) -> Explanation:
     """A detector's, segmenter's or text recognizer's :class:`Explanation`: K = the most items
     any image has; images with fewer get zero maps, class id -1 and NaN scores in the remaining
@@ -166,6 +167,8 @@ def task_explanation(
         shape: (B, H, W) of the input.
         notes: lines about images with nothing to explain.
         transcripts: a text recognizer's decoded strings, one per image.
+        upsample: computes the heatmaps from the CAMs (None: numpy;
+            :data:`explainer.layers.Heatmaps`).
     """
     from .layers import fuse as fuse_maps
 
@@ -177,12 +180,13 @@ def task_explanation(
         for j, item in enumerate(row):
             class_ids[b, j], probabilities[b, j] = item.class_id, item.score
     if maps:
-        trimmed = {name: LayerMaps(m.cams[:, :k], m.heatmaps[:, :k]) for name, m in maps.items()}
+        trimmed = {name: m.columns(k) for name, m in maps.items()}
         for b, row in enumerate(items):  # padded columns: no target, no map
             for m in trimmed.values():
                 m.cams[b, len(row):] = 0
-                m.heatmaps[b, len(row):] = 0
-        heatmaps = fuse_maps(trimmed, fuse)  # zero where every layer's map is
+                if m.computed:
+                    m.heatmaps[b, len(row):] = 0
+        heatmaps = fuse_maps(trimmed, fuse, upsample)  # zero where every layer's map is
         cams = next(iter(trimmed.values())).cams
     else:
         trimmed, heatmaps = {}, np.zeros((batch, 0, h, w), np.float32)
@@ -219,12 +223,14 @@ def stack_explanations(parts: list[Explanation]) -> Explanation:
     layers = None
     names = next((list(p.layers) for p in parts if p.layers), None)
     if names:
-        empty = [LayerMaps(np.zeros((1, 0, 1, 1), np.float32), p.heatmaps) for p in parts]
+        empty = [LayerMaps(np.zeros((1, 0, 1, 1), np.float32), size=p.heatmaps.shape[-2:])
+                 for p in parts]
         maps = {name: [p.layers[name] if p.layers else e for p, e in zip(parts, empty)]
                 for name in names}
-        layers = {name: LayerMaps(_stack([m.cams for m in row], k, 0.0),
-                                  _stack([m.heatmaps for m in row], k, 0.0))
-                  for name, row in maps.items()}
+        layers = {name: LayerMaps(
+            _stack([m.cams for m in row], k, 0.0),
+            _stack([m.heatmaps for m in row], k, 0.0) if any(m.computed for m in row) else None,
+            row[0].size) for name, row in maps.items()}
     first = parts[0]
 
     def stacked(name: str, value: float) -> np.ndarray:
@@ -246,10 +252,12 @@ def stack_explanations(parts: list[Explanation]) -> Explanation:
     )
 
 
-def renormalized_in_boxes(explanation: Explanation) -> Explanation:
+def renormalized_in_boxes(explanation: Explanation, upsample: Heatmaps | None = None
+                          ) -> Explanation:
     """An explanation whose heatmaps are each zero outside its detection's box and
     min-max scaled to [0, 1] inside it (pytorch-grad-cam's ``renormalize_cam_in_bounding_boxes``,
-    per detection); every layer's heatmaps likewise. The raw ``cams`` are unchanged."""
+    per detection); every layer's heatmaps likewise (computed by ``upsample`` where they do not
+    exist yet). The raw ``cams`` are unchanged."""
     from dataclasses import replace
 
     def rescale(heatmaps: np.ndarray) -> np.ndarray:
@@ -267,6 +275,6 @@ def renormalized_in_boxes(explanation: Explanation) -> Explanation:
         return out
 
     layers = None if explanation.layers is None else {
-        name: LayerMaps(maps.cams, rescale(maps.heatmaps))
+        name: LayerMaps(maps.cams, rescale(maps.heatmaps_by(upsample)))
         for name, maps in explanation.layers.items()}
     return replace(explanation, heatmaps=rescale(explanation.heatmaps), layers=layers)

@@ -1,7 +1,13 @@
 """Heatmap arrays: bilinear upsampling (half-pixel centers) and per-map min-max scaling, in
 numpy, and the same as an ONNX graph (:func:`heatmap_model`) that ONNX Runtime runs several
-times faster on many maps (a detector's K detections at 640x640): the upsampling as two
-matrix products with the interpolation matrices (:func:`interpolation_matrix`)."""
+times faster on many maps (a detector's K detections at 640x640): the upsampling as matrix
+products with the interpolation matrices (:func:`interpolation_matrix`).
+
+A layer sweep's fused heatmap (the mean of its layers' heatmaps, scaled again) is one resize:
+each layer's CAMs are shifted and scaled first so that their resize spans [0, 1]
+(:func:`scaled_layers`; the range of a bilinear resize is read off about 2h x 2w of its
+values, :func:`upsampled_range`), and the layers' interpolation matrices side by side sum
+their resizes in the same product. Only the maps returned are resized."""
 
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["heatmap_feeds", "heatmap_model", "interpolation_matrix", "normalize_maps",
-           "upsample_bilinear"]
+__all__ = ["fused_heatmaps", "heatmap_feeds", "heatmap_model", "interpolation_matrix",
+           "normalize_maps", "scaled_layers", "upsample_bilinear", "upsampled_range"]
 
 
 @lru_cache(maxsize=64)
@@ -38,6 +44,16 @@ def interpolation_matrix(src: int, dst: int) -> np.ndarray:
     return matrix
 
 
+def _lerp_columns(maps: np.ndarray, width: int, select: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """``maps`` [..., w] resized along the last axis to ``width`` (half-pixel centers), or to
+    the outputs ``select`` of that resize only."""
+    lo, hi, frac = _linear_taps(maps.shape[-1], width)
+    if select is not None:
+        lo, hi, frac = lo[select], hi[select], frac[select]
+    return maps[..., lo] * (1 - frac) + maps[..., hi] * frac
+
+
 def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinearly resize ``maps`` [..., h, w] to [..., H, W] (half-pixel centers).
 
@@ -45,8 +61,7 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     spinning after a matmul would steal the cores from the next ONNX Runtime run.
     """
     maps = maps.astype(np.float32, copy=False)
-    lo, hi, frac = _linear_taps(maps.shape[-1], size[1])
-    columns = maps[..., lo] * (1 - frac) + maps[..., hi] * frac  # [..., h, W], small
+    columns = _lerp_columns(maps, size[1])  # [..., h, W], small
     lo, hi, frac = _linear_taps(maps.shape[-2], size[0])
     frac = frac[:, None]
     out = np.ascontiguousarray(columns[..., lo, :])  # fancy indexing may leave odd strides
@@ -55,6 +70,60 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     upper *= frac
     out += upper
     return out
+
+
+@lru_cache(maxsize=64)
+def _extreme_outputs(src: int, dst: int) -> np.ndarray:
+    """The outputs of a 1-D linear resize from ``src`` to ``dst`` that take the extreme
+    weights of their taps: the first and last of each run of outputs with the same lower tap.
+    Within a run an output is linear in its weight, so a bilinear resize's minimum and maximum
+    over all outputs lie on these rows and columns."""
+    lo, _, _ = _linear_taps(src, dst)
+    edges = np.flatnonzero(np.diff(lo))
+    return np.unique(np.concatenate([[0, dst - 1], edges, edges + 1]))
+
+
+def upsampled_range(cams: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The minimum and maximum [N] of each of ``cams`` [N, h, w] bilinearly resized to
+    ``size`` (:func:`upsample_bilinear`), without resizing them: the resize evaluated on the
+    rows and columns of :func:`_extreme_outputs` only (about 2h x 2w values)."""
+    h, w = cams.shape[-2:]
+    columns = _lerp_columns(cams.astype(np.float32, copy=False), size[1],
+                            _extreme_outputs(w, size[1]))
+    values = _lerp_columns(np.swapaxes(columns, -1, -2), size[0], _extreme_outputs(h, size[0]))
+    flat = values.reshape(len(values), -1)
+    return flat.min(axis=1), flat.max(axis=1)
+
+
+def scaled_layers(layers: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Several layers' CAMs [N, h_l, w_l], each shifted and scaled so that its bilinear resize
+    to ``size`` spans [0, 1] (a constant CAM: zeros, as :func:`explainer.layers.heatmaps_of`
+    gives it): the sum of their resizes is the sum of the layers' heatmaps, since the
+    interpolation weights sum to one. One layer is returned as it is (the final min-max
+    scaling does the rest)."""
+    if len(layers) == 1:
+        return [layers[0].astype(np.float32, copy=False)]
+    out = []
+    for cams in layers:
+        low, high = upsampled_range(cams, size)
+        span = high - low
+        flat = cams.reshape(len(cams), -1)
+        # a constant CAM is zeros: its resize may vary by rounding, which scaling would blow up
+        varies = (span > 0) & (flat.max(axis=1, initial=-np.inf) > flat.min(axis=1, initial=np.inf))
+        scale = np.divide(1, span, out=np.zeros_like(span), where=varies)
+        out.append(((cams - low[:, None, None]) * scale[:, None, None]).astype(np.float32))
+    return out
+
+
+def fused_heatmaps(layers: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """The heatmaps [N, H, W] of one layer's CAMs [N, h, w] (resized to ``size``, min-max
+    scaled per map), or of several layers' CAMs: the mean of their heatmaps, min-max scaled
+    again. numpy's; :func:`heatmap_model` is the same on ONNX Runtime."""
+    scaled = scaled_layers(layers, size)
+    out = upsample_bilinear(scaled[0], size)
+    for cams in scaled[1:]:
+        out += upsample_bilinear(cams, size)
+    return normalize_maps(out, copy=False)
 
 
 def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
@@ -71,15 +140,21 @@ def normalize_maps(maps: np.ndarray, copy: bool = True) -> np.ndarray:
     return out
 
 
-def heatmap_model() -> onnx.ModelProto:
-    """:func:`upsample_bilinear` then :func:`normalize_maps` as one ONNX graph: inputs
-    ``cams`` [N, h, w] float32, ``rows`` [H, h] and ``columns`` [w, W] (the interpolation
-    matrices, :func:`heatmap_feeds`), output ``heatmaps`` [N, H, W] (``rows @ cams @
-    columns``, equal to half-pixel linear ``Resize`` and 3-4x faster; a constant map gives
-    zeros)."""
-    nodes = [
-        helper.make_node("MatMul", ["rows", "cams"], ["tall"]),  # [N, H, w]
-        helper.make_node("MatMul", ["tall", "columns"], ["up"]),  # [N, H, W]
+def heatmap_model(layers: int = 1) -> onnx.ModelProto:
+    """:func:`fused_heatmaps` of ``layers`` layers as one ONNX graph (3-4x faster than
+    ``Resize`` on many maps). Inputs (:func:`heatmap_feeds`): ``cams{i}`` [N, h_i, w_i]
+    (each layer's CAMs, scaled by :func:`scaled_layers`), ``columns{i}`` [w_i, W] (its
+    interpolation matrix along the width, transposed) and ``rows`` [H, sum h_i] (the layers'
+    interpolation matrices along the height side by side); output ``heatmaps`` [N, H, W] =
+    ``rows @ concat_i(cams{i} @ columns{i})`` (the product sums the layers' resizes), min-max
+    scaled per map (a constant map gives zeros)."""
+    talls = [f"tall{i}" for i in range(layers)]
+    nodes = [helper.make_node("MatMul", [f"cams{i}", f"columns{i}"], [tall])  # [N, h_i, W]
+             for i, tall in enumerate(talls)]
+    if layers > 1:
+        nodes.append(helper.make_node("Concat", talls, ["tall"], axis=1))
+    nodes += [
+        helper.make_node("MatMul", ["rows", "tall" if layers > 1 else talls[0]], ["up"]),
         helper.make_node("ReduceMin", ["up", "axes"], ["low"], keepdims=1),
         helper.make_node("ReduceMax", ["up", "axes"], ["high"], keepdims=1),
         helper.make_node("Sub", ["high", "low"], ["span"]),
@@ -91,18 +166,24 @@ def heatmap_model() -> onnx.ModelProto:
     ]
     graph = helper.make_graph(
         nodes, "heatmaps",
-        [helper.make_tensor_value_info("cams", TensorProto.FLOAT, ["n", "h", "w"]),
-         helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["H", "h"]),
-         helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["w", "W"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["H", "S"])]
+        + [helper.make_tensor_value_info(f"cams{i}", TensorProto.FLOAT, ["n", f"h{i}", f"w{i}"])
+           for i in range(layers)]
+        + [helper.make_tensor_value_info(f"columns{i}", TensorProto.FLOAT, [f"w{i}", "W"])
+           for i in range(layers)],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])],
         initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
                      helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
-def heatmap_feeds(cams: np.ndarray, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """:func:`heatmap_model`'s inputs for CAMs [N, h, w] and an output ``size`` (H, W)."""
-    h, w = cams.shape[-2:]
-    return {"cams": np.ascontiguousarray(cams, np.float32),
-            "rows": interpolation_matrix(h, size[0]),
-            "columns": interpolation_matrix(w, size[1]).T}
+def heatmap_feeds(layers: list[np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """:func:`heatmap_model`'s inputs for one or several layers' CAMs [N, h_i, w_i] and an
+    output ``size`` (H, W)."""
+    scaled = scaled_layers(layers, size)
+    rows = [interpolation_matrix(cams.shape[-2], size[0]) for cams in scaled]
+    feeds = {"rows": rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)}
+    for i, cams in enumerate(scaled):
+        feeds[f"cams{i}"] = np.ascontiguousarray(cams)
+        feeds[f"columns{i}"] = interpolation_matrix(cams.shape[-1], size[1]).T
+    return feeds

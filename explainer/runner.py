@@ -299,11 +299,12 @@ class Runner:
         return logits, {name: np.stack([c[i] for c in columns], axis=1)
                         for i, name in enumerate(outputs[1:])}
 
-    def heatmaps(self, cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """CAMs [N, h, w] upsampled to ``size`` and min-max scaled per map, on ONNX Runtime
+    def heatmaps(self, layers: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+        """One layer's CAMs [N, h, w] upsampled to ``size`` and min-max scaled per map, or
+        several layers' fused (:data:`explainer.layers.Heatmaps`), on ONNX Runtime
         (:func:`explainer.maps.heatmap_model`; numpy's result within float rounding)."""
-        session = self._pool.get("heatmaps", heatmap_model)
-        return run_once(session, heatmap_feeds(cams, size), ["heatmaps"], self.on_cuda)[0]
+        session = self._pool.get(f"heatmaps:{len(layers)}", lambda: heatmap_model(len(layers)))
+        return run_once(session, heatmap_feeds(layers, size), ["heatmaps"], self.on_cuda)[0]
 
     def run_features(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the features graph: the cut tensors (activation first) for an input batch, as

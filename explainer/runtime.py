@@ -336,7 +336,7 @@ class Explainer:
         first = next(iter(maps.values()))
         return Explanation.of(
             head_logits if logits is None else logits, class_ids, self.labels, given,
-            heatmaps=fuse_maps(maps, fuse), cams=first.cams, method=method,
+            heatmaps=fuse_maps(maps, fuse, runner.heatmaps), cams=first.cams, method=method,
             contrast_ids=against_ids, score=score, layers=maps if len(maps) > 1 else None,
         )
 

@@ -72,7 +72,7 @@ def layer_cams(
 
     gradients = [outputs[layer.gradient] for layer in layers]
     return logits, layer_maps([layer.entry for layer in layers], activations, gradients,
-                              spec.input.size(x), cams_of, runner.heatmaps)
+                              spec.input.size(x), cams_of)
 
 
 def explain_task(
@@ -112,7 +112,7 @@ def explain_task(
     scores = np.full((batch, k), np.nan, np.float32)
     for b, row in enumerate(plans):
         for j, target in enumerate(row):
-            seeds[b, j] = plan.seed(explained[b], target)
+            plan.seed(explained[b], target, out=seeds[b, j])
         if row:
             scores[b, : len(row)] = plan.scores(  # the image's row for each target, not copied
                 np.broadcast_to(explained[b], (len(row), *explained.shape[1:])), row)
@@ -128,9 +128,9 @@ def explain_task(
     # what the outputs read as (a text recognizer's transcripts), where the planner reads any
     transcripts = [t for _, t in planned] if any(t is not None for _, t in planned) else None
     explanation = task_explanation(spec.task, items, scores, maps, score, method, fuse,
-                                   (batch, *size), notes, transcripts)
+                                   (batch, *size), notes, transcripts, runner.heatmaps)
     if renormalize:
-        return renormalized_in_boxes(explanation)
+        return renormalized_in_boxes(explanation, runner.heatmaps)
     return explanation
 
 
@@ -197,7 +197,8 @@ def explain_seeded(runner: Runner, x: np.ndarray, targets: Any, seeds: dict[str,
                     np.tile(np.arange(k), batch)).reshape(batch, k).astype(np.float32)
     first = next(iter(maps.values()))
     return Explanation(
-        heatmaps=fuse_maps(maps, fuse), cams=first.cams, class_ids=np.full((batch, k), -1),
+        heatmaps=fuse_maps(maps, fuse, runner.heatmaps), cams=first.cams,
+        class_ids=np.full((batch, k), -1),
         scores=values, probabilities=np.full((batch, k), np.nan, np.float32),
         labels=None, logits=explained if explained.ndim == 2 else None, method=method,
         score=score, layers=maps if len(maps) > 1 else None, task=runner.spec.task,

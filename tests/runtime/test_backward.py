@@ -100,6 +100,33 @@ def test_detections_explain_the_same_with_the_split_head(bundle) -> None:
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_a_detectors_fused_maps_are_the_mean_of_its_layers_heatmaps(bundle) -> None:
+    """The fused heatmaps come from the layers' CAMs in one resize; the layers' own heatmaps,
+    read afterwards, are their resized and scaled CAMs and average to the fused ones."""
+    from explainer.layers import heatmaps_of
+    from explainer.maps import normalize_maps
+
+    explainer = Explainer(bundle)
+    x = np.random.default_rng(6).random((2, 3, 16, 16), dtype=np.float32)
+    explained = explainer.explain(x, targets="top4", conf=0.0)
+    layers = list(explained.layers.values())
+    assert len(layers) == 3 and not any(m.computed for m in layers)
+    for m in layers:
+        np.testing.assert_allclose(m.heatmaps, heatmaps_of([m.cams], (16, 16)), atol=0)
+    mean = normalize_maps(sum(m.heatmaps for m in layers))
+    np.testing.assert_allclose(explained.heatmaps, mean, atol=2e-6)
+    assert explained.heatmaps.reshape(8, -1).max(axis=1) == pytest.approx(1.0)
+    # the other fusions and renormalize="boxes" read the layers' heatmaps
+    top = explainer.explain(x, targets="top4", conf=0.0, fuse="max")
+    np.testing.assert_allclose(
+        top.heatmaps, normalize_maps(np.maximum.reduce([m.heatmaps for m in layers])),
+        atol=2e-6)
+    first = explainer.explain(x, targets="top4", conf=0.0, fuse=None)
+    np.testing.assert_allclose(first.heatmaps, layers[0].heatmaps, atol=2e-6)
+    boxed = explainer.explain(x, targets="top4", conf=0.0, renormalize="boxes")
+    assert all(m.computed for m in boxed.layers.values())
+
+
 def _graph(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str]
            ) -> onnx.ModelProto:
     values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in inputs]

@@ -122,7 +122,7 @@ def test_heatmap_graph_equals_numpy(cams_shape, size):
     cams = np.random.default_rng(0).standard_normal(cams_shape).astype(np.float32)
     session = ort.InferenceSession(heatmap_model().SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, heatmap_feeds(cams, size))
+    (got,) = session.run(None, heatmap_feeds([cams], size))
     want = normalize_maps(upsample_bilinear(cams, size))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=2e-6)
@@ -130,11 +130,69 @@ def test_heatmap_graph_equals_numpy(cams_shape, size):
     cams[1] = 0.25
     want[1] = 0
     calls = []
-    def upsample(rows, s):
-        return (calls.append(len(rows)) or session.run(
-            None, heatmap_feeds(rows, s))[0])
-    np.testing.assert_allclose(heatmaps_of(cams[None], size, upsample)[0], want, atol=2e-6)
+    def upsample(layers, s):
+        return (calls.append(len(layers[0])) or session.run(
+            None, heatmap_feeds(layers, s))[0])
+    np.testing.assert_allclose(heatmaps_of([cams[None]], size, upsample)[0], want, atol=2e-6)
     assert calls == [len(cams) - 1]
+
+
+def _mean_of_heatmaps(layers, size):
+    """The definition: each layer's heatmaps (upsampled and min-max scaled CAMs; a constant
+    CAM gives zeros), their sum scaled."""
+    return normalize_maps(sum(heatmaps_of([c], size) for c in layers))
+
+
+@pytest.mark.parametrize(("shapes", "size"), [
+    ([(80, 80), (40, 40), (20, 20)], (640, 640)), ([(7, 7), (14, 14)], (224, 224)),
+    ([(13, 11), (5, 9)], (5, 7)), ([(3, 40), (6, 20), (12, 10)], (17, 33)),
+])
+def test_fused_heatmaps_are_the_scaled_mean_of_the_layers_heatmaps(shapes, size):
+    import onnxruntime as ort
+
+    from explainer.maps import fused_heatmaps, heatmap_feeds, heatmap_model
+    rng = np.random.default_rng(2)
+    layers = [np.maximum(rng.standard_normal((6, *s)), 0).astype(np.float32) * 100 + 5
+              for s in shapes]
+    layers[1][2] = 3.0  # constant in one layer: that layer adds nothing to the map
+    want = _mean_of_heatmaps(layers, size)
+    np.testing.assert_allclose(fused_heatmaps(layers, size), want, atol=2e-6)
+    session = ort.InferenceSession(heatmap_model(len(layers)).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, heatmap_feeds(layers, size))
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize(("shape", "size"), [
+    ((80, 80), (640, 640)), ((20, 20), (640, 640)), ((7, 9), (224, 300)), ((13, 11), (5, 7)),
+    ((3, 40), (17, 33)), ((1, 5), (4, 9)), ((9, 9), (9, 9)),
+])
+def test_upsampled_range_is_the_range_of_the_resize(shape, size):
+    from explainer.maps import upsampled_range
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        cams = (rng.standard_normal((4, *shape)) * rng.random()).astype(np.float32)
+        full = upsample_bilinear(cams, size).reshape(4, -1)
+        low, high = upsampled_range(cams, size)
+        np.testing.assert_allclose(low, full.min(axis=1), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(high, full.max(axis=1), rtol=1e-6, atol=1e-7)
+
+
+def test_mean_fusion_needs_no_layer_heatmaps():
+    rng = np.random.default_rng(4)
+    cams = [rng.random((2, 3, s, s)).astype(np.float32) for s in (16, 8, 4)]
+    lazy = {str(i): LayerMaps(c, size=(64, 64)) for i, c in enumerate(cams)}
+    fused = fuse(lazy, "mean")
+    assert not any(m.computed for m in lazy.values())  # one fused resize of the CAMs
+    want = _mean_of_heatmaps([c.reshape(-1, s, s) for c, s in zip(cams, (16, 8, 4))], (64, 64))
+    np.testing.assert_allclose(fused, want.reshape(2, 3, 64, 64), atol=2e-6)
+    # a layer's heatmaps, read, are its own; max and None fusion read them
+    np.testing.assert_allclose(lazy["1"].heatmaps, heatmaps_of([cams[1]], (64, 64)), atol=0)
+    assert lazy["1"].computed and not lazy["0"].computed
+    stacked = np.stack([m.heatmaps for m in lazy.values()])
+    np.testing.assert_allclose(fuse(lazy, "max"), normalize_maps(stacked.max(0)), atol=1e-6)
+    with pytest.raises(ValueError, match="size"):
+        LayerMaps(cams[0])
 
 
 # --- every odd image decodes to the pixels of its 8-bit RGB twin ---------------------------------
@@ -412,7 +470,7 @@ def test_heatmaps_of_constant_cams_are_zeros_and_the_rest_as_upsampled():
     cams = rng.random((2, 3, 5, 7)).astype(np.float32)
     cams[0, 1] = 0.0  # a layer a detection's score does not reach
     cams[1, 2] = 4.0
-    got = heatmaps_of(cams, (20, 28))
+    got = heatmaps_of([cams], (20, 28))
     want = normalize_maps(upsample_bilinear(cams, (20, 28)))
     np.testing.assert_array_equal(got, want)
     assert not got[0, 1].any() and got[0, 0].max() == pytest.approx(1.0)
