@@ -18,7 +18,15 @@ from onnx import TensorProto, helper
 from explainer.bundle import BACKWARD_PREFIX
 
 from .builder import Builder
-from .graph import Dim, infer_shapes, node_inputs, prune, rename_values, value_shape
+from .graph import (
+    Dim,
+    infer_shapes,
+    node_inputs,
+    prune,
+    rename_values,
+    shape_skeleton,
+    value_shape,
+)
 
 __all__ = ["head_copies", "rename_graph", "size_copies", "size_inputs"]
 
@@ -66,7 +74,7 @@ def _leading_dims(head: onnx.ModelProto, cut: str, names: list[str], rows: int
                   ) -> list[Dim]:
     """The first dimension of each of ``names`` (forward tensors of ``head``) that shape
     inference finds for a cut of ``rows`` rows (its other symbolic dimensions made static)."""
-    graph = copy.deepcopy(head.graph)
+    graph = shape_skeleton(head.graph)  # the weights' types only
     probes = [f"{_PROBE}/{i}" for i in range(len(names))]
     graph.node.extend(helper.make_node("Identity", [name], [probe], name=probe)
                       for name, probe in zip(names, probes, strict=True))

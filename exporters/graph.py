@@ -11,6 +11,7 @@ Needs onnx and numpy only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "attribute",
     "default_opset",
     "infer_shapes",
+    "shape_skeleton",
     "is_default_domain",
     "node_inputs",
     "rename_values",
@@ -73,6 +75,26 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as err:  # InferenceError, or a protobuf over 2 GB
         log.warning("shape inference failed (%s); continuing without it", err)
         return model
+
+
+def shape_skeleton(graph: onnx.GraphProto, limit: int = 4096) -> onnx.GraphProto:
+    """A copy of ``graph`` for shape inference without its weights: initializers of more than
+    ``limit`` elements become typed inputs (shape inference needs their types; data propagation
+    needs only the small integer tensors, which stay). A vgg16 head's 480 MB are neither copied
+    nor serialized into the inference."""
+    out = onnx.GraphProto(name=graph.name)
+    out.node.extend(graph.node)
+    out.input.extend(graph.input)
+    out.output.extend(graph.output)
+    out.value_info.extend(graph.value_info)
+    listed = {v.name for v in graph.input}
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) <= limit:
+            out.initializer.append(tensor)
+        elif tensor.name not in listed:
+            out.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                           list(tensor.dims)))
+    return out
 
 
 def value_shape(info: onnx.ValueInfoProto | onnx.TypeProto) -> list[Dim] | None:
@@ -168,18 +190,16 @@ def prune(graph: onnx.GraphProto, outputs: Iterable[str], keep_inputs: bool = Tr
     kept.reverse()
     del graph.node[:]
     graph.node.extend(kept)
+    produced = {o for node in graph.node for o in node.output}
     for field, keep in (
         (graph.initializer, lambda t: t.name in needed),
         (graph.output, lambda v: v.name in wanted),
         (graph.input, lambda v: keep_inputs or v.name in needed),
+        (graph.value_info, lambda v: v.name in produced),
     ):
-        survivors = [item for item in field if keep(item)]
-        del field[:]
-        field.extend(survivors)
-    produced = {o for node in graph.node for o in node.output}
-    value_info = [v for v in graph.value_info if v.name in produced]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
+        # deleted in place: re-adding the survivors would copy every kept weight
+        for i in reversed([i for i, item in enumerate(field) if not keep(item)]):
+            del field[i]
 
 
 class Graph:
