@@ -4,8 +4,8 @@
 //   node examples/node/explain_detector.mjs BUNDLE_DIR INPUT.npy OUTPUT.npy
 //        [--method gradcam|layercam] [--top K] [--conf C]
 //
-// The bundle: a YOLOv8-format detector (manifest.task "detect", manifest.format.name "yolov8",
-// output [N, 4+C, A]) whose explained tensor is the class logits [N, C, A]. INPUT.npy: a float32
+// The bundle: a detector (manifest.task "detect") of format yolov8 (output [N, 4+C, A]),
+// yolov5 ([N, A, 5+C]) or end2end ([N, K, 6]), see ../web/detector.mjs. INPUT.npy: a float32
 // NCHW batch, preprocessed as the manifest says. --method: the CAM method (default layercam,
 // Python's default for detectors). --top K (default 1): explain each image's K best detections,
 // as Python's Explainer(bundle).explain(x, targets="topK", conf=C,
@@ -13,7 +13,7 @@
 // OUTPUT.npy: the heatmaps [B, K', H, W] float32 in [0, 1], K' the most detections any image
 // has (at most K); an image with fewer has zero maps in its remaining columns. Prints, one JSON
 // line per image, the list of its explained detections, best first: each one's candidate
-// (anchor), class_id, score (the class probability) and box [x1, y1, x2, y2] in model-input
+// (anchor or row), class_id, score (its confidence) and box [x1, y1, x2, y2] in model-input
 // pixels. The pipeline (candidates, class-aware NMS at IoU 0.45, one head backward per
 // detection, the CAMs) is ../web/detector.mjs, shared with the browser page.
 import { readFileSync } from "node:fs";

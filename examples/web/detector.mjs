@@ -2,20 +2,29 @@
 // explain_detector.mjs, onnxruntime-node) and the browser (detector.html, onnxruntime-web):
 // plain JavaScript that takes the `ort` namespace as a parameter.
 //
-// A YOLOv8-format detector bundle (manifest.task "detect", manifest.format.name "yolov8",
-// output [N, 4+C, A]) whose explained tensor is the class logits [N, C, A] (manifest.format.
-// explained "logits") has two graphs: features.onnx (input -> cut tensors) and head.onnx (cut
-// tensors + seed -> outputs, and the gradients of sum(seed * logits) at every explained layer).
+// A detector bundle (manifest.task "detect") has two graphs: features.onnx (input -> cut
+// tensors) and head.onnx (cut tensors + seed -> outputs, and the gradients of sum(seed * E) at
+// every explained layer, E the explained tensor manifest.head.logits). The formats read here
+// (manifest.format.name), as explainer/detection_formats.py reads them:
+//   yolov8   output [N, 4+C, A]: centre-xywh, C class probabilities; E the class logits
+//            [N, C, A] (manifest.format.explained "logits") or the output itself;
+//   yolov5   output [N, A, 5+C]: centre-xywh, objectness, C class probabilities; a candidate's
+//            score is objectness x class probability (float32); E the output;
+//   end2end  output [N, K, 6]: x1, y1, x2, y2, score, class, the selection made in the graph
+//            (no NMS here); E the output.
 //
 // Per image, as Python's Explainer(bundle).explain(x, targets="topK", conf=..., method=...):
-//   1. the head with a zero seed gives the output; each anchor's candidate box (centre-xywh to
-//      x1, y1, x2, y2 in float32) and best class (the first of equal ones);
+//   1. the head with a zero seed gives the output; each candidate's box (centre-xywh to x1,
+//      y1, x2, y2 in float32) and best class (the first of equal ones);
 //   2. the candidates whose score is >= conf (compared in float32), then class-aware greedy NMS
 //      at IoU 0.45 (each class's boxes shifted apart so that classes never suppress each other;
 //      highest score first, equal scores by anchor order; a box overlapping a kept one with
-//      IoU > 0.45 is dropped), stopping after K kept boxes: the image's detections, best first;
-//   3. per detection, the head seeded one-hot at that detection's class logit gives every
-//      explained layer's gradient; each layer's CAM (Grad-CAM: ReLU(sum_c mean(g_c) A_c),
+//      IoU > 0.45 is dropped), stopping after K kept boxes: the image's detections, best first
+//      (end2end: the rows by score, no NMS);
+//   3. per detection, the head seeded with the gradient of its score's logit (the class logit
+//      itself where E holds logits; else log(s / (1 - s)) of its confidence s, through the
+//      product's terms: objectness and class probability) gives every explained layer's
+//      gradient; each layer's CAM (Grad-CAM: ReLU(sum_c mean(g_c) A_c),
 //      LayerCAM: ReLU(sum_c ReLU(g_c) A_c)) is upsampled (bilinear, half-pixel centres) to the
 //      input size and min-max scaled (a constant CAM gives zeros); the layers' heatmaps are
 //      averaged and min-max scaled again.
@@ -30,6 +39,7 @@ export const DEFAULT_METHOD = "layercam";
 export const DEFAULT_CONF = 0.25;
 /** The NMS IoU threshold (explainer.detection.DEFAULT_IOU). */
 export const IOU = 0.45;
+/** explainer.detection_formats.EPS: the floor of IoU denominators and of s (1 - s). */
 const EPS = 1e-12;
 
 /** A bundle or option this pipeline cannot run; its message names what to change. */
@@ -40,21 +50,27 @@ export class DetectorError extends Error {
   }
 }
 
+/** The detection formats this pipeline reads (manifest.format.name). */
+export const FORMATS = ["yolov8", "yolov5", "end2end"];
+
 /**
- * Check that `manifest` describes a YOLOv8-format detector with class logits as its explained
- * tensor and NCHW layers; return its explained layers.
+ * Check that `manifest` describes a detector of a format in FORMATS with NCHW layers; return
+ * its explained layers.
  */
 export function detectorLayers(manifest, where = "bundle") {
   const format = manifest.format ?? {};
-  if (manifest.task !== "detect" || format.name !== "yolov8") {
-    throw new DetectorError(`${where}: not a YOLOv8-format detector bundle (task ` +
-      `${JSON.stringify(manifest.task)}, format ${JSON.stringify(format.name)}); a bundle ` +
-      "with an explanation graph (a classifier, a segmenter) runs with explain.mjs / index.html");
+  if (manifest.task !== "detect") {
+    throw new DetectorError(`${where}: not a detector bundle (task ` +
+      `${JSON.stringify(manifest.task)}); a bundle with an explanation graph (a classifier, ` +
+      "a segmenter) runs with explain.mjs / index.html");
   }
-  if (format.explained !== "logits") {
-    throw new DetectorError(`${where}: the explained tensor is ` +
-      `${JSON.stringify(format.explained)}, this pipeline needs the class logits ` +
-      '(manifest.format.explained "logits")');
+  if (!FORMATS.includes(format.name)) {
+    throw new DetectorError(`${where}: detection format ${JSON.stringify(format.name)} is ` +
+      `not read here (${FORMATS.join(", ")}); Python's Explainer reads every format`);
+  }
+  if (format.explained === "logits" && format.name !== "yolov8") {
+    throw new DetectorError(`${where}: format ${format.name} with class logits as the ` +
+      "explained tensor is not read here");
   }
   const layers = manifest.layers ??
     [{ tensor: manifest.target.tensor, gradient: manifest.head.gradient }];
@@ -77,27 +93,47 @@ export function checkOptions({ top, conf, method }) {
 }
 
 /**
- * The candidates of one image's output [1, 4+C, A]: boxes [A][4] (x1, y1, x2, y2, float32
- * values), each anchor's best class and its score (a class probability).
+ * The candidates of one image's output (`format`: manifest.format.name): boxes [A][4] (x1, y1,
+ * x2, y2, float32 values), each candidate's best class and its score, and whether the graph
+ * selected them already (end2end).
  */
-export function candidates(output) {
-  const [, rows, anchors] = output.dims;
+export function candidates(output, format) {
   const p = output.data;
+  const f = Math.fround; // numpy computes in float32
+  const corners = (cx, cy, w, h) => [f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)),
+    f(cy + f(h / 2))];
+  const [, d1, d2] = output.dims;
+  const count = format === "yolov8" ? d2 : d1;
   const boxes = [];
-  const classes = new Int32Array(anchors);
-  const scores = new Float64Array(anchors);
-  for (let a = 0; a < anchors; a++) {
-    let c = 0;
-    for (let k = 1; k < rows - 4; k++) {
-      if (p[(4 + k) * anchors + a] > p[(4 + c) * anchors + a]) c = k;
+  const classes = new Int32Array(count);
+  const scores = new Float64Array(count);
+  for (let a = 0; a < count; a++) {
+    if (format === "yolov8") { // [4+C, A]
+      const at = (r) => p[r * d2 + a];
+      let c = 0;
+      for (let k = 1; k < d1 - 4; k++) if (at(4 + k) > at(4 + c)) c = k;
+      classes[a] = c;
+      scores[a] = at(4 + c);
+      boxes.push(corners(at(0), at(1), at(2), at(3)));
+    } else if (format === "yolov5") { // [A, 5+C]: objectness x class probability
+      const row = p.subarray(a * d2, (a + 1) * d2);
+      let c = 0;
+      let best = f(row[4] * row[5]);
+      for (let k = 1; k < d2 - 5; k++) {
+        const s = f(row[4] * row[5 + k]);
+        if (s > best) { best = s; c = k; }
+      }
+      classes[a] = c;
+      scores[a] = best;
+      boxes.push(corners(row[0], row[1], row[2], row[3]));
+    } else { // end2end [K, 6]: x1, y1, x2, y2, score, class
+      const row = p.subarray(a * d2, (a + 1) * d2);
+      scores[a] = row[4];
+      classes[a] = row[4] > 0 ? Math.max(Math.trunc(row[5]), 0) : 0; // a zero score: class 0
+      boxes.push([row[0], row[1], row[2], row[3]]);
     }
-    classes[a] = c;
-    scores[a] = p[(4 + c) * anchors + a];
-    const [cx, cy, w, h] = [0, 1, 2, 3].map((r) => p[r * anchors + a]);
-    const f = Math.fround; // numpy computes the corners in float32
-    boxes.push([f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)), f(cy + f(h / 2))]);
   }
-  return { boxes, classes, scores };
+  return { boxes, classes, scores, selected: format === "end2end" };
 }
 
 /**
@@ -131,16 +167,40 @@ export function nms(boxes, scores, classes, rows, iou, limit) {
 
 /**
  * One image's detections (Python's targets="topK"): candidates scoring >= conf (float32
- * comparison, as numpy does), class-aware NMS at IoU 0.45, the best `top` of them.
- * Each: {candidate, class_id, score, box}.
+ * comparison, as numpy does), class-aware NMS at IoU 0.45 (none where the graph selected
+ * them), the best `top` of them. Each: {candidate, class_id, score, box}.
  */
-export function selectDetections(output, top, conf) {
-  const { boxes, classes, scores } = candidates(output);
+export function selectDetections(output, top, conf, format = "yolov8") {
+  const { boxes, classes, scores, selected } = candidates(output, format);
   const threshold = Math.fround(conf);
   const rows = [];
   for (let a = 0; a < scores.length; a++) if (scores[a] >= threshold) rows.push(a);
-  return nms(boxes, scores, classes, rows, IOU, top).map((a) => (
-    { candidate: a, class_id: classes[a], score: scores[a], box: boxes[a] }));
+  const kept = selected
+    ? rows.map((r, i) => [r, i]).sort((x, y) => scores[y[0]] - scores[x[0]] || x[1] - y[1])
+      .slice(0, top).map(([r]) => r)
+    : nms(boxes, scores, classes, rows, IOU, top);
+  return kept.map((a) => ({ candidate: a, class_id: classes[a], score: scores[a], box: boxes[a] }));
+}
+
+/**
+ * The seed of one detection over one image's explained tensor `explained` (a Float32Array
+ * with `dims`, batch first): [flat index, value] pairs, as explainer.detection_formats.
+ * seed_row computes them for score "logit" (float64, then float32). Class logits (yolov8 with
+ * format.explained "logits"): 1 at the class's logit. Otherwise the confidence s is a product
+ * of the output's terms and the seed holds d log(s / (1 - s)) over each term.
+ */
+export function seedTerms(format, explained, dims, detection) {
+  const { candidate: a, class_id: c } = detection;
+  if (format.name === "yolov8" && format.explained === "logits") {
+    return [[c * dims[2] + a, 1]];
+  }
+  const indices = format.name === "yolov8" ? [(4 + c) * dims[2] + a]
+    : format.name === "yolov5" ? [a * dims[2] + 4, a * dims[2] + 5 + c]
+    : [a * dims[2] + 4];
+  const values = indices.map((i) => explained[i]);
+  const s = values.reduce((x, y) => x * y, 1);
+  const scale = 1 / Math.max(s * (1 - s), EPS);
+  return indices.map((i, k) => [i, scale * values.reduce((x, y, j) => (j === k ? x : x * y), 1)]);
 }
 
 // ReLU(sum_c w_c A_c): Grad-CAM's w_c is the gradient's spatial mean, LayerCAM's is ReLU(g)
@@ -243,14 +303,18 @@ export async function explainImage(detector, image, shape, { top = 1, conf = DEF
   const forward = await head.run(
     { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
     [predictions]);
-  const detections = selectDetections(forward[predictions], top, conf);
-  const anchors = seedShape[seedShape.length - 1];
+  const format = manifest.format;
+  const detections = selectDetections(forward[predictions], top, conf, format.name);
+  const explained = forward[predictions]; // E, where it is the output itself
+  const shapeOfE = format.explained === "logits" ? seedShape : explained.dims;
   const heatmaps = new Float32Array(detections.length * H * W);
   for (const [j, detection] of detections.entries()) {
-    const seed = new Float32Array(seedSize);
-    seed[detection.class_id * anchors + detection.candidate] = 1; // d logit[c, a]
+    const seed = new Float32Array(shapeOfE.reduce((a, b) => a * b, 1));
+    for (const [i, v] of seedTerms(format, explained.data, explained.dims, detection)) {
+      seed[i] += v;
+    }
     const backward = await head.run(
-      { ...feeds, [names.seed]: new ort.Tensor("float32", seed, seedShape) }, fetches);
+      { ...feeds, [names.seed]: new ort.Tensor("float32", seed, shapeOfE) }, fetches);
     const value = (name) => (names.inputs.includes(name) ? cut[name] : backward[name]);
     const fused = new Float64Array(H * W);
     layers.forEach((layer, i) => {

@@ -381,6 +381,48 @@ def test_node_detector_example_explains_the_top_k_detections_like_python(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["yolov5", "end2end"])
+def test_node_detector_example_reads_yolov5_and_end2end_outputs_like_python(layout, tmp_path):
+    """The other layouts the pipeline reads: objectness x class probability ([N, A, 5+C]) and
+    the selection in the graph ([N, K, 6]); their explained tensor is the output itself, so
+    each detection's seed holds the gradient of its confidence's logit over the product's
+    terms."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    import onnx
+    from conftest import make_onnx_detector
+
+    from explainer.bridge import export_onnx
+
+    folder = _npm_install("node")
+    model = onnx.load(make_onnx_detector(tmp_path / "det.onnx", layout=layout))
+    model.ir_version = 8  # what ONNX Runtime's other bindings (Node, web) load
+    onnx.save(model, tmp_path / "det.onnx")
+    bundle = export_onnx(tmp_path / "det.onnx", ["stem.y", "f1", "down2.y"], task="detect",
+                         format=layout).save(tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"]["explained"] != "logits"  # the seed goes through the terms
+    x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    explainer = Explainer(bundle)
+    for method in ("gradcam", "layercam"):
+        result = subprocess.run(
+            ["node", str(folder / "explain_detector.mjs"), str(bundle), str(tmp_path / "x.npy"),
+             str(tmp_path / f"{method}.npy"), "--top", "3", "--conf", "0.3",
+             "--method", method], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+        expected = explainer.explain(x, targets="top3", conf=0.3, method=method)
+        assert all(len(row) == 3 for row in expected.detections)
+        _assert_detections_equal(rows, expected)
+        heatmaps = np.load(tmp_path / f"{method}.npy")
+        assert heatmaps.shape == expected.heatmaps.shape == (2, 3, 16, 16)
+        assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
+        assert all(heatmaps[b, j].max() == pytest.approx(1.0) for b in range(2)
+                   for j in range(3))
+
+
+@pytest.mark.slow
 def test_web_detector_page_explains_the_top_detections_like_python(
         overlapping_detector_bundle, tmp_path):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
