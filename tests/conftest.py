@@ -44,10 +44,26 @@ SPREAD: dict[str, str | None] = {
 }
 
 
+#: The slowest tests (measured with ``--durations``: 20-120 s each), run first so that the
+#: workers end together instead of one finishing a long test alone.
+SLOWEST = (
+    "test_bundle_cams_match_pytorch_autograd[vgg16]",
+    "test_bundle_cams_match_pytorch_autograd[densenet121]",
+    "test_matches_pytorch_grad_cam[ablationcam-mobilenet_v2]",
+    "test_bundle_cams_match_pytorch_autograd[alexnet]",
+    "test_bundle_cams_match_pytorch_autograd[googlenet]",
+    "test_bundle_cams_match_pytorch_autograd[convnext_tiny]",
+    "test_bundle_cams_match_pytorch_autograd[resnet50]",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for ``--dist loadgroup`` (see :data:`SPREAD`)."""
+    """Group the tests for ``--dist loadgroup`` (see :data:`SPREAD`), the :data:`SLOWEST`
+    first."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
+    first = {name: i for i, name in enumerate(SLOWEST)}
+    items.sort(key=lambda item: first.get(item.name, len(first)))  # stable: the rest in order
     for item in items:
         name = item.path.name
         if name not in SPREAD:
@@ -166,9 +182,13 @@ def photos() -> np.ndarray:
 DETECTOR_CLASSES = 3
 
 
-def make_onnx_detector(path: Path) -> Path:
+def make_onnx_detector(path: Path, layout: str = "yolov8") -> Path:
     """A YOLOv8-layout detector: three levels (16x16, 8x8, 4x4 at 16x16 input), a bottom-up
-    path (level 1 reads level 0), per-level box and class 1x1 convs, output [1, 4+C, 336]."""
+    path (level 1 reads level 0), per-level box and class 1x1 convs, output [1, 4+C, 336].
+    ``layout="yolov5"``: a per-level objectness conv too, output [1, 336, 5+C] (centre-xywh,
+    objectness, class probabilities). ``layout="end2end"``: the selection in the graph, output
+    [1, 8, 6] (x1, y1, x2, y2, score, class of the 8 best-scoring anchors: ReduceMax and ArgMax
+    over the classes, TopK, GatherElements)."""
     rng = np.random.default_rng(3)
     inits, nodes = [], []
 
@@ -186,23 +206,71 @@ def make_onnx_detector(path: Path) -> Path:
     f1 = conv("down1", f0, 4, 4, 3, 2)
     nodes.append(helper.make_node("Add", [f1, conv("pan1", f0, 4, 4, 3, 2)], ["f1"]))
     f2 = conv("down2", "f1", 4, 4, 3, 2)
-    boxes, logits = [], []
+    boxes, logits, objectness = [], [], []
+    heads = [("box", 4, boxes), ("cls", DETECTOR_CLASSES, logits)]
+    if layout == "yolov5":
+        heads.append(("obj", 1, objectness))
     for level, feature in enumerate([f0, "f1", f2]):
-        for kind, channels, out in (("box", 4, boxes), ("cls", DETECTOR_CLASSES, logits)):
+        for kind, channels, out in heads:
             raw = conv(f"{kind}{level}", feature, 4, channels, 3)
             inits.append(numpy_helper.from_array(np.array([1, channels, -1]), f"{kind}{level}.r"))
             nodes.append(helper.make_node("Reshape", [raw, f"{kind}{level}.r"],
                                           [f"{kind}{level}.flat"]))
             out.append(f"{kind}{level}.flat")
     nodes += [helper.make_node("Concat", boxes, ["boxes"], axis=-1),
-              helper.make_node("Concat", logits, ["logits"], axis=-1),
-              helper.make_node("Sigmoid", ["logits"], ["probabilities"]),
-              helper.make_node("Concat", ["boxes", "probabilities"], ["output0"], axis=1)]
+              helper.make_node("Concat", logits, ["logits"], axis=-1)]
+    if layout == "yolov8":
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["probabilities"]))
+    else:  # logits scaled down: the probabilities (the explained tensor) do not saturate
+        inits.append(numpy_helper.from_array(np.float32(0.1), "logit.scale"))
+        nodes += [helper.make_node("Mul", ["logits", "logit.scale"], ["logits.scaled"]),
+                  helper.make_node("Sigmoid", ["logits.scaled"], ["probabilities"])]
+    if layout == "yolov5":
+        nodes += [helper.make_node("Concat", objectness, ["obj"], axis=-1),
+                  helper.make_node("Mul", ["obj", "logit.scale"], ["obj.scaled"]),
+                  helper.make_node("Sigmoid", ["obj.scaled"], ["obj.p"]),
+                  helper.make_node("Concat", ["boxes", "obj.p", "probabilities"], ["rows"],
+                                   axis=1),
+                  helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1])]
+        shape = [1, 336, 5 + DETECTOR_CLASSES]
+    elif layout == "end2end":
+        k = 8
+        inits += [numpy_helper.from_array(np.array([k], np.int64), "e2e.k"),
+                  numpy_helper.from_array(np.array([1, 4, k], np.int64), "e2e.box_shape"),
+                  numpy_helper.from_array(np.array([0.5, 0.5], np.float32).reshape(1, 2, 1),
+                                          "e2e.half")]
+        nodes += [
+            # centre-xywh -> x1, y1, x2, y2
+            helper.make_node("Split", ["boxes"], ["e2e.xy", "e2e.wh"], axis=1),
+            helper.make_node("Mul", ["e2e.wh", "e2e.half"], ["e2e.halfwh"]),
+            helper.make_node("Sub", ["e2e.xy", "e2e.halfwh"], ["e2e.lt"]),
+            helper.make_node("Add", ["e2e.xy", "e2e.halfwh"], ["e2e.rb"]),
+            helper.make_node("Concat", ["e2e.lt", "e2e.rb"], ["e2e.xyxy"], axis=1),
+            helper.make_node("ReduceMax", ["probabilities"], ["e2e.best"], axes=[1],
+                             keepdims=0),
+            helper.make_node("ArgMax", ["probabilities"], ["e2e.class"], axis=1, keepdims=0),
+            helper.make_node("TopK", ["e2e.best", "e2e.k"], ["e2e.score", "e2e.rows"], axis=1),
+            helper.make_node("Unsqueeze", ["e2e.rows", "e2e.axis1"], ["e2e.rows1"]),
+            helper.make_node("Expand", ["e2e.rows1", "e2e.box_shape"], ["e2e.rows4"]),
+            helper.make_node("GatherElements", ["e2e.xyxy", "e2e.rows4"], ["e2e.picked"],
+                             axis=2),
+            helper.make_node("GatherElements", ["e2e.class", "e2e.rows"], ["e2e.ids"], axis=1),
+            helper.make_node("Cast", ["e2e.ids"], ["e2e.idf"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["e2e.score", "e2e.axis1"], ["e2e.score1"]),
+            helper.make_node("Unsqueeze", ["e2e.idf", "e2e.axis1"], ["e2e.id1"]),
+            helper.make_node("Concat", ["e2e.picked", "e2e.score1", "e2e.id1"], ["e2e.rowsT"],
+                             axis=1),
+            helper.make_node("Transpose", ["e2e.rowsT"], ["output0"], perm=[0, 2, 1]),
+        ]
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "e2e.axis1"))
+        shape = [1, k, 6]
+    else:
+        nodes.append(helper.make_node("Concat", ["boxes", "probabilities"], ["output0"], axis=1))
+        shape = [1, 4 + DETECTOR_CLASSES, 336]
     graph = helper.make_graph(
         nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                                      [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT,
-                                       [1, 4 + DETECTOR_CLASSES, 336])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, path)
