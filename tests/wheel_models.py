@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "DETECTOR",
+    "DETECTOR_PREPROCESSING",
     "LAYOUT_DETECTOR",
     "RAPIDOCR_CLS",
     "RAPIDOCR_DET",
@@ -487,6 +488,12 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
 
+
+#: ddddocr's own preprocessing as an onnxcam manifest's: letterbox at the top left, grey 114,
+#: BGR, raw 0..255
+DETECTOR_PREPROCESSING: dict[str, Any] = {
+    "resize": None, "crop": None, "letterbox": [416, 416], "letterbox_align": "topleft",
+    "channels": "BGR", "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 SAMPLE_TEXT = "A7K3"
 SAMPLE_POSITIONS = ((60, 50), (270, 60), (70, 260), (280, 250))

@@ -10,6 +10,10 @@
 //            [N, C, A] (manifest.format.explained "logits") or the output itself;
 //   yolov5   output [N, A, 5+C]: centre-xywh, objectness, C class probabilities; a candidate's
 //            score is objectness x class probability (float32); E the output;
+//   yolox    as yolov5, the boxes still grid offsets and log sizes (YOLOX exported without
+//            decoding): per stride s of format.strides (default 8, 16, 32), row-major cells
+//            (x, y) of a ceil(H / s) x ceil(W / s) grid; centre (offset + cell) * s, size
+//            exp(min(log size, 20)) * s; E the output;
 //   end2end  output [N, K, 6]: x1, y1, x2, y2, score, class, the selection made in the graph
 //            (no NMS here); E the output.
 //
@@ -51,7 +55,7 @@ export class DetectorError extends Error {
 }
 
 /** The detection formats this pipeline reads (manifest.format.name). */
-export const FORMATS = ["yolov8", "yolov5", "end2end"];
+export const FORMATS = ["yolov8", "yolov5", "yolox", "end2end"];
 
 /**
  * Check that `manifest` describes a detector of a format in FORMATS with NCHW layers; return
@@ -93,29 +97,57 @@ export function checkOptions({ top, conf, method }) {
 }
 
 /**
- * The candidates of one image's output (`format`: manifest.format.name): boxes [A][4] (x1, y1,
- * x2, y2, float32 values), each candidate's best class and its score, and whether the graph
- * selected them already (end2end).
+ * Cell corners (x, y) and strides of a dense head at input size H x W, stride by stride,
+ * row-major within each (explainer.detection_formats.anchor_grid).
  */
-export function candidates(output, format) {
+export function anchorGrid(H, W, strides) {
+  const cells = [];
+  for (const s of strides) {
+    const h = Math.ceil(H / s);
+    const w = Math.ceil(W / s);
+    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) cells.push([x, y, s]);
+  }
+  return cells;
+}
+
+/**
+ * The candidates of one image's output (`format`: manifest.format, or its name): boxes
+ * [A][4] (x1, y1, x2, y2, float32 values), each candidate's best class and its score, and
+ * whether the graph selected them already (end2end). `size` [H, W]: the model input's (the
+ * grid of yolox).
+ */
+export function candidates(output, format, size = null) {
+  const spec = typeof format === "string" ? { name: format } : format;
+  const name = spec.name;
   const p = output.data;
   const f = Math.fround; // numpy computes in float32
   const corners = (cx, cy, w, h) => [f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)),
     f(cy + f(h / 2))];
   const [, d1, d2] = output.dims;
-  const count = format === "yolov8" ? d2 : d1;
+  const count = name === "yolov8" ? d2 : d1;
+  let grid = null;
+  if (name === "yolox") {
+    if (size === null) throw new DetectorError("format yolox needs the input size");
+    const strides = spec.strides ?? [8, 16, 32];
+    grid = anchorGrid(size[0], size[1], strides);
+    if (grid.length !== count) {
+      throw new DetectorError(`format yolox: ${count} rows, but strides ` +
+        `${JSON.stringify(strides)} give ${grid.length} cells at ${size[0]}x${size[1]}; ` +
+        "set the format's strides");
+    }
+  }
   const boxes = [];
   const classes = new Int32Array(count);
   const scores = new Float64Array(count);
   for (let a = 0; a < count; a++) {
-    if (format === "yolov8") { // [4+C, A]
+    if (name === "yolov8") { // [4+C, A]
       const at = (r) => p[r * d2 + a];
       let c = 0;
       for (let k = 1; k < d1 - 4; k++) if (at(4 + k) > at(4 + c)) c = k;
       classes[a] = c;
       scores[a] = at(4 + c);
       boxes.push(corners(at(0), at(1), at(2), at(3)));
-    } else if (format === "yolov5") { // [A, 5+C]: objectness x class probability
+    } else if (name === "yolov5" || name === "yolox") { // [A, 5+C]: objectness x class
       const row = p.subarray(a * d2, (a + 1) * d2);
       let c = 0;
       let best = f(row[4] * row[5]);
@@ -125,7 +157,14 @@ export function candidates(output, format) {
       }
       classes[a] = c;
       scores[a] = best;
-      boxes.push(corners(row[0], row[1], row[2], row[3]));
+      if (grid === null) {
+        boxes.push(corners(row[0], row[1], row[2], row[3]));
+      } else { // grid offsets and log sizes, in float32 as numpy
+        const [x, y, s] = grid[a];
+        const size = (v) => f(f(Math.exp(Math.min(v, 20))) * s);
+        boxes.push(corners(f(f(row[0] + x) * s), f(f(row[1] + y) * s), size(row[2]),
+          size(row[3])));
+      }
     } else { // end2end [K, 6]: x1, y1, x2, y2, score, class
       const row = p.subarray(a * d2, (a + 1) * d2);
       scores[a] = row[4];
@@ -133,7 +172,7 @@ export function candidates(output, format) {
       boxes.push([row[0], row[1], row[2], row[3]]);
     }
   }
-  return { boxes, classes, scores, selected: format === "end2end" };
+  return { boxes, classes, scores, selected: name === "end2end" };
 }
 
 /**
@@ -170,8 +209,8 @@ export function nms(boxes, scores, classes, rows, iou, limit) {
  * comparison, as numpy does), class-aware NMS at IoU 0.45 (none where the graph selected
  * them), the best `top` of them. Each: {candidate, class_id, score, box}.
  */
-export function selectDetections(output, top, conf, format = "yolov8") {
-  const { boxes, classes, scores, selected } = candidates(output, format);
+export function selectDetections(output, top, conf, format = "yolov8", size = null) {
+  const { boxes, classes, scores, selected } = candidates(output, format, size);
   const threshold = Math.fround(conf);
   const rows = [];
   for (let a = 0; a < scores.length; a++) if (scores[a] >= threshold) rows.push(a);
@@ -195,7 +234,8 @@ export function seedTerms(format, explained, dims, detection) {
     return [[c * dims[2] + a, 1]];
   }
   const indices = format.name === "yolov8" ? [(4 + c) * dims[2] + a]
-    : format.name === "yolov5" ? [a * dims[2] + 4, a * dims[2] + 5 + c]
+    : format.name === "yolov5" || format.name === "yolox"
+      ? [a * dims[2] + 4, a * dims[2] + 5 + c]
     : [a * dims[2] + 4];
   const values = indices.map((i) => explained[i]);
   const s = values.reduce((x, y) => x * y, 1);
@@ -304,7 +344,7 @@ export async function explainImage(detector, image, shape, { top = 1, conf = DEF
     { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
     [predictions]);
   const format = manifest.format;
-  const detections = selectDetections(forward[predictions], top, conf, format.name);
+  const detections = selectDetections(forward[predictions], top, conf, format, [H, W]);
   const explained = forward[predictions]; // E, where it is the output itself
   const shapeOfE = format.explained === "logits" ? seedShape : explained.dims;
   const heatmaps = new Float32Array(detections.length * H * W);

@@ -381,12 +381,14 @@ def test_node_detector_example_explains_the_top_k_detections_like_python(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["yolov5", "end2end"])
-def test_node_detector_example_reads_yolov5_and_end2end_outputs_like_python(layout, tmp_path):
-    """The other layouts the pipeline reads: objectness x class probability ([N, A, 5+C]) and
-    the selection in the graph ([N, K, 6]); their explained tensor is the output itself, so
-    each detection's seed holds the gradient of its confidence's logit over the product's
-    terms."""
+@pytest.mark.parametrize("layout", ["yolov5", "yolox", "end2end"])
+def test_node_detector_example_reads_yolov5_yolox_and_end2end_outputs_like_python(
+        layout, tmp_path):
+    """The other layouts the pipeline reads: objectness x class probability ([N, A, 5+C]),
+    the same with boxes as grid offsets and log sizes (yolox: decoded per stride, here the
+    fixture's 1, 2 and 4) and the selection in the graph ([N, K, 6]); their explained tensor
+    is the output itself, so each detection's seed holds the gradient of its confidence's
+    logit over the product's terms."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     import onnx
@@ -395,12 +397,15 @@ def test_node_detector_example_reads_yolov5_and_end2end_outputs_like_python(layo
     from explainer.bridge import export_onnx
 
     folder = _npm_install("node")
-    model = onnx.load(make_onnx_detector(tmp_path / "det.onnx", layout=layout))
+    model = onnx.load(make_onnx_detector(tmp_path / "det.onnx",
+                                         layout="yolov5" if layout == "yolox" else layout))
     model.ir_version = 8  # what ONNX Runtime's other bindings (Node, web) load
     onnx.save(model, tmp_path / "det.onnx")
+    fmt = {"name": "yolox", "strides": [1, 2, 4]} if layout == "yolox" else layout
     bundle = export_onnx(tmp_path / "det.onnx", ["stem.y", "f1", "down2.y"], task="detect",
-                         format=layout).save(tmp_path / "bundle")
+                         format=fmt).save(tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"]["name"] == layout
     assert manifest["format"]["explained"] != "logits"  # the seed goes through the terms
     x = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -420,6 +425,42 @@ def test_node_detector_example_reads_yolov5_and_end2end_outputs_like_python(layo
         assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
         assert all(heatmaps[b, j].max() == pytest.approx(1.0) for b in range(2)
                    for j in range(3))
+
+
+@pytest.mark.slow
+def test_node_detector_example_explains_the_trained_yolox_detector_like_python(tmp_path):
+    """A trained detector as it ships in a PyPI wheel (ddddocr's YOLOX-Tiny, format yolox,
+    three strides at 416x416) explains its detections of the sample image in Node as in
+    Python: the same candidates, scores and boxes, the heatmaps within 1e-4."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    import wheel_models as wm
+
+    from explainer.bridge import export_onnx
+
+    try:
+        path = wm.fetch_wheel_model("ddddocr_det", ROOT / "build" / "wheel_models")
+    except wm.WheelModelUnavailable as err:  # no package index reachable
+        pytest.skip(f"ddddocr's wheel cannot be downloaded: {err}")
+    folder = _npm_install("node")
+    bundle = export_onnx(path, preprocessing=wm.DETECTOR_PREPROCESSING).save(tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format"]["name"] == "yolox" and len(manifest["layers"]) == 3
+    explainer = Explainer(bundle)
+    x = explainer.preprocess([wm.sample_image()])
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run(
+        ["node", str(folder / "explain_detector.mjs"), str(bundle), str(tmp_path / "x.npy"),
+         str(tmp_path / "maps.npy"), "--top", "4", "--conf", "0.1"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    expected = explainer.explain(x, targets="top4", conf=0.1)
+    assert len(expected.detections[0]) == len(wm.SAMPLE_DETECTIONS)  # the four characters
+    _assert_detections_equal(rows, expected)
+    heatmaps = np.load(tmp_path / "maps.npy")
+    assert heatmaps.shape == expected.heatmaps.shape == (1, 4, 416, 416)
+    assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
 
 
 @pytest.mark.slow

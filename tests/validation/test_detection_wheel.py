@@ -18,10 +18,7 @@ from explainer.bridge import export_onnx
 from explainer.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-#: ddddocr's own preprocessing: letterbox at the top left, grey 114, BGR, raw 0..255
-PREPROCESSING = {"resize": None, "crop": None, "letterbox": [416, 416],
-                 "letterbox_align": "topleft", "channels": "BGR", "scale": 1.0,
-                 "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+PREPROCESSING = wm.DETECTOR_PREPROCESSING  # ddddocr's own
 
 
 @pytest.fixture(scope="module")
