@@ -188,7 +188,9 @@ def make_onnx_detector(path: Path, layout: str = "yolov8") -> Path:
     ``layout="yolov5"``: a per-level objectness conv too, output [1, 336, 5+C] (centre-xywh,
     objectness, class probabilities). ``layout="end2end"``: the selection in the graph, output
     [1, 8, 6] (x1, y1, x2, y2, score, class of the 8 best-scoring anchors: ReduceMax and ArgMax
-    over the classes, TopK, GatherElements)."""
+    over the classes, TopK, GatherElements). ``layout="bsl"``: the same selection as three
+    outputs, as torchvision's detectors give it: boxes [1, 8, 4], scores [1, 8] and labels
+    [1, 8] (int64)."""
     rng = np.random.default_rng(3)
     inits, nodes = [], []
 
@@ -233,7 +235,7 @@ def make_onnx_detector(path: Path, layout: str = "yolov8") -> Path:
                                    axis=1),
                   helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1])]
         shape = [1, 336, 5 + DETECTOR_CLASSES]
-    elif layout == "end2end":
+    elif layout in ("end2end", "bsl"):
         k = 8
         inits += [numpy_helper.from_array(np.array([k], np.int64), "e2e.k"),
                   numpy_helper.from_array(np.array([1, 4, k], np.int64), "e2e.box_shape"),
@@ -264,13 +266,21 @@ def make_onnx_detector(path: Path, layout: str = "yolov8") -> Path:
         ]
         inits.append(numpy_helper.from_array(np.array([1], np.int64), "e2e.axis1"))
         shape = [1, k, 6]
+        if layout == "bsl":
+            nodes[-1] = helper.make_node("Transpose", ["e2e.picked"], ["boxes_out"],
+                                         perm=[0, 2, 1])
+            nodes += [helper.make_node("Identity", ["e2e.score"], ["scores_out"]),
+                      helper.make_node("Identity", ["e2e.ids"], ["labels_out"])]
     else:
         nodes.append(helper.make_node("Concat", ["boxes", "probabilities"], ["output0"], axis=1))
         shape = [1, 4 + DETECTOR_CLASSES, 336]
     graph = helper.make_graph(
         nodes, "det", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                                      [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)] if layout != "bsl"
+        else [helper.make_tensor_value_info("boxes_out", TensorProto.FLOAT, [1, 8, 4]),
+              helper.make_tensor_value_info("scores_out", TensorProto.FLOAT, [1, 8]),
+              helper.make_tensor_value_info("labels_out", TensorProto.INT64, [1, 8])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, path)

@@ -5,8 +5,9 @@
 //        [--method gradcam|layercam] [--top K] [--conf C]
 //
 // The bundle: a detector (manifest.task "detect") of format yolov8 (output [N, 4+C, A]),
-// yolov5 ([N, A, 5+C]), yolox (the same, boxes undecoded), end2end ([N, K, 6]) or picodet
-// (per stride scores and box distributions), see ../web/detector.mjs. INPUT.npy: a float32
+// yolov5 ([N, A, 5+C]), yolox (the same, boxes undecoded), end2end ([N, K, 6]),
+// boxes_scores_labels (torchvision's three outputs) or picodet (per stride scores and box
+// distributions), see ../web/detector.mjs. INPUT.npy: a float32
 // NCHW batch, preprocessed as the manifest says. --method: the CAM method (default layercam,
 // Python's default for detectors). --top K (default 1): explain each image's K best detections,
 // as Python's Explainer(bundle).explain(x, targets="topK", conf=C,

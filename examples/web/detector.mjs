@@ -20,7 +20,9 @@
 //            distributions [N, A_s, 4 (R+1)] (format.outputs.scores, .boxes; R format.reg_max):
 //            softmax over the R+1 bins, expectation x s, the distances (left, top, right,
 //            bottom) from the cell's centre; E the probabilities concatenated [N, A, C]
-//            (manifest.head.logits, a head output).
+//            (manifest.head.logits, a head output);
+//   boxes_scores_labels  boxes [N, K, 4] (x1, y1, x2, y2), scores [N, K], labels [N, K] (int),
+//            the selection made in the graph (torchvision's detectors); E the scores.
 // E is always the head output manifest.head.logits, the seed's shape.
 //
 // Per image, as Python's Explainer(bundle).explain(x, targets="topK", conf=..., method=...):
@@ -61,7 +63,8 @@ export class DetectorError extends Error {
 }
 
 /** The detection formats this pipeline reads (manifest.format.name). */
-export const FORMATS = ["yolov8", "yolov5", "yolox", "end2end", "picodet"];
+export const FORMATS = ["yolov8", "yolov5", "yolox", "end2end", "picodet",
+  "boxes_scores_labels"];
 
 /**
  * Check that `manifest` describes a detector of a format in FORMATS with NCHW layers; return
@@ -126,6 +129,7 @@ export function candidates(output, format, size = null) {
   const spec = typeof format === "string" ? { name: format } : format;
   const name = spec.name;
   if (name === "picodet") return picodetCandidates(output, spec, size);
+  if (name === "boxes_scores_labels") return bslCandidates(output, spec);
   const p = output.data;
   const f = Math.fround; // numpy computes in float32
   const corners = (cx, cy, w, h) => [f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)),
@@ -226,6 +230,23 @@ function picodetCandidates(outputs, spec, size) {
 }
 
 /**
+ * The candidates of a graph that selects its detections and gives them as three outputs
+ * (explainer.detection_formats' _decode_bsl): `outputs` maps format.outputs' names to
+ * tensors. A label is clipped to the format's classes; a zero score reads as class 0.
+ */
+function bslCandidates(outputs, spec) {
+  const names = spec.outputs;
+  const corners = outputs[names.boxes].data;
+  const scores = Float64Array.from(outputs[names.scores].data);
+  const labels = Array.from(outputs[names.labels].data, Number); // int64: BigInt values
+  const classes = spec.classes || (labels.length ? Math.max(...labels) + 1 : 1);
+  const boxes = [];
+  for (let k = 0; k < scores.length; k++) boxes.push(Array.from(corners.subarray(4 * k, 4 * k + 4)));
+  const best = labels.map((c, k) => (scores[k] > 0 ? Math.min(Math.max(c, 0), classes - 1) : 0));
+  return { boxes, classes: Int32Array.from(best), scores, selected: true };
+}
+
+/**
  * Greedy class-aware NMS of the rows `rows` (indices into boxes/scores/classes): the kept
  * rows, best first, at most `limit`. Mirrors explainer.detection.nms in float64.
  */
@@ -288,6 +309,7 @@ export function seedTerms(format, explained, dims, detection) {
     : format.name === "yolov5" || format.name === "yolox"
       ? [a * dims[2] + 4, a * dims[2] + 5 + c]
     : format.name === "picodet" ? [a * dims[2] + c]
+    : format.name === "boxes_scores_labels" ? [a]
     : [a * dims[2] + 4];
   const values = indices.map((i) => explained[i]);
   const s = values.reduce((x, y) => x * y, 1);
@@ -393,11 +415,14 @@ export async function explainImage(detector, image, shape, { top = 1, conf = DEF
   const seedSize = seedShape.reduce((a, b) => a * b, 1);
   const format = manifest.format;
   const outputs = format.name === "picodet"
-    ? [...format.outputs.scores, ...format.outputs.boxes] : [format.outputs.predictions];
+    ? [...format.outputs.scores, ...format.outputs.boxes]
+    : format.name === "boxes_scores_labels" ? Object.values(format.outputs)
+    : [format.outputs.predictions];
   const forward = await head.run(
     { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
     [...new Set([names.logits, ...outputs])]);
-  const read = format.name === "picodet" ? forward : forward[outputs[0]];
+  const read = format.name === "picodet" || format.name === "boxes_scores_labels"
+    ? forward : forward[outputs[0]];
   const detections = selectDetections(read, top, conf, format, [H, W]);
   const explained = forward[names.logits]; // E: the seed has its shape
   const shapeOfE = explained.dims;

@@ -381,14 +381,14 @@ def test_node_detector_example_explains_the_top_k_detections_like_python(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["yolov5", "yolox", "end2end"])
-def test_node_detector_example_reads_yolov5_yolox_and_end2end_outputs_like_python(
-        layout, tmp_path):
+@pytest.mark.parametrize("layout", ["yolov5", "yolox", "end2end", "boxes_scores_labels"])
+def test_node_detector_example_reads_the_other_layouts_like_python(layout, tmp_path):
     """The other layouts the pipeline reads: objectness x class probability ([N, A, 5+C]),
     the same with boxes as grid offsets and log sizes (yolox: decoded per stride, here the
-    fixture's 1, 2 and 4) and the selection in the graph ([N, K, 6]); their explained tensor
-    is the output itself, so each detection's seed holds the gradient of its confidence's
-    logit over the product's terms."""
+    fixture's 1, 2 and 4), the selection in the graph ([N, K, 6]) and the same selection as
+    torchvision's three outputs (boxes, scores, int64 labels); their explained tensor is an
+    output, so each detection's seed holds the gradient of its confidence's logit over the
+    product's terms."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     import onnx
@@ -397,8 +397,8 @@ def test_node_detector_example_reads_yolov5_yolox_and_end2end_outputs_like_pytho
     from explainer.bridge import export_onnx
 
     folder = _npm_install("node")
-    model = onnx.load(make_onnx_detector(tmp_path / "det.onnx",
-                                         layout="yolov5" if layout == "yolox" else layout))
+    fixture = {"yolox": "yolov5", "boxes_scores_labels": "bsl"}.get(layout, layout)
+    model = onnx.load(make_onnx_detector(tmp_path / "det.onnx", layout=fixture))
     model.ir_version = 8  # what ONNX Runtime's other bindings (Node, web) load
     onnx.save(model, tmp_path / "det.onnx")
     fmt = {"name": "yolox", "strides": [1, 2, 4]} if layout == "yolox" else layout
