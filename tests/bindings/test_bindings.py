@@ -499,3 +499,35 @@ def test_web_detector_page_explains_the_top_detections_like_python(
             overlapping_detector_bundle, x, 2)
         assert heatmaps.shape == expected.heatmaps.shape == (1, 2, 16, 16)
         assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_web_detector_page_explains_the_trained_yolox_detector_like_python(tmp_path):
+    """The browser page on a trained detector as its wheel ships it (ddddocr's YOLOX-Tiny, its
+    preprocessing: top-left letterbox, BGR, raw 0..255): a 416x416 photo goes in unscaled, so
+    the page's input is Python's, its detections are the sample's four characters, and its
+    detections and heatmaps are Python's on that input."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    import wheel_models as wm
+
+    from explainer.bridge import export_onnx
+
+    try:
+        path = wm.fetch_wheel_model("ddddocr_det", ROOT / "build" / "wheel_models")
+    except wm.WheelModelUnavailable as err:  # no package index reachable
+        pytest.skip(f"ddddocr's wheel cannot be downloaded: {err}")
+    bundle = export_onnx(path, preprocessing=wm.DETECTOR_PREPROCESSING).save(tmp_path / "bundle")
+    photo = tmp_path / "sample.png"
+    wm.sample_image().save(photo)
+    result = _run_page(_site(tmp_path, bundle, photo), "top=4&conf=0.1&method=layercam",
+                       "web_detector_yolox.png", page_name="detector.html")
+    explainer = Explainer(bundle)
+    x = np.asarray(result["input"], np.float32).reshape(result["inputShape"])
+    np.testing.assert_array_equal(x, explainer.preprocess([wm.sample_image()]))
+    expected = explainer.explain(x, targets="top4", conf=0.1)
+    _assert_detections_equal([result["detections"]], expected)
+    for want in wm.SAMPLE_DETECTIONS:  # each character found, in its place
+        assert max(wm.box_iou(tuple(d["box"]), want["box"]) for d in result["detections"]) > 0.9
+    heatmaps = np.asarray(result["heatmaps"], np.float32).reshape(result["heatmapShape"])
+    assert heatmaps.shape == expected.heatmaps.shape == (1, 4, 416, 416)
+    assert np.abs(heatmaps - expected.heatmaps).max() <= 1e-4
