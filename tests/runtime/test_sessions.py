@@ -1,0 +1,82 @@
+"""Session creation (explainer/sessions.py): a model with large weights is given to ONNX Runtime
+with its weights handed over as arrays, not serialized; the session is the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from conftest import make_tiny_cnn
+from onnx import TensorProto, helper, numpy_helper
+
+import explainer.sessions as sessions
+from explainer import Explainer
+from explainer.sessions import new_session, session_options
+from exporters import build_bundle
+
+
+def _mlp() -> onnx.ModelProto:
+    """x [N, 256] -> MatMul 256x256 (256 KB) -> Add (1 KB) -> Relu -> MatMul 256x64 (64 KB)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+             for name, shape in (("w1", (256, 256)), ("b1", (256,)), ("w2", (256, 64)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 256])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["n", 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_large_weights_are_handed_over_and_the_session_is_the_same(monkeypatch) -> None:
+    model = _mlp()
+    before = model.SerializeToString()
+    options = session_options(1, "all", spinning=False)
+    x = np.random.default_rng(1).normal(size=(3, 256)).astype(np.float32)
+    plain = ort.InferenceSession(before, options, providers=["CPUExecutionProvider"])
+    handed = []
+    add = ort.SessionOptions.add_external_initializers
+    monkeypatch.setattr(ort.SessionOptions, "add_external_initializers",
+                        lambda self, names, values: handed.extend(names) or add(
+                            self, names, values))
+    monkeypatch.setattr(sessions, "HANDED_BYTES", 1)
+    session = new_session(model, options, ["CPUExecutionProvider"])
+    assert sorted(handed) == ["w1", "w2"]  # b1 (1 KB) stays in the model
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0],
+                                  plain.run(None, {"x": x})[0])
+    assert model.SerializeToString() == before  # the model given is left as it was
+    own = session.get_session_options()
+    assert own.intra_op_num_threads == 1
+    assert own.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # the options given hold no handed weights: another model's session still builds
+    other = make_tiny_cnn()
+    ort.InferenceSession(other.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # a small model's weights stay in it
+    handed.clear()
+    monkeypatch.setattr(sessions, "HANDED_BYTES", 1 << 30)
+    new_session(model, options, ["CPUExecutionProvider"])
+    assert not handed
+
+
+def test_an_explainer_with_handed_weights_explains_the_same(monkeypatch) -> None:
+    """Every session of an Explainer (the prediction, the backward, the explanation graph, the
+    size-specialized ones) built with every weight handed over gives the same maps."""
+    bundle = build_bundle(make_tiny_cnn(), "act", target_layer="relu2", labels=list("abcde"))
+    x = np.random.default_rng(2).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    expected = [Explainer(bundle, explanation_graph=graph).explain(x, top_k=2)
+                for graph in (True, False)]
+    monkeypatch.setattr(sessions, "HANDED_BYTES", 0)
+    monkeypatch.setattr(sessions, "_HANDED_WEIGHT", 256)  # the convolutions' weights
+    handed = []
+    add = ort.SessionOptions.add_external_initializers
+    monkeypatch.setattr(ort.SessionOptions, "add_external_initializers",
+                        lambda self, names, values: handed.append(names) or add(
+                            self, names, values))
+    for graph, want in zip((True, False), expected, strict=True):
+        handed.clear()
+        got = Explainer(bundle, explanation_graph=graph).explain(x, top_k=2)
+        assert handed and all(handed), graph  # the weights handed over, session by session
+        np.testing.assert_array_equal(got.class_ids, want.class_ids)
+        np.testing.assert_array_equal(got.heatmaps, want.heatmaps)
