@@ -122,8 +122,9 @@ export function anchorGrid(H, W, strides) {
 /**
  * The candidates of one image's output (`format`: manifest.format, or its name): boxes
  * [A][4] (x1, y1, x2, y2, float32 values), each candidate's best class and its score, and
- * whether the graph selected them already (end2end). `size` [H, W]: the model input's (the
- * grid of yolox).
+ * whether the graph selected them already (end2end, boxes_scores_labels). `output`: the
+ * predictions tensor, or (picodet, boxes_scores_labels) the head's outputs by name; `size`
+ * [H, W]: the model input's (the grids of yolox and picodet).
  */
 export function candidates(output, format, size = null) {
   const spec = typeof format === "string" ? { name: format } : format;
@@ -278,8 +279,8 @@ export function nms(boxes, scores, classes, rows, iou, limit) {
 /**
  * One image's detections (Python's targets="topK"): candidates scoring >= conf (float32
  * comparison, as numpy does), class-aware NMS at IoU 0.45 (none where the graph selected
- * them), the best `top` of them. Each: {candidate, class_id, score, box}. `output`: the
- * predictions tensor, or (picodet) the head's outputs by name; `size`: the input's [H, W].
+ * them), the best `top` of them. Each: {candidate, class_id, score, box}. `output` and
+ * `size` as for candidates.
  */
 export function selectDetections(output, top, conf, format = "yolov8", size = null) {
   const { boxes, classes, scores, selected } = candidates(output, format, size);
