@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,8 +16,8 @@ import onnxruntime as ort
 from .errors import ExplainerError, ProviderError, UsageError
 
 __all__ = [
-    "SessionPool", "SizedSessions", "new_session", "resolve_providers", "run_chunked",
-    "run_once", "session_options", "specialize", "symbolic_axes", "to_numpy",
+    "SessionPool", "SizedSessions", "copy_options", "new_session", "resolve_providers",
+    "run_chunked", "run_once", "session_options", "specialize", "symbolic_axes", "to_numpy",
 ]
 
 _LEVELS = {
@@ -88,6 +90,23 @@ _OPTION_FIELDS = ("graph_optimization_level", "intra_op_num_threads", "inter_op_
                   "enable_mem_pattern", "use_deterministic_compute")
 
 
+def copy_options(options: ort.SessionOptions, threads: int | None = None
+                 ) -> ort.SessionOptions:
+    """Fresh session options with the settings of ``options`` (those :func:`session_options`
+    sets, and a few more), ``threads`` intra-op threads where given."""
+    own = ort.SessionOptions()
+    for field in _OPTION_FIELDS:
+        setattr(own, field, getattr(options, field))
+    spinning = "session.intra_op.allow_spinning"
+    try:
+        own.add_session_config_entry(spinning, options.get_session_config_entry(spinning))
+    except Exception:  # noqa: BLE001 (not set: ONNX Runtime's default)
+        pass
+    if threads is not None:
+        own.intra_op_num_threads = int(threads)
+    return own
+
+
 def _raw_bytes(tensor: onnx.TensorProto) -> int:
     """The bytes of an initializer's ``raw_data`` (0 where it may not be handed over), from its
     shape: reading ``raw_data`` itself copies it."""
@@ -138,14 +157,7 @@ def new_session(model: onnx.ModelProto, options: ort.SessionOptions, providers: 
         array = np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims))
         names.append(tensor.name)
         values.append(ort.OrtValue.ortvalue_from_numpy(array))
-    own = ort.SessionOptions()
-    for field in _OPTION_FIELDS:
-        setattr(own, field, getattr(options, field))
-    spinning = "session.intra_op.allow_spinning"
-    try:
-        own.add_session_config_entry(spinning, options.get_session_config_entry(spinning))
-    except Exception:  # noqa: BLE001 (not set: ONNX Runtime's default)
-        pass
+    own = copy_options(options)
     own.add_external_initializers(names, values)
     return ort.InferenceSession(light.SerializeToString(), own, providers=providers)
 
@@ -219,6 +231,9 @@ class SessionPool:
         self._lock = threading.Lock()
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._sized: dict[str, SizedSessions] = {}
+        self._threaded: dict[int, ort.SessionOptions] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
         self.closed = False
 
     def check_open(self) -> None:
@@ -229,8 +244,10 @@ class SessionPool:
                 "a new Explainer"
             )
 
-    def get(self, key: str, model: Callable[[], onnx.ModelProto]) -> ort.InferenceSession:
-        """The session ``key``, created from ``model()`` on first use."""
+    def get(self, key: str, model: Callable[[], onnx.ModelProto], threads: int | None = None
+            ) -> ort.InferenceSession:
+        """The session ``key``, created from ``model()`` on first use (with ``threads``
+        intra-op threads where given)."""
         self.check_open()
         session = self._sessions.get(key)
         if session is None:
@@ -238,9 +255,31 @@ class SessionPool:
                 self.check_open()
                 session = self._sessions.get(key)
                 if session is None:
-                    session = self._sessions[key] = new_session(model(), self.options,
+                    options = self.options if threads is None else self._threaded.setdefault(
+                        threads, copy_options(self.options, threads))
+                    session = self._sessions[key] = new_session(model(), options,
                                                                 self.providers)
         return session
+
+    @property
+    def workers(self) -> int:
+        """How many single-thread runs :meth:`map` runs at once: the sessions' intra-op
+        threads (ONNX Runtime's default: the cores)."""
+        return self.options.intra_op_num_threads or os.cpu_count() or 1
+
+    def map(self, run: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``run`` on every item, up to :attr:`workers` at once (runs of single-thread
+        sessions), the results in order."""
+        if self.workers < 2 or len(items) < 2:
+            return [run(item) for item in items]
+        with self._lock:
+            self.check_open()
+            if self._executor is None or self._executor_pid != os.getpid():  # a forked child
+                self._executor = ThreadPoolExecutor(self.workers,
+                                                    thread_name_prefix="onnxcam-run")
+                self._executor_pid = os.getpid()
+            executor = self._executor
+        return list(executor.map(run, items))
 
     def get_sized(self, key: str, model: Callable[[], onnx.ModelProto], input_name: str,
                   shape: Sequence[int], spinning: bool = False) -> ort.InferenceSession:
@@ -261,6 +300,9 @@ class SessionPool:
         """Release every session (idempotent)."""
         with self._lock:
             self.closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
             self._sessions.clear()
             for sized in self._sized.values():
                 sized.close()

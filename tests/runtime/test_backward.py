@@ -247,6 +247,8 @@ def test_target_columns_each_get_their_own_gradients(bundle) -> None:
         for position in positions:
             seeds[:, j, :, position] = rng.standard_normal((shape[0], CLASSES))
     got = runner.backward(forward, seeds, list(split.gradients))
+    if runner._pool.workers > 1:  # the windows ran at once, on single-thread sessions
+        assert {"window1:0", "window1:1"} <= set(runner._pool._sessions)
     for j in range(len(columns)):
         expected = _whole(explainer, features, seeds[:, j])
         for name, want, have in zip(split.gradients, expected, got, strict=True):
