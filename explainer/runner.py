@@ -234,8 +234,9 @@ class Runner:
         columns = [np.ascontiguousarray(seeds[:, c]) for c in range(seeds.shape[1])]
         views = [{n: out[n][:, c] for n in names} for c in range(len(columns))]
         parts = [split.part_of(seed, forward) for seed in columns]
-        windowed = [(c, parts[c]) for c in range(len(columns))
-                    if parts[c] is not None and split.window(parts[c]) is not None]
+        windows = {part: split.window(part) for part in set(parts) - {None}}
+        windowed = [(c, part) for c, part in enumerate(parts)
+                    if part is not None and windows[part] is not None]
         # several windows at once, each run on one thread: a window's small convolutions keep
         # two threads of one run poorly busy (ten YOLOv8n detections' windows: 51 ms on two
         # single-thread sessions at once, 78 ms one after the other on two threads)
@@ -243,7 +244,7 @@ class Runner:
 
         def windowed_run(job: tuple[int, int]) -> bool:
             c, part = job
-            window = split.window(part)
+            window = windows[part]
             session = self._pool.get(f"window{single or ''}:{part}", lambda: window.model,
                                      threads=single)
             return window.run(session, split.part_seed(columns[c], forward, part), forward,

@@ -130,10 +130,9 @@ def new_session(model: onnx.ModelProto, options: ort.SessionOptions, providers: 
     """
     graph = model.graph
     sizes = {t.name: _raw_bytes(t) for t in graph.initializer}
-    big = [t for t in graph.initializer if sizes[t.name] >= max(_HANDED_WEIGHT, 1)]
-    if not big or sum(sizes[t.name] for t in big) < HANDED_BYTES:
+    handed = {name for name, size in sizes.items() if size and size >= _HANDED_WEIGHT}
+    if not handed or sum(sizes[name] for name in handed) < HANDED_BYTES:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    handed = {t.name for t in big}
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)

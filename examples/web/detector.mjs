@@ -105,6 +105,11 @@ export function checkOptions({ top, conf, method }) {
   }
 }
 
+/** The head outputs a format's candidates are read from (manifest.format.outputs). */
+export function formatOutputs(spec) {
+  return Object.values(spec.outputs).flat();
+}
+
 /**
  * Cell corners (x, y) and strides of a dense head at input size H x W, stride by stride,
  * row-major within each (explainer.detection_formats.anchor_grid).
@@ -120,17 +125,17 @@ export function anchorGrid(H, W, strides) {
 }
 
 /**
- * The candidates of one image's output (`format`: manifest.format, or its name): boxes
- * [A][4] (x1, y1, x2, y2, float32 values), each candidate's best class and its score, and
- * whether the graph selected them already (end2end, boxes_scores_labels). `output`: the
- * predictions tensor, or (picodet, boxes_scores_labels) the head's outputs by name; `size`
- * [H, W]: the model input's (the grids of yolox and picodet).
+ * The candidates of one image (`outputs`: the head's outputs by name, at least those
+ * formatOutputs(spec) names; `spec`: manifest.format): boxes [A][4] (x1, y1, x2, y2, float32
+ * values), each candidate's best class and its score, and whether the graph selected them
+ * already (end2end, boxes_scores_labels). `size` [H, W]: the model input's (the grids of yolox
+ * and picodet).
  */
-export function candidates(output, format, size = null) {
-  const spec = typeof format === "string" ? { name: format } : format;
+export function candidates(outputs, spec, size) {
   const name = spec.name;
-  if (name === "picodet") return picodetCandidates(output, spec, size);
-  if (name === "boxes_scores_labels") return bslCandidates(output, spec);
+  if (name === "picodet") return picodetCandidates(outputs, spec, size);
+  if (name === "boxes_scores_labels") return bslCandidates(outputs, spec);
+  const output = outputs[spec.outputs.predictions];
   const p = output.data;
   const f = Math.fround; // numpy computes in float32
   const corners = (cx, cy, w, h) => [f(cx - f(w / 2)), f(cy - f(h / 2)), f(cx + f(w / 2)),
@@ -279,11 +284,11 @@ export function nms(boxes, scores, classes, rows, iou, limit) {
 /**
  * One image's detections (Python's targets="topK"): candidates scoring >= conf (float32
  * comparison, as numpy does), class-aware NMS at IoU 0.45 (none where the graph selected
- * them), the best `top` of them. Each: {candidate, class_id, score, box}. `output` and
- * `size` as for candidates.
+ * them), the best `top` of them. Each: {candidate, class_id, score, box}. `outputs`, `spec`
+ * and `size` as for candidates.
  */
-export function selectDetections(output, top, conf, format = "yolov8", size = null) {
-  const { boxes, classes, scores, selected } = candidates(output, format, size);
+export function selectDetections(outputs, top, conf, spec, size) {
+  const { boxes, classes, scores, selected } = candidates(outputs, spec, size);
   const threshold = Math.fround(conf);
   const rows = [];
   for (let a = 0; a < scores.length; a++) if (scores[a] >= threshold) rows.push(a);
@@ -415,16 +420,10 @@ export async function explainImage(detector, image, shape, { top = 1, conf = DEF
   const feeds = Object.fromEntries(names.inputs.map((name) => [name, cut[name]]));
   const seedSize = seedShape.reduce((a, b) => a * b, 1);
   const format = manifest.format;
-  const outputs = format.name === "picodet"
-    ? [...format.outputs.scores, ...format.outputs.boxes]
-    : format.name === "boxes_scores_labels" ? Object.values(format.outputs)
-    : [format.outputs.predictions];
   const forward = await head.run(
     { ...feeds, [names.seed]: new ort.Tensor("float32", new Float32Array(seedSize), seedShape) },
-    [...new Set([names.logits, ...outputs])]);
-  const read = format.name === "picodet" || format.name === "boxes_scores_labels"
-    ? forward : forward[outputs[0]];
-  const detections = selectDetections(read, top, conf, format, [H, W]);
+    [...new Set([names.logits, ...formatOutputs(format)])]);
+  const detections = selectDetections(forward, top, conf, format, [H, W]);
   const explained = forward[names.logits]; // E: the seed has its shape
   const shapeOfE = explained.dims;
   const heatmaps = new Float32Array(detections.length * H * W);
