@@ -126,15 +126,22 @@ async function figure(input, heatmap, boxes, title) {
   const big = canvas.getContext("2d");
   big.imageSmoothingEnabled = false;
   big.drawImage(await createImageBitmap(small), 0, 0, w * scale, h * scale);
-  big.lineWidth = 2;
+  big.font = "12px sans-serif";
   boxes.forEach(({ box, label }, j) => {
     const [x1, y1, x2, y2] = box.map((v) => v * scale);
-    big.strokeStyle = "white";
-    big.strokeRect(x1, y1, x2 - x1, y2 - y1);
-    big.fillStyle = "white";
-    big.font = "12px sans-serif";
     // labels stacked: the boxes of different classes may coincide
-    big.fillText(label, Math.max(x1, 0) + 3, Math.max(y1, 0) + 13 * (j + 1));
+    const [tx, ty] = [Math.max(x1, 0) + 3, Math.max(y1, 0) + 13 * (j + 1)];
+    // white on a black outline: seen on a white page as on a heatmap
+    for (const [color, width] of [["black", 4], ["white", 2]]) {
+      big.strokeStyle = color;
+      big.lineWidth = width;
+      big.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    }
+    big.lineWidth = 3;
+    big.strokeStyle = "black";
+    big.strokeText(label, tx, ty);
+    big.fillStyle = "white";
+    big.fillText(label, tx, ty);
   });
   const fig = document.createElement("figure");
   fig.append(canvas, Object.assign(document.createElement("figcaption"), { textContent: title }));
