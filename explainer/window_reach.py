@@ -11,13 +11,14 @@ exact makes :func:`reach` return None.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["reach"]
+__all__ = ["FORWARD", "GRADIENT", "Reach", "reach", "union"]
 
 #: ops applied position by position (with broadcasting)
 _POINTWISE = frozenset({
@@ -69,16 +70,47 @@ class _Scales:
         return self.scale.get(self.find(name))
 
 
+@dataclass
+class Reach:
+    """What :func:`reach` finds: how far the seed's gradient reaches, tensor by tensor.
+
+    Attributes:
+        radius: the farthest reach around the seed, per spatial axis, in the seed map's
+            positions (a window of one size for every tensor would need this much).
+        scales: each forward input -> how many times finer its grid is than the seed's map.
+        outputs: each output -> its grid's scale.
+        kind: each tensor the walk met -> :data:`GRADIENT`, :data:`FORWARD` or :data:`SIZE`.
+        bounds: each gradient tensor -> where it can be nonzero, (before, after) per axis
+            around the seed's positions on its own grid (see :func:`reach`).
+        scale: each gradient or forward tensor -> its grid's scale.
+        landed: each strided convolution's gradient -> (the ``ConvTranspose`` output it is
+            cut from, the stride, the kernel's extent per axis, the shift per axis: the
+            gradient's position of that output's element 0 at a seed at 0 is ``-shift``).
+        dropped: the outputs of nodes a window computes otherwise (sizes, the ``Pad`` and
+            ``Slice`` that cut a ``ConvTranspose`` to size).
+    """
+
+    radius: tuple[int, int]
+    scales: dict[str, int]
+    outputs: dict[str, int]
+    kind: dict[str, str] = field(default_factory=dict)
+    bounds: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    scale: dict[str, int] = field(default_factory=dict)
+    landed: dict[str, tuple[str, int, list[int], list[int]]] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)
+
+
 def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str]
-           ) -> tuple[tuple[int, int], dict[str, int], dict[str, int]] | None:
-    """Walk the backward from ``start``: (the radius around the seed, in the seed map's
-    positions; each forward input's scale; each output's scale), or None where a node would
-    not keep a crop exact."""
+          ) -> Reach | None:
+    """Walk the backward from ``start``: the :class:`Reach` of every tensor, or None where a
+    node would not keep a crop exact."""
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     kind = {start: GRADIENT, **dict.fromkeys(read, FORWARD)}
+    found = Reach((0, 0), {}, {}, kind)
+    dropped = found.dropped
     grid = _Scales()
     grid.join([start], 1)
     # a gradient's nonzero positions lie within [s*lo - before, s*(hi + 1) - 1 + after] on its
@@ -97,28 +129,34 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
             if "start" in attrs or "end" in attrs:
                 return None
             kind[out[0]], shaped[out[0]] = SIZE, {names[0]}
+            dropped.update(out)
         elif SIZE in kinds and PENDING not in kinds:
             if op not in _SHAPE_OPS or any(k not in (SIZE, None) for k in kinds):
                 return None
             kind.update(dict.fromkeys(out, SIZE))
+            dropped.update(out)
             shaped[out[0]] = set().union(*(shaped[i] for i in names if i in shaped))
         elif PENDING in kinds:
             if op == "Pad" and kinds[0] == PENDING and len(out) == 1:
                 pads = _pad_begin(node, names, consts)
                 if pads is None:
                     return None
-                scale, stride, extent, offset, bounds = pending[names[0]]
+                scale, stride, extent, offset, bounds, raw = pending[names[0]]
                 pending[out[0]] = (scale, stride, extent,
-                                   [o - p for o, p in zip(offset, pads, strict=True)], bounds)
+                                   [o - p for o, p in zip(offset, pads, strict=True)], bounds,
+                                   raw)
                 kind[out[0]] = PENDING
+                dropped.add(out[0])
             elif op == "Slice" and kinds[0] == PENDING:
                 landed = _slice_back(node, names, consts, kind, shaped, pending[names[0]])
                 if landed is None:
                     return None
-                scale, bounds, to_shape = landed
+                scale, bounds, to_shape, shift = landed
                 if not grid.join([out[0], *to_shape], scale):
                     return None
                 kind[out[0]], reach[out[0]] = GRADIENT, bounds
+                step = pending[names[0]]
+                found.landed[out[0]] = (step[5], step[1], step[2], shift)
             else:
                 return None
         elif op == "ConvTranspose":
@@ -130,11 +168,12 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
             scale, stride, extent, begin = step
             if begin is None:  # cut to size by a Pad and a Slice after it
                 kind[out[0]], pending[out[0]] = PENDING, (scale, stride, extent, [0, 0],
-                                                          reach[names[0]])
+                                                          reach[names[0]], out[0])
             else:
                 grid.join([out[0]], scale * stride)
                 kind[out[0]] = GRADIENT
                 reach[out[0]] = _landed(stride, reach[names[0]], extent, begin)
+                found.landed[out[0]] = (out[0], stride, extent, begin)
         elif op == "Conv":
             grown = _conv_growth(attrs)
             if grown is None or kinds[0] != GRADIENT or any(kinds[1:]):
@@ -151,7 +190,7 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
             if not grid.join([*data, *out]):
                 return None
             kind.update(dict.fromkeys(out, GRADIENT))
-            bounds = _union([reach[i] for i in data])
+            bounds = union([reach[i] for i in data])
             reach.update(dict.fromkeys(out, bounds))
         elif op in _POINTWISE:
             spatial = [i for i, k in zip(names, kinds, strict=True) if k]
@@ -168,7 +207,7 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
                 return None
             kind.update(dict.fromkeys(out, GRADIENT if gradients else FORWARD))
             if gradients:
-                reach.update(dict.fromkeys(out, _union([reach[i] for i in gradients])))
+                reach.update(dict.fromkeys(out, union([reach[i] for i in gradients])))
         else:
             return None
     if any(kind.get(o) != GRADIENT for o in outputs):
@@ -185,10 +224,15 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
     scales = {n: grid.of(n) for n in read}
     if any(s is None for s in scales.values()):
         return None
-    return (radius[0], radius[1]), scales, {o: grid.of(o) for o in outputs}
+    found.radius, found.scales = (radius[0], radius[1]), scales
+    found.outputs = {o: grid.of(o) for o in outputs}
+    found.bounds = reach
+    found.scale = {n: grid.of(n) for n, k in kind.items() if k in (GRADIENT, FORWARD)}
+    return found
 
 
-def _union(bounds: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
+def union(bounds: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    """The reach (before, after) per axis that covers each of ``bounds``."""
     return [(max(b[axis][0] for b in bounds), max(b[axis][1] for b in bounds))
             for axis in range(2)]
 
@@ -278,17 +322,17 @@ def _pad_begin(node: onnx.NodeProto, names: list[str], consts: dict[str, np.ndar
 
 def _slice_back(node: onnx.NodeProto, names: list[str], consts: dict[str, np.ndarray],
                 kind: dict[str, str], shaped: dict[str, set[str]], step: tuple[Any, ...]
-                ) -> tuple[int, list[tuple[int, int]], set[str]] | None:
+                ) -> tuple[int, list[tuple[int, int]], set[str], list[int]] | None:
     """A ``Slice`` of a padded ``ConvTranspose`` result over the two spatial axes: constant
     starts, step 1, ends from the shape of the tensors of its grid. Returns (the result's
-    scale, its reach, the tensors whose shape gave the ends)."""
+    scale, its reach, the tensors whose shape gave the ends, its shift: the transposed
+    convolution's element i lands at ``i - shift`` of the result)."""
     if len(names) < 4 or names[1] not in consts or kind.get(names[2]) != SIZE:
         return None
     axes = [int(a) % 4 for a in consts.get(names[3], [])]
     steps = consts.get(names[4]) if len(names) > 4 else np.ones(2)
     if axes != [2, 3] or steps is None or np.any(np.asarray(steps) != 1):
         return None
-    scale, stride, extent, offset, bounds = step
-    starts = [int(v) for v in consts[names[1]]]
-    return scale * stride, _landed(stride, bounds, extent, [
-        start + o for start, o in zip(starts, offset, strict=True)]), shaped[names[2]]
+    scale, stride, extent, offset, bounds, _ = step
+    shift = [int(v) + o for v, o in zip(consts[names[1]], offset, strict=True)]
+    return scale * stride, _landed(stride, bounds, extent, shift), shaped[names[2]], shift

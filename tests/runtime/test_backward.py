@@ -203,6 +203,14 @@ def test_a_levels_backward_runs_on_a_window_around_its_seed(bundle, monkeypatch)
     assert sorted(second.outputs.values()) == [1, 2]
     assert third is not None and set(third.scales.values()) == {1, 2}
     assert sorted(third.outputs.values()) == [1, 2, 4]
+    # each gradient on its own window: level 2's own map reached one position around the
+    # seed, though the stem's gradient reaches two of its positions (8 and 11 stem positions)
+    assert third.radius == (2, 2)
+    assert third.placed == {"gradient": ("box", 4, (7, 4, 7, 4)),
+                            "gradient_f1": ("box", 2, (3, 2, 3, 2)),
+                            "gradient_down2.y": ("box", 1, (1, 1, 1, 1))}
+    # gradients padded with zeros where a convolution spreads them, forward tensors sliced
+    assert {op for op, _, _ in third.moves.values()} == {"Pad", "Slice"}
     x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
     features = runner.features(x)
     forward = runner.predict(features)
