@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from explainer.methods import METHODS, CamContext, compute_cams
+from explainer.methods import METHODS, CamContext, compute_cams, eigen
 from explainer.methods.core import Weights, weighted_sum
 
 #: methods with a hand-worked case below
@@ -140,6 +140,80 @@ def test_eigengradcam_is_eigencam_of_gradient_times_activation():
     np.testing.assert_allclose(expected, [18, 0, 0, 0])
     np.testing.assert_allclose(weighted_sum(a.astype(np.float32), weights)[0, 0], expected,
                                atol=1e-5)
+
+
+def _spectrum_matrix(positions: int, channels: int, ratio: float, seed: int = 0) -> np.ndarray:
+    """[positions, channels] matrix whose Gram eigenvalues are 1, ``ratio`` and the rest below
+    0.8 ``ratio`` (random singular vectors)."""
+    rng = np.random.default_rng(seed)
+    k = min(positions, channels)
+    values = np.r_[1.0, ratio, ratio * rng.uniform(0, 0.8, k - 2)]
+    u = np.linalg.qr(rng.standard_normal((positions, k)))[0]
+    v = np.linalg.qr(rng.standard_normal((channels, k)))[0]
+    return (u * np.sqrt(values)) @ v.T
+
+
+def _top_eigenvectors(matrix: np.ndarray, count: int = 1) -> np.ndarray:
+    """[C, count] eigenvectors of ``X^T X`` of the largest eigenvalues (LAPACK: tests only)."""
+    return np.linalg.eigh(matrix.T @ matrix)[1][:, -count:]
+
+
+@pytest.mark.parametrize(("shape", "ratio", "path"), [
+    # large gap: power iteration with X itself converges (P > C, P <= C)
+    ((300, 128), 0.3, ["converged"]),
+    ((128, 300), 0.3, ["converged"]),
+    # too slow with X: power iteration on the Gram matrix ([C, C], [P, P]) continues
+    ((300, 128), 0.8, ["gave up", "converged"]),
+    ((128, 300), 0.8, ["gave up", "converged"]),
+    # small gap: both give up, repeated squaring of the Gram matrix
+    ((300, 128), 0.999, ["gave up", "gave up", "squared"]),
+    ((40, 200), 0.999, ["gave up", "gave up", "squared"]),
+    ((200, 6), 0.5, ["squared"]),  # small: squaring only
+])
+def test_first_component_is_the_top_eigenvector(monkeypatch, shape, ratio, path):
+    taken: list[str] = []
+    power_iteration, squared = eigen._power_iteration, eigen._squared_eigenvector
+
+    def power_spy(*args):
+        vector, converged = power_iteration(*args)
+        taken.append("converged" if converged else "gave up")
+        return vector, converged
+
+    def squared_spy(gram):
+        taken.append("squared")
+        return squared(gram)
+
+    monkeypatch.setattr(eigen, "_power_iteration", power_spy)
+    monkeypatch.setattr(eigen, "_squared_eigenvector", squared_spy)
+    matrix = _spectrum_matrix(*shape, ratio)
+    v = eigen.first_component(matrix)
+    expected = _top_eigenvectors(matrix)[:, 0]
+    assert min(np.abs(v - expected).max(), np.abs(v + expected).max()) < 1e-10
+    assert taken == path
+
+
+@pytest.mark.parametrize("shape", [(300, 128), (128, 300), (30, 20)])
+def test_first_component_with_equal_top_eigenvalues_is_in_their_eigenspace(shape):
+    matrix = _spectrum_matrix(*shape, 1.0)
+    v = eigen.first_component(matrix)
+    top = _top_eigenvectors(matrix, 2)
+    assert np.isfinite(v).all() and abs(np.linalg.norm(v) - 1) < 1e-12
+    assert np.linalg.norm(v - top @ (top.T @ v)) < 1e-9
+
+
+def test_first_component_of_degenerate_matrices():
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal(300), rng.standard_normal(128)
+    for matrix in (np.outer(u, w), np.outer(w, u)):  # rank 1: the row direction
+        direction = matrix[0] / np.linalg.norm(matrix[0])
+        v = eigen.first_component(matrix)
+        assert min(np.abs(v - direction).max(), np.abs(v + direction).max()) < 1e-12
+    for shape in [(300, 128), (128, 300), (1, 5), (5, 1), (1, 1)]:
+        np.testing.assert_array_equal(eigen.first_component(np.zeros(shape)), np.zeros(shape[1]))
+    row = rng.standard_normal((1, 5))  # P = 1: the row itself
+    v = eigen.first_component(row)
+    np.testing.assert_allclose(np.abs(v), np.abs(row[0]) / np.linalg.norm(row[0]), rtol=1e-12)
+    np.testing.assert_allclose(np.abs(eigen.first_component(rng.standard_normal((7, 1)))), [1.0])
 
 
 # --- methods that run the model again --------------------------------------------------------
