@@ -88,11 +88,13 @@ class Window:
     SEED: Place = ("box", 1, (0, 0, 0, 0))
 
     def run(self, session: Any, seed_part: np.ndarray, forward: dict[str, Any],
-            out: dict[str, np.ndarray]) -> bool:
+            out: dict[str, np.ndarray], regions: dict[str, tuple[Any, ...]] | None = None
+            ) -> bool:
         """Write the gradients (:attr:`outputs`) for the part's slice of the seed rows into
         ``out`` (zeros of their full shapes; the windows' regions are set, no full-size
-        copy); False, leaving ``out`` as it was, where the window would not pay (the seed
-        spreads over the map) or a tensor's size does not follow its scale."""
+        copy), and each one's region (its index in ``out[name]``, zero outside) into
+        ``regions`` where given; False, leaving both as they were, where the window would not
+        pay (the seed spreads over the map) or a tensor's size does not follow its scale."""
         if isinstance(self.source, str):
             start = np.reshape(seed_part, np.shape(forward[self.source]))
         else:
@@ -135,11 +137,14 @@ class Window:
             values = session.run(names, feeds)
         except (Fail, InvalidArgument, RuntimeException):
             return False  # sizes the graph cannot take on a window: the dense backward runs
-        targets = [out[name][places.region(self.placed[name])] for name in names]  # views
+        where = [places.region(self.placed[name]) for name in names]
+        targets = [out[name][region] for name, region in zip(names, where)]  # views
         if any(t.shape != v.shape for t, v in zip(targets, values, strict=True)):
             return False
         for target, value in zip(targets, values, strict=True):
             target[...] = value
+        if regions is not None:
+            regions.update(zip(names, where))
         return True
 
 

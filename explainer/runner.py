@@ -220,14 +220,18 @@ class Runner:
         return {n: values[n] for n in inputs}, values
 
     def backward(self, forward: dict[str, Any], seeds: np.ndarray, names: list[str],
-                 out: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+                 out: dict[str, np.ndarray] | None = None,
+                 regions: dict[str, list[tuple[Any, ...] | None]] | None = None
+                 ) -> list[np.ndarray]:
         """The split head's backward for seed rows [B, K, ...] (K target columns, one run
         each) on the tensors of ``forward`` (:meth:`predict`): the gradients ``names`` [B, K,
         ...], written into ``out`` where given (zeros of those shapes: a window's gradients
         are set in place). A column whose seed is zero outside one part of the explained
         tensor (a detection's level) runs that part's backward alone, on the window of the
         maps its gradients reach where that pays (:class:`Window`; several windows at once
-        on single-thread sessions, up to the sessions' thread count)."""
+        on single-thread sessions, up to the sessions' thread count). ``regions``, where
+        given, gets each gradient's list of per-column regions: the index of a column's
+        gradient [B, ...] outside which it is zero (None: anywhere)."""
         split = self.split
         assert split is not None
         out = self._zero_gradients(forward, names, seeds.shape[:2]) if out is None else out
@@ -242,13 +246,15 @@ class Runner:
         # single-thread sessions at once, 78 ms one after the other on two threads)
         single = 1 if len(windowed) > 1 and not self.on_cuda and self._pool.workers > 1 else None
 
+        placed: list[dict[str, tuple[Any, ...]]] = [{} for _ in columns]
+
         def windowed_run(job: tuple[int, int]) -> bool:
             c, part = job
             window = windows[part]
             session = self._pool.get(f"window{single or ''}:{part}", lambda: window.model,
                                      threads=single)
             return window.run(session, split.part_seed(columns[c], forward, part), forward,
-                              views[c])
+                              views[c], placed[c])
 
         ran = (self._pool.map(windowed_run, windowed) if single
                else [windowed_run(job) for job in windowed])
@@ -265,6 +271,10 @@ class Runner:
                                         self.spec.head.seed: seed}, run, self.on_cuda)
             for name, value in zip(run, values, strict=True):
                 views[c][name][...] = value
+        if regions is not None:
+            nowhere = (Ellipsis, slice(0, 0), slice(0, 0))  # a gradient the window left zero
+            regions.update({n: [placed[c].get(n, nowhere) if c in done else None
+                                for c in range(len(columns))] for n in names})
         return [out[n] for n in names]
 
     def _zero_gradients(self, forward: dict[str, Any], names: list[str],
@@ -279,12 +289,14 @@ class Runner:
     def gradients(
         self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
         forward: dict[str, Any] | None = None, backward: bool = True,
+        regions: dict[str, list[tuple[Any, ...] | None]] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Head runs for seed rows [B, K, ...] (the explained tensor's shape past its batch):
         (logits [B, ...], {name: [B, K, ...]}) for the gradient and the ``extra`` outputs.
         With ``forward`` (:meth:`predict` of the same features) of a head that splits, only
-        the backward runs, once per target column (:meth:`backward`), or not at all without
-        ``backward`` (a method that reads no gradient: zeros in their place)."""
+        the backward runs, once per target column (:meth:`backward`, which also fills
+        ``regions``), or not at all without ``backward`` (a method that reads no gradient:
+        zeros in their place)."""
         head = self.spec.head
         batch, k = seeds.shape[:2]
         split = self.split_for(batch)
@@ -292,7 +304,7 @@ class Runner:
             wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
             values = self._zero_gradients(forward, wanted, (batch, k))
             if backward:  # otherwise the zeros stay (a method that reads no gradient)
-                self.backward(forward, seeds, wanted, values)
+                self.backward(forward, seeds, wanted, values, regions)
             values.update({name: np.asarray(forward[name])[:, None] for name in extra
                            if name not in values})  # a later layer's activation
             return np.asarray(forward[head.logits]), values

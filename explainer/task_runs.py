@@ -55,8 +55,10 @@ def layer_cams(
     # a layer sweep's later layers: their activations and gradients are head outputs
     extra = [n for layer in layers[1:] for n in (layer.gradient, layer.tensor)
              if n not in cut]  # a cut tensor's activation is a features output
+    spec_of = get_method(method)
+    regions: dict[str, list[tuple[Any, ...] | None]] = {}
     logits, outputs = runner.gradients(features, seeds, extra, forward,
-                                       backward=get_method(method).uses_gradient)
+                                       backward=spec_of.uses_gradient, regions=regions)
     activations = [runner.to_numpy(features[cut[0]])]
     activations += [runner.to_numpy(features[layer.tensor])
                     if layer.tensor in cut else outputs[layer.tensor][:, 0]
@@ -65,10 +67,21 @@ def layer_cams(
 
     def cams_of(entry: dict[str, Any], given: np.ndarray, activation: np.ndarray,
                 gradient: np.ndarray) -> np.ndarray:
-        access = runner.access(x, by_name[id(entry)], given, features=features,
+        layer = by_name[id(entry)]
+        access = runner.access(x, layer, given, features=features,
                                scorer=scorer)  # runs for methods needing more
-        return np.stack([compute_cams(activation, gradient[:, j], method, class_ids[:, j],
-                                      access) for j in range(k)], axis=1)
+        where = (regions.get(layer.gradient)
+                 if spec_of.local and entry["layout"] == "NCHW" else None)
+        cams = np.zeros((*gradient.shape[:2], *activation.shape[2:]), np.float32)
+        for j in range(k):
+            region = where[j] if where else None
+            if region is None:  # anywhere
+                cams[:, j] = compute_cams(activation, gradient[:, j], method, class_ids[:, j],
+                                          access)
+            elif cams[:, j][region].size:  # a detection's window: zero outside
+                cams[:, j][region] = compute_cams(activation[region], gradient[:, j][region],
+                                                  method, class_ids[:, j], access)
+        return cams
 
     gradients = [outputs[layer.gradient] for layer in layers]
     return logits, layer_maps([layer.entry for layer in layers], activations, gradients,

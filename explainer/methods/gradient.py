@@ -174,14 +174,14 @@ SPECS = (
     ),
     MethodSpec(
         "hirescam", "HiResCAM", "closed-form", hirescam_weights, hirescam_emit,
-        per_position=True,
+        per_position=True, local=True,
         paper="Draelos & Carin, 2020, arXiv:2011.08891",
         formula="`M = ReLU(sum_k g^k A^k)`",
         peers={"pytorch-grad-cam": "HiResCAM"},
     ),
     MethodSpec(
         "gradcam-elementwise", "Element-wise Grad-CAM", "closed-form",
-        gradcam_elementwise_weights, gradcam_elementwise_emit, per_position=True,
+        gradcam_elementwise_weights, gradcam_elementwise_emit, per_position=True, local=True,
         paper="pytorch-grad-cam's GradCAMElementWise (Gildenblat et al., "
               "https://github.com/jacobgil/pytorch-grad-cam)",
         formula="`M = ReLU(sum_k ReLU(g^k A^k))`",
@@ -189,7 +189,7 @@ SPECS = (
     ),
     MethodSpec(
         "layercam", "LayerCAM", "closed-form", layercam_weights, layercam_emit,
-        per_position=True,
+        per_position=True, local=True,
         paper="Jiang et al., IEEE TIP 2021, doi:10.1109/TIP.2021.3089943",
         formula="`M = ReLU(sum_k ReLU(g^k) A^k)`",
         peers={"pytorch-grad-cam": "LayerCAM", "torchcam": "LayerCAM"},

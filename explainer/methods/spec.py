@@ -64,6 +64,9 @@ class MethodSpec:
         emit: ONNX emitter of the weights (:data:`Emitter`) for the explanation graph; None
             when the method has no in-graph form.
         per_position: ``weights``/``emit`` give per-position weights rather than channel ones.
+        local: the map is zero wherever the gradient is (per-position weights that vanish
+            with it, no offset), so a gradient known to be zero outside a region (a
+            detection's window) is weighed on that region only.
         needs_cam: a pixel method that multiplies the guided gradient by Grad-CAM.
         uses_gradient: its weights read the gradient (False: the backward is not run where the
             runtime can skip it, e.g. a detector's per-detection backward).
@@ -80,6 +83,7 @@ class MethodSpec:
     weights: Method | None
     emit: Emitter | None
     per_position: bool = False
+    local: bool = False
     needs_cam: bool = False
     uses_gradient: bool = True
     paper: str = ""

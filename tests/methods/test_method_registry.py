@@ -56,6 +56,28 @@ def test_every_spec_is_complete(name):
         assert callable(spec.emit) and spec.kind == "closed-form"
 
 
+CLOSED_FORM = [m for m, s in METHODS.items() if s.kind == "closed-form"]
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_local_methods_map_zero_where_the_gradient_is(name):
+    """A ``local`` method's map is zero wherever the gradient is, and on a region holding
+    all of the gradient it equals the whole map's crop (what a detection's window relies
+    on); every closed-form method that does so is marked."""
+    rng = np.random.default_rng(3)
+    activation = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    grad = np.zeros_like(activation)
+    grad[..., 2:6, 3:7] = rng.standard_normal((2, 4, 4, 4))
+    region = (Ellipsis, slice(2, 6), slice(3, 7))
+    whole = compute_cams(activation, grad, name)
+    local = np.zeros_like(whole)
+    local[region] = compute_cams(activation[region], grad[region], name)
+    outside = whole.copy()
+    outside[region] = 0
+    assert METHODS[name].local == (not outside.any() and np.allclose(local, whole, atol=1e-6))
+    assert not METHODS[name].local or METHODS[name].per_position
+
+
 def test_pixel_methods_come_from_the_registry():
     assert PIXEL == list(PIXEL_METHODS) and PIXEL
     assert PIXEL_METHODS == {m: METHODS[m].needs_cam for m in PIXEL}

@@ -4,6 +4,8 @@ concatenated output (the pruned backward of that level) or across levels (the wh
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,10 +14,11 @@ from conftest import DETECTOR_CLASSES as CLASSES
 from conftest import make_onnx_detector
 from onnx import TensorProto, helper
 
-from explainer import Explainer
+from explainer import Explainer, task_runs
 from explainer.backward import SplitHead, concat_parts, part_backward
 from explainer.backward_window import Window, window_backward
 from explainer.bridge import export_onnx
+from explainer.methods import METHODS
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +257,8 @@ def test_target_columns_each_get_their_own_gradients(bundle) -> None:
     for j, positions in enumerate(columns):
         for position in positions:
             seeds[:, j, :, position] = rng.standard_normal((shape[0], CLASSES))
-    got = runner.backward(forward, seeds, list(split.gradients))
+    regions = {}
+    got = runner.backward(forward, seeds, list(split.gradients), regions=regions)
     if runner._pool.workers > 1:  # the windows ran at once, on single-thread sessions
         assert {"window1:0", "window1:1"} <= set(runner._pool._sessions)
     for j in range(len(columns)):
@@ -263,6 +267,37 @@ def test_target_columns_each_get_their_own_gradients(bundle) -> None:
             scale = max(float(np.abs(want).max()), 1e-12)
             np.testing.assert_allclose(have[:, j], want, atol=1e-6 * scale,
                                        err_msg=f"column {j}: {name}")
+            # where a window ran, its region holds all of the gradient
+            region = regions[name][j]
+            outside = have[:, j].copy()
+            if region is not None:
+                outside[region] = 0
+                assert not outside.any(), (j, name)
+    # windows at levels 0 and 1 (a region each); the spread seeds ran the dense backward
+    assert [regions["gradient"][j] is None for j in range(len(columns))] == [
+        False, False, False, True, False, False, True]
+
+
+def test_local_methods_weigh_a_detections_window_only(bundle, monkeypatch) -> None:
+    """LayerCAM on a window's region gives the maps it gives on the whole gradients."""
+    x = np.random.default_rng(8).random((1, 3, 16, 16), dtype=np.float32)
+    explainer = Explainer(bundle)
+    shapes = []
+    real = task_runs.compute_cams
+    monkeypatch.setattr(task_runs, "compute_cams",
+                        lambda a, *rest: shapes.append(a.shape) or real(a, *rest))
+    windowed = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
+    full = {maps.cams.shape[2:] for maps in windowed.layers.values()}
+    assert any(shape[2:] not in full for shape in shapes)  # weighed on windows
+    spec = METHODS["layercam"]
+    assert spec.local
+    monkeypatch.setitem(METHODS, "layercam", dataclasses.replace(spec, local=False))
+    whole = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
+    assert [d.candidate for d in windowed.detections[0]] == [
+        d.candidate for d in whole.detections[0]]
+    for name, maps in windowed.layers.items():
+        np.testing.assert_array_equal(maps.cams, whole.layers[name].cams, err_msg=name)
+    np.testing.assert_array_equal(windowed.heatmaps, whole.heatmaps)
 
 _run = Window.run
 
