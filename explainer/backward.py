@@ -338,10 +338,11 @@ class SplitHead:
         if self.parts is None:
             return None
         axis = self.parts.axis
-        sizes = self.parts.sizes(forward)
-        bounds = np.cumsum([0, *sizes])
-        before = (slice(None),) * axis
-        live = [i for i in range(len(sizes))
-                if np.any(seed[(*before, slice(bounds[i], bounds[i + 1]))])]
-        return live[0] if len(live) == 1 else None
+        bounds = np.cumsum([0, *self.parts.sizes(forward)])
+        # one pass over the rows: the live positions along the parts' axis
+        live = np.flatnonzero(np.any(seed, axis=tuple(i for i in range(seed.ndim) if i != axis)))
+        if not live.size:
+            return None
+        first, last = np.searchsorted(bounds, [live[0], live[-1]], side="right") - 1
+        return int(first) if first == last else None
 
