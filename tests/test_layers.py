@@ -35,8 +35,8 @@ RUNTIME_MODULES = [
     "image", "image_geometry", "image_load", "inputs", "labels", "layers", "lazy", "manifest",
     "maps",
     "methods", "outputs", "pixels", "preprocessing", "ray_data", "report", "run_options",
-    "runner", "runtime", "seeds", "segmentation", "sequence", "sessions", "targets", "task_runs",
-    "tasks", "visualize", "window_reach",
+    "runner", "runtime", "seeds", "segmentation", "sequence", "session_build", "sessions",
+    "targets", "task_runs", "tasks", "visualize", "window_reach",
 ]
 #: the command line: it reaches the exporters through the bridge only
 CLI_MODULES = ["cli", "cli_commands", "cli_evaluate", "cli_help", "cli_messages"]

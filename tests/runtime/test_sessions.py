@@ -1,5 +1,5 @@
-"""Session creation (explainer/sessions.py): a model with large weights is given to ONNX Runtime
-with its weights handed over as arrays, not serialized; the session is the same."""
+"""Session creation (explainer/session_build.py): a model with large weights is given to ONNX
+Runtime with its weights handed over as arrays, not serialized; the session is the same."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import onnxruntime as ort
 from conftest import make_tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
 
-import explainer.sessions as sessions
+import explainer.session_build as session_build
 from explainer import Explainer
-from explainer.sessions import new_session, session_options
+from explainer.session_build import new_session
+from explainer.sessions import session_options
 from exporters import build_bundle
 
 
@@ -41,7 +42,7 @@ def test_large_weights_are_handed_over_and_the_session_is_the_same(monkeypatch) 
     monkeypatch.setattr(ort.SessionOptions, "add_external_initializers",
                         lambda self, names, values: handed.extend(names) or add(
                             self, names, values))
-    monkeypatch.setattr(sessions, "HANDED_BYTES", 1)
+    monkeypatch.setattr(session_build, "HANDED_BYTES", 1)
     session = new_session(model, options, ["CPUExecutionProvider"])
     assert sorted(handed) == ["w1", "w2"]  # b1 (1 KB) stays in the model
     np.testing.assert_array_equal(session.run(None, {"x": x})[0],
@@ -55,7 +56,7 @@ def test_large_weights_are_handed_over_and_the_session_is_the_same(monkeypatch) 
     ort.InferenceSession(other.SerializeToString(), options, providers=["CPUExecutionProvider"])
     # a small model's weights stay in it
     handed.clear()
-    monkeypatch.setattr(sessions, "HANDED_BYTES", 1 << 30)
+    monkeypatch.setattr(session_build, "HANDED_BYTES", 1 << 30)
     new_session(model, options, ["CPUExecutionProvider"])
     assert not handed
 
@@ -67,8 +68,8 @@ def test_an_explainer_with_handed_weights_explains_the_same(monkeypatch) -> None
     x = np.random.default_rng(2).normal(size=(2, 3, 16, 16)).astype(np.float32)
     expected = [Explainer(bundle, explanation_graph=graph).explain(x, top_k=2)
                 for graph in (True, False)]
-    monkeypatch.setattr(sessions, "HANDED_BYTES", 0)
-    monkeypatch.setattr(sessions, "_HANDED_WEIGHT", 256)  # the convolutions' weights
+    monkeypatch.setattr(session_build, "HANDED_BYTES", 0)
+    monkeypatch.setattr(session_build, "_HANDED_WEIGHT", 256)  # the convolutions' weights
     handed = []
     add = ort.SessionOptions.add_external_initializers
     monkeypatch.setattr(ort.SessionOptions, "add_external_initializers",
