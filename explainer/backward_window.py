@@ -251,100 +251,107 @@ def _place(found: Reach, name: str, need: dict[str, list[tuple[int, int]]]) -> P
 def _windowed(sub: onnx.ModelProto, found: Reach, start: str
               ) -> tuple[list[onnx.NodeProto], dict[str, tuple[str, Place, Place]]]:
     """The nodes of the window model of ``sub`` and its bounds inputs (:class:`Window`)."""
-    nodes = list(sub.graph.node)
-    need: dict[str, list[tuple[int, int]]] = {}  # forward tensor -> what its consumers read
-    for node in reversed(nodes):
-        out = node.output[0] if node.output else ""
-        if found.kind.get(out) == GRADIENT:
-            wanted = found.bounds[out]
-        elif found.kind.get(out) == FORWARD and out in need:
-            wanted = need[out]
-        else:
-            continue
-        for name in node.input:
-            if found.kind.get(name) == FORWARD and name not in found.scales:
-                need[name] = union([need[name], wanted]) if name in need else wanted
-    places: dict[str, Place] = {}
+    graph = _WindowGraph(list(sub.graph.node), found, start)
+    for node in graph.nodes:
+        graph.add(node)
+    return graph.result, graph.moves
 
-    def place(name: str) -> Place:
-        if name not in places:
-            places[name] = Window.SEED if name == start else _place(found, name, need)
-        return places[name]
 
-    moves: dict[str, tuple[str, Place, Place]] = {}
-    moved: dict[tuple[str, Place], str] = {}
-    result: list[onnx.NodeProto] = []
+class _WindowGraph:
+    """The window model's nodes, built node by node (:meth:`add`): each tensor at its own
+    :data:`Place`, moved where a node reads it at another."""
 
-    def moved_to(name: str, want: Place) -> str:
+    def __init__(self, nodes: list[onnx.NodeProto], found: Reach, start: str) -> None:
+        self.nodes, self.found = nodes, found
+        #: each forward tensor computed in the window -> the reach its consumers read
+        self.need: dict[str, list[tuple[int, int]]] = {}
+        for node in reversed(nodes):
+            out = node.output[0] if node.output else ""
+            if found.kind.get(out) == GRADIENT:
+                wanted = found.bounds[out]
+            elif found.kind.get(out) == FORWARD and out in self.need:
+                wanted = self.need[out]
+            else:
+                continue
+            for name in node.input:
+                if found.kind.get(name) == FORWARD and name not in found.scales:
+                    self.need[name] = (union([self.need[name], wanted]) if name in self.need
+                                       else wanted)
+        self.places: dict[str, Place] = {start: Window.SEED}
+        self.moves: dict[str, tuple[str, Place, Place]] = {}
+        self.moved: dict[tuple[str, Place], str] = {}
+        self.result: list[onnx.NodeProto] = []
+
+    def place(self, name: str) -> Place:
+        if name not in self.places:
+            self.places[name] = _place(self.found, name, self.need)
+        return self.places[name]
+
+    def moved_to(self, name: str, want: Place) -> str:
         """``name`` at place ``want``, once per place: a gradient padded with zeros, a
         forward tensor or a transposed convolution's whole result sliced."""
-        have = place(name)
+        have = self.place(name)
         if have == want:
             return name
-        if (name, want) not in moved:
-            op = "Pad" if have[0] == "box" and found.kind.get(name) == GRADIENT else "Slice"
-            key = next((k for k, v in moves.items() if v == (op, have, want)), None)
-            key = key or f"window/bounds{len(moves)}"
-            moves[key] = (op, have, want)
-            moved[(name, want)] = out = f"{name}/window{len(moved)}"
-            inputs = [name, key] if op == "Pad" else [name, f"{key}/starts", f"{key}/ends",
-                                                      _AXES]
-            result.append(helper.make_node(op, inputs, [out], name=out))
-        return moved[(name, want)]
+        if (name, want) not in self.moved:
+            gradient = have[0] == "box" and self.found.kind.get(name) == GRADIENT
+            op = "Pad" if gradient else "Slice"
+            key = next((k for k, v in self.moves.items() if v == (op, have, want)),
+                       f"window/bounds{len(self.moves)}")
+            self.moves[key] = (op, have, want)
+            self.moved[(name, want)] = out = f"{name}/window{len(self.moved)}"
+            inputs = [name, key] if gradient else [name, f"{key}/starts", f"{key}/ends", _AXES]
+            self.result.append(helper.make_node(op, inputs, [out], name=out))
+        return self.moved[(name, want)]
 
-    for node in nodes:
+    def add(self, node: onnx.NodeProto) -> None:
+        """``node`` in the window model: dropped (sizes, the ``Pad`` cutting a transposed
+        convolution to size, forward tensors no gradient reads), kept, or kept with its
+        inputs moved to its output's place."""
+        found = self.found
         outs = [o for o in node.output if o]
         kinds = [found.kind.get(i) for i in node.input]
-        if outs and all(o in found.dropped or (found.kind.get(o) == FORWARD and o not in need)
-                        for o in outs):
-            continue  # sizes, the Pad cutting a transposed convolution to size, dead ends
-        if not any(kinds) or node.op_type == "Split":
-            result.append(node)
-            continue
-        landed = found.landed.get(outs[0])
-        if node.op_type == "Slice" and landed is not None:  # its transposed convolution
-            raw, stride, extent, shift = landed
-            cover = ("cover", place(outs[0])[1], place(_input_of(nodes, raw)), stride,
-                     tuple(extent), tuple(shift))
-            places[raw] = cover
-            result.append(helper.make_node("Identity", [moved_to(raw, place(outs[0]))],
-                                           [outs[0]], name=outs[0]))
-            continue
-        if node.op_type == "ConvTranspose":
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            if landed is not None:  # padded to the map's size: computed whole, then placed
-                raw, stride, extent, shift = landed
-                del copy.attribute[:]
-                copy.attribute.extend(a for a in node.attribute
-                                      if a.name not in ("pads", "output_padding"))
-                copy.output[0] = f"{raw}/whole"
-                places[copy.output[0]] = ("cover", place(outs[0])[1], place(node.input[0]),
-                                          stride, tuple(extent), tuple(shift))
-                result.append(copy)
-                result.append(helper.make_node(
-                    "Identity", [moved_to(copy.output[0], place(outs[0]))], [outs[0]],
-                    name=outs[0]))
-            else:
-                result.append(copy)
-            continue
-        want = place(outs[0])
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        for i, (name, k) in enumerate(zip(node.input, kinds, strict=True)):
-            if k in (GRADIENT, FORWARD) and (i == 0 or node.op_type != "Conv"):
-                copy.input[i] = moved_to(name, want)
-        result.append(copy)
-    return result, moves
+        if outs and all(o in found.dropped or (found.kind.get(o) == FORWARD
+                                               and o not in self.need) for o in outs):
+            return
+        landed = found.landed.get(outs[0]) if outs else None
+        if not any(kinds) or node.op_type == "Split" or (
+                node.op_type == "ConvTranspose" and landed is None):
+            self.result.append(node)  # weights; a split or a transposed convolution in place
+        elif node.op_type == "Slice" and landed is not None:  # cuts a transposed convolution
+            self._land(landed[0], outs[0], landed)
+        elif node.op_type == "ConvTranspose":  # padded to the map's size: computed whole
+            whole = onnx.NodeProto()
+            whole.CopyFrom(node)
+            del whole.attribute[:]
+            whole.attribute.extend(a for a in node.attribute
+                                   if a.name not in ("pads", "output_padding"))
+            whole.output[0] = f"{outs[0]}/whole"
+            self.result.append(whole)
+            self._land(whole.output[0], outs[0], landed)
+        else:
+            want = self.place(outs[0])
+            moved = onnx.NodeProto()
+            moved.CopyFrom(node)
+            for i, (name, k) in enumerate(zip(node.input, kinds, strict=True)):
+                if k in (GRADIENT, FORWARD) and (i == 0 or node.op_type != "Conv"):
+                    moved.input[i] = self.moved_to(name, want)
+            self.result.append(moved)
+
+    def _land(self, whole: str, out: str, landed: tuple[str, int, list[int], list[int]]
+              ) -> None:
+        """``out`` as the slice of a transposed convolution's whole result ``whole`` at its
+        own place (``landed``: :attr:`Reach.landed`)."""
+        raw, stride, extent, shift = landed
+        source = next(n.input[0] for n in self.nodes if raw in n.output)
+        self.places[whole] = ("cover", self.place(out)[1], self.place(source), stride,
+                              tuple(extent), tuple(shift))
+        self.result.append(helper.make_node("Identity", [self.moved_to(whole, self.place(out))],
+                                            [out], name=out))
 
 
 #: the spatial axes a window's ``Slice`` cuts
 _AXES = "window/axes"
-
-
-def _input_of(nodes: list[onnx.NodeProto], output: str) -> str:
-    """The first input of the node computing ``output``."""
-    return next(n.input[0] for n in nodes if output in n.output)
 
 
 def _shape_source(model: onnx.ModelProto, shape: str, inputs: list[str]
