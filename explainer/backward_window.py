@@ -112,8 +112,7 @@ class Window:
                 seed, self.radius, size, strict=True)]) >= self.DENSE_SHARE * np.prod(size):
             return False
         grids: dict[int, tuple[int, ...]] = {1: tuple(size)}
-        for name, scale in [*((n, s) for n, s in self.scales.items() if n in forward),
-                            *((n, s) for n, s in self.outputs.items())]:
+        for name, scale in [*self.scales.items(), *self.outputs.items()]:
             tail = tuple(np.shape(forward[name] if name in self.scales else out[name])[-2:])
             if len(tail) != 2 or any(-(-t // scale) != n for t, n in zip(tail, size)) or (
                     grids.setdefault(scale, tail) != tail):
@@ -215,7 +214,10 @@ def window_backward(model: onnx.ModelProto, part_gradient: str, outputs: list[st
     if not {found.scale[n] for n in found.bounds} <= {1, *found.scales.values(),
                                                        *found.outputs.values()}:
         return None  # a grid whose size no input or output gives
-    nodes, moves = _windowed(sub, found, start)
+    windowed = _WindowGraph(list(sub.graph.node), found, start)
+    for node in windowed.nodes:
+        windowed.add(node)
+    nodes, moves = windowed.result, windowed.moves
     types = {v.name: v for v in model.graph.input}
     graph = sub.graph
     free = [helper.make_tensor_value_info(start, _elem_type(model, part_gradient), None),
@@ -230,31 +232,8 @@ def window_backward(model: onnx.ModelProto, part_gradient: str, outputs: list[st
                            numpy_helper.from_array(np.array([2, 3], np.int64), _AXES)]),
         opset_imports=list(model.opset_import), ir_version=model.ir_version)
     result.functions.extend(model.functions)
-    placed = {o: _place(found, o, {}) for o in outputs}
     return Window(result, start, source, found.radius, found.scales, found.outputs, moves,
-                  placed)
-
-
-def _place(found: Reach, name: str, need: dict[str, list[tuple[int, int]]]) -> Place:
-    """Where tensor ``name`` of the window lies: a gradient where it reaches, a forward input
-    whole, a forward tensor computed in the window where its consumers need it."""
-    scale = found.scale[name]
-    if found.kind.get(name) == GRADIENT:
-        bounds = found.bounds[name]
-    elif name in found.scales:
-        return ("full", scale)
-    else:
-        bounds = need[name]
-    return ("box", scale, tuple(v for axis in bounds for v in axis))
-
-
-def _windowed(sub: onnx.ModelProto, found: Reach, start: str
-              ) -> tuple[list[onnx.NodeProto], dict[str, tuple[str, Place, Place]]]:
-    """The nodes of the window model of ``sub`` and its bounds inputs (:class:`Window`)."""
-    graph = _WindowGraph(list(sub.graph.node), found, start)
-    for node in graph.nodes:
-        graph.add(node)
-    return graph.result, graph.moves
+                  {o: windowed.place(o) for o in outputs})
 
 
 class _WindowGraph:
@@ -283,8 +262,17 @@ class _WindowGraph:
         self.result: list[onnx.NodeProto] = []
 
     def place(self, name: str) -> Place:
+        """Where tensor ``name`` of the window lies: a gradient where it reaches, a forward
+        input whole, a forward tensor computed in the window where its consumers need it."""
         if name not in self.places:
-            self.places[name] = _place(self.found, name, self.need)
+            found = self.found
+            scale = found.scale[name]
+            if name in found.scales:
+                self.places[name] = ("full", scale)
+            else:
+                bounds = (found.bounds[name] if found.kind.get(name) == GRADIENT
+                          else self.need[name])
+                self.places[name] = ("box", scale, tuple(v for axis in bounds for v in axis))
         return self.places[name]
 
     def moved_to(self, name: str, want: Place) -> str:

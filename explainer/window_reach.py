@@ -155,8 +155,8 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
                 if not grid.join([out[0], *to_shape], scale):
                     return None
                 kind[out[0]], reach[out[0]] = GRADIENT, bounds
-                step = pending[names[0]]
-                found.landed[out[0]] = (step[5], step[1], step[2], shift)
+                _, stride, extent, _, _, raw = pending[names[0]]
+                found.landed[out[0]] = (raw, stride, extent, shift)
             else:
                 return None
         elif op == "ConvTranspose":
