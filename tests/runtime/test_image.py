@@ -137,6 +137,21 @@ def test_heatmap_graph_equals_numpy(cams_shape, size):
     assert calls == [len(cams) - 1]
 
 
+@pytest.mark.parametrize(("heights", "height"), [
+    ((80, 40, 20), 640), ((7,), 224), ((13, 11), 5), ((3, 6, 12), 17), ((60, 30, 15), 480),
+])
+def test_row_blocks_are_the_interpolation_matrices_side_by_side(heights, height):
+    from explainer.maps import interpolation_matrix, row_blocks
+    index, weights = row_blocks(heights, height)
+    dense = np.concatenate([interpolation_matrix(h, height) for h in heights], axis=1)
+    rebuilt = np.zeros((len(index), weights.shape[1], dense.shape[1]), np.float32)
+    for b in range(len(index)):
+        np.add.at(rebuilt[b], (slice(None), index[b]), weights[b])  # padding adds 0 to row 0
+    np.testing.assert_array_equal(rebuilt.reshape(height, -1), dense)
+    if height == 640:  # blocks of 32 output rows need 13 of the 140 source rows
+        assert weights.shape == (20, 32, 13)
+
+
 def _mean_of_heatmaps(layers, size):
     """The definition: each layer's heatmaps (upsampled and min-max scaled CAMs; a constant
     CAM gives zeros), their sum scaled."""
