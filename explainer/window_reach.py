@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .window_ops import broadcast, conv_growth, landed, pad_begin, transposed
+
 __all__ = ["FORWARD", "GRADIENT", "Reach", "reach", "union"]
 
 #: ops applied position by position (with broadcasting)
@@ -104,143 +106,216 @@ def reach(model: onnx.ModelProto, start: str, read: list[str], outputs: list[str
           ) -> Reach | None:
     """Walk the backward from ``start``: the :class:`Reach` of every tensor, or None where a
     node would not keep a crop exact."""
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    kind = {start: GRADIENT, **dict.fromkeys(read, FORWARD)}
-    found = Reach((0, 0), {}, {}, kind)
-    dropped = found.dropped
-    grid = _Scales()
-    grid.join([start], 1)
-    # a gradient's nonzero positions lie within [s*lo - before, s*(hi + 1) - 1 + after] on its
-    # grid of scale s, per axis, [lo, hi] the seed's on its own map: (before, after) per axis
-    reach: dict[str, list[tuple[int, int]]] = {start: [(0, 0), (0, 0)]}
-    shaped: dict[str, set[str]] = {}  # a SIZE tensor -> the tensors whose shapes it reads
-    pending: dict[str, tuple[Any, ...]] = {}  # a ConvTranspose's result before Pad/Slice
-    for node in model.graph.node:
-        names = [i for i in node.input if i]
-        kinds = [kind.get(i) for i in names]
+    walk = _Walk(model, start, read)
+    if not all(walk.step(node) for node in model.graph.node):
+        return None
+    return walk.result(read, outputs)
+
+
+@dataclass
+class _Node:
+    """A node as the walk reads it: its op, attributes, named inputs (with what each
+    carries) and outputs."""
+
+    proto: onnx.NodeProto
+    op: str
+    attrs: dict[str, Any]
+    names: list[str]
+    kinds: list[str | None]
+    out: list[str]
+
+
+class _Walk:
+    """:func:`reach`'s state over the nodes in order: what each tensor carries, its grid,
+    and a gradient's reach: its nonzero positions lie within
+    ``[s*lo - before, s*(hi + 1) - 1 + after]`` on its grid of scale s, per axis, ``[lo, hi]``
+    the seed's on its own map. Each step returns False where its node would not keep a crop
+    exact."""
+
+    def __init__(self, model: onnx.ModelProto, start: str, read: list[str]) -> None:
+        self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for node in model.graph.node:
+            if (node.op_type == "Constant" and node.attribute
+                    and node.attribute[0].name == "value"):
+                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.kind: dict[str, str] = {start: GRADIENT, **dict.fromkeys(read, FORWARD)}
+        self.found = Reach((0, 0), {}, {}, self.kind)
+        self.grid = _Scales()
+        self.grid.join([start], 1)
+        self.reach: dict[str, list[tuple[int, int]]] = {start: [(0, 0), (0, 0)]}
+        self.shaped: dict[str, set[str]] = {}  # a SIZE tensor -> the tensors whose shapes it reads
+        self.pending: dict[str, tuple[Any, ...]] = {}  # a ConvTranspose's result before Pad/Slice
+
+    def step(self, proto: onnx.NodeProto) -> bool:
+        """Classify one node's outputs (a node reading nothing the walk tracks is skipped)."""
+        names = [i for i in proto.input if i]
+        kinds = [self.kind.get(i) for i in names]
         if not any(kinds):
-            continue  # weights and constants
-        op, out = node.op_type, [o for o in node.output if o]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if op == "Shape" and kinds[0] in (GRADIENT, FORWARD):
-            if "start" in attrs or "end" in attrs:
-                return None
-            kind[out[0]], shaped[out[0]] = SIZE, {names[0]}
-            dropped.update(out)
-        elif SIZE in kinds and PENDING not in kinds:
-            if op not in _SHAPE_OPS or any(k not in (SIZE, None) for k in kinds):
-                return None
-            kind.update(dict.fromkeys(out, SIZE))
-            dropped.update(out)
-            shaped[out[0]] = set().union(*(shaped[i] for i in names if i in shaped))
-        elif PENDING in kinds:
-            if op == "Pad" and kinds[0] == PENDING and len(out) == 1:
-                pads = _pad_begin(node, names, consts)
-                if pads is None:
-                    return None
-                scale, stride, extent, offset, bounds, raw = pending[names[0]]
-                pending[out[0]] = (scale, stride, extent,
-                                   [o - p for o, p in zip(offset, pads, strict=True)], bounds,
-                                   raw)
-                kind[out[0]] = PENDING
-                dropped.add(out[0])
-            elif op == "Slice" and kinds[0] == PENDING:
-                landed = _slice_back(node, names, consts, kind, shaped, pending[names[0]])
-                if landed is None:
-                    return None
-                scale, bounds, to_shape, shift = landed
-                if not grid.join([out[0], *to_shape], scale):
-                    return None
-                kind[out[0]], reach[out[0]] = GRADIENT, bounds
-                _, stride, extent, _, _, raw = pending[names[0]]
-                found.landed[out[0]] = (raw, stride, extent, shift)
-            else:
-                return None
-        elif op == "ConvTranspose":
-            if kinds[0] != GRADIENT or any(kinds[1:]):
-                return None
-            step = _transposed(attrs, grid.of(names[0]))
-            if step is None:
-                return None
-            scale, stride, extent, begin = step
-            if begin is None:  # cut to size by a Pad and a Slice after it
-                kind[out[0]], pending[out[0]] = PENDING, (scale, stride, extent, [0, 0],
-                                                          reach[names[0]], out[0])
-            else:
-                grid.join([out[0]], scale * stride)
-                kind[out[0]] = GRADIENT
-                reach[out[0]] = _landed(stride, reach[names[0]], extent, begin)
-                found.landed[out[0]] = (out[0], stride, extent, begin)
-        elif op == "Conv":
-            grown = _conv_growth(attrs)
-            if grown is None or kinds[0] != GRADIENT or any(kinds[1:]):
-                return None
-            grid.join([names[0], out[0]])
-            kind[out[0]] = GRADIENT
-            reach[out[0]] = [(b + g, a + g) for (b, a), g in zip(reach[names[0]], grown)]
-        elif op in ("Split", "Concat"):
-            axis = attrs.get("axis", 0)
-            data = names if op == "Concat" else names[:1]
-            if axis not in (1, -3) or (op == "Concat" and any(k != GRADIENT for k in kinds)) or (
-                    op == "Split" and (kinds[0] != GRADIENT or any(kinds[1:]))):
-                return None
-            if not grid.join([*data, *out]):
-                return None
-            kind.update(dict.fromkeys(out, GRADIENT))
-            bounds = union([reach[i] for i in data])
-            reach.update(dict.fromkeys(out, bounds))
-        elif op in _POINTWISE:
-            spatial = [i for i, k in zip(names, kinds, strict=True) if k]
-            if any(not k and not _broadcast(consts.get(i)) for i, k in zip(names, kinds)):
-                return None
-            gradients = [i for i, k in zip(names, kinds, strict=True) if k == GRADIENT]
-            if gradients and not (
-                    op in _LINEAR_ANY or (op == "Div" and kinds[0] == GRADIENT
-                                          and GRADIENT not in kinds[1:])
-                    or (op in _LINEAR_ALL and len(gradients) == len(names))
-                    or (op == "Where" and _zero_branches(names, kinds, consts))):
-                return None
-            if not grid.join([*spatial, *out]):
-                return None
-            kind.update(dict.fromkeys(out, GRADIENT if gradients else FORWARD))
-            if gradients:
-                reach.update(dict.fromkeys(out, union([reach[i] for i in gradients])))
-        else:
+            return True  # weights and constants
+        node = _Node(proto, proto.op_type,
+                     {a.name: helper.get_attribute_value(a) for a in proto.attribute},
+                     names, kinds, [o for o in proto.output if o])
+        if node.op == "Shape" and kinds[0] in (GRADIENT, FORWARD):
+            return self._shape(node)
+        if SIZE in kinds and PENDING not in kinds:
+            return self._size(node)
+        if PENDING in kinds:
+            return self._pad(node) if node.op == "Pad" else self._slice(node)
+        if node.op in _STEPS:
+            return _STEPS[node.op](self, node)
+        return node.op in _POINTWISE and self._pointwise(node)
+
+    def _shape(self, node: _Node) -> bool:
+        if "start" in node.attrs or "end" in node.attrs:
+            return False
+        self.kind[node.out[0]], self.shaped[node.out[0]] = SIZE, {node.names[0]}
+        self.found.dropped.update(node.out)
+        return True
+
+    def _size(self, node: _Node) -> bool:
+        """Integer arithmetic on shapes: dropped (a window computes its sizes otherwise)."""
+        if node.op not in _SHAPE_OPS or any(k not in (SIZE, None) for k in node.kinds):
+            return False
+        self.kind.update(dict.fromkeys(node.out, SIZE))
+        self.found.dropped.update(node.out)
+        self.shaped[node.out[0]] = set().union(
+            *(self.shaped[i] for i in node.names if i in self.shaped))
+        return True
+
+    def _pad(self, node: _Node) -> bool:
+        """The zeros before a pending transposed convolution's result: its offset moves."""
+        if node.kinds[0] != PENDING or len(node.out) != 1:
+            return False
+        pads = pad_begin(node.proto, node.names, self.consts)
+        if pads is None:
+            return False
+        scale, stride, extent, offset, bounds, raw = self.pending[node.names[0]]
+        self.pending[node.out[0]] = (
+            scale, stride, extent, [o - p for o, p in zip(offset, pads, strict=True)], bounds,
+            raw)
+        self.kind[node.out[0]] = PENDING
+        self.found.dropped.add(node.out[0])
+        return True
+
+    def _slice(self, node: _Node) -> bool:
+        """The ``Slice`` that cuts a pending transposed convolution to size: it lands."""
+        if node.op != "Slice" or node.kinds[0] != PENDING:
+            return False
+        step = self.pending[node.names[0]]
+        landed = _slice_back(node.proto, node.names, self.consts, self.kind, self.shaped, step)
+        if landed is None:
+            return False
+        scale, bounds, to_shape, shift = landed
+        if not self.grid.join([node.out[0], *to_shape], scale):
+            return False
+        self.kind[node.out[0]], self.reach[node.out[0]] = GRADIENT, bounds
+        _, stride, extent, _, _, raw = step
+        self.found.landed[node.out[0]] = (raw, stride, extent, shift)
+        return True
+
+    def _conv_transpose(self, node: _Node) -> bool:
+        """A strided convolution's backward: s times finer, cut to size by its own pads or by
+        a ``Pad`` and a ``Slice`` after it (pending until then)."""
+        names, out = node.names, node.out[0]
+        if node.kinds[0] != GRADIENT or any(node.kinds[1:]):
+            return False
+        step = transposed(node.attrs, self.grid.of(names[0]))
+        if step is None:
+            return False
+        scale, stride, extent, begin = step
+        if begin is None:
+            self.kind[out] = PENDING
+            self.pending[out] = (scale, stride, extent, [0, 0], self.reach[names[0]], out)
+            return True
+        self.grid.join([out], scale * stride)
+        self.kind[out] = GRADIENT
+        self.reach[out] = landed(stride, self.reach[names[0]], extent, begin)
+        self.found.landed[out] = (out, stride, extent, begin)
+        return True
+
+    def _conv(self, node: _Node) -> bool:
+        """A stride-1 convolution of the gradient: its reach grows by the kernel's."""
+        grown = conv_growth(node.attrs)
+        if grown is None or node.kinds[0] != GRADIENT or any(node.kinds[1:]):
+            return False
+        source, out = node.names[0], node.out[0]
+        self.grid.join([source, out])
+        self.kind[out] = GRADIENT
+        self.reach[out] = [(b + g, a + g) for (b, a), g in zip(self.reach[source], grown)]
+        return True
+
+    def _channels(self, node: _Node) -> bool:
+        """``Split``/``Concat`` of gradients along the channels: one grid, the union reach."""
+        concat = node.op == "Concat"
+        data = node.names if concat else node.names[:1]
+        kinds = node.kinds
+        if node.attrs.get("axis", 0) not in (1, -3) or (
+                concat and any(k != GRADIENT for k in kinds)) or (
+                not concat and (kinds[0] != GRADIENT or any(kinds[1:]))):
+            return False
+        if not self.grid.join([*data, *node.out]):
+            return False
+        self.kind.update(dict.fromkeys(node.out, GRADIENT))
+        self.reach.update(dict.fromkeys(node.out, union([self.reach[i] for i in data])))
+        return True
+
+    def _pointwise(self, node: _Node) -> bool:
+        """Position by position: a gradient stays where its inputs' are, provided the op is
+        zero where they are (:data:`_LINEAR_ANY`, :data:`_LINEAR_ALL`, a ``Div`` by a forward
+        tensor, a ``Where`` between gradients and zeros)."""
+        op, names, kinds = node.op, node.names, node.kinds
+        spatial = [i for i, k in zip(names, kinds, strict=True) if k]
+        if any(not k and not broadcast(self.consts.get(i)) for i, k in zip(names, kinds)):
+            return False
+        gradients = [i for i, k in zip(names, kinds, strict=True) if k == GRADIENT]
+        if gradients and not (
+                op in _LINEAR_ANY or (op == "Div" and kinds[0] == GRADIENT
+                                      and GRADIENT not in kinds[1:])
+                or (op in _LINEAR_ALL and len(gradients) == len(names))
+                or (op == "Where" and _zero_branches(names, kinds, self.consts))):
+            return False
+        if not self.grid.join([*spatial, *node.out]):
+            return False
+        self.kind.update(dict.fromkeys(node.out, GRADIENT if gradients else FORWARD))
+        if gradients:
+            self.reach.update(dict.fromkeys(node.out, union([self.reach[i] for i in gradients])))
+        return True
+
+    def result(self, read: list[str], outputs: list[str]) -> Reach | None:
+        """The :class:`Reach` once every node is walked (None: an output is no gradient, or a
+        tensor's grid is unknown)."""
+        kind, grid, found = self.kind, self.grid, self.found
+        if any(kind.get(o) != GRADIENT for o in outputs):
             return None
-    if any(kind.get(o) != GRADIENT for o in outputs):
-        return None
-    if any(grid.of(n) is None for n in [*read, *outputs] if kind.get(n) != SIZE):
-        return None
-    radius = [0, 0]
-    for name, bounds in reach.items():
-        scale = grid.of(name)
-        if scale is None:
+        if any(grid.of(n) is None for n in [*read, *outputs] if kind.get(n) != SIZE):
             return None
-        radius = [max(r, -(-b // scale), -(-a // scale))
-                  for r, (b, a) in zip(radius, bounds, strict=True)]
-    scales = {n: grid.of(n) for n in read}
-    if any(s is None for s in scales.values()):
-        return None
-    found.radius, found.scales = (radius[0], radius[1]), scales
-    found.outputs = {o: grid.of(o) for o in outputs}
-    found.bounds = reach
-    found.scale = {n: grid.of(n) for n, k in kind.items() if k in (GRADIENT, FORWARD)}
-    return found
+        radius = [0, 0]
+        for name, bounds in self.reach.items():
+            scale = grid.of(name)
+            if scale is None:
+                return None
+            radius = [max(r, -(-b // scale), -(-a // scale))
+                      for r, (b, a) in zip(radius, bounds, strict=True)]
+        scales = {n: grid.of(n) for n in read}
+        if any(s is None for s in scales.values()):
+            return None
+        found.radius, found.scales = (radius[0], radius[1]), scales
+        found.outputs = {o: grid.of(o) for o in outputs}
+        found.bounds = self.reach
+        found.scale = {n: grid.of(n) for n, k in kind.items()
+                       if k in (GRADIENT, FORWARD)}
+        return found
+
+
+#: the walk's step for each op other than pointwise ones
+_STEPS = {"ConvTranspose": _Walk._conv_transpose, "Conv": _Walk._conv,
+          "Split": _Walk._channels, "Concat": _Walk._channels}
 
 
 def union(bounds: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
     """The reach (before, after) per axis that covers each of ``bounds``."""
     return [(max(b[axis][0] for b in bounds), max(b[axis][1] for b in bounds))
             for axis in range(2)]
-
-
-def _broadcast(value: np.ndarray | None) -> bool:
-    """Whether a constant is the same at every position of a map [N, C, H, W] it is
-    broadcast against (its last two dims are 1, or it has fewer)."""
-    return value is not None and value.ndim <= 4 and all(d == 1 for d in value.shape[-2:])
 
 
 def _zero_branches(names: list[str], kinds: list[str | None], consts: dict[str, np.ndarray]
@@ -250,74 +325,6 @@ def _zero_branches(names: list[str], kinds: list[str | None], consts: dict[str, 
     return kinds[0] != GRADIENT and all(
         k == GRADIENT or (n in consts and not np.any(consts[n]))
         for n, k in zip(names[1:], kinds[1:], strict=True))
-
-
-def _conv_growth(attrs: dict[str, Any]) -> list[int] | None:
-    """How far a 2-D stride-1 ``Conv`` that keeps its input's size spreads nonzero positions,
-    per side and axis (its larger pad); None for any other Conv."""
-    kernel = list(attrs.get("kernel_shape", []))
-    if len(kernel) != 2 or any(s != 1 for s in attrs.get("strides", [1, 1])):
-        return None
-    dilations = list(attrs.get("dilations", [1, 1]))
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return [d * (k - 1) - d * (k - 1) // 2 for d, k in zip(dilations, kernel, strict=True)]
-    if auto not in ("NOTSET", ""):
-        return None  # VALID shrinks the map
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if any(pads[i] + pads[i + 2] != d * (k - 1)
-           for i, (d, k) in enumerate(zip(dilations, kernel, strict=True))):
-        return None
-    return [max(pads[i], pads[i + 2]) for i in range(2)]
-
-
-def _transposed(attrs: dict[str, Any], scale: int | None
-                ) -> tuple[int, int, list[int], list[int] | None] | None:
-    """A 2-D ``ConvTranspose`` with equal strides s (the backward of a strided convolution):
-    (its input's scale, s, the kernel's extent (k-1)*d per axis, its begin pads where its
-    output is s times its input's size, or None where it has no pads and a ``Pad`` and a
-    ``Slice`` after it cut it to size); None for any other."""
-    kernel = list(attrs.get("kernel_shape", []))
-    strides = list(attrs.get("strides", [1, 1]))
-    auto = attrs.get("auto_pad", b"NOTSET")
-    if (scale is None or len(kernel) != 2 or len(set(strides)) != 1 or "output_shape" in attrs
-            or (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET"):
-        return None
-    stride = strides[0]
-    extent = [d * (k - 1) for d, k in zip(attrs.get("dilations", [1, 1]), kernel, strict=True)]
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    extra = list(attrs.get("output_padding", [0, 0]))
-    if all(e + 1 - pads[i] - pads[i + 2] + extra[i] == stride for i, e in enumerate(extent)):
-        return scale, stride, extent, pads[:2]
-    if any(pads) or any(extra):
-        return None
-    return scale, stride, extent, None
-
-
-def _landed(stride: int, bounds: list[tuple[int, int]], extent: list[int], offset: list[int]
-            ) -> list[tuple[int, int]]:
-    """The reach of a transposed convolution's result, its element i at ``i + offset`` of
-    the full transposed convolution (no pads) of a tensor of reach ``bounds``: an input
-    position o gives s*o .. s*o + extent."""
-    return [(max(stride * before + off, 0), max(stride * after - stride + 1 + e - off, 0))
-            for (before, after), e, off in zip(bounds, extent, offset, strict=True)]
-
-
-def _pad_begin(node: onnx.NodeProto, names: list[str], consts: dict[str, np.ndarray]
-               ) -> list[int] | None:
-    """The zeros a constant ``Pad`` of a 4-D tensor adds before each spatial axis (none on
-    the batch and channel axes); None for any other Pad."""
-    mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"),
-                b"constant")
-    if mode not in (b"constant", "constant") or len(names) < 2 or names[1] not in consts:
-        return None
-    if len(names) > 2 and (names[2] not in consts or np.any(consts[names[2]])) or len(names) > 3:
-        return None
-    pads = [int(p) for p in consts[names[1]]]
-    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
-        return None
-    return pads[2:4]
 
 
 def _slice_back(node: onnx.NodeProto, names: list[str], consts: dict[str, np.ndarray],
@@ -335,4 +342,4 @@ def _slice_back(node: onnx.NodeProto, names: list[str], consts: dict[str, np.nda
         return None
     scale, stride, extent, offset, bounds, _ = step
     shift = [int(v) + o for v, o in zip(consts[names[1]], offset, strict=True)]
-    return scale * stride, _landed(stride, bounds, extent, shift), shaped[names[2]], shift
+    return scale * stride, landed(stride, bounds, extent, shift), shaped[names[2]], shift
