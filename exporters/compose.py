@@ -34,9 +34,9 @@ Outputs: ``logits`` [B, C], ``target_ids`` [B, K] int64, ``scores`` [B, K] (logi
 ``probabilities`` [B, K] (softmax; the logits themselves where ``head.score`` says the head's output
 is already a probability), ``cams`` [B, K, h, w], ``heatmaps`` [B, K, H, W] in [0, 1].
 
-The CAM part is a table (:data:`CAM_METHODS`): a method name maps to its
-:class:`~explainer.methods.MethodSpec`, whose ``emit`` writes ONNX nodes from the activation
-and the gradient to channel weights (or per-position weights, ``per_position``).
+The CAM part (:mod:`exporters.compose_cams`) is a table (:data:`CAM_METHODS`): a method name
+maps to its :class:`~explainer.methods.MethodSpec`, whose ``emit`` writes ONNX nodes from the
+activation and the gradient to channel weights (or per-position weights, ``per_position``).
 Every method closed-form in (activation, gradient) is there, so every ONNX Runtime binding can
 run it; each method is one If branch, so a run computes only the method it asks for. Methods
 that need more (eigen decompositions, Score-CAM, Ablation-CAM, CAM) use the two graphs.
@@ -52,10 +52,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from explainer.methods import METHODS, MethodSpec
 from explainer.tasks.registry import TASKS, format_spec
 
 from .builder import Builder
+from .compose_cams import CAM_METHODS, cams, heatmaps
 from .compose_head import head_copies, rename_graph, size_copies, size_inputs
 from .errors import ExportError
 from .graph import default_opset, prune
@@ -65,16 +65,6 @@ __all__ = ["CAM_METHODS", "build_explanation_graph", "explanation_blocker"]
 INPUTS = {"top_k": "top_k", "least": "least", "class_ids": "class_ids", "method": "method"}
 OUTPUTS = {name: name for name in
            ("logits", "target_ids", "scores", "probabilities", "cams", "heatmaps")}
-
-
-# --- the CAM methods, in the graph --------------------------------------------------------------
-#: Methods the explanation graph can express (those closed-form in the activation and its
-#: gradient), in the order of the graph's ``method`` input: name -> spec, every spec of
-#: :data:`explainer.methods.METHODS` with an ONNX emitter (``emit``), which sits beside its
-#: numpy twin in the method's module.
-CAM_METHODS: dict[str, MethodSpec] = {
-    name: spec for name, spec in METHODS.items() if spec.emit is not None
-}
 
 
 # --- composition ----------------------------------------------------------------------------------
@@ -176,89 +166,6 @@ def _segment_seeds(b: Builder, scores: str, predicted: str, probabilities: str, 
     b.op("Div", total, b.op("Max", area, b.const(1.0, np.float32)),
          out=OUTPUTS["probabilities"])
     return rows, mask
-
-
-def _method_cams(b: Builder, method: MethodSpec, activation: str, gradient: str,
-                 out: str) -> None:
-    """Raw CAMs [B, K, h, w] = ReLU(sum_c w_c A^c) from NCHW A and gradient [B, K, C, h, w]."""
-    weights = method.emit(b, activation, gradient)
-    if method.per_position:
-        product = b.op("Mul", weights, b.op("Unsqueeze", activation, b.const([1])))
-        b.op("Relu", b.reduce("ReduceSum", product, [2], keepdims=0), out=out)
-        return
-    flat = b.op("MatMul", weights, b.op("Reshape", activation, b.const([0, 0, -1])))
-    shape = b.op("Concat", b.dims(b.op("Shape", flat), 0, 2),
-                 b.dims(b.op("Shape", activation), 2, 4), axis=0)
-    b.op("Relu", b.op("Reshape", flat, shape), out=out)
-
-
-def _branch(b: Builder, name: str, emit: Callable[[str], None]) -> onnx.GraphProto:
-    """A subgraph (an If branch) whose one output ``emit(output name)`` computes; the
-    branch reads the activation, the gradient and its constants from the outer graph."""
-    outer, b.nodes = b.nodes, []
-    out = b._name("cams")
-    emit(out)
-    graph = helper.make_graph(b.nodes, b._name(name), [],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
-    b.nodes = outer
-    return graph
-
-
-def _cams(b: Builder, methods: list[str], activation: str, gradient: str) -> str:
-    """Raw CAMs [B, K, h, w] of the method the ``method`` input picks (its index in
-    ``methods``): If(method == 0, first, If(method == 1, second, ...)), so a run computes
-    only the chosen method's nodes."""
-
-    def select(i: int, out: str) -> None:
-        if i == len(methods) - 1:
-            _method_cams(b, CAM_METHODS[methods[i]], activation, gradient, out)
-            return
-        chosen = b.op("Equal", INPUTS["method"], b.const([i]))
-        then = _branch(b, methods[i], lambda o: _method_cams(
-            b, CAM_METHODS[methods[i]], activation, gradient, o))
-        b.op("If", chosen, out=out, then_branch=then,
-             else_branch=_branch(b, "else", lambda o: select(i + 1, o)))
-
-    select(0, OUTPUTS["cams"])
-    return OUTPUTS["cams"]
-
-
-def _interpolation(b: Builder, src: str, dst: str) -> str:
-    """The [dst, src] matrix of 1-D linear interpolation with half-pixel centres for sizes
-    ``src`` -> ``dst`` (int64 [1] tensors): row i holds max(0, 1 - |p_i - j|) over source
-    positions j, p_i = (i + 0.5) src / dst - 0.5 clamped to [0, src - 1] (the two weights
-    that ``Resize`` linear gives output i; :func:`explainer.maps.interpolation_matrix`)."""
-    def positions(size: str) -> str:  # 0, 1, ..., size - 1 as floats
-        scalar = b.op("Reshape", size, b.const(np.zeros(0, np.int64)))
-        return b.op("Cast", b.op("Range", b.const(0), scalar, b.const(1)),
-                    to=TensorProto.FLOAT)
-
-    half = b.const(0.5, np.float32)
-    src_f, dst_f = (b.op("Cast", v, to=TensorProto.FLOAT) for v in (src, dst))
-    p = b.op("Sub", b.op("Mul", b.op("Add", positions(dst), half), b.op("Div", src_f, dst_f)),
-             half)
-    p = b.op("Min", b.op("Max", p, b.const(0.0, np.float32)),
-             b.op("Sub", src_f, b.const(1.0, np.float32)))
-    distance = b.op("Abs", b.op("Sub", b.op("Reshape", p, b.const([-1, 1])), positions(src)))
-    return b.op("Relu", b.op("Sub", b.const(1.0, np.float32), distance))
-
-
-def _heatmaps(b: Builder, cams: str, model_input: str, input_layout: str) -> str:
-    """Bilinear (half-pixel) upsampling to the input size, then per-map min-max to [0, 1].
-    The upsampling is two matrix products with the interpolation matrices (rows @ cams @
-    columns^T: ``Resize``'s values, 3-4x faster on ONNX Runtime's CPU provider)."""
-    hw = (2, 4) if input_layout == "NCHW" else (1, 3)
-    small, big = b.op("Shape", cams), b.op("Shape", model_input)
-    rows = _interpolation(b, b.dims(small, 2, 3), b.dims(big, hw[0], hw[0] + 1))
-    columns = _interpolation(b, b.dims(small, 3, 4), b.dims(big, hw[0] + 1, hw[1]))
-    up = b.op("MatMul", b.op("MatMul", rows, cams), b.op("Transpose", columns, perm=[1, 0]))
-    flat = b.op("Reshape", up, b.const([0, 0, -1]))
-    low = b.reduce("ReduceMin", flat, [2])
-    span = b.op("Sub", b.reduce("ReduceMax", flat, [2]), low)
-    zero = b.const(0.0, np.float32)
-    scale = b.op("Where", b.op("Greater", span, zero), b.op("Reciprocal", span), zero)
-    scaled = b.op("Mul", b.op("Sub", flat, low), scale)
-    return b.op("Reshape", scaled, b.op("Shape", up), out=OUTPUTS["heatmaps"])
 
 
 def _io(name: str, elem_type: int, shape: list[Any]) -> onnx.ValueInfoProto:
@@ -365,8 +272,8 @@ def build_explanation_graph(
     if manifest["target"]["layout"] == "NHWC":
         nchw = b.op("Transpose", activation, perm=[0, 3, 1, 2])
         gradient = b.op("Transpose", gradient, perm=[0, 1, 4, 2, 3])
-    cams = _cams(b, methods, nchw, gradient)
-    _heatmaps(b, cams, input_name, manifest["input"]["layout"])
+    cams(b, methods, nchw, gradient, INPUTS["method"], OUTPUTS["cams"])
+    heatmaps(b, OUTPUTS["cams"], input_name, manifest["input"]["layout"], OUTPUTS["heatmaps"])
     if segment:
         pass  # scores and probabilities come with the seeds
     elif manifest["head"].get("score", "logit") == "probability":  # the model's own
