@@ -27,6 +27,7 @@ from onnx import helper
 
 from .backward_window import Window, window_backward
 from .bundle import BACKWARD_PREFIX, extract, node_inputs
+from .sparse_seeds import SparseColumn
 
 __all__ = ["BACKWARD_PREFIX", "Parts", "SplitHead", "backward_inputs", "concat_parts",
            "part_backward"]
@@ -104,12 +105,15 @@ class Parts:
         axis = self.axis if self.part_axis is None else self.part_axis
         return [np.shape(forward[name])[axis] for name in self.tensors]
 
-    def seed_of(self, seed: np.ndarray, forward: dict[str, Any], part: int) -> np.ndarray:
+    def seed_of(self, seed: np.ndarray | SparseColumn, forward: dict[str, Any], part: int
+                ) -> np.ndarray:
         """The seed rows' gradient for ``part`` as the backward splits it off."""
         bounds = np.cumsum([0, *self.sizes(forward)])
+        axis = self.axis if self.part_axis is None else self.part_axis
+        if isinstance(seed, SparseColumn):
+            return seed.part(self.perm, axis, int(bounds[part]), int(bounds[part + 1]))
         if self.perm is not None:
             seed = np.transpose(seed, np.argsort(self.perm))  # back to the concatenation
-        axis = self.axis if self.part_axis is None else self.part_axis
         return seed[(*(slice(None),) * axis, slice(bounds[part], bounds[part + 1]))]
 
 
@@ -327,20 +331,29 @@ class SplitHead:
                                                       outputs)
             return self._windows[part]
 
-    def part_seed(self, seed: np.ndarray, forward: dict[str, Any], part: int) -> np.ndarray:
+    def zeros(self, forward: dict[str, Any], names: list[str], columns: tuple[int, int]
+              ) -> dict[str, np.ndarray]:
+        """Zeros [B, K, ...] for the gradients ``names`` (``columns``: B, K), each shaped as
+        its activation in ``forward`` past the batch."""
+        return {n: np.zeros((*columns, *np.shape(forward[self.gradients[n]])[1:]), np.float32)
+                for n in names}
+
+    def part_seed(self, seed: np.ndarray | SparseColumn, forward: dict[str, Any], part: int
+                  ) -> np.ndarray:
         """The seed rows' gradient over ``part`` of the explained tensor, as the backward
         splits it off (:meth:`Parts.seed_of`)."""
         return self.parts.seed_of(seed, forward, part)
 
-    def part_of(self, seed: np.ndarray, forward: dict[str, Any]) -> int | None:
+    def part_of(self, seed: np.ndarray | SparseColumn, forward: dict[str, Any]) -> int | None:
         """The one part of the explained tensor where the seed rows [B, ...] are not zero
         (None: several, or the explained tensor has no parts)."""
         if self.parts is None:
             return None
         axis = self.parts.axis
         bounds = np.cumsum([0, *self.parts.sizes(forward)])
-        # one pass over the rows: the live positions along the parts' axis
-        live = np.flatnonzero(np.any(seed, axis=tuple(i for i in range(seed.ndim) if i != axis)))
+        # the live positions along the parts' axis (a dense seed: one pass over the rows)
+        live = seed.live(axis) if isinstance(seed, SparseColumn) else np.flatnonzero(
+            np.any(seed, axis=tuple(i for i in range(seed.ndim) if i != axis)))
         if not live.size:
             return None
         first, last = np.searchsorted(bounds, [live[0], live[-1]], side="right") - 1

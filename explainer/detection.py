@@ -37,6 +37,7 @@ from .detection_formats import (
     anchor_grid,
     decode,
     seed_row,
+    seed_terms,
     target_scores,
 )
 from .errors import TargetError, UsageError
@@ -54,6 +55,7 @@ __all__ = [
     "nms",
     "plan_detections",
     "seed_row",
+    "seed_terms",
     "target_scores",
 ]
 
@@ -63,6 +65,9 @@ DEFAULT_CONF = 0.25
 DEFAULT_IOU = 0.45
 #: the most detections one image yields (as Ultralytics' ``max_det``)
 MAX_DETECTIONS = 300
+#: :func:`nms` first tries the best ``NMS_PREFIX * limit`` boxes (all of them when that
+#: prefix keeps fewer than ``limit``)
+NMS_PREFIX = 16
 _BOX_MATCH_IOU = 0.5
 
 
@@ -128,6 +133,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray |
     if classes is not None and len(boxes):
         span = float(np.abs(boxes).max()) * 2 + 1
         boxes = boxes + (classes.astype(np.float64) * span)[:, None]
+    # the best boxes first: a box is kept or not by the boxes before it alone, so when this
+    # prefix of the order keeps ``limit`` boxes, the rest need not be sorted or scanned
+    prefix = NMS_PREFIX * limit
+    if 0 < prefix < len(scores):
+        cut = np.partition(scores, len(scores) - prefix)[len(scores) - prefix]
+        rows = np.flatnonzero(scores >= cut)  # all ties of the cut: a prefix of the full order
+        keep = _greedy(boxes[rows], scores[rows], iou, limit)
+        if len(keep) == limit:
+            return rows[keep]
+    return _greedy(boxes, scores, iou, limit)
+
+
+def _greedy(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    """:func:`nms` of (class-offset) float64 ``boxes``: the kept indices, best first."""
     x1, y1, x2, y2 = boxes.T
     areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     order = np.argsort(-scores, kind="stable")

@@ -57,6 +57,7 @@ __all__ = [
     "anchor_grid",
     "decode",
     "seed_row",
+    "seed_terms",
     "target_scores",
 ]
 
@@ -230,12 +231,11 @@ def _pair_terms(pairs: list[tuple[int, int]], params: dict[str, Any]):
     return [terms(a, c, params) for a, c in pairs]
 
 
-def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
-             score: str, out: np.ndarray | None = None) -> np.ndarray:
-    """The seed over one image's explained tensor whose vector-Jacobian product is the gradient
-    of the target's score (``"logit"`` or ``"probability"``, summed over its pairs): a few
-    nonzero elements, added (in float64) into ``out`` (zeros of the explained tensor's shape
-    when None) and returned."""
+def seed_terms(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
+               score: str) -> dict[tuple[int, ...], float]:
+    """The nonzero elements (index -> value, summed in float64) of the seed over one image's
+    explained tensor whose vector-Jacobian product is the gradient of the target's score
+    (``"logit"`` or ``"probability"``, summed over its pairs)."""
     terms: defaultdict[tuple[int, ...], float] = defaultdict(float)
     logits = params.get("explained") == "logits"
     for indices in _pair_terms(target.pairs, params):
@@ -248,8 +248,15 @@ def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, A
         scale = 1.0 if score == "probability" else 1.0 / max(s * (1 - s), EPS)
         for k, index in enumerate(indices):  # d prod = sum_k prod_{j != k} v_j
             terms[index] += scale * float(np.prod(np.delete(values, k)))
+    return dict(terms)
+
+
+def seed_row(explained: np.ndarray, target: DetectionTarget, params: dict[str, Any],
+             score: str, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`seed_terms` as a dense seed: added (in float64) into ``out`` (zeros of the
+    explained tensor's shape when None) and returned."""
     out = np.zeros(explained.shape, np.float32) if out is None else out
-    for index, value in terms.items():
+    for index, value in seed_terms(explained, target, params, score).items():
         out[index] = np.float32(float(out[index]) + value)
     return out
 

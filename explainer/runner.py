@@ -32,6 +32,7 @@ from .manifest import LayerSpec, Manifest
 from .maps import heatmap_feeds, heatmap_model
 from .preprocessing import check_batch
 from .sessions import SessionPool, run_chunked, run_once, to_numpy
+from .sparse_seeds import Seeds, seed_column
 
 __all__ = ["Runner"]
 
@@ -219,23 +220,24 @@ class Runner:
         values = dict(zip(names, run_once(session, {name: x}, names, self.on_cuda)))
         return {n: values[n] for n in inputs}, values
 
-    def backward(self, forward: dict[str, Any], seeds: np.ndarray, names: list[str],
+    def backward(self, forward: dict[str, Any], seeds: Seeds, names: list[str],
                  out: dict[str, np.ndarray] | None = None,
                  regions: dict[str, list[tuple[Any, ...] | None]] | None = None
                  ) -> list[np.ndarray]:
         """The split head's backward for seed rows [B, K, ...] (K target columns, one run
-        each) on the tensors of ``forward`` (:meth:`predict`): the gradients ``names`` [B, K,
-        ...], written into ``out`` where given (zeros of those shapes: a window's gradients
-        are set in place). A column whose seed is zero outside one part of the explained
-        tensor (a detection's level) runs that part's backward alone, on the window of the
-        maps its gradients reach where that pays (:class:`Window`; several windows at once
-        on single-thread sessions, up to the sessions' thread count). ``regions``, where
-        given, gets each gradient's list of per-column regions: the index of a column's
-        gradient [B, ...] outside which it is zero (None: anywhere)."""
+        each; dense, or :class:`~explainer.sparse_seeds.SparseSeeds`) on the tensors of
+        ``forward`` (:meth:`predict`): the gradients ``names`` [B, K, ...], written into
+        ``out`` where given (zeros of those shapes: a window's gradients are set in place). A
+        column whose seed is zero outside one part of the explained tensor (a detection's
+        level) runs that part's backward alone, on the window of the maps its gradients reach
+        where that pays (:class:`Window`; several windows at once on single-thread sessions,
+        up to the sessions' thread count). ``regions``, where given, gets each gradient's
+        list of per-column regions: the index of a column's gradient [B, ...] outside which
+        it is zero (None: anywhere)."""
         split = self.split
         assert split is not None
-        out = self._zero_gradients(forward, names, seeds.shape[:2]) if out is None else out
-        columns = [np.ascontiguousarray(seeds[:, c]) for c in range(seeds.shape[1])]
+        out = split.zeros(forward, names, seeds.shape[:2]) if out is None else out
+        columns = [seed_column(seeds, c) for c in range(seeds.shape[1])]
         views = [{n: out[n][:, c] for n in names} for c in range(len(columns))]
         parts = [split.part_of(seed, forward) for seed in columns]
         windows = {part: split.window(part) for part in set(parts) - {None}}
@@ -268,7 +270,8 @@ class Runner:
             session = self._pool.get("backward" if part is None else f"backward:{part}",
                                      lambda m=model: m)
             values = run_once(session, {**{n: forward[n] for n in split.saved},
-                                        self.spec.head.seed: seed}, run, self.on_cuda)
+                                        self.spec.head.seed: np.asarray(seed)}, run,
+                              self.on_cuda)
             for name, value in zip(run, values, strict=True):
                 views[c][name][...] = value
         if regions is not None:
@@ -277,17 +280,8 @@ class Runner:
                                 for c in range(len(columns))] for n in names})
         return [out[n] for n in names]
 
-    def _zero_gradients(self, forward: dict[str, Any], names: list[str],
-                        columns: tuple[int, int]) -> dict[str, np.ndarray]:
-        """Zeros [B, K, ...] for the split head's gradients ``names`` (``columns``: B, K),
-        each shaped as its activation in ``forward`` past the batch."""
-        split = self.split
-        assert split is not None
-        return {n: np.zeros((*columns, *np.shape(forward[split.gradients[n]])[1:]), np.float32)
-                for n in names}
-
     def gradients(
-        self, features: dict[str, Any], seeds: np.ndarray, extra: list[str],
+        self, features: dict[str, Any], seeds: Seeds, extra: list[str],
         forward: dict[str, Any] | None = None, backward: bool = True,
         regions: dict[str, list[tuple[Any, ...] | None]] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -302,13 +296,14 @@ class Runner:
         split = self.split_for(batch)
         if forward is not None and split is not None:
             wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
-            values = self._zero_gradients(forward, wanted, (batch, k))
+            values = split.zeros(forward, wanted, (batch, k))
             if backward:  # otherwise the zeros stay (a method that reads no gradient)
                 self.backward(forward, seeds, wanted, values, regions)
             values.update({name: np.asarray(forward[name])[:, None] for name in extra
                            if name not in values})  # a later layer's activation
             return np.asarray(forward[head.logits]), values
         outputs = [head.logits, head.gradient, *extra]
+        seeds = np.asarray(seeds)  # dense: the whole head runs on it
         if k > 1 and not self.on_cuda and all(
                 getattr(v, "ndim", 0) and v.shape[0] == batch and v.dtype.kind == "f"
                 for v in features.values()):

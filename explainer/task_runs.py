@@ -121,11 +121,9 @@ def explain_task(
     plans = [p for p, _ in planned]
     k = max(map(len, plans), default=0)
     notes = [plan.nothing(b) for b, p in enumerate(plans) if not p] + plan.notes()
-    seeds = np.zeros((batch, max(k, 1), *explained.shape[1:]), np.float32)
+    seeds = plan.seeds(explained, plans)  # [B, K, ...], dense or by nonzero elements
     scores = np.full((batch, k), np.nan, np.float32)
     for b, row in enumerate(plans):
-        for j, target in enumerate(row):
-            plan.seed(explained[b], target, out=seeds[b, j])
         if row:
             scores[b, : len(row)] = plan.scores(  # the image's row for each target, not copied
                 np.broadcast_to(explained[b], (len(row), *explained.shape[1:])), row)

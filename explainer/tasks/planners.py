@@ -23,6 +23,7 @@ from ..detection import (
     decode,
     plan_detections,
     seed_row,
+    seed_terms,
     target_scores,
     target_spec,
 )
@@ -36,8 +37,13 @@ from ..segmentation import (
     region_terms,
 )
 from ..sequence import check_sequence_spec, ctc_decode, plan_characters
+from ..sparse_seeds import SparseSeeds
 
 __all__ = ["DetectPlanner", "Planner", "SegmentPlanner", "SequencePlanner"]
+
+
+def _seeds_shape(explained: np.ndarray, plans: list[list[Any]]) -> tuple[int, ...]:
+    return (len(plans), max([1, *map(len, plans)]), *explained.shape[1:])
 
 
 class Planner:
@@ -72,6 +78,16 @@ class Planner:
         if out is None:
             return seed
         out[...] = seed
+        return out
+
+    def seeds(self, explained: np.ndarray, plans: list[list[Any]]) -> np.ndarray | SparseSeeds:
+        """The seed rows [B, K, ...] of every image's targets (``plans[b]``; K the most
+        targets of an image, at least 1; zeros past an image's own) over the explained
+        tensor [B, ...]."""
+        out = np.zeros(_seeds_shape(explained, plans), np.float32)
+        for b, row in enumerate(plans):
+            for j, target in enumerate(row):
+                self.seed(explained[b], target, out=out[b, j])
         return out
 
     def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
@@ -118,6 +134,14 @@ class DetectPlanner(Planner):
     def seed(self, explained: np.ndarray, target: DetectionTarget,
              out: np.ndarray | None = None) -> np.ndarray:
         return seed_row(explained, target, self.fmt, self.score, out)
+
+    def seeds(self, explained: np.ndarray, plans: list[list[Any]]) -> SparseSeeds:
+        """A detection's seed is a few elements of a large tensor: kept as they are."""
+        out = SparseSeeds(_seeds_shape(explained, plans))
+        for b, row in enumerate(plans):
+            for j, target in enumerate(row):
+                out.set(b, j, seed_terms(explained[b], target, self.fmt, self.score))
+        return out
 
     def scores(self, explained: np.ndarray, targets: Sequence[Any]) -> np.ndarray:
         return target_scores(explained, [t if t is not None else DetectionTarget(None)

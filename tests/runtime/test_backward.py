@@ -19,6 +19,7 @@ from explainer.backward import SplitHead, concat_parts, part_backward
 from explainer.backward_window import Window, window_backward
 from explainer.bridge import export_onnx
 from explainer.methods import METHODS
+from explainer.sparse_seeds import SparseColumn, SparseSeeds
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +277,69 @@ def test_target_columns_each_get_their_own_gradients(bundle) -> None:
     # windows at levels 0 and 1 (a region each); the spread seeds ran the dense backward
     assert [regions["gradient"][j] is None for j in range(len(columns))] == [
         False, False, False, True, False, False, True]
+
+
+def _sparse(seeds: np.ndarray) -> SparseSeeds:
+    """Dense seed rows [B, K, ...] as their nonzero elements."""
+    out = SparseSeeds(seeds.shape)
+    for b, k, *index in zip(*np.nonzero(seeds)):
+        out.set(int(b), int(k), {tuple(int(i) for i in index): float(seeds[(b, k, *index)])})
+    return out
+
+
+def test_sparse_seeds_give_the_dense_seeds_gradients(bundle) -> None:
+    """Seeds by their nonzero elements: the same windows, dense runs and gradients, bitwise."""
+    runner = Explainer(bundle).runner
+    split = runner.split
+    x = np.random.default_rng(9).random((1, 3, 16, 16), dtype=np.float32)
+    forward = runner.predict(runner.features(x))
+    shape = forward[runner.spec.head.logits].shape
+    columns = [[3], [256 + 9], [330], [0, 255], [100, 330]]  # windows; dense: small map, spread
+    rng = np.random.default_rng(10)
+    seeds = np.zeros((shape[0], len(columns), *shape[1:]), np.float32)
+    for j, positions in enumerate(columns):
+        for position in positions:
+            seeds[:, j, rng.integers(0, CLASSES, 2), position] = rng.standard_normal(2)
+    sparse = _sparse(seeds)
+    np.testing.assert_array_equal(np.asarray(sparse), seeds)
+    for j in range(len(columns)):
+        column = sparse.column(j)
+        np.testing.assert_array_equal(np.asarray(column), seeds[:, j])
+        assert split.part_of(column, forward) == split.part_of(seeds[:, j], forward), j
+    names = list(split.gradients)
+    dense_regions, sparse_regions = {}, {}
+    want = runner.backward(forward, seeds, names, regions=dense_regions)
+    got = runner.backward(forward, sparse, names, regions=sparse_regions)
+    assert sparse_regions == dense_regions
+    assert [r is None for r in dense_regions["gradient"]] == [False, False, True, True, True]
+    for name, a, b in zip(names, want, got, strict=True):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+
+
+def test_a_sparse_column_cuts_a_part_as_the_dense_one() -> None:
+    """``SparseColumn.part`` is ``Parts.seed_of``'s slice (a transposed concatenation too);
+    ``live`` the positions of the nonzero elements along an axis; repeated terms summed."""
+    from explainer.backward import Parts
+    rng = np.random.default_rng(11)
+    dense = np.zeros((2, 8, 6), np.float32)
+    for index in [(0, 1, 2), (1, 5, 0), (1, 7, 5), (0, 4, 3)]:
+        dense[index] = rng.standard_normal()
+    column = SparseColumn(dense.shape, {tuple(int(i) for i in ix): float(dense[ix])
+                                        for ix in zip(*np.nonzero(dense))})
+    forward = {"a": np.zeros((2, 6, 5)), "b": np.zeros((2, 6, 3))}
+    for parts in (Parts(1, ("a", "b"), ("ga", "gb"), (0, 2, 1), 2),  # [N, A, 6] of [N, 6, A]
+                  Parts(1, ("a", "b"), ("ga", "gb"))):
+        if parts.perm is None:
+            forward = {"a": np.zeros((2, 5, 6)), "b": np.zeros((2, 3, 6))}
+        for part in (0, 1):
+            np.testing.assert_array_equal(parts.seed_of(column, forward, part),
+                                          parts.seed_of(dense, forward, part))
+    np.testing.assert_array_equal(column.live(1), [1, 4, 5, 7])
+    seeds = SparseSeeds((1, 2, 3))
+    seeds.set(0, 1, {(2,): 0.1})
+    seeds.set(0, 1, {(2,): 0.2, (0,): 0.0})
+    assert np.asarray(seeds)[0, 1, 2] == np.float32(0.1 + 0.2)
+    assert seeds.column(1).live(1).tolist() == [2]  # a zero term is not live
 
 
 def test_local_methods_weigh_a_detections_window_only(bundle, monkeypatch) -> None:

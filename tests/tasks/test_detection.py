@@ -53,6 +53,45 @@ def test_nms_is_greedy_by_score() -> None:
     assert nms(boxes, np.array([0.5, 0.9, 0.4]), 0.45).tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("spread", [10.0, 600.0])  # boxes piled up (few kept), spread out
+@pytest.mark.parametrize("limit", [0, 1, 3, 10, 300])
+def test_nms_of_the_best_boxes_first_equals_the_whole_greedy_pass(spread, limit) -> None:
+    from explainer.detection import NMS_PREFIX, _greedy
+    rng = np.random.default_rng(int(spread) + limit)
+    corners = rng.uniform(0, spread, (8400, 2))
+    sizes = rng.uniform(30 if spread == 10.0 else 5, 60, (8400, 2))
+    boxes = np.concatenate([corners, corners + sizes], axis=1)
+    scores = np.round(rng.random(8400), 2)  # many ties, also at the prefix's cut
+    classes = rng.integers(0, 3, 8400)
+    offset = boxes + (classes * (float(np.abs(boxes).max()) * 2 + 1))[:, None]
+    got = nms(boxes, scores, 0.45, classes, limit)
+    np.testing.assert_array_equal(got, _greedy(offset, scores, 0.45, limit))
+    best = scores >= np.sort(scores)[-NMS_PREFIX * limit]
+    prefix_kept = len(_greedy(offset[best], scores[best], 0.45, limit))
+    assert prefix_kept == limit or spread == 10.0  # piled up: the whole pass ran
+    assert (spread, limit) != (10.0, 300) or prefix_kept < limit
+
+
+@pytest.mark.parametrize("score", ["logit", "probability"])
+def test_a_detection_planners_seeds_are_its_seed_rows_by_their_terms(score) -> None:
+    from explainer.sparse_seeds import SparseSeeds
+    from explainer.tasks.registry import planner
+    fmt = {"name": "yolov5", "outputs": {"predictions": "out"}, "classes": 3}
+    plan = planner("detect", fmt, None, 3, "top2", score)
+    explained = np.random.default_rng(3).random((2, 7, 8)).astype(np.float32)  # [B, A, 5+C]
+    plans = [[DetectionTarget(None, [(1, 2)]), DetectionTarget(None, [(4, 0), (6, 1)])],
+             [DetectionTarget(None, [(5, 2)])]]
+    seeds = plan.seeds(explained, plans)
+    assert isinstance(seeds, SparseSeeds) and seeds.shape == (2, 2, 7, 8)
+    dense = np.asarray(seeds)
+    for b, row in enumerate(plans):
+        for k in range(2):
+            want = (seed_row(explained[b], row[k], fmt, score) if k < len(row)
+                    else np.zeros((7, 8), np.float32))
+            np.testing.assert_array_equal(dense[b, k], want)
+            assert want.any() or k >= len(row)  # objectness and class terms: nonzero
+
+
 def test_yolov5_confidence_is_objectness_times_class() -> None:
     out = {"out": np.array([[10, 10, 4, 4, 0.5, 0.2, 0.8]], np.float32)}
     fmt = {"name": "yolov5", "outputs": {"predictions": "out"}, "classes": 2}
