@@ -133,6 +133,34 @@ def test_batched_backward_equals_two_graphs(tiny_bundle, targets):
     _assert_like_two_graphs(tiny_bundle, _inputs(3, seed=1), targets)
 
 
+def _tied_classes_cnn() -> onnx.ModelProto:
+    """The tiny CNN whose classes 0, 2 and 4 share one weight row and bias, as do 1 and 3:
+    every image's logits hold two groups of equal values."""
+    model = make_tiny_cnn()
+    for name in ("w4", "b4"):
+        tensor = next(t for t in model.graph.initializer if t.name == name)
+        values = numpy_helper.to_array(tensor)[[0, 1, 0, 1, 0]].copy()
+        tensor.CopyFrom(numpy_helper.from_array(values, name))
+    return model
+
+
+@pytest.mark.parametrize("targets", ["top5", "least5", "top2+least3", "least+top", "top3"])
+def test_tied_logits_pick_the_classes_numpy_picks(targets):
+    """The graph's two TopKs order equal logits as numpy's stable ranking does: the best in
+    ascending class order, the worst in descending class order."""
+    bundle = build_bundle(_tied_classes_cnn(), "act", target_layer="relu2")
+    x = _inputs(2, seed=4)
+    one = Explainer(bundle).explain(x, targets=targets)
+    two = Explainer(bundle, explanation_graph=False).explain(x, targets=targets)
+    np.testing.assert_array_equal(one.class_ids, two.class_ids)
+    for b in range(2):
+        assert one.logits[b, 0] == one.logits[b, 2] == one.logits[b, 4] != one.logits[b, 1]
+        ranking = [0, 2, 4, 1, 3] if one.logits[b, 0] > one.logits[b, 1] else [1, 3, 0, 2, 4]
+        want = {"top5": ranking, "least5": ranking[::-1], "top2+least3": ranking[:2] +
+                ranking[::-1][:3], "least+top": ranking[-1:] + ranking[:1], "top3": ranking[:3]}
+        assert one.class_ids[b].tolist() == want[targets]
+
+
 @pytest.mark.parametrize("top_k", [1, 5])
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
 def test_batched_backward_equals_the_whole_head_on_every_row(tiny_bundle, top_k, method):
