@@ -331,11 +331,14 @@ class SplitHead:
                                                       outputs)
             return self._windows[part]
 
-    def zeros(self, forward: dict[str, Any], names: list[str], columns: tuple[int, int]
-              ) -> dict[str, np.ndarray]:
+    def zeros(self, forward: dict[str, Any], names: list[str], columns: tuple[int, int],
+              filled: bool = True) -> dict[str, np.ndarray]:
         """Zeros [B, K, ...] for the gradients ``names`` (``columns``: B, K), each shaped as
-        its activation in ``forward`` past the batch."""
-        return {n: np.zeros((*columns, *np.shape(forward[self.gradients[n]])[1:]), np.float32)
+        its activation in ``forward`` past the batch; uninitialized with ``filled=False``,
+        for a reader of a windowed column's regions only (zeroing ten YOLOv8n detections'
+        gradients at 640 is 29 MB of memset, about 3 ms)."""
+        make = np.zeros if filled else np.empty
+        return {n: make((*columns, *np.shape(forward[self.gradients[n]])[1:]), np.float32)
                 for n in names}
 
     def part_seed(self, seed: np.ndarray | SparseColumn, forward: dict[str, Any], part: int

@@ -274,6 +274,8 @@ class Runner:
                               self.on_cuda)
             for name, value in zip(run, values, strict=True):
                 views[c][name][...] = value
+            for name in zeros & set(names):  # zero for this part (the arrays may be unset)
+                views[c][name][...] = 0
         if regions is not None:
             nowhere = (Ellipsis, slice(0, 0), slice(0, 0))  # a gradient the window left zero
             regions.update({n: [placed[c].get(n, nowhere) if c in done else None
@@ -290,13 +292,15 @@ class Runner:
         With ``forward`` (:meth:`predict` of the same features) of a head that splits, only
         the backward runs, once per target column (:meth:`backward`, which also fills
         ``regions``), or not at all without ``backward`` (a method that reads no gradient:
-        zeros in their place)."""
+        zeros in their place). Given ``regions``, the caller reads each column's gradients
+        inside its regions only: outside a window's regions they are left unset."""
         head = self.spec.head
         batch, k = seeds.shape[:2]
         split = self.split_for(batch)
         if forward is not None and split is not None:
             wanted = [n for n in [head.gradient, *extra] if n in split.gradients]
-            values = split.zeros(forward, wanted, (batch, k))
+            values = split.zeros(forward, wanted, (batch, k),
+                                 filled=regions is None or not backward)
             if backward:  # otherwise the zeros stay (a method that reads no gradient)
                 self.backward(forward, seeds, wanted, values, regions)
             values.update({name: np.asarray(forward[name])[:, None] for name in extra

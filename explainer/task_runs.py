@@ -56,9 +56,12 @@ def layer_cams(
     extra = [n for layer in layers[1:] for n in (layer.gradient, layer.tensor)
              if n not in cut]  # a cut tensor's activation is a features output
     spec_of = get_method(method)
+    # a local method weighs each column's gradients inside the regions its window wrote
+    windowed = spec_of.local and all(layer.entry["layout"] == "NCHW" for layer in layers)
     regions: dict[str, list[tuple[Any, ...] | None]] = {}
     logits, outputs = runner.gradients(features, seeds, extra, forward,
-                                       backward=spec_of.uses_gradient, regions=regions)
+                                       backward=spec_of.uses_gradient,
+                                       regions=regions if windowed else None)
     activations = [runner.to_numpy(features[cut[0]])]
     activations += [runner.to_numpy(features[layer.tensor])
                     if layer.tensor in cut else outputs[layer.tensor][:, 0]
@@ -70,8 +73,7 @@ def layer_cams(
         layer = by_name[id(entry)]
         access = runner.access(x, layer, given, features=features,
                                scorer=scorer)  # runs for methods needing more
-        where = (regions.get(layer.gradient)
-                 if spec_of.local and entry["layout"] == "NCHW" else None)
+        where = regions.get(layer.gradient)
         cams = np.zeros((*gradient.shape[:2], *activation.shape[2:]), np.float32)
         for j in range(k):
             region = where[j] if where else None

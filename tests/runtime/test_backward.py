@@ -5,6 +5,7 @@ concatenated output (the pruned backward of that level) or across levels (the wh
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from conftest import DETECTOR_CLASSES as CLASSES
 from conftest import make_onnx_detector
 from onnx import TensorProto, helper
 
+import explainer.backward as backward_module
 from explainer import Explainer, task_runs
 from explainer.backward import SplitHead, concat_parts, part_backward
 from explainer.backward_window import Window, window_backward
@@ -343,25 +345,44 @@ def test_a_sparse_column_cuts_a_part_as_the_dense_one() -> None:
 
 
 def test_local_methods_weigh_a_detections_window_only(bundle, monkeypatch) -> None:
-    """LayerCAM on a window's region gives the maps it gives on the whole gradients."""
+    """LayerCAM on a window's region gives the maps it gives on the whole gradients; the
+    gradient arrays a window writes into are not zeroed first (they are NaN here), and
+    nothing outside the windows' regions is read."""
     x = np.random.default_rng(8).random((1, 3, 16, 16), dtype=np.float32)
     explainer = Explainer(bundle)
     shapes = []
     real = task_runs.compute_cams
     monkeypatch.setattr(task_runs, "compute_cams",
                         lambda a, *rest: shapes.append(a.shape) or real(a, *rest))
+    unset = []
+
+    def nan_empty(shape, dtype):
+        unset.append(shape)
+        return np.full(shape, np.nan, dtype)
+
+    monkeypatch.setattr(backward_module, "np", SimpleNamespace(**{**vars(np), "empty": nan_empty}))
     windowed = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
+    assert unset and all(s[:2] == (1, 4) for s in unset)  # every gradient array of the 4 maps
     full = {maps.cams.shape[2:] for maps in windowed.layers.values()}
     assert any(shape[2:] not in full for shape in shapes)  # weighed on windows
     spec = METHODS["layercam"]
     assert spec.local
     monkeypatch.setitem(METHODS, "layercam", dataclasses.replace(spec, local=False))
+    unset.clear()
     whole = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
+    assert not unset  # the whole gradients are zeros
     assert [d.candidate for d in windowed.detections[0]] == [
         d.candidate for d in whole.detections[0]]
     for name, maps in windowed.layers.items():
         np.testing.assert_array_equal(maps.cams, whole.layers[name].cams, err_msg=name)
     np.testing.assert_array_equal(windowed.heatmaps, whole.heatmaps)
+    # a level's backward without a window writes its other levels' zero gradients itself
+    monkeypatch.setitem(METHODS, "layercam", spec)
+    monkeypatch.setattr(SplitHead, "window", lambda self, part: None)
+    dense = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
+    assert unset
+    for name, maps in dense.layers.items():
+        np.testing.assert_array_equal(maps.cams, whole.layers[name].cams, err_msg=name)
 
 _run = Window.run
 
