@@ -227,7 +227,8 @@ class Runner:
         """The split head's backward for seed rows [B, K, ...] (K target columns, one run
         each; dense, or :class:`~explainer.sparse_seeds.SparseSeeds`) on the tensors of
         ``forward`` (:meth:`predict`): the gradients ``names`` [B, K, ...], written into
-        ``out`` where given (zeros of those shapes: a window's gradients are set in place). A
+        ``out`` where given (arrays of those shapes, zeros or, for a reader of ``regions``
+        only, unset: a window's gradients are set in place). A
         column whose seed is zero outside one part of the explained tensor (a detection's
         level) runs that part's backward alone, on the window of the maps its gradients reach
         where that pays (:class:`Window`; several windows at once on single-thread sessions,
