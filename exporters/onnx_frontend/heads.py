@@ -20,6 +20,8 @@ __all__ = ["add_dense_explained", "add_score_concat", "dense_targets", "detectio
 log = logging.getLogger(__name__)
 
 _PASS_THROUGH = ("Identity", "Cast")
+#: ops that mix positions or channels: the head's layers, not a split of its predictions
+_MIXING = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def format_outputs(fmt: dict[str, Any]) -> list[str]:
@@ -114,15 +116,79 @@ def head_inputs(g: Graph, source: str, explained: str | Sequence[str],
         outs = [o for i in g.consumers.get(t, []) if i in on_path for o in g.nodes[i].output]
         if any(g.rank(o) not in (None, 4) for o in outs):
             exits.setdefault(size[t], []).append(t)
-    picked = []
+    chains = {}  # each level's dominators, in topological order
     for level, ends in exits.items():
         last = max(position[e] for e in ends)
         same = [t for t in candidates if size.get(t) == level and t not in ends
                 and position[t] < last]
-        found = next((t for t in reversed(same) if _dominates(g, source, t, ends, on_path)), None)
-        if found is not None:
-            picked.append(found)
+        chain = [t for t in same if _dominates(g, source, t, ends, on_path)]
+        if chain:
+            chains[level] = chain
+    picked = [chain[-1] for chain in chains.values()]
+    if any(_is_prediction(g, t, on_path) for t in picked):
+        picked = _neck_outputs(g, chains, exits, on_path)
     return sorted(set(picked), key=order.__getitem__)
+
+
+def _is_prediction(g: Graph, tensor: str, on_path: set[int]) -> bool:
+    """Whether ``tensor`` is a convolution's output that reaches the head's outputs through no
+    other convolution: the predictions of a head whose last convolution computes both the
+    scores and the boxes (PicoDet, NanoDet: its channels split into the two)."""
+    p = g.producer.get(tensor)
+    if p is None or g.nodes[p].op_type != "Conv":
+        return False
+    stack, seen = [tensor], {tensor}
+    while stack:
+        for i in g.consumers.get(stack.pop(), []):
+            if i not in on_path:
+                continue
+            if g.nodes[i].op_type in _MIXING:
+                return False
+            fresh = [o for o in g.nodes[i].output if o and o not in seen]
+            seen.update(fresh)
+            stack.extend(fresh)
+    return True
+
+
+def _neck_outputs(g: Graph, chains: dict[Any, list[str]], exits: dict[Any, list[str]],
+                  on_path: set[int]) -> list[str]:
+    """Where a head whose last convolution predicts (:func:`_is_prediction`) takes its
+    features: the neck's output at each level, the last of the level's dominators that the
+    other levels also read (a PAN passes it on to the next stride); a level no other reads
+    (the coarsest) starts as many tensors before its exits as the others' heads are long (the
+    head applies the same layers at every stride). Without either, the input of the last
+    convolution."""
+    towers, found = [], {}
+    for level, chain in chains.items():
+        others = [e for other, ends in exits.items() if other != level for e in ends]
+        read = _ancestors(g, others, on_path)
+        shared = [k for k, t in enumerate(chain) if t in read]
+        if shared:
+            found[level] = chain[shared[-1]]
+            towers.append(len(chain) - 1 - shared[-1])
+    picked = []
+    for level, chain in chains.items():
+        if level in found:
+            picked.append(found[level])
+        elif towers and len(set(towers)) == 1 and towers[0] < len(chain):
+            picked.append(chain[len(chain) - 1 - towers[0]])
+        else:
+            conv = g.nodes[g.producer[chain[-1]]]
+            picked.append(conv.input[0] if conv.input[0] in chain else chain[-1])
+    return picked
+
+
+def _ancestors(g: Graph, tensors: list[str], on_path: set[int]) -> set[str]:
+    """The tensors that the path's nodes compute ``tensors`` from."""
+    found, stack = set(tensors), list(tensors)
+    while stack:
+        p = g.producer.get(stack.pop())
+        if p is None or p not in on_path:
+            continue
+        fresh = [x for x in g.nodes[p].input if x and x not in found]
+        found.update(fresh)
+        stack.extend(fresh)
+    return found
 
 
 def _scope(name: str, depth: int = 0) -> str | None:

@@ -182,3 +182,22 @@ def test_a_multi_scale_layout_detector_explains_each_region(layout_bundle: Bundl
     for k, detection in enumerate(found):
         assert detection.image_box[2] <= page.width and detection.image_box[3] <= page.height
         assert _inside(explanation.heatmaps[0, k], detection.box) > 0.5, detection
+
+
+def test_a_last_convolution_that_predicts_scores_and_boxes_is_not_the_cut(
+        layout_bundle: Bundle) -> None:
+    """PicoDet's last convolution at each stride computes the scores and the box distributions
+    together (42 channels, split 10 + 32): the automatic cut is the neck's output (128
+    channels) at every stride, the coarsest one included, not those predictions. Cut at the
+    predictions, a detection's map would be its own class's score map, a single point
+    (LayerCAM) or the other places where the class's logit is positive (nothing near a
+    detection under probability 0.5, whose logit is negative)."""
+    layers = layout_bundle.manifest["layers"]
+    assert [layer["shape"][1:] for layer in layers] == [
+        [128, 100, 76], [128, 50, 38], [128, 25, 19], [128, 13, 10]]
+    explanation = Explainer(layout_bundle).explain_images([wm.document_image()], conf=0.1)
+    found = explanation.detections[0]
+    assert min(d.score for d in found) < 0.5 < max(d.score for d in found)
+    for k, detection in enumerate(found):
+        heatmap = explanation.heatmaps[0, k]
+        assert heatmap.std() > 0.01 and _inside(heatmap, detection.box) > 0.2, detection
