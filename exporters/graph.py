@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_DOMAINS",
     "FLOAT_TYPES",
     "MIN_OPSET",
+    "QUANTIZED",
     "Dim",
     "Graph",
     "attribute",
@@ -50,6 +51,10 @@ FLOAT_TYPES = frozenset(
     {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 )
 DEFAULT_DOMAINS = ("", "ai.onnx")
+#: Ops whose integer outputs carry a quantized value on the float data path: static (QDQ) and
+#: dynamic quantization (``DynamicQuantizeLinear`` feeding ``ConvInteger``/``MatMulInteger``,
+#: as onnxruntime's ``quantize_dynamic`` writes them).
+QUANTIZED = frozenset({"QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
 #: Oldest default-domain opset the exporters support; older models are converted.
 MIN_OPSET = 13
 
@@ -345,14 +350,15 @@ class Graph:
     def active(self, start: str) -> set[str]:
         """Float tensors that depend on ``start`` (``start`` included): the float data path.
 
-        Integer side computations (``Shape``, indices) are not on it; ``QuantizeLinear``'s
-        integer outputs are (their gradient is a straight-through estimator).
+        Integer side computations (``Shape``, indices) are not on it; the integer outputs of
+        quantization (:data:`QUANTIZED`) are (their gradient is a straight-through estimator).
         """
         active = {start}
         for node in self.nodes:
             if any(i in active for i in node.input if i):
-                quantized = node.op_type == "QuantizeLinear"
-                active.update(o for o in node.output if o and (quantized or self.is_float(o)))
+                quantized = node.op_type in QUANTIZED  # its first output: the values
+                active.update(o for k, o in enumerate(node.output)
+                              if o and ((quantized and k == 0) or self.is_float(o)))
         return active
 
     def path(self, start: str, output: str) -> tuple[list[int], set[str]]:

@@ -31,8 +31,9 @@ _SAME_LAYOUT_OPS = frozenset({
     "Selu", "Celu", "Gelu", "Erf", "Mish", "Softplus", "Softsign", "Identity", "Dropout", "Cast",
     "CastLike", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Abs",
     "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
-    "QuantizeLinear", "DequantizeLinear", "Concat", "Pad", "Resize", "Upsample", "Slice",
-    "Split", "Tile", "Expand", "LayerNormalization", "Softmax", "LogSoftmax",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Concat", "Pad", "Resize",
+    "Upsample", "Slice", "Split", "Tile", "Expand", "LayerNormalization", "Softmax",
+    "LogSoftmax",
 })
 # ops among _SAME_LAYOUT_OPS whose other inputs are not activations
 _FIRST_INPUT_OPS = frozenset({

@@ -20,6 +20,8 @@ __all__ = ["add_dense_explained", "add_score_concat", "dense_targets", "detectio
 log = logging.getLogger(__name__)
 
 _PASS_THROUGH = ("Identity", "Cast")
+#: ops between a float map and the quantized op that reads it
+_QUANTIZERS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 #: ops that mix positions or channels: the head's layers, not a split of its predictions
 _MIXING = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -221,6 +223,9 @@ def _scope_inputs(g: Graph, nodes: list[int], candidates: set[str]) -> list[str]
     for i in sorted(inside):
         for t in g.nodes[i].input:
             p = g.producer.get(t)
+            while p is not None and p not in inside and g.nodes[p].op_type in _QUANTIZERS:
+                t = g.nodes[p].input[0]  # the float map a quantizer outside the scope reads
+                p = g.producer.get(t)
             if t in candidates and t not in found and (p is None or p not in inside):
                 found.append(t)
     return found

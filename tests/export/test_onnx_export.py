@@ -378,3 +378,41 @@ def test_layer_sweep_of_a_deployed_model_equals_single_layer_bundles():
         single = Explainer(export_onnx(model, target=entry["tensor"])).explain(x, targets="top2")
         np.testing.assert_allclose(e.layers[entry["layer"]].cams, single.cams, rtol=1e-4,
                                    atol=1e-6)
+
+
+def test_dynamically_quantized_model_is_explained_through_its_integer_ops(tmp_path):
+    """onnxruntime's ``quantize_dynamic`` (each Conv and MatMul becomes DynamicQuantizeLinear ->
+    ConvInteger / MatMulInteger -> Cast -> scaled; the image input is read by a quantizer): the
+    layout is told and the target found as in the float model, and the head's gradient is the
+    straight-through one: through the pooling and the MatMulInteger, the class's column of the
+    dequantized weights over H*W, to float rounding."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(make_cnn(), source)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8)
+    quantized = onnx.load(target)
+    ops = {n.op_type for n in quantized.graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"} <= ops and "Conv" not in ops
+
+    explainer = Explainer.from_onnx(target)
+    manifest = explainer.bundle.manifest
+    assert manifest["input"]["layout"] == "NCHW" and manifest["target"]["tensor"] == "features"
+    x = _inputs({"layout": "NCHW"}, batch=2)
+    features = explainer.runner.run_features(x)
+    seeds = np.zeros((2, NUM_CLASSES), np.float32)
+    seeds[0, 3], seeds[1, 7] = 1.0, 1.0
+    _, gradient = explainer.runner.run_head(features, seeds)
+
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    node = next(n for n in quantized.graph.node if n.op_type == "MatMulInteger")
+    zero_point = weights[node.input[3]].astype(np.float32)
+    scale = next(weights[i] for n in quantized.graph.node if n.op_type == "Mul"
+                 for i in n.input if i in weights and i.startswith("fc_w"))
+    dequantized = (weights[node.input[1]].astype(np.float32) - zero_point) * scale
+    h, w = features["features"].shape[2:]
+    expected = np.stack([dequantized[:, 3], dequantized[:, 7]])[:, :, None, None] / (h * w)
+    np.testing.assert_allclose(gradient, np.broadcast_to(expected, gradient.shape),
+                               rtol=1e-5, atol=1e-7)
+    cams = explainer.explain(x, targets=[3, 7]).cams
+    assert np.isfinite(cams).all() and cams.max() > 0

@@ -74,6 +74,27 @@ def test_yolov8n_bundle_is_a_detector_cut_where_the_head_starts(yolov8n) -> None
     assert manifest["preprocessing"]["letterbox"] == 640
 
 
+def test_a_dynamically_quantized_yolov8n_is_cut_where_the_float_one_is(yolov8n, tmp_path) -> None:
+    """onnxruntime's ``quantize_dynamic`` of the YOLOv8n file: the quantizers that read the
+    head's inputs lie outside the head's module scope (named after the tensors they read), and
+    the image is read by one. The layout and the cut are the float model's, and each detection
+    gets a map (the integer ops' gradient rules are checked against finite differences in the
+    rule table)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _, path, bundle = yolov8n
+    target = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(path), str(target), weight_type=QuantType.QUInt8)
+    quantized = export_onnx(target)
+    assert [layer["tensor"] for layer in quantized.manifest["layers"]] == [
+        layer["tensor"] for layer in bundle.manifest["layers"]]
+    explanation = Explainer(quantized).explain(_images((640, 640)), targets="top2", conf=0.0)
+    assert len(explanation.detections[0]) == 2
+    for k in range(2):
+        assert np.isfinite(explanation.heatmaps[0, k]).all()
+        assert explanation.heatmaps[0, k].std() > 0.01
+
+
 @pytest.mark.parametrize("size", [(640, 640), (480, 640)])
 @pytest.mark.parametrize("method", ["layercam", "gradcam"])
 def test_yolov8n_detection_maps_equal_torch_autograd(yolov8n, size, method) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from ..emitter import GradContext
 from ..engine import register
+from .quantize import float_weights
 
 __all__: list[str] = []
 
@@ -130,16 +132,16 @@ def _stride1_pads(ctx: GradContext, kernel: Sequence[int], dilations: Sequence[i
 
 
 def _flipped_conv(ctx: GradContext, g: str, weight: str, group: int,
-                  kernel: Sequence[int]) -> str | None:
+                  kernel: Sequence[int], shape: Sequence[Any] | None = None) -> str | None:
     """dX of a stride-1 Conv as a Conv of ``g`` with the flipped kernel (each group's
     ``[M/g, C/g]`` transposed, the window reversed), padded by ``span - 1 - pad``: the same
     values as the window scatter, and ONNX Runtime's Conv kernels are several times faster
     than its ConvTranspose. None where that does not apply (strides, a pad wider than the
-    window, a weight of unknown shape)."""
+    window, a weight of unknown shape). ``shape``: the weight's, for a weight the rule made."""
     n = len(kernel)
     strides = list(ctx.attr("strides") or [1] * n)
     dilations = list(ctx.attr("dilations") or [1] * n)
-    shape = ctx.shape(weight)
+    shape = shape or ctx.shape(weight)
     if any(s != 1 for s in strides) or shape is None or not all(
             isinstance(d, int) for d in shape[:2]):
         return None
@@ -171,6 +173,21 @@ def _conv(ctx: GradContext) -> Grads:
     group = ctx.attr("group", 1)
     dx = _flipped_conv(ctx, ctx.dy, w, group, kernel)
     return [dx or _transpose_window(ctx, ctx.dy, w, group, kernel), None, None]
+
+
+@register("ConvInteger")
+def _conv_integer(ctx: GradContext) -> Grads:
+    """y = Conv(x - x_zero_point, w - w_zero_point) in int32 (dynamic quantization), as a
+    function of a real-valued ``x`` (see :func:`~.quantize._dynamic_quantize_linear`): dX is
+    the Conv rule's with ``w - w_zero_point`` as a float constant."""
+    if ctx.needs(1):
+        raise ctx.error("gradients w.r.t. ConvInteger weights are not supported")
+    w = float_weights(ctx, 3)
+    kernel = ctx.attr("kernel_shape") or list(w.shape[2:])
+    group = ctx.attr("group", 1)
+    name = ctx.const(w)
+    dx = _flipped_conv(ctx, ctx.dy, name, group, kernel, w.shape)
+    return [dx or _transpose_window(ctx, ctx.dy, name, group, kernel), None, None, None]
 
 
 @register("ConvTranspose")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ...graph import FLOAT_TYPES
 from ..emitter import GradContext
 from ..engine import register
 
@@ -22,7 +23,10 @@ def _identity(ctx: GradContext) -> Grads:
 
 @register("Cast")
 def _cast(ctx: GradContext) -> Grads:
-    return [ctx.cast_like(ctx.dy, ctx.inputs[0])]
+    """dx = dy in x's type; an integer x (the int32 accumulator of ``ConvInteger`` or
+    ``MatMulInteger``) is real-valued, as quantized values are: its gradient stays float."""
+    x = ctx.inputs[0]
+    return [ctx.cast_like(ctx.dy, x) if ctx.dtype(x) in FLOAT_TYPES else ctx.dy]
 
 
 @register("Neg")

@@ -1,6 +1,8 @@
-"""Gradient rules of quantization: QuantizeLinear and DequantizeLinear (QDQ graphs).
+"""Gradient rules of quantization: QuantizeLinear and DequantizeLinear (static, QDQ graphs)
+and DynamicQuantizeLinear with MatMulInteger (dynamic quantization; ConvInteger's rule is with
+Conv's).
 
-Quantized graphs are explained as they run; the gradient passes QuantizeLinear as a
+Quantized graphs are explained as they run; the gradient passes a quantizer as a
 straight-through estimator (see :func:`_quantize_linear`).
 """
 
@@ -12,7 +14,7 @@ from onnx import helper
 from ..emitter import GradContext
 from ..engine import register
 
-__all__: list[str] = []
+__all__ = ["float_weights"]
 
 Grads = list[str | None]
 
@@ -73,3 +75,45 @@ def _quantize_linear(ctx: GradContext) -> Grads:
                     ctx.op("Less", t, ctx.scalar(info.max + 0.5, x)))
     dx = ctx.op("Div", ctx.cast_like(ctx.dy, x), scale)
     return [ctx.op("Where", inside, dx, ctx.scalar(0, x)), None, None]
+
+
+def float_weights(ctx: GradContext, zero_point: int, axis: int = 0) -> np.ndarray:
+    """The constant integer weights (input 1) of ``ConvInteger``/``MatMulInteger`` less their
+    zero point (input ``zero_point``: a scalar, or one per slice along ``axis``), as float32."""
+    w = ctx.constant_value(ctx.inputs[1])
+    if w is None:
+        raise ctx.error(f"the gradient needs constant weights; '{ctx.inputs[1]}' is computed")
+    w = w.astype(np.float32)
+    name = ctx.inputs[zero_point] if len(ctx.inputs) > zero_point else ""
+    if name:
+        zp = ctx.constant_value(name)
+        if zp is None:
+            raise ctx.error(f"the gradient needs a constant zero point; '{name}' is computed")
+        zp = zp.astype(np.float32)
+        if zp.ndim == 1 and zp.size > 1:
+            zp = np.expand_dims(zp, tuple(range(1, w.ndim))) if axis == 0 else zp
+        w = w - zp
+    return w
+
+
+@register("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(ctx: GradContext) -> Grads:
+    """``y = saturate(round(x / s) + zp)`` with ``s`` and ``zp`` computed from x's range, which
+    holds 0 and every value of x: nothing saturates. Straight-through, as
+    :func:`_quantize_linear`: ``dx = dy / s``. ``s`` and ``zp`` are not differentiated: in the
+    surrogate (``round`` as the identity) the dequantized ``(y - zp) * s`` is x whatever ``s``
+    is, so the paths through ``s`` cancel (the gradients of outputs 1 and 2 are dropped)."""
+    x = ctx.inputs[0]
+    return [ctx.op("Div", ctx.cast_like(ctx.dy, x), ctx.cast_like(ctx.outputs[1], x))]
+
+
+@register("MatMulInteger")
+def _matmul_integer(ctx: GradContext) -> Grads:
+    """``y = (a - a_zero_point) @ (b - b_zero_point)`` in int32 (dynamic quantization), as a
+    function of a real-valued ``a``: ``dA = dY @ (b - b_zero_point)^T`` with constant 2-d ``b``."""
+    if ctx.needs(1):
+        raise ctx.error("gradients w.r.t. MatMulInteger's B are not supported")
+    b = float_weights(ctx, 3, axis=-1)
+    if b.ndim != 2:
+        raise ctx.error(f"the gradient supports a 2-d B, got shape {list(b.shape)}")
+    return [ctx.op("MatMul", ctx.dy, ctx.const(np.ascontiguousarray(b.T))), None, None, None]

@@ -119,6 +119,28 @@ def _fake_quant(id: str, x: Spec, scale: Any, zero_point: Any, opset: int = 20) 
                surrogate=Row(f"{id}-surrogate", smooth, smooth_inputs, opset=opset))
 
 
+def _dynamic_quant(id: str, x: Spec, op_type: str, weights: np.ndarray, zero_point: np.ndarray,
+                   scale: np.ndarray, **attrs: Any) -> Row:
+    """DynamicQuantizeLinear -> ConvInteger/MatMulInteger -> Cast -> scaled, as
+    onnxruntime's ``quantize_dynamic`` writes a Conv or MatMul: the STE gradient is the
+    derivative of the float op with the weights ``(w - zp) * scale`` (the surrogate row: the
+    dequantized activation is x itself when ``round`` is the identity)."""
+    float_op = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}[op_type]
+    nodes = [node("DynamicQuantizeLinear", ["x"], ["q", "q_scale", "q_zp"]),
+             node(op_type, ["q", "w", "q_zp", "w_zp"], ["acc"], **attrs),
+             node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
+             node("Mul", ["q_scale", "w_scale"], ["scales"]),
+             node("Mul", ["acc_f", "scales"], ["y"])]
+    inputs = {"x": x, "w": V(weights, weights.dtype), "w_zp": V(zero_point, zero_point.dtype),
+              "w_scale": V(scale, np.float32)}
+    bshape = (-1, 1, 1, 1) if float_op == "Conv" and zero_point.ndim else zero_point.shape
+    dequantized = (weights.astype(np.float32) - zero_point.astype(np.float32).reshape(bshape))
+    smooth = [node(float_op, ["x", "wf"], ["t"], **attrs), node("Mul", ["t", "s"], ["y"])]
+    smooth_inputs = {"x": x, "wf": V(dequantized, np.float32),
+                     "s": V(scale.reshape(bshape if scale.ndim else ()), np.float32)}
+    return Row(id, nodes, inputs, surrogate=Row(f"{id}-surrogate", smooth, smooth_inputs))
+
+
 def _recurrent_layout1(id: str, op_type: str, out: int, **attrs: Any) -> Row:
     """A batch-first (``layout=1``) LSTM/GRU row with ``initial_h``, differentiating output
     ``out``; its surrogate is the same op in layout 0 between Transposes."""
@@ -510,6 +532,15 @@ ROWS: list[Row] = [
                 F("batch", 3, 4, 4, low=-1, high=1, avoid=(-0.645, 0.635, -0.3225, 0.3175)),
                 scale=np.array([0.005, 0.0025, 0.01], f32),
                 zero_point=np.zeros(3, np.int8), opset=13),
+    _dynamic_quant("dynamic-quantize-conv-integer", F("batch", 3, 6, 6), "ConvInteger",
+                   np.random.default_rng(3).integers(0, 255, (4, 3, 3, 3)).astype(np.uint8),
+                   np.uint8(128), np.float32(0.01), kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    _dynamic_quant("dynamic-quantize-conv-integer-strided-int8", F(2, 3, 7, 7), "ConvInteger",
+                   np.random.default_rng(4).integers(-127, 127, (4, 3, 3, 3)).astype(np.int8),
+                   np.int8(3), np.float32(0.02), kernel_shape=[3, 3], strides=[2, 2]),
+    _dynamic_quant("dynamic-quantize-matmul-integer-per-column", F("batch", 5), "MatMulInteger",
+                   np.random.default_rng(5).integers(0, 255, (5, 3)).astype(np.uint8),
+                   np.array([120, 128, 131], np.uint8), np.float32(0.005)),
 ]
 
 
