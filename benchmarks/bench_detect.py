@@ -18,6 +18,9 @@ the baseline and onnxcam's runs alike and flatters the ratios:
 
 * ``inference``: plain ONNX Runtime on the same ``.onnx`` file at its default settings (threads
   aside: spinning on), the baseline a user would run;
+* ``onnxcam prediction pass``: the run every explanation starts with (the features graph and
+  the head's forward as one graph, returning what the backward reads); its DFL softmax is in
+  elementwise form (``explainer/fast_softmax.py``), which plain inference of the file is not;
 * ``onnxcam <method> xK``: ``Explainer.explain(x, targets="topK", method=..., conf=0)``: the
   features graph, the head's forward once (the prediction pass), the NMS in numpy, the head's
   backward once per detection (pruned to the detection's level) and the maps (upsampled,
@@ -141,7 +144,8 @@ def main() -> None:
     plain = _plain(path, args.threads)
     name = plain.get_inputs()[0].name
 
-    runs: dict[str, Any] = {"inference": lambda: plain.run(None, {name: x})}
+    runs: dict[str, Any] = {"inference": lambda: plain.run(None, {name: x}),
+                            "onnxcam prediction pass": lambda: explainer.runner.prediction(x)}
     picks = {}
     for k in args.detections:
         found = explainer.explain(x, targets=f"top{k}", conf=0.0).detections[0]

@@ -27,6 +27,7 @@ from onnx import helper
 
 from .backward_window import Window, window_backward
 from .bundle import BACKWARD_PREFIX, extract, node_inputs
+from .fast_softmax import elementwise_softmax
 from .sparse_seeds import SparseColumn
 
 __all__ = ["BACKWARD_PREFIX", "Parts", "SplitHead", "backward_inputs", "concat_parts",
@@ -277,8 +278,11 @@ class SplitHead:
             return None
 
     def forward_model(self) -> onnx.ModelProto:
-        """The head's forward: the cut tensors -> :attr:`forward`."""
-        return extract(self.head, self.inputs, self.forward)[0]
+        """The head's forward: the cut tensors -> :attr:`forward` (a softmax over a short axis
+        in its elementwise form, :func:`~explainer.fast_softmax.elementwise_softmax`)."""
+        model = extract(self.head, self.inputs, self.forward)[0]
+        elementwise_softmax(model)
+        return model
 
     def prediction_model(self, features: onnx.ModelProto) -> onnx.ModelProto:
         """The features graph and the head's forward as one graph: the model's input -> the
