@@ -170,7 +170,9 @@ def _neck_outputs(g: Graph, chains: dict[Any, list[str]], exits: dict[Any, list[
             towers.append(len(chain) - 1 - shared[-1])
     picked = []
     for level, chain in chains.items():
-        if level in found:
+        if not _is_prediction(g, chain[-1], on_path):
+            picked.append(chain[-1])
+        elif level in found:
             picked.append(found[level])
         elif towers and len(set(towers)) == 1 and towers[0] < len(chain):
             picked.append(chain[len(chain) - 1 - towers[0]])
