@@ -275,8 +275,9 @@ class Runner:
                               self.on_cuda)
             for name, value in zip(run, values, strict=True):
                 views[c][name][...] = value
-            for name in zeros & set(names):  # zero for this part (the arrays may be unset)
-                views[c][name][...] = 0
+            if regions is not None:  # the arrays may be unset: zero for this part
+                for name in zeros & set(names):
+                    views[c][name][...] = 0
         if regions is not None:
             nowhere = (Ellipsis, slice(0, 0), slice(0, 0))  # a gradient the window left zero
             regions.update({n: [placed[c].get(n, nowhere) if c in done else None

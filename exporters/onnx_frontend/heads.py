@@ -126,9 +126,10 @@ def head_inputs(g: Graph, source: str, explained: str | Sequence[str],
         chain = [t for t in same if _dominates(g, source, t, ends, on_path)]
         if chain:
             chains[level] = chain
-    picked = [chain[-1] for chain in chains.values()]
-    if any(_is_prediction(g, t, on_path) for t in picked):
-        picked = _neck_outputs(g, chains, exits, on_path)
+    predicting = {level for level, chain in chains.items()
+                  if _is_prediction(g, chain[-1], on_path)}
+    picked = (_neck_outputs(g, chains, exits, on_path, predicting) if predicting
+              else [chain[-1] for chain in chains.values()])
     return sorted(set(picked), key=order.__getitem__)
 
 
@@ -153,13 +154,13 @@ def _is_prediction(g: Graph, tensor: str, on_path: set[int]) -> bool:
 
 
 def _neck_outputs(g: Graph, chains: dict[Any, list[str]], exits: dict[Any, list[str]],
-                  on_path: set[int]) -> list[str]:
-    """Where a head whose last convolution predicts (:func:`_is_prediction`) takes its
-    features: the neck's output at each level, the last of the level's dominators that the
-    other levels also read (a PAN passes it on to the next stride); a level no other reads
-    (the coarsest) starts as many tensors before its exits as the others' heads are long (the
-    head applies the same layers at every stride). Without either, the input of the last
-    convolution."""
+                  on_path: set[int], predicting: set[Any]) -> list[str]:
+    """Where a head whose last convolution predicts (:func:`_is_prediction`, at the levels
+    ``predicting``; the others keep their last dominator) takes its features: the neck's
+    output at each such level, the last of the level's dominators that the other levels also
+    read (a PAN passes it on to the next stride); a level no other reads (the coarsest) starts
+    as many tensors before its exits as the others' heads are long (the head applies the same
+    layers at every stride). Without either, the input of the last convolution."""
     towers, found = [], {}
     for level, chain in chains.items():
         others = [e for other, ends in exits.items() if other != level for e in ends]
@@ -170,7 +171,7 @@ def _neck_outputs(g: Graph, chains: dict[Any, list[str]], exits: dict[Any, list[
             towers.append(len(chain) - 1 - shared[-1])
     picked = []
     for level, chain in chains.items():
-        if not _is_prediction(g, chain[-1], on_path):
+        if level not in predicting:
             picked.append(chain[-1])
         elif level in found:
             picked.append(found[level])
