@@ -6,9 +6,11 @@ blocks of output rows that skip the matrix's zeros (:func:`row_blocks`).
 
 A layer sweep's fused heatmap (the mean of its layers' heatmaps, scaled again) is one resize:
 each layer's CAMs are shifted and scaled first so that their resize spans [0, 1]
-(:func:`scaled_layers`; the range of a bilinear resize is read off about 2h x 2w of its
-values, :func:`upsampled_range`), and the layers' interpolation matrices side by side sum
-their resizes in the same product. Only the maps returned are resized."""
+(:func:`scaled_layers`), and the layers' interpolation matrices side by side sum their
+resizes in the same product. The range of a bilinear resize, or of such a sum, is read off
+about 2h x 2w of its values (the ends of the runs in which it is linear,
+:func:`upsampled_range`), so the graph scales before it resizes and writes each output once.
+Only the maps returned are resized."""
 
 from __future__ import annotations
 
@@ -76,12 +78,15 @@ def upsample_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _extreme_outputs(src: int, dst: int) -> np.ndarray:
-    """The outputs of a 1-D linear resize from ``src`` to ``dst`` that take the extreme
-    weights of their taps: the first and last of each run of outputs with the same lower tap.
-    Within a run an output is linear in its weight, so a bilinear resize's minimum and maximum
-    over all outputs lie on these rows and columns."""
+    """The outputs of a 1-D linear resize from ``src`` to ``dst`` that end its runs: the first
+    and last of each run of outputs with the same lower tap and clamping (an output past the
+    first or last source center takes that center's value). Within a run an output is linear
+    in its index, so the minimum and maximum of a bilinear resize, and of a sum of resizes
+    from several sizes (on the union of their ends), lie on these rows and columns."""
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
     lo, _, _ = _linear_taps(src, dst)
-    edges = np.flatnonzero(np.diff(lo))
+    run = lo * 3 + (pos < 0) + 2 * (pos > src - 1)
+    edges = np.flatnonzero(np.diff(run))
     return np.unique(np.concatenate([[0, dst - 1], edges, edges + 1]))
 
 
@@ -173,54 +178,129 @@ def row_blocks(heights: tuple[int, ...], height: int) -> tuple[np.ndarray, np.nd
 
 def heatmap_model(layers: int = 1) -> onnx.ModelProto:
     """:func:`fused_heatmaps` of ``layers`` layers as one ONNX graph (3-4x faster than
-    ``Resize`` on many maps). Inputs (:func:`heatmap_feeds`): ``cams{i}`` [N, h_i, w_i]
-    (each layer's CAMs, scaled by :func:`scaled_layers`), ``columns{i}`` [w_i, W] (its
-    interpolation matrix along the width, transposed), the layers' height resizes by blocks of
-    output rows (:func:`row_blocks`: ``index``, ``weights``) and ``shape`` (-1, H, W).
-    Output ``heatmaps`` [N, H, W]: per block, ``weights @ concat_i(cams{i} @ columns{i})[index]``
-    (the product sums the layers' resizes; a block of 32 rows of three YOLO levels at 640
-    reads 13 of their 140 rows), min-max scaled per map (a constant map gives zeros)."""
-    talls = [f"tall{i}" for i in range(layers)]
-    nodes = [helper.make_node("MatMul", [f"cams{i}", f"columns{i}"], [tall])  # [N, h_i, W]
-             for i, tall in enumerate(talls)]
-    if layers > 1:
-        nodes.append(helper.make_node("Concat", talls, ["tall"], axis=1))
-    nodes += [
-        helper.make_node("Gather", ["tall" if layers > 1 else talls[0], "index"], ["picked"],
-                         axis=1),  # [N, blocks, K, W]
-        helper.make_node("MatMul", ["weights", "picked"], ["blocks"]),  # [N, blocks, r, W]
-        helper.make_node("Reshape", ["blocks", "shape"], ["up"]),
-        helper.make_node("ReduceMin", ["up", "axes"], ["low"], keepdims=1),
-        helper.make_node("ReduceMax", ["up", "axes"], ["high"], keepdims=1),
-        helper.make_node("Sub", ["high", "low"], ["span"]),
-        helper.make_node("Greater", ["span", "zero"], ["varies"]),
-        helper.make_node("Reciprocal", ["span"], ["inverse"]),
-        helper.make_node("Where", ["varies", "inverse", "zero"], ["scale"]),
-        helper.make_node("Sub", ["up", "low"], ["shifted"]),
-        helper.make_node("Mul", ["shifted", "scale"], ["heatmaps"]),
+    ``Resize`` on many maps), inputs from :func:`heatmap_feeds`, output ``heatmaps``
+    [N, H, W].
+
+    The resize is two products: each layer's CAMs ``cams{i}`` [N, h_i, w_i] by its width's
+    interpolation matrix ``columns{i}`` [w_i, W] (the ``tall`` maps, [N, h_i, W], side by side
+    [N, sum h_i, W]), then the layers' height resizes side by side, by blocks of output rows
+    (:func:`row_blocks`: ``index``, ``weights``; a block of 32 rows of three YOLO levels at
+    640 reads 13 of their 140 rows), which also sums the layers. Every scaling is folded into
+    the small ``tall`` maps before that last product, so the output is written once (and
+    clipped to [0, 1], which rounding may leave): each layer's range is read off its resize on
+    its run ends only (``ecols{i}``, ``erows{i}``: :func:`upsampled_range`), the fused map's
+    off the resize of the scaled maps on the union of the layers' run ends (``ucols``, and
+    ``uweights``: the rows of ``weights`` there). A constant layer adds nothing; a constant
+    map is zeros."""
+    node = helper.make_node
+    nodes: list[onnx.NodeProto] = []
+    for i in range(layers):
+        nodes += [
+            node("MatMul", [f"cams{i}", f"columns{i}"], [f"tall{i}"]),  # [N, h_i, W]
+            node("MatMul", [f"cams{i}", f"ecolumns{i}"], [f"ecol{i}"]),  # [N, h_i, E_i]
+            node("MatMul", [f"erows{i}", f"ecol{i}"], [f"ext{i}"]),  # the resize's run ends
+            node("MatMul", [f"cams{i}", f"ucolumns{i}"], [f"ucol{i}"]),  # [N, h_i, U]
+        ]
+        for op, src, out in (("ReduceMin", f"ext{i}", "lo"), ("ReduceMax", f"ext{i}", "hi"),
+                             ("ReduceMin", f"cams{i}", "cmin"), ("ReduceMax", f"cams{i}", "cmax")):
+            nodes += [node(op, [src, "axes12"], [f"{out}{i}_"], keepdims=0),
+                      node("Unsqueeze", [f"{out}{i}_", "axis1"], [f"{out}{i}"])]  # [N, 1]
+    for name in ("tall", "ucol", "lo", "hi", "cmin", "cmax"):
+        nodes.append(node("Concat", [f"{name}{i}" for i in range(layers)], [name], axis=1))
+    nodes += [  # each layer scaled to span [0, 1]: tall * s + b, per layer [N, L]
+        node("Sub", ["hi", "lo"], ["span"]),
+        node("Greater", ["span", "zero"], ["spread"]),
+        node("Greater", ["cmax", "cmin"], ["varies"]),  # rounding may spread a constant CAM
+        node("And", ["spread", "varies"], ["live"]),
+        node("Reciprocal", ["span"], ["inverse"]),
+        node("Where", ["live", "inverse", "zero"], ["s"]),
+        node("Mul", ["lo", "s"], ["lo_s"]),
+        node("Neg", ["lo_s"], ["b"]),
+        node("Gather", ["s", "rows_layer"], ["s_rows_"], axis=1),  # [N, sum h]
+        node("Gather", ["b", "rows_layer"], ["b_rows_"], axis=1),
+        node("Unsqueeze", ["s_rows_", "axis2"], ["s_rows"]),  # [N, sum h, 1]
+        node("Unsqueeze", ["b_rows_", "axis2"], ["b_rows"]),
+        # the sum of the scaled resizes on the union of the run ends: its range
+        node("Mul", ["ucol", "s_rows"], ["ucol_s"]),  # [N, sum h, U]
+        node("Add", ["ucol_s", "b_rows"], ["ucol_scaled"]),
+        node("Gather", ["ucol_scaled", "index"], ["upicked"], axis=1),  # [N, blocks, K, U]
+        node("MatMul", ["uweights", "upicked"], ["uext"]),  # [N, blocks, m, U]
+        node("ReduceMin", ["uext", "axes123"], ["flo_"], keepdims=0),
+        node("ReduceMax", ["uext", "axes123"], ["fhi_"], keepdims=0),
+        node("Unsqueeze", ["flo_", "axes12"], ["flo"]),  # [N, 1, 1]
+        node("Unsqueeze", ["fhi_", "axes12"], ["fhi"]),
+        node("Sub", ["fhi", "flo"], ["fspan"]),
+        node("Greater", ["fspan", "zero"], ["fspread"]),
+        node("Reciprocal", ["fspan"], ["finverse"]),
+        node("Where", ["fspread", "finverse", "zero"], ["fs"]),
+        # final = (tall * s + b - flo / L) * fs = tall * a + c: the rows' sums of weights are L
+        node("Mul", ["s_rows", "fs"], ["a"]),
+        node("Mul", ["flo", "share"], ["flo_share"]),
+        node("Sub", ["b_rows", "flo_share"], ["b_shift"]),
+        node("Mul", ["b_shift", "fs"], ["c"]),
+        node("Mul", ["tall", "a"], ["tall_a"]),
+        node("Add", ["tall_a", "c"], ["final"]),
+        node("Gather", ["final", "index"], ["picked"], axis=1),  # [N, blocks, K, W]
+        node("MatMul", ["weights", "picked"], ["blocks"]),  # [N, blocks, r, W]
+        node("Reshape", ["blocks", "shape"], ["up"]),
+        node("Clip", ["up", "zero", "one"], ["heatmaps"]),
     ]
+    ints = [("index", ["blocks", "K"]), ("rows_layer", ["S"]), ("shape", [3])]
+    floats = [("weights", ["blocks", "r", "K"]), ("uweights", ["blocks", "m", "K"])]
+    for i in range(layers):
+        floats += [(f"cams{i}", ["n", f"h{i}", f"w{i}"]), (f"columns{i}", [f"w{i}", "W"]),
+                   (f"ecolumns{i}", [f"w{i}", f"ew{i}"]), (f"erows{i}", [f"eh{i}", f"h{i}"]),
+                   (f"ucolumns{i}", [f"w{i}", "U"])]
     graph = helper.make_graph(
         nodes, "heatmaps",
-        [helper.make_tensor_value_info("index", TensorProto.INT64, ["blocks", "K"]),
-         helper.make_tensor_value_info("weights", TensorProto.FLOAT, ["blocks", "r", "K"]),
-         helper.make_tensor_value_info("shape", TensorProto.INT64, [3])]
-        + [helper.make_tensor_value_info(f"cams{i}", TensorProto.FLOAT, ["n", f"h{i}", f"w{i}"])
-           for i in range(layers)]
-        + [helper.make_tensor_value_info(f"columns{i}", TensorProto.FLOAT, [f"w{i}", "W"])
-           for i in range(layers)],
+        [helper.make_tensor_value_info(n, TensorProto.INT64, d) for n, d in ints]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, d) for n, d in floats],
         [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["n", "H", "W"])],
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [1, 2]),
-                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+        initializer=[helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("axis2", TensorProto.INT64, [1], [2]),
+                     helper.make_tensor("axes12", TensorProto.INT64, [2], [1, 2]),
+                     helper.make_tensor("axes123", TensorProto.INT64, [3], [1, 2, 3]),
+                     helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                     helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+                     helper.make_tensor("share", TensorProto.FLOAT, [], [1.0 / layers])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@lru_cache(maxsize=32)
+def _constant_feeds(heights: tuple[int, ...], widths: tuple[int, ...], size: tuple[int, int]
+                    ) -> dict[str, np.ndarray]:
+    """The inputs of :func:`heatmap_model` that depend on the sizes only."""
+    index, weights = row_blocks(heights, size[0])
+    feeds = {"index": index, "weights": weights, "shape": np.array([-1, *size], np.int64),
+             "rows_layer": np.repeat(np.arange(len(heights), dtype=np.int64), heights)}
+    union = np.unique(np.concatenate([_extreme_outputs(w, size[1]) for w in widths]))
+    for i, (h, w) in enumerate(zip(heights, widths, strict=True)):
+        columns = interpolation_matrix(w, size[1]).T
+        feeds[f"columns{i}"] = np.ascontiguousarray(columns)
+        feeds[f"ecolumns{i}"] = np.ascontiguousarray(columns[:, _extreme_outputs(w, size[1])])
+        feeds[f"ucolumns{i}"] = np.ascontiguousarray(columns[:, union])
+        feeds[f"erows{i}"] = np.ascontiguousarray(
+            interpolation_matrix(h, size[0])[_extreme_outputs(h, size[0])])
+    ends = np.zeros(size[0], bool)  # the union of the layers' run ends along the height
+    for h in heights:
+        ends[_extreme_outputs(h, size[0])] = True
+    rows = ends.reshape(len(weights), weights.shape[1])
+    m = int(rows.sum(axis=1).max())
+    # each block's run-end rows, padded with its first (any output row leaves the range as is)
+    picks = [np.resize(np.flatnonzero(r), m) if r.any() else np.zeros(m, np.intp)
+             for r in rows]
+    feeds["uweights"] = np.ascontiguousarray(
+        np.stack([block[p] for block, p in zip(weights, picks, strict=True)]))
+    for value in feeds.values():
+        value.setflags(write=False)
+    return feeds
 
 
 def heatmap_feeds(layers: list[np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
     """:func:`heatmap_model`'s inputs for one or several layers' CAMs [N, h_i, w_i] and an
     output ``size`` (H, W)."""
-    scaled = scaled_layers(layers, size)
-    index, weights = row_blocks(tuple(cams.shape[-2] for cams in scaled), size[0])
-    feeds = {"index": index, "weights": weights, "shape": np.array([-1, *size], np.int64)}
-    for i, cams in enumerate(scaled):
-        feeds[f"cams{i}"] = np.ascontiguousarray(cams)
-        feeds[f"columns{i}"] = interpolation_matrix(cams.shape[-1], size[1]).T
+    feeds = dict(_constant_feeds(tuple(c.shape[-2] for c in layers),
+                                 tuple(c.shape[-1] for c in layers), tuple(size)))
+    for i, cams in enumerate(layers):
+        feeds[f"cams{i}"] = np.ascontiguousarray(cams, dtype=np.float32)
     return feeds

@@ -56,8 +56,9 @@ def layer_cams(
     extra = [n for layer in layers[1:] for n in (layer.gradient, layer.tensor)
              if n not in cut]  # a cut tensor's activation is a features output
     spec_of = get_method(method)
-    # a local method weighs each column's gradients inside the regions its window wrote
-    windowed = spec_of.local and all(layer.entry["layout"] == "NCHW" for layer in layers)
+    # each column's gradients are read inside the regions its window wrote: a local method
+    # weighs them there, another one reads them zero-padded to the whole map
+    windowed = spec_of.uses_gradient and all(layer.entry["layout"] == "NCHW" for layer in layers)
     regions: dict[str, list[tuple[Any, ...] | None]] = {}
     logits, outputs = runner.gradients(features, seeds, extra, forward,
                                        backward=spec_of.uses_gradient,
@@ -75,14 +76,25 @@ def layer_cams(
                                scorer=scorer)  # runs for methods needing more
         where = regions.get(layer.gradient)
         cams = np.zeros((*gradient.shape[:2], *activation.shape[2:]), np.float32)
+        padded = None  # a column's window in zeros, the whole map (cleared after each use)
         for j in range(k):
             region = where[j] if where else None
             if region is None:  # anywhere
                 cams[:, j] = compute_cams(activation, gradient[:, j], method, class_ids[:, j],
                                           access)
-            elif cams[:, j][region].size:  # a detection's window: zero outside
+            elif not cams[:, j][region].size:  # the window left it zero
+                if not spec_of.local:
+                    padded = np.zeros_like(gradient[:, j]) if padded is None else padded
+                    cams[:, j] = compute_cams(activation, padded, method, class_ids[:, j],
+                                              access)
+            elif spec_of.local:  # a detection's window: zero outside
                 cams[:, j][region] = compute_cams(activation[region], gradient[:, j][region],
                                                   method, class_ids[:, j], access)
+            else:
+                padded = np.zeros_like(gradient[:, j]) if padded is None else padded
+                padded[region] = gradient[:, j][region]
+                cams[:, j] = compute_cams(activation, padded, method, class_ids[:, j], access)
+                padded[region] = 0
         return cams
 
     gradients = [outputs[layer.gradient] for layer in layers]

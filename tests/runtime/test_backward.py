@@ -347,7 +347,8 @@ def test_a_sparse_column_cuts_a_part_as_the_dense_one() -> None:
 def test_local_methods_weigh_a_detections_window_only(bundle, monkeypatch) -> None:
     """LayerCAM on a window's region gives the maps it gives on the whole gradients; the
     gradient arrays a window writes into are not zeroed first (they are NaN here), and
-    nothing outside the windows' regions is read."""
+    nothing outside the windows' regions is read: not by a local method, which weighs the
+    regions alone, nor by another one (Grad-CAM), which reads each region in zeros."""
     x = np.random.default_rng(8).random((1, 3, 16, 16), dtype=np.float32)
     explainer = Explainer(bundle)
     shapes = []
@@ -369,20 +370,28 @@ def test_local_methods_weigh_a_detections_window_only(bundle, monkeypatch) -> No
     assert spec.local
     monkeypatch.setitem(METHODS, "layercam", dataclasses.replace(spec, local=False))
     unset.clear()
+    shapes.clear()
     whole = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
-    assert not unset  # the whole gradients are zeros
+    assert unset and all(shape[2:] in full for shape in shapes)  # regions in zeros
     assert [d.candidate for d in windowed.detections[0]] == [
         d.candidate for d in whole.detections[0]]
     for name, maps in windowed.layers.items():
         np.testing.assert_array_equal(maps.cams, whole.layers[name].cams, err_msg=name)
     np.testing.assert_array_equal(windowed.heatmaps, whole.heatmaps)
+    gradcam = explainer.explain(x, targets="top4", method="gradcam", conf=0.0)
     # a level's backward without a window writes its other levels' zero gradients itself
     monkeypatch.setitem(METHODS, "layercam", spec)
     monkeypatch.setattr(SplitHead, "window", lambda self, part: None)
+    unset.clear()
     dense = explainer.explain(x, targets="top4", method="layercam", conf=0.0)
     assert unset
     for name, maps in dense.layers.items():
         np.testing.assert_array_equal(maps.cams, whole.layers[name].cams, err_msg=name)
+    dense = explainer.explain(x, targets="top4", method="gradcam", conf=0.0)
+    for name, maps in dense.layers.items():
+        assert maps.cams.any()
+        np.testing.assert_allclose(maps.cams, gradcam.layers[name].cams, rtol=1e-5,
+                                   atol=1e-6 * np.abs(maps.cams).max(), err_msg=name)
 
 _run = Window.run
 
