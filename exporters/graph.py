@@ -76,13 +76,32 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     shapes they need and name what is missing).
     """
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
+        if all(math.prod(t.dims) <= SKELETON_LIMIT for t in model.graph.initializer):
+            return onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
+        # on the weights' types only (serialized into the inference and back four times, a
+        # vgg16's 528 MB took most of its 2.5 s), the shapes then written into a copy
+        light = onnx.ModelProto(ir_version=model.ir_version, graph=shape_skeleton(model.graph))
+        light.opset_import.extend(model.opset_import)
+        light.functions.extend(model.functions)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, data_prop=True)
     except Exception as err:  # InferenceError, or a protobuf over 2 GB
         log.warning("shape inference failed (%s); continuing without it", err)
         return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    for have, found in zip(out.graph.output, inferred.graph.output, strict=True):
+        have.CopyFrom(found)
+    return out
 
 
-def shape_skeleton(graph: onnx.GraphProto, limit: int = 4096) -> onnx.GraphProto:
+#: initializers of more than this many elements are left out of shape inference (their types
+#: stand for them: :func:`shape_skeleton`)
+SKELETON_LIMIT = 4096
+
+
+def shape_skeleton(graph: onnx.GraphProto, limit: int = SKELETON_LIMIT) -> onnx.GraphProto:
     """A copy of ``graph`` for shape inference without its weights: initializers of more than
     ``limit`` elements become typed inputs (shape inference needs their types; data propagation
     needs only the small integer tensors, which stay). A vgg16 head's 480 MB are neither copied

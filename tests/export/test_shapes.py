@@ -129,3 +129,42 @@ def test_softmax_head_after_tf2onnx_flatten_is_explained(batch: int) -> None:
     assert bundle.manifest["head"]["logits"] == "logits"
     x = np.random.default_rng(1).normal(size=(batch, 4, 4, 3)).astype(np.float32)
     assert check_gradients(bundle, x).passed
+
+
+def test_shape_inference_leaves_large_weights_out_and_infers_the_same(monkeypatch) -> None:
+    """A model with weights over the skeleton limit is inferred on their types alone: the
+    same value infos and outputs as the inference over the whole model (data propagation
+    through the small shape constants included), the weights and the given model untouched."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 3, 3, 3)).astype(np.float32)  # 1728: stays in
+    head = rng.normal(size=(64 * 8 * 8, 10)).astype(np.float32)  # 40960: left out
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "minus_one"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["r", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "head"], ["logits"]),
+    ]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(head, "head"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    given = model.SerializeToString()
+    real = onnx.shape_inference.infer_shapes
+    whole = real(model, check_type=False, data_prop=True)
+    sizes = []
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes",
+                        lambda m, **kw: sizes.append(m.ByteSize()) or real(m, **kw))
+    got = infer_shapes(model)
+    assert sizes and max(sizes) < head.nbytes  # the head's weights were not serialized
+    assert model.SerializeToString() == given
+    assert {v.name: v for v in got.graph.value_info} == {v.name: v for v in whole.graph.value_info}
+    assert list(got.graph.output) == list(whole.graph.output)
+    assert [d.dim_value for d in got.graph.output[0].type.tensor_type.shape.dim][1:] == [10]
+    assert list(got.graph.initializer) == list(model.graph.initializer)
