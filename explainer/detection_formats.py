@@ -97,8 +97,10 @@ _Size = tuple[int, int]
 
 
 def _decode_yolov8(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
-    rows = out[p["outputs"]["predictions"]].T.astype(np.float32)  # [A, 4+C]
-    return Candidates(_xywh_to_xyxy(rows[:, :4]), rows[:, 4:])
+    rows = out[p["outputs"]["predictions"]]  # [4+C, A]
+    # each part transposed into its own array: a row-contiguous [A, C] argmax is 2x faster
+    return Candidates(_xywh_to_xyxy(rows[:4].T.astype(np.float32)),
+                      np.ascontiguousarray(rows[4:].T, dtype=np.float32))
 
 
 def _decode_yolov5(out: dict[str, np.ndarray], p: dict[str, Any], size: _Size) -> Candidates:
