@@ -17,6 +17,7 @@ activation that every path goes through, with a differentiable head":
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
+
+from export_cache import cached, export_key  # noqa: E402
 
 from explainer import Explainer, check_gradients  # noqa: E402
 from exporters import export_onnx  # noqa: E402
@@ -49,7 +52,7 @@ KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True}}
 
 
 @pytest.fixture(scope="module", params=list(EXPECTED))
-def exported(request, tmp_path_factory) -> tuple:
+def exported(request) -> tuple:
     """(name, input, Explainer of the auto-target bundle, reference activation) of one model.
 
     Module-scoped and parametrized: pytest runs every test of one model before exporting the
@@ -60,16 +63,20 @@ def exported(request, tmp_path_factory) -> tuple:
     model = getattr(torchvision.models, name)(weights=None, **KWARGS.get(name, {}))
     model = recalibrate_batchnorm(model, (4, 3, 112, 112), batches=1)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+    def build(folder: Path) -> None:  # torch.onnx's file, cached in build/exports
+        program = torch.onnx.export(
+            model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=["input"], verbose=False,
+        )
+        program.save(str(folder / f"{name}.onnx"))
+
     start = time.perf_counter()
-    program = torch.onnx.export(
-        model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-        input_names=["input"], verbose=False,
-    )
-    path = tmp_path_factory.mktemp("torchvision_onnx") / f"{name}.onnx"
-    program.save(str(path))
+    key = export_key(model, name, tuple(x.shape), "batch")
+    entry, built = cached("torchvision_onnx", name, key, build)
     exported = time.perf_counter()
-    explainer = Explainer(export_onnx(path))
-    print(f"{name}: torch export {exported - start:.1f}s, "
+    explainer = Explainer(export_onnx(entry / f"{name}.onnx"))
+    print(f"{name}: torch export {exported - start:.1f}s{'' if built else ' (cached)'}, "
           f"export_onnx + sessions {time.perf_counter() - exported:.1f}s")
 
     store = {}

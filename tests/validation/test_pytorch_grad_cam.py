@@ -28,6 +28,7 @@ torchvision = pytest.importorskip("torchvision")
 grad_cam = pytest.importorskip("pytorch_grad_cam")
 pytest.importorskip("onnxscript")
 
+from export_cache import cached, export_key  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import (  # noqa: E402
     get_2d_projection_with_sign_correction,
@@ -103,7 +104,9 @@ def models():
     def get(name: str):
         if name not in cache:
             model, layer = build_model(name), {**RELU_MODELS, **SIGNED_MODELS}[name]
-            cache[name] = model, layer, Explainer(export_torch(model, layer))
+            entry, _ = cached("pytorch_grad_cam", name, export_key(model, name, layer),
+                              lambda folder: export_torch(model, layer).save(folder / "bundle"))
+            cache[name] = model, layer, Explainer(entry / "bundle")
         return cache[name]
 
     return get

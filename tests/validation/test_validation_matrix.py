@@ -14,10 +14,8 @@ Set ONNXCAM_VALIDATION_REPORT=path.json to collect the measured table (see READM
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -29,9 +27,9 @@ torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
 import onnx  # noqa: E402
+from export_cache import cached, export_key  # noqa: E402
 from locks import file_lock  # noqa: E402
 
-import exporters  # noqa: E402
 from explainer import Explainer  # noqa: E402
 from exporters.torch import (  # noqa: E402
     bundle_from_tapped,
@@ -89,39 +87,23 @@ def build_model(name: str, seed: int = 0) -> torch.nn.Module:
     return recalibrate_batchnorm(model, (8, 3, 224, 224), batches=2, seed=seed)
 
 
-#: the matrix's exports, each under the hash of everything it is a function of (the model's
-#: weights, its stages, the exporter's code, torch, onnxscript and onnx): a cached run skips
-#: torch.onnx (20-40 s a model); a fresh clone, or a change to any of those, exports again
-EXPORTS = Path(os.environ.get("ONNXCAM_MATRIX_EXPORTS",
-                              Path(__file__).resolve().parents[2] / "build" / "matrix_exports"))
-
-
 def exported(name: str, model: torch.nn.Module, stages: tuple[str, ...]
              ) -> tuple[onnx.ModelProto, list[str], float | None]:
-    """``export_tapped(model, stages)``, from :data:`EXPORTS` where it was exported before:
+    """``export_tapped(model, stages)``, cached in ``build/exports`` (:mod:`export_cache`):
     (model, activation tensors, export seconds; None when read from the cache)."""
-    import onnxscript
-    key = hashlib.sha256(repr((name, stages, torch.__version__, onnxscript.__version__,
-                               onnx.__version__)).encode())
-    for path in sorted(Path(exporters.__file__).parent.rglob("*.py")):
-        key.update(path.read_bytes())
-    for tensor in model.state_dict().values():
-        key.update(tensor.detach().cpu().numpy().tobytes())
-    entry = EXPORTS / f"{name}-{key.hexdigest()[:20]}"
-    if (entry / "tensors.json").exists():
-        tensors = json.loads((entry / "tensors.json").read_text())
-        return onnx.load(entry / "model.onnx"), tensors, None
-    start = time.perf_counter()
-    proto, tensors, _ = export_tapped(model, stages)
-    seconds = time.perf_counter() - start
-    for stale in EXPORTS.glob(f"{name}-*"):  # this model's exports under other keys
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = EXPORTS / f".{entry.name}.{os.getpid()}"
-    partial.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, partial / "model.onnx")
-    (partial / "tensors.json").write_text(json.dumps(tensors))
-    partial.rename(entry)  # complete or absent
-    return proto, tensors, seconds
+    seconds = None
+
+    def build(folder: Path) -> None:
+        nonlocal seconds
+        start = time.perf_counter()
+        proto, tensors, _ = export_tapped(model, stages)
+        seconds = time.perf_counter() - start
+        onnx.save(proto, folder / "model.onnx")
+        (folder / "tensors.json").write_text(json.dumps(tensors))
+
+    entry, _ = cached("matrix", name, export_key(model, name, stages), build)
+    return (onnx.load(entry / "model.onnx"), json.loads((entry / "tensors.json").read_text()),
+            seconds)
 
 
 FLOAT32_NOISE_FACTOR = 3.0
