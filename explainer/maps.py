@@ -187,19 +187,18 @@ def heatmap_model(layers: int = 1) -> onnx.ModelProto:
     (:func:`row_blocks`: ``index``, ``weights``; a block of 32 rows of three YOLO levels at
     640 reads 13 of their 140 rows), which also sums the layers. Every scaling is folded into
     the small ``tall`` maps before that last product, so the output is written once (and
-    clipped to [0, 1], which rounding may leave): each layer's range is read off its resize on
-    its run ends only (``ecols{i}``, ``erows{i}``: :func:`upsampled_range`), the fused map's
-    off the resize of the scaled maps on the union of the layers' run ends (``ucols``, and
-    ``uweights``: the rows of ``weights`` there). A constant layer adds nothing; a constant
-    map is zeros."""
+    clipped to [0, 1], which rounding may leave): the resizes are evaluated on the union of
+    the layers' run ends only (:func:`upsampled_range`; columns ``ucolumns{i}``), each
+    layer's range on its own rows' ends (``erows{i}``), the fused map's, of the scaled maps,
+    on the union's (``uweights``: the rows of ``weights`` there; more outputs than a range
+    needs leave it as it is). A constant layer adds nothing; a constant map is zeros."""
     node = helper.make_node
     nodes: list[onnx.NodeProto] = []
     for i in range(layers):
         nodes += [
             node("MatMul", [f"cams{i}", f"columns{i}"], [f"tall{i}"]),  # [N, h_i, W]
-            node("MatMul", [f"cams{i}", f"ecolumns{i}"], [f"ecol{i}"]),  # [N, h_i, E_i]
-            node("MatMul", [f"erows{i}", f"ecol{i}"], [f"ext{i}"]),  # the resize's run ends
             node("MatMul", [f"cams{i}", f"ucolumns{i}"], [f"ucol{i}"]),  # [N, h_i, U]
+            node("MatMul", [f"erows{i}", f"ucol{i}"], [f"ext{i}"]),  # the resize's run ends
         ]
         for op, src, out in (("ReduceMin", f"ext{i}", "lo"), ("ReduceMax", f"ext{i}", "hi"),
                              ("ReduceMin", f"cams{i}", "cmin"), ("ReduceMax", f"cams{i}", "cmax")):
@@ -249,8 +248,7 @@ def heatmap_model(layers: int = 1) -> onnx.ModelProto:
     floats = [("weights", ["blocks", "r", "K"]), ("uweights", ["blocks", "m", "K"])]
     for i in range(layers):
         floats += [(f"cams{i}", ["n", f"h{i}", f"w{i}"]), (f"columns{i}", [f"w{i}", "W"]),
-                   (f"ecolumns{i}", [f"w{i}", f"ew{i}"]), (f"erows{i}", [f"eh{i}", f"h{i}"]),
-                   (f"ucolumns{i}", [f"w{i}", "U"])]
+                   (f"ucolumns{i}", [f"w{i}", "U"]), (f"erows{i}", [f"eh{i}", f"h{i}"])]
     graph = helper.make_graph(
         nodes, "heatmaps",
         [helper.make_tensor_value_info(n, TensorProto.INT64, d) for n, d in ints]
@@ -277,7 +275,6 @@ def _constant_feeds(heights: tuple[int, ...], widths: tuple[int, ...], size: tup
     for i, (h, w) in enumerate(zip(heights, widths, strict=True)):
         columns = interpolation_matrix(w, size[1]).T
         feeds[f"columns{i}"] = np.ascontiguousarray(columns)
-        feeds[f"ecolumns{i}"] = np.ascontiguousarray(columns[:, _extreme_outputs(w, size[1])])
         feeds[f"ucolumns{i}"] = np.ascontiguousarray(columns[:, union])
         feeds[f"erows{i}"] = np.ascontiguousarray(
             interpolation_matrix(h, size[0])[_extreme_outputs(h, size[0])])

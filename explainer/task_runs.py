@@ -82,14 +82,11 @@ def layer_cams(
             if region is None:  # anywhere
                 cams[:, j] = compute_cams(activation, gradient[:, j], method, class_ids[:, j],
                                           access)
-            elif not cams[:, j][region].size:  # the window left it zero
-                if not spec_of.local:
-                    padded = np.zeros_like(gradient[:, j]) if padded is None else padded
-                    cams[:, j] = compute_cams(activation, padded, method, class_ids[:, j],
-                                              access)
-            elif spec_of.local:  # a detection's window: zero outside
-                cams[:, j][region] = compute_cams(activation[region], gradient[:, j][region],
-                                                  method, class_ids[:, j], access)
+            elif spec_of.local:  # a detection's window: zero outside (or all zero)
+                if cams[:, j][region].size:
+                    cams[:, j][region] = compute_cams(activation[region],
+                                                      gradient[:, j][region], method,
+                                                      class_ids[:, j], access)
             else:
                 padded = np.zeros_like(gradient[:, j]) if padded is None else padded
                 padded[region] = gradient[:, j][region]
