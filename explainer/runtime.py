@@ -75,7 +75,8 @@ class Explainer:
     * the two graphs (everything else): the features graph, the logits pass, the gradient head
       and numpy CAMs; spinning is off there so the sessions, run one after the other, do not
       fight for the cores, except for a split head's composed prediction (the features and
-      the head's forward in one run: most of the call's work, as plain inference). Their
+      the head's forward in one run: most of the call's work, as plain inference), whose
+      threads spin during its run and stop when it returns. Their
       sessions (:attr:`runner`) are created on first use.
 
     Threads and resources: one Explainer may be shared by many threads (ONNX Runtime sessions
@@ -116,7 +117,8 @@ class Explainer:
         self.providers = resolve_providers(providers)
         self.runner = Runner(self.bundle, self.spec, self.providers,
                              session_options(threads, optimization, spinning=False),
-                             session_options(threads, optimization, spinning=True))
+                             session_options(threads, optimization, spinning=True,
+                                             spin_after=False))
         self.graph: ExplanationGraph | None = None
         spec = self.spec
         if (explanation_graph and spec.explanation is not None

@@ -24,6 +24,8 @@ _HANDED_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
 _OPTION_FIELDS = ("graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads",
                   "execution_mode", "log_severity_level", "enable_cpu_mem_arena",
                   "enable_mem_pattern", "use_deterministic_compute")
+#: the config entries it copies (the thread spinning :func:`session_options` sets)
+_CONFIG_ENTRIES = ("session.intra_op.allow_spinning", "session.force_spinning_stop")
 
 
 def copy_options(options: ort.SessionOptions, threads: int | None = None
@@ -33,11 +35,11 @@ def copy_options(options: ort.SessionOptions, threads: int | None = None
     own = ort.SessionOptions()
     for field in _OPTION_FIELDS:
         setattr(own, field, getattr(options, field))
-    spinning = "session.intra_op.allow_spinning"
-    try:
-        own.add_session_config_entry(spinning, options.get_session_config_entry(spinning))
-    except Exception:  # noqa: BLE001 (not set: ONNX Runtime's default)
-        pass
+    for entry in _CONFIG_ENTRIES:
+        try:
+            own.add_session_config_entry(entry, options.get_session_config_entry(entry))
+        except Exception:  # noqa: BLE001 (not set: ONNX Runtime's default)
+            pass
     if threads is not None:
         own.intra_op_num_threads = int(threads)
     return own

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from conftest import make_tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
 
@@ -51,6 +52,10 @@ def test_large_weights_are_handed_over_and_the_session_is_the_same(monkeypatch) 
     own = session.get_session_options()
     assert own.intra_op_num_threads == 1
     assert own.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # a spinning session that stops spinning when its run returns keeps that too
+    stopping = new_session(model, session_options(1, "all", spinning=True, spin_after=False),
+                           ["CPUExecutionProvider"]).get_session_options()
+    assert stopping.get_session_config_entry("session.force_spinning_stop") == "1"
     # the options given hold no handed weights: another model's session still builds
     other = make_tiny_cnn()
     ort.InferenceSession(other.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -81,3 +86,18 @@ def test_an_explainer_with_handed_weights_explains_the_same(monkeypatch) -> None
         assert handed and all(handed), graph  # the weights handed over, session by session
         np.testing.assert_array_equal(got.class_ids, want.class_ids)
         np.testing.assert_array_equal(got.heatmaps, want.heatmaps)
+
+
+def test_the_prediction_pass_spins_only_while_it_runs() -> None:
+    """The two-graph path's one big run (a split head's composed prediction) spins as plain
+    inference does, and its threads stop when it returns, leaving the cores to the backward
+    runs after it; the explanation graph, one run per call, keeps ONNX Runtime's default."""
+    bundle = build_bundle(make_tiny_cnn(), "act", target_layer="relu2", labels=list("abcde"))
+    explainer = Explainer(bundle, threads=1)
+    stop, spin = "session.force_spinning_stop", "session.intra_op.allow_spinning"
+    prediction = explainer.runner._pool.spinning
+    assert prediction.get_session_config_entry(stop) == "1"
+    assert explainer.runner._pool.options.get_session_config_entry(spin) == "0"
+    assert explainer.graph is not None
+    with pytest.raises(Exception, match=stop):  # not set: spinning goes on after a run
+        explainer.graph.sessions.options.get_session_config_entry(stop)
