@@ -35,7 +35,7 @@ from .errors import BundleError
 from .labels import resolve_labels
 from .manifest import INPUT_GRADIENT_KEYS, SCHEMA_VERSION, TASKS, Manifest
 
-__all__ = ["BACKWARD_PREFIX", "Bundle", "BundleError", "SCHEMA_VERSION",
+__all__ = ["BACKWARD_PREFIX", "COMPOSED_PREFIX", "Bundle", "BundleError", "SCHEMA_VERSION",
            "EXTERNAL_DATA_THRESHOLD", "TASKS", "WEIGHTS_FILE", "extract", "node_inputs",
            "subgraphs"]
 
@@ -46,6 +46,10 @@ WEIGHTS_FILE = "weights.onnx.data"
 #: The prefix of the names of a gradient head's backward nodes (the reverse-mode autodiff's
 #: output); the runtime tells the head's backward from its forward by it.
 BACKWARD_PREFIX = "grad/"
+#: The prefix of the names of the nodes the explanation graph's composer adds (target
+#: selection, seeds, CAM, upsampling): a session specialized to an input size makes constants
+#: of the sizes they read (:func:`explainer.static_dims.fold_static_dims`).
+COMPOSED_PREFIX = "cam/"
 _GRAPHS = ("features", "head", "explanation", "input_gradient")
 _ALIGN = 4096
 

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .bundle import COMPOSED_PREFIX
 from .sessions import SizedSessions
 from .targets import GraphTargets
 
@@ -56,7 +57,8 @@ class ExplanationGraph:
         self.outputs: list[str] = [entry["outputs"][key] for key in _FIELDS]
         self.on_cuda = on_cuda
         #: the sessions, one per input size met (see :class:`SizedSessions`)
-        self.sessions = SizedSessions(model, self.inputs["input"], options, providers, sizes)
+        self.sessions = SizedSessions(model, self.inputs["input"], options, providers, sizes,
+                                      fold_prefix=COMPOSED_PREFIX)
         if not self.sessions.axes:
             self.sessions.get(())  # a fixed size: build the one session now
 

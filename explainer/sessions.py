@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from .errors import ExplainerError, ProviderError, UsageError
 from .session_build import copy_options, new_session
+from .static_dims import fold_static_dims
 
 __all__ = [
     "SessionPool", "SizedSessions", "resolve_providers", "run_chunked", "run_once",
@@ -241,13 +242,15 @@ def symbolic_axes(model: onnx.ModelProto, input_name: str, skip_batch: bool = Tr
             if not dim.HasField("dim_value") and (axis > 0 or not skip_batch)]
 
 
-def specialize(model: onnx.ModelProto, input_name: str, sizes: dict[int, int]
-               ) -> onnx.ModelProto:
+def specialize(model: onnx.ModelProto, input_name: str, sizes: dict[int, int],
+               fold_prefix: str | None = None) -> onnx.ModelProto:
     """A copy of ``model`` whose input ``input_name`` has the static ``sizes`` (axis -> size).
 
     The copy drops the model's value infos (inner shapes written for symbolic sizes), so
     ONNX Runtime infers every inner shape from the static input and plans and optimizes the
-    graph as it does for a model exported at that size.
+    graph as it does for a model exported at that size. With ``fold_prefix``, the sizes that
+    the nodes so named read off shapes are made constants where they are now static
+    (:func:`explainer.static_dims.fold_static_dims`).
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -257,6 +260,8 @@ def specialize(model: onnx.ModelProto, input_name: str, sizes: dict[int, int]
     for axis, size in sizes.items():
         dims[axis].Clear()
         dims[axis].dim_value = int(size)
+    if fold_prefix is not None:
+        fold_static_dims(copy, fold_prefix)
     return copy
 
 
@@ -281,19 +286,23 @@ class SizedSessions:
         providers: ONNX Runtime providers.
         limit: how many specialized sessions to keep; 0 turns specializing off.
         after: the run at a size that first uses its specialized session (1: the first).
+        fold_prefix: the nodes whose shape reads a specialized copy makes constants
+            (:func:`specialize`); None: none.
     """
 
     #: how many sizes met fewer than ``after`` times are remembered
     SEEN = 64
 
     def __init__(self, model: onnx.ModelProto, input_name: str, options: ort.SessionOptions,
-                 providers: list[Any], limit: int = 4, after: int = 2) -> None:
+                 providers: list[Any], limit: int = 4, after: int = 2,
+                 fold_prefix: str | None = None) -> None:
         if limit < 0 or after < 1:
             raise UsageError(f"the specialized session limit must be >= 0 and after >= 1, got "
                              f"limit={limit}, after={after}")
         self.model, self.input_name = model, input_name
         self.options, self.providers = options, providers
         self.limit, self.after = int(limit), int(after)
+        self.fold_prefix = fold_prefix
         self.axes = symbolic_axes(model, input_name) if limit else []
         self._lock = threading.Lock()
         self._sessions: OrderedDict[tuple[int, ...], ort.InferenceSession] = OrderedDict()
@@ -306,7 +315,10 @@ class SizedSessions:
 
     def _generic_session(self) -> ort.InferenceSession:
         if self._generic is None:
-            self._generic = self._build(self.model)
+            model = self.model
+            if self.fold_prefix is not None and self.limit and not self.axes:
+                model = specialize(model, self.input_name, {}, self.fold_prefix)  # fixed size
+            self._generic = self._build(model)
         return self._generic
 
     def get(self, shape: Sequence[int]) -> ort.InferenceSession:
@@ -327,7 +339,8 @@ class SizedSessions:
                     session = self._generic_session()
                 else:
                     fixed = specialize(self.model, self.input_name,
-                                       dict(zip(self.axes, key, strict=True)))
+                                       dict(zip(self.axes, key, strict=True)),
+                                       self.fold_prefix)
                     session = self._sessions[key] = self._build(fixed)
                     while len(self._sessions) > self.limit:
                         self._sessions.popitem(last=False)

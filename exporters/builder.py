@@ -130,3 +130,11 @@ class Builder:
     def dims(self, shape: str, start: int, end: int) -> str:
         """``shape[start:end]`` of a Shape output (int64 1-D)."""
         return self.op("Slice", shape, self.const([start]), self.const([end]), self.const([0]))
+
+    def shape_dims(self, x: str, start: int, end: int) -> str:
+        """``x``'s dims [start, end) (int64 1-D): one ``Shape`` with ``start`` and ``end``
+        from opset 15, which ONNX Runtime folds into a constant where those dims are static
+        (even where others, such as the batch, are not); a Slice of the whole shape before."""
+        if self.opset >= 15:
+            return self.op("Shape", x, start=start, end=end)
+        return self.dims(self.op("Shape", x), start, end)

@@ -52,6 +52,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from explainer.bundle import COMPOSED_PREFIX
 from explainer.tasks.registry import TASKS, format_spec
 
 from .builder import Builder
@@ -233,7 +234,7 @@ def build_explanation_graph(
         blocker = f"the model input is named {input_name!r}, like an explanation graph tensor"
     if blocker:
         raise ExportError(f"no explanation graph: {blocker}")
-    b = Builder("cam", default_opset(features))
+    b = Builder(COMPOSED_PREFIX.rstrip("/"), default_opset(features))
     graph_inputs = _inputs(features, input_name)
     def rename(name: str) -> str:  # the features graph's names in the composed graph
         return name if name == input_name else f"features/{name}"
@@ -280,7 +281,8 @@ def build_explanation_graph(
         nchw = b.op("Transpose", activation, perm=[0, 3, 1, 2])
         gradient = b.op("Transpose", gradient, perm=[0, 1, 4, 2, 3])
     cams(b, methods, nchw, gradient, INPUTS["method"], OUTPUTS["cams"])
-    heatmaps(b, OUTPUTS["cams"], input_name, manifest["input"]["layout"], OUTPUTS["heatmaps"])
+    heatmaps(b, OUTPUTS["cams"], nchw, input_name, manifest["input"]["layout"],
+             OUTPUTS["heatmaps"])
     if segment:
         pass  # scores and probabilities come with the seeds
     elif manifest["head"].get("score", "logit") == "probability":  # the model's own

@@ -92,20 +92,24 @@ def _interpolation(b: Builder, src: str, dst: str) -> str:
     return b.op("Relu", b.op("Sub", b.const(1.0, np.float32), distance))
 
 
-def heatmaps(b: Builder, cams: str, model_input: str, input_layout: str, out: str) -> str:
-    """``cams`` [B, K, h, w] upsampled bilinearly (half-pixel) to the size of
-    ``model_input`` (in ``input_layout``), then min-max scaled per map to [0, 1] (``out``).
-    The upsampling is two matrix products with the interpolation matrices (rows @ cams @
-    columns^T: ``Resize``'s values, 3-4x faster on ONNX Runtime's CPU provider)."""
-    hw = (2, 4) if input_layout == "NCHW" else (1, 3)
-    small, big = b.op("Shape", cams), b.op("Shape", model_input)
-    rows = _interpolation(b, b.dims(small, 2, 3), b.dims(big, hw[0], hw[0] + 1))
-    columns = _interpolation(b, b.dims(small, 3, 4), b.dims(big, hw[0] + 1, hw[1]))
+def heatmaps(b: Builder, cams: str, activation: str, model_input: str, input_layout: str,
+             out: str) -> str:
+    """``cams`` [B, K, h, w] (of the NCHW ``activation`` [B, C, h, w]) upsampled bilinearly
+    (half-pixel) to the size of ``model_input`` (in ``input_layout``), then min-max scaled
+    per map to [0, 1] (``out``). The upsampling is two matrix products with the
+    interpolation matrices (rows @ cams @ columns^T: ``Resize``'s values, 3-4x faster on
+    ONNX Runtime's CPU provider). The matrices are computed from the activation's and the
+    input's sizes, not the CAMs' (an If's output): in a session specialized to an input
+    size they are constants (:func:`explainer.sessions.specialize`)."""
+    h = 2 if input_layout == "NCHW" else 1
+    rows = _interpolation(b, b.shape_dims(activation, 2, 3), b.shape_dims(model_input, h, h + 1))
+    columns = _interpolation(b, b.shape_dims(activation, 3, 4),
+                             b.shape_dims(model_input, h + 1, h + 2))
     up = b.op("MatMul", b.op("MatMul", rows, cams), b.op("Transpose", columns, perm=[1, 0]))
-    flat = b.op("Reshape", up, b.const([0, 0, -1]))
-    low = b.reduce("ReduceMin", flat, [2])
-    span = b.op("Sub", b.reduce("ReduceMax", flat, [2]), low)
+    # each map's range over its two spatial axes, [B, K, 1, 1]: the scaling writes the output
+    # itself (a Reshape to and from [B, K, H*W] around it copied the maps once more)
+    low = b.reduce("ReduceMin", up, [2, 3])
+    span = b.op("Sub", b.reduce("ReduceMax", up, [2, 3]), low)
     zero = b.const(0.0, np.float32)
     scale = b.op("Where", b.op("Greater", span, zero), b.op("Reciprocal", span), zero)
-    scaled = b.op("Mul", b.op("Sub", flat, low), scale)
-    return b.op("Reshape", scaled, b.op("Shape", up), out=out)
+    return b.op("Mul", b.op("Sub", up, low), scale, out=out)

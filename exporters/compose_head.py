@@ -118,6 +118,33 @@ def _tile(b: Builder, tensor: str, k: str, out: str) -> None:
     b.op("Reshape", expanded, b.op("Concat", b.const([-1]), rest, axis=0), out=out)
 
 
+def _shapes_of_copies(b: Builder, backward: onnx.GraphProto, copies: dict[str, str], k: str
+                      ) -> None:
+    """Where the backward reads a K-row copy (``copies``: copy -> the B-row tensor it
+    repeats) through ``Shape`` and ``Size`` only (a mean's gradient reads the activation's
+    shape, not its values), those read its shape [B*K, ...] computed from the original's:
+    the copy itself is never made (``prune`` drops it; the activation's copy alone was 3 MB
+    at batch 16 on mobilenet_v3_large, K times that for K targets)."""
+    for name, original in copies.items():
+        readers = [n for n in backward.node if name in node_inputs(n)]
+        if not readers or any(n.op_type not in _SHAPE_OPS for n in readers):
+            continue
+        shape = b.op("Shape", original)
+        rows = b.op("Concat", b.op("Mul", b.dims(shape, 0, 1), k), b.dims(shape, 1, 1 << 30),
+                    axis=0)
+        for node in readers:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            del node.attribute[:]
+            if node.op_type == "Size":
+                node.op_type = "ReduceProd"
+                node.input[:] = [rows]
+                node.attribute.append(helper.make_attribute("keepdims", 0))
+            else:  # Shape's start and end index the dimensions as Slice's do
+                node.op_type = "Slice"
+                node.input[:] = [rows, b.const([attrs.get("start", 0)]),
+                                 b.const([attrs.get("end", 1 << 62)])]
+
+
 def _gather_seed_rows(b: Builder, backward: onnx.GraphProto, seeds: str, targets: str) -> None:
     """One-hot seeds: where the backward's one reader of the seeds is ``Gemm(seeds, W)`` (the
     gradient through the last linear layer), replace it by a Gather of the targets' rows of
@@ -254,6 +281,7 @@ def head_copies(
     backward = copy.deepcopy(head.graph)
     prune(backward, [names["gradient"]])
     tiled: set[str] = set()
+    once = False  # the forward runs once per image
     data = _forward_data(head, cut)
     if data is not None:
         batched = copy.deepcopy(backward)
@@ -264,7 +292,7 @@ def head_copies(
         prune(batched, [names["gradient"]])
         tiled = {i for n in batched.node for i in node_inputs(n) if i in data} - {cut}
         if _batch_major(head, cut, tiled):
-            backward = batched
+            backward, once = batched, True
         else:
             tiled = set()
     rename_graph(backward, to_backward)
@@ -277,6 +305,9 @@ def head_copies(
         _tile(b, to_forward(name), k, out=to_backward(name))
     if one_hot:
         _gather_seed_rows(b, backward, seeds, targets)
+    if once:  # the backward may read only the shapes of the rows and of the copies
+        _shapes_of_copies(b, backward, {rows: activation, **{
+            to_backward(name): to_forward(name) for name in tiled}}, k)
     tiles, b.nodes = b.nodes, outer
     initializers = {t.name: t for g in (forward, backward) for t in g.initializer
                     if not t.name.startswith("features/")}

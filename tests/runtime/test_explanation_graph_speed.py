@@ -99,6 +99,19 @@ def test_the_head_forward_runs_once_per_image(tiny_bundle):
     assert any(n.op_type == "Gather" and n.input[0] == "head/w4" for n in model.graph.node)
 
 
+def test_copies_read_for_their_shape_only_are_not_made():
+    """An any-size head that pools the cut tensor reads the K copies of the activation (and
+    of the pooled tensor) only through Shape and Size: those read the shape [B*K, ...] from
+    the originals, and no copy is made; the maps are the two graphs'."""
+    bundle = build_bundle(_any_size_cnn(), "r3", target_layer="relu3")
+    model = bundle.explanation
+    copied = [n.input[0] for n in model.graph.node if n.op_type == "Unsqueeze"]
+    assert "features/r3" not in copied and "logits/gap" not in copied
+    assert any(n.op_type == "ReduceProd" for n in model.graph.node)  # a Size of a copy
+    _assert_like_two_graphs(bundle, _inputs(3, 16, 20, seed=5), "top2+least")
+    _assert_like_two_graphs(bundle, _inputs(2, 12, 12, seed=6), "top3", method="layercam")
+
+
 def _untransposed_fc_cnn() -> onnx.ModelProto:
     """The tiny CNN with its last layer's weight stored [in, out] (Gemm transB=0), whose
     gradient is a Gemm with transB=1."""

@@ -128,9 +128,10 @@ def test_pruning_keeps_only_needed_nodes() -> None:
     graph = grad_model.graph
     forward = Counter(n.op_type for n in graph.node if not n.name.startswith("grad/"))
     assert forward == Counter(["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"])
-    # one node per VJP: Gemm, Reshape, Div+Expand, Greater+Where, ConvTranspose
+    # one node per VJP: Gemm, Reshape, Div and a Mul by ones (the pooled gradient spread
+    # over the map), Greater+Where, ConvTranspose
     assert _grad_ops(grad_model) == Counter(
-        ["Gemm", "Reshape", "Div", "Expand", "Greater", "Where", "ConvTranspose"]
+        ["Gemm", "Reshape", "Div", "ConstantOfShape", "Mul", "Greater", "Where", "ConvTranspose"]
     )
     used = {i for n in graph.node for i in n.input}
     assert {i.name for i in graph.initializer} <= used
