@@ -72,24 +72,38 @@ def cams(b: Builder, methods: list[str], activation: str, gradient: str, choice:
     return out
 
 
-def _interpolation(b: Builder, src: str, dst: str) -> str:
+def _interpolation(b: Builder, src: str, dst: str) -> tuple[str, str]:
     """The [dst, src] matrix of 1-D linear interpolation with half-pixel centres for sizes
     ``src`` -> ``dst`` (int64 [1] tensors): row i holds max(0, 1 - |p_i - j|) over source
     positions j, p_i = (i + 0.5) src / dst - 0.5 clamped to [0, src - 1] (the two weights
-    that ``Resize`` linear gives output i; :func:`explainer.maps.interpolation_matrix`)."""
+    that ``Resize`` linear gives output i; :func:`explainer.maps.interpolation_matrix`);
+    and the outputs that end its runs (int64 [n]): the first and last of each run of outputs
+    with the same lower tap and clamping, within which an output is linear in its index
+    (:func:`explainer.maps.upsampled_range` reads a map's range off them)."""
     def positions(size: str) -> str:  # 0, 1, ..., size - 1 as floats
         scalar = b.op("Reshape", size, b.const(np.zeros(0, np.int64)))
         return b.op("Cast", b.op("Range", b.const(0), scalar, b.const(1)),
                     to=TensorProto.FLOAT)
 
-    half = b.const(0.5, np.float32)
+    half, zero = b.const(0.5, np.float32), b.const(0.0, np.float32)
     src_f, dst_f = (b.op("Cast", v, to=TensorProto.FLOAT) for v in (src, dst))
-    p = b.op("Sub", b.op("Mul", b.op("Add", positions(dst), half), b.op("Div", src_f, dst_f)),
-             half)
-    p = b.op("Min", b.op("Max", p, b.const(0.0, np.float32)),
-             b.op("Sub", src_f, b.const(1.0, np.float32)))
+    unclamped = b.op("Sub", b.op("Mul", b.op("Add", positions(dst), half),
+                                 b.op("Div", src_f, dst_f)), half)
+    last = b.op("Sub", src_f, b.const(1.0, np.float32))
+    p = b.op("Min", b.op("Max", unclamped, zero), last)
     distance = b.op("Abs", b.op("Sub", b.op("Reshape", p, b.const([-1, 1])), positions(src)))
-    return b.op("Relu", b.op("Sub", b.const(1.0, np.float32), distance))
+    matrix = b.op("Relu", b.op("Sub", b.const(1.0, np.float32), distance))
+    # a run: one lower tap (Floor of p), below, inside or past the source centres
+    run = b.op("Add", b.op("Mul", b.op("Floor", p), b.const(3.0, np.float32)), b.op(
+        "Add", b.op("Cast", b.op("Less", unclamped, zero), to=TensorProto.FLOAT),
+        b.op("Mul", b.op("Cast", b.op("Greater", unclamped, last), to=TensorProto.FLOAT),
+             b.const(2.0, np.float32))))
+    changes = b.op("Not", b.op("Equal", b.op("Slice", run, b.const([1]), b.const([1 << 62])),
+                               b.op("Slice", run, b.const([0]), b.const([-1]))))
+    edge = b.const([True], np.bool_)
+    ends = b.op("Or", b.op("Concat", edge, changes, axis=0),
+                b.op("Concat", changes, edge, axis=0))
+    return matrix, b.op("Reshape", b.op("NonZero", ends), b.const([-1]))
 
 
 def heatmaps(b: Builder, cams: str, activation: str, model_input: str, input_layout: str,
@@ -102,14 +116,21 @@ def heatmaps(b: Builder, cams: str, activation: str, model_input: str, input_lay
     input's sizes, not the CAMs' (an If's output): in a session specialized to an input
     size they are constants (:func:`explainer.sessions.specialize`)."""
     h = 2 if input_layout == "NCHW" else 1
-    rows = _interpolation(b, b.shape_dims(activation, 2, 3), b.shape_dims(model_input, h, h + 1))
-    columns = _interpolation(b, b.shape_dims(activation, 3, 4),
-                             b.shape_dims(model_input, h + 1, h + 2))
-    up = b.op("MatMul", b.op("MatMul", rows, cams), b.op("Transpose", columns, perm=[1, 0]))
-    # each map's range over its two spatial axes, [B, K, 1, 1]: the scaling writes the output
-    # itself (a Reshape to and from [B, K, H*W] around it copied the maps once more)
-    low = b.reduce("ReduceMin", up, [2, 3])
-    span = b.op("Sub", b.reduce("ReduceMax", up, [2, 3]), low)
-    zero = b.const(0.0, np.float32)
+    rows, row_ends = _interpolation(b, b.shape_dims(activation, 2, 3),
+                                    b.shape_dims(model_input, h, h + 1))
+    columns, column_ends = _interpolation(b, b.shape_dims(activation, 3, 4),
+                                          b.shape_dims(model_input, h + 1, h + 2))
+    # each map's range [B, K, 1, 1], read off the upsampled map at the runs' ends only
+    ends = b.op("MatMul", b.op("MatMul", b.op("Gather", rows, row_ends, axis=0), cams),
+                b.op("Transpose", b.op("Gather", columns, column_ends, axis=0), perm=[1, 0]))
+    low = b.reduce("ReduceMin", ends, [2, 3])
+    span = b.op("Sub", b.reduce("ReduceMax", ends, [2, 3]), low)
+    zero, one = b.const(0.0, np.float32), b.const(1.0, np.float32)
     scale = b.op("Where", b.op("Greater", span, zero), b.op("Reciprocal", span), zero)
-    return b.op("Mul", b.op("Sub", up, low), scale, out=out)
+    # the scaling on the small maps (each row of the matrices sums to 1), so that the last
+    # product writes the heatmaps; the clip takes rounding's 1e-7 off [0, 1]
+    scaled = b.op("Mul", b.op("Sub", cams, low), scale)
+    up = b.op("MatMul", b.op("MatMul", rows, scaled), b.op("Transpose", columns, perm=[1, 0]))
+    if b.opset >= 11:
+        return b.op("Clip", up, zero, one, out=out)
+    return b.op("Clip", up, out=out, min=0.0, max=1.0)

@@ -112,6 +112,23 @@ def test_copies_read_for_their_shape_only_are_not_made():
     _assert_like_two_graphs(bundle, _inputs(2, 12, 12, seed=6), "top3", method="layercam")
 
 
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (9, 31)])
+def test_heatmaps_scaled_before_the_upsampling_span_zero_to_one(size):
+    """The graph scales each small map by the range of its upsampled map, read at the ends of
+    the interpolation's runs, then upsamples: every heatmap spans [0, 1] (within rounding,
+    clipped to it) and equals the two graphs' (which scale the upsampled map itself)."""
+    bundle = build_bundle(_any_size_cnn(), "act", target_layer="relu2")
+    x = _inputs(2, *size, seed=sum(size))
+    _assert_like_two_graphs(bundle, x, "top3", method="layercam")
+    with Explainer(bundle) as explainer:
+        for _ in range(2):  # the second run: the session specialized to the size
+            maps = explainer.explain(x, targets="top3", method="layercam").heatmaps
+    flat = maps.reshape(6, -1)
+    assert flat.min() >= 0 and flat.max() <= 1
+    np.testing.assert_allclose(flat.min(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(flat.max(axis=1), 1, atol=1e-6)
+
+
 def _untransposed_fc_cnn() -> onnx.ModelProto:
     """The tiny CNN with its last layer's weight stored [in, out] (Gemm transB=0), whose
     gradient is a Gemm with transB=1."""
