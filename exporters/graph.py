@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from explainer.bundle import node_inputs, subgraphs
-from explainer.static_dims import SKELETON_LIMIT, shape_skeleton
+from explainer.static_dims import SKELETON_LIMIT, infer_skeleton, shape_skeleton
 
 __all__ = [
     "DEFAULT_DOMAINS",
@@ -81,10 +81,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             return onnx.shape_inference.infer_shapes(model, check_type=False, data_prop=True)
         # on the weights' types only (serialized into the inference and back four times, a
         # vgg16's 528 MB took most of its 2.5 s), the shapes then written into a copy
-        light = onnx.ModelProto(ir_version=model.ir_version, graph=shape_skeleton(model.graph))
-        light.opset_import.extend(model.opset_import)
-        light.functions.extend(model.functions)
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, data_prop=True)
+        inferred = infer_skeleton(model, data_prop=True)
     except Exception as err:  # InferenceError, or a protobuf over 2 GB
         log.warning("shape inference failed (%s); continuing without it", err)
         return model
@@ -95,7 +92,6 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for have, found in zip(out.graph.output, inferred.graph.output, strict=True):
         have.CopyFrom(found)
     return out
-
 
 
 def value_shape(info: onnx.ValueInfoProto | onnx.TypeProto) -> list[Dim] | None:
